@@ -1,0 +1,56 @@
+"""storycast: turn a written story into illustrations whose characters stay the same.
+
+The package root is kept light: importing it loads no torch, diffusers or model code. The public
+names below are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Story": "storycast.story.model",
+    "Character": "storycast.story.model",
+    "Frame": "storycast.story.model",
+    "GenerationSettings": "storycast.story.model",
+    "load_story": "storycast.story.parse",
+    "ModelSpec": "storycast.models.spec",
+    "load_models": "storycast.models.loading",
+    "get_method": "storycast.methods.registry",
+    "list_methods": "storycast.methods.registry",
+    "generate_story": "storycast.runs.runner",
+    "RunOptions": "storycast.runs.runner",
+}
+
+__all__ = [
+    "Character",
+    "Frame",
+    "GenerationSettings",
+    "ModelSpec",
+    "RunOptions",
+    "Story",
+    "__version__",
+    "generate_story",
+    "get_method",
+    "list_methods",
+    "load_models",
+    "load_story",
+]
+
+if TYPE_CHECKING:
+    from storycast.methods.registry import get_method, list_methods
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
+    from storycast.runs.runner import RunOptions, generate_story
+    from storycast.story.model import Character, Frame, GenerationSettings, Story
+    from storycast.story.parse import load_story
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'storycast' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,1 @@
+"""The ``storycast`` command line: one module per subcommand, registered in ``main``."""

@@ -1,0 +1,63 @@
+"""Flags shared by several subcommands, and their translation into library objects."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from storycast.errors import SettingsError
+from storycast.models.presets import BASE_PRESETS, FAMILIES
+from storycast.models.spec import OFFLOAD_MODES, ModelSpec
+from storycast.utils.torch_utils import DTYPE_NAMES
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument(
+        "--preset",
+        choices=sorted(BASE_PRESETS),
+        help="a named base model: sdxl, sd15, or tiny / tiny-sd15 (random weights, offline). Default: sdxl",
+    )
+    source.add_argument(
+        "--model", metavar="ID|FOLDER|FILE", help="a Hub id, a diffusers folder or a single .safetensors file"
+    )
+    group.add_argument("--family", choices=FAMILIES, help="architecture of --model when it cannot be detected")
+    group.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model/--preset")
+    group.add_argument("--variant", help="weight variant to load, e.g. fp16")
+    group.add_argument("--model-config", metavar="ID|FOLDER", help="diffusers configs for a single-file --model")
+    group.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="auto", help="weights dtype (auto: fp16 on CUDA, else fp32)"
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload for small GPUs")
+    group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
+    group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
+
+
+def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    return ModelSpec(
+        source=args.model or args.preset or "sdxl",
+        family=args.family,
+        revision=args.revision,
+        variant=args.variant,
+        config=args.model_config,
+        dtype=args.dtype,
+        device=args.device,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing,
+        local_files_only=args.local_files_only,
+    )
+
+
+def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (values converted later by the settings class)."""
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{flag} {item!r}: expected KEY=VALUE. Fix: e.g. {flag} sweet_spot_step=10")
+        values[key.strip()] = value.strip()
+    return values

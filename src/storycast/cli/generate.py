@@ -1,0 +1,120 @@
+"""``storycast generate``: draw a story into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from storycast.cli.common import add_model_arguments, model_spec_from_args, parse_assignments
+
+HELP = "draw a story: frames, storyboard sheet and manifest (resumable)"
+EPILOG = """\
+examples:
+  storycast generate examples/lighthouse.yaml --preset tiny --out runs/demo
+  storycast generate story_000.json --method vanilla --preset sdxl --steps 30 --out runs/s0
+  storycast generate story.yaml --model ./my-sdxl-folder --set batch_size=2 --out runs/mine
+
+Running the same command again skips the frames already drawn; --overwrite redraws them."""
+
+
+def add_parser(subparsers: Any, name: str) -> None:
+    parser = subparsers.add_parser(
+        name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("story", type=Path, help="story file (.yaml/.json, ours or ConsiStory-Human)")
+    parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
+    parser.add_argument("-o", "--out", type=Path, help="run folder (default: runs/<story name>-<method>)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method setting, e.g. --set sweet_spot_step=10 (repeatable)",
+    )
+    add_model_arguments(parser)
+    gen = parser.add_argument_group("generation (override the story file)")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--steps", type=int, help="denoising steps")
+    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("--seed", type=int, help="base seed: frame i uses seed+i unless it sets its own")
+    gen.add_argument("--negative-prompt")
+    gen.add_argument("--batch-size", type=int, help="frames drawn together by per-frame methods")
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--overwrite", action="store_true", help="redraw every frame (and replace a run of other settings)"
+    )
+    out.add_argument("--no-storyboard", action="store_true", help="do not write storyboard.png")
+    out.add_argument("--columns", type=int, help="frames per storyboard row")
+    out.add_argument(
+        "--cache-dir", type=Path, help="storycast cache (default: $STORYCAST_CACHE or ~/.cache/storycast)"
+    )
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on a terminal)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from storycast.cli.progress import ProgressBars
+    from storycast.models.loading import load_models
+    from storycast.runs.runner import RunOptions, generate_story
+    from storycast.story.parse import load_story
+
+    log = logging.getLogger("storycast")
+    story = load_story(args.story)
+    spec = model_spec_from_args(args)
+    out_dir = args.out or Path("runs") / f"{args.story.stem}-{args.method}"
+    options = RunOptions(
+        out_dir=out_dir,
+        overwrite=args.overwrite,
+        storyboard=not args.no_storyboard,
+        columns=args.columns,
+        cache_dir=args.cache_dir,
+        command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
+    )
+    generation = {
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+        "negative_prompt": args.negative_prompt,
+        "batch_size": args.batch_size,
+    }
+    # A kill (SIGTERM) stops like Ctrl-C: the manifest records the stop, and a rerun resumes.
+    previous_handler = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    bars = ProgressBars(args.progress)
+    try:
+        log.info("loading %s", spec.source)
+        models = load_models(spec)
+        result = generate_story(
+            story,
+            args.method,
+            models,
+            options,
+            method_settings=parse_assignments(args.settings),
+            generation=generation,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    kept = f", {len(result.kept)} kept from before" if result.kept else ""
+    log.info("drew %d frame(s)%s -> %s", len(result.drawn), kept, result.out_dir)
+    if result.storyboard_path:
+        log.info("storyboard: %s", result.storyboard_path)
+    return 0

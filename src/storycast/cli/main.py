@@ -1,0 +1,81 @@
+"""``storycast``: generate, validate, convert and inspect stories from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from storycast import __version__
+from storycast.cli import convert, env, generate, methods, validate
+
+COMMANDS = {
+    "generate": generate,
+    "validate": validate,
+    "convert": convert,
+    "methods": methods,
+    "env": env,
+}
+
+DESCRIPTION = """\
+Turn a written story into illustrations whose characters stay the same from frame to frame.
+
+Quick start (offline, tiny random models, seconds on a CPU):
+  storycast generate examples/lighthouse.yaml --preset tiny --out runs/demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="storycast", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"storycast {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="show only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        module.add_parser(subparsers, name)
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("storycast")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if not verbose:
+        # diffusers/transformers chatter (deprecations, hub retries) is noise for a CLI user.
+        for name in ("diffusers", "transformers", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
+
+            diffusers_logging.set_verbosity_error()
+            transformers_logging.set_verbosity_error()
+        except ImportError:
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from storycast.errors import StorycastError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args) or 0)
+    except StorycastError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Methods by name, imported on first use so optional dependencies stay optional.
+
+Third-party packages can add methods through the ``storycast.methods`` entry-point group
+(``name = "package.module:ClassName"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from storycast.errors import UnknownMethodError
+
+if TYPE_CHECKING:
+    from storycast.methods.base import StoryMethod
+
+ENTRY_POINT_GROUP = "storycast.methods"
+
+_BUILTIN: dict[str, str] = {
+    "vanilla": "storycast.methods.vanilla:VanillaMethod",
+}
+_REGISTERED: dict[str, str] = {}
+
+
+def register_method(name: str, target: str) -> None:
+    """Register ``"package.module:ClassName"`` under ``name`` (replacing an earlier registration)."""
+    if ":" not in target:
+        raise ValueError(f"target must look like 'package.module:ClassName', got {target!r}")
+    _REGISTERED[name] = target
+
+
+def _targets() -> dict[str, str]:
+    targets = dict(_BUILTIN)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        targets.setdefault(entry.name, entry.value)
+    targets.update(_REGISTERED)
+    return targets
+
+
+def list_methods() -> list[str]:
+    return sorted(_targets())
+
+
+def get_method(name: str) -> type[StoryMethod]:
+    """The method class registered under ``name``."""
+    targets = _targets()
+    if name not in targets:
+        raise UnknownMethodError(f"unknown method '{name}'. Fix: use one of {', '.join(sorted(targets))}.")
+    module_name, _, class_name = targets[name].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)

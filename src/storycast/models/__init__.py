@@ -1,0 +1,1 @@
+"""Model presets, loading (hub id, folder, single file, tiny random models) and placement."""

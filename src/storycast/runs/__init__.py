@@ -1,0 +1,1 @@
+"""Runs: drawing a story into a folder (frames, storyboard, manifest), resumable."""

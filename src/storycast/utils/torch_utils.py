@@ -1,0 +1,60 @@
+"""Device, dtype and random-generator helpers. Nothing here touches global RNG state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from storycast.errors import SettingsError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu. Explicit names ('cuda:1') are checked for availability."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = name.split(":")[0]
+    if kind not in DEVICE_NAMES:
+        raise SettingsError(f"device '{name}' is not known. Fix: use one of auto, cpu, cuda, cuda:N, mps.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device '{name}' was asked for but CUDA is not available. Fix: use --device cpu.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"device '{name}' was asked for but MPS is not available. Fix: use --device cpu.")
+    return name
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """'auto' is fp16 on CUDA (what the papers run) and fp32 elsewhere; the others are explicit."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise SettingsError(f"dtype '{name}' is not known. Fix: use one of {', '.join(DTYPE_NAMES)}.")
+    return table[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    import torch
+
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
+def make_generator(seed: int, device: str = "cpu") -> torch.Generator:
+    """A generator seeded with ``seed``. Noise is drawn on the CPU for MPS, whose generators are unreliable,
+    so that a seed gives the same image on CPU and MPS (CUDA noise differs; diffusers does the same)."""
+    import torch
+
+    generator_device = "cpu" if device.startswith("mps") else device
+    return torch.Generator(device=generator_device).manual_seed(int(seed))
