@@ -1,0 +1,102 @@
+"""PhotoMaker's trigger word: where the class token is, in text and in token ids.
+
+The trigger word (official ``"img"``, added to both SDXL tokenizers as a special token) stands right after
+the class word: "a young woman img with long black hair". It marks the class word's token; it is removed
+before text encoding, and the class token's embedding is then replaced by the fused one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+TRIGGER_WORD = "img"
+
+
+def insert_trigger_word(description: str, class_word: str, trigger_word: str = TRIGGER_WORD) -> str:
+    """IdentityStory's search prompt: ``trigger_word`` inserted after the first whole-word, case-insensitive
+    occurrence of ``class_word`` in ``description``; if there is none, ``description + " class_word trigger"``.
+
+    ``insert_trigger_word("young woman with black hair", "woman") == "young woman img with black hair"``.
+    """
+    description, class_word = description.strip(), class_word.strip()
+    if not class_word:
+        raise ValueError("class_word is empty: give the word the trigger follows, e.g. 'woman'.")
+    pattern = re.compile(rf"(?<!\w)({re.escape(class_word)})(?!\w)", flags=re.IGNORECASE)
+    inserted, count = pattern.subn(lambda match: f"{match.group(1)} {trigger_word}", description, count=1)
+    return inserted if count else f"{description} {class_word} {trigger_word}".strip()
+
+
+def remove_trigger_word(prompt: str, trigger_word: str = TRIGGER_WORD) -> str:
+    """The prompt without the trigger word (whole words only), for text encoding.
+
+    The authors use ``prompt.replace(" img", "")``, which would also cut "img" from the start of a longer
+    word; here only the standalone word (and the space before it) is removed.
+    """
+    return re.sub(rf"\s*(?<!\w){re.escape(trigger_word)}(?!\w)", "", prompt).strip()
+
+
+@dataclass(frozen=True)
+class ClassTokens:
+    """Token ids with the trigger removed, and where the class token stands.
+
+    Attributes:
+        input_ids: The ids without the trigger token, the class token repeated ``repeats`` times, padded or
+            truncated to ``max_length`` when given.
+        positions: Indices of the (repeated) class token in ``input_ids``.
+    """
+
+    input_ids: list[int]
+    positions: list[int]
+
+
+def find_class_tokens(
+    input_ids: Sequence[int],
+    trigger_token_id: int,
+    *,
+    repeats: int = 1,
+    max_length: int | None = None,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+) -> ClassTokens:
+    """Official PhotoMaker token logic: drop the trigger token, the class token is the one just before it.
+
+    ``repeats`` copies of the class token are kept (one per ID image and token; IdentityStory uses 1). The
+    prompt must hold exactly one trigger, preceded by a word (not by nothing, nor by ``bos_token_id``).
+
+    Args:
+        input_ids: Token ids of the prompt with the trigger, as the tokenizer gives them (with BOS/EOS).
+        trigger_token_id: Id of the trigger word (``tokenizer.convert_tokens_to_ids("img")``).
+        repeats: Copies of the class token.
+        max_length: Pad with ``pad_token_id`` or truncate to this length (77 for SDXL), if given.
+        pad_token_id: Needed when padding.
+        bos_token_id: The start-of-text id, if ``input_ids`` begin with it (``tokenizer.bos_token_id``).
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}.")
+    clean = [token for token in input_ids if token != trigger_token_id]
+    triggers = [index for index, token in enumerate(input_ids) if token == trigger_token_id]
+    if len(triggers) != 1:
+        raise ValueError(
+            f"the prompt must hold the trigger token exactly once, found it {len(triggers)} times. Fix: write "
+            "the trigger word once, right after the class word ('a woman img ...')."
+        )
+    class_index = triggers[0] - 1
+    if class_index < 0 or (bos_token_id is not None and input_ids[class_index] == bos_token_id):
+        raise ValueError("the trigger word must follow the class word ('a woman img ...'), not start the prompt.")
+    clean = clean[:class_index] + [clean[class_index]] * repeats + clean[class_index + 1 :]
+    positions = list(range(class_index, class_index + repeats))
+    if max_length is not None:
+        if positions[-1] >= max_length:
+            raise ValueError(
+                f"the class token stands at position {positions[-1]}, beyond max_length={max_length}. "
+                "Fix: move the class word and trigger nearer the start of the prompt."
+            )
+        if len(clean) > max_length:
+            clean = clean[:max_length]
+        elif len(clean) < max_length:
+            if pad_token_id is None:
+                raise ValueError("pad_token_id is needed to pad the ids to max_length.")
+            clean = clean + [pad_token_id] * (max_length - len(clean))
+    return ClassTokens(input_ids=clean, positions=positions)

@@ -1,0 +1,1 @@
+"""Character masks: pure mask math (``storycast.masks.ops``) and, later, mask providers."""
