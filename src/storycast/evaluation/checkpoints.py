@@ -7,28 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storycast.errors import MissingWeightsError, ModelLoadError
+from storycast.models.checkpoints import load_checkpoint as shared_load_checkpoint
+from storycast.models.checkpoints import looks_like_path, missing_checkpoint_message  # noqa: F401 - re-exported
 
 T = TypeVar("T")
-
-
-def looks_like_path(source: str) -> bool:
-    """True when ``source`` is meant as a file-system path rather than a Hub id ('owner/name')."""
-    return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") != 1
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
-
-
-def missing_checkpoint_message(what: str, source: str, setting: str, reason: str = "") -> str:
-    reason = f" ({reason})" if reason else ""
-    return (
-        f"{what} checkpoint '{source}' is not on this machine and could not be downloaded{reason}. Fix: download it "
-        f"where the Hub is reachable (`hf download {source}`) and copy the Hugging Face cache here (or set HF_HOME "
-        f"to it), or pass {setting} /path/to/folder (a folder written by save_pretrained)."
-    )
 
 
 def load_checkpoint(
@@ -39,38 +21,10 @@ def load_checkpoint(
     setting: str,
     local_files_only: bool = False,
 ) -> T:
-    """Call ``load(source, local_files_only)`` and map failures to storycast errors.
-
-    Args:
-        load: Loads the model from a Hub id or folder, e.g. ``lambda s, l: CLIPModel.from_pretrained(s, local_files_only=l)``.
-        source: Hub id ('openai/clip-vit-large-patch14') or local folder.
-        what: What is loaded, for messages ('CLIP').
-        setting: The setting or flag that points at a local copy ('--clip-model'), named in the fix.
-        local_files_only: Never touch the network (the Hugging Face cache still counts).
-
-    Raises:
-        MissingWeightsError: The folder does not exist, or the Hub id is neither cached nor downloadable.
-        ModelLoadError: The folder exists but does not hold a loadable checkpoint.
-    """
-    source = str(source)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        try:
-            return load(str(path), True)
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelLoadError(
-                f"{what} folder '{source}' exists but could not be loaded ({_reason(err)}). Fix: point {setting} "
-                f"at a folder written by save_pretrained (config.json and the weights)."
-            ) from None
-    if looks_like_path(source):
-        raise MissingWeightsError(
-            f"{what} folder '{source}' does not exist. Fix: pass {setting} with the folder that holds the checkpoint, "
-            f"or a Hub id (owner/name)."
-        )
-    try:
-        return load(source, local_files_only)
-    except OSError as err:
-        raise MissingWeightsError(missing_checkpoint_message(what, source, setting, _reason(err))) from None
+    """:func:`storycast.models.checkpoints.load_checkpoint` with the fix phrased as a flag (``--clip-model``)."""
+    return shared_load_checkpoint(
+        load, source, what=what, point_at=f"pass {setting}", local_files_only=local_files_only
+    )
 
 
 @contextlib.contextmanager

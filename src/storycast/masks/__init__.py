@@ -1,1 +1,1 @@
-"""Character masks: pure mask math (``storycast.masks.ops``) and, later, mask providers."""
+"""Character masks: pure mask math (``ops``) and mask providers (``base`` and its implementations)."""

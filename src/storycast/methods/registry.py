@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "storycast.methods"
 
 _BUILTIN: dict[str, str] = {
     "vanilla": "storycast.methods.vanilla:VanillaMethod",
+    "identitystory": "storycast.methods.identitystory.method:IdentityStoryMethod",
 }
 _REGISTERED: dict[str, str] = {}
 

@@ -50,6 +50,8 @@ class LoadedModels:
         dtype: Weight dtype.
         defaults: Resolution, steps and guidance for this model.
         info: Provenance for the run manifest (source kind, id, revision, file hashes...).
+        attachments: Adapters loaded onto these models (PhotoMaker, LoRAs...), by a key naming the adapter
+            and its source, so that several method instances share one copy instead of loading it twice.
     """
 
     pipeline: Any
@@ -59,6 +61,7 @@ class LoadedModels:
     dtype: torch.dtype
     defaults: FamilyDefaults
     info: dict[str, Any] = field(default_factory=dict)
+    attachments: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def is_tiny(self) -> bool:

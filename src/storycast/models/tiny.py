@@ -186,3 +186,33 @@ def tiny_pipeline(family: str = "sdxl", seed: int = 0) -> Any:
     if family == "sd15":
         return StableDiffusionPipeline(**tiny_sd15_components(seed))
     raise ValueError(f"family must be 'sdxl' or 'sd15', got {family!r}")
+
+
+def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4) -> dict[str, dict[str, Any]]:
+    """A random PhotoMaker v1 adapter for a tiny SDXL UNet, in the official file layout.
+
+    ``{"id_encoder": ..., "lora_weights": ...}`` with the ID encoder of ``PhotoMakerConfig.tiny()`` (its
+    64-d ID embedding matches the tiny SDXL text width) and a LoRA on every attention projection under the
+    official key names (``unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``).
+    """
+    import torch
+
+    from storycast.attention.layers import attention_layers
+    from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
+
+    with _seeded(seed + 10):
+        encoder = PhotoMakerIDEncoder(PhotoMakerConfig.tiny())
+        lora: dict[str, torch.Tensor] = {}
+        for layer in attention_layers(unet):
+            module = layer.module
+            projections = {
+                "q": module.to_q,
+                "k": module.to_k,
+                "v": module.to_v,
+                "out": module.to_out[0],
+            }
+            for short, linear in projections.items():
+                prefix = f"unet.{layer.name}.processor.to_{short}_lora"
+                lora[f"{prefix}.down.weight"] = torch.randn(rank, linear.in_features) * 0.1
+                lora[f"{prefix}.up.weight"] = torch.randn(linear.out_features, rank) * 0.1
+    return {"id_encoder": encoder.state_dict(), "lora_weights": lora}

@@ -1,0 +1,1 @@
+"""Attention processors and the choice of layers they go on."""

@@ -1,0 +1,145 @@
+"""PhotoMaker v1 attached to an SDXL pipeline: ID encoder, switchable UNet LoRA and the trigger word.
+
+One UNet serves both the plain passes (LoRA off) and the identity passes (LoRA on): the LoRA is loaded
+unfused through diffusers/peft and switched per call, so no second SDXL UNet is held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from storycast.identity.image_embedding import embed_images
+from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
+from storycast.identity.photomaker_loading import (
+    PHOTOMAKER_V1_FILE,
+    build_id_encoder_from_state_dict,
+    load_photomaker_state_dict,
+)
+from storycast.identity.photomaker_prompt import TRIGGER_WORD, find_class_tokens, remove_trigger_word
+from storycast.pipelines.sdxl import GuidancePair, encode_prompts
+from storycast.utils.imports import require
+
+ADAPTER_NAME = "photomaker"
+
+
+class PhotoMakerAdapter:
+    """PhotoMaker on a ``StableDiffusionXLPipeline``.
+
+    Args:
+        pipe: The SDXL pipeline (its UNet gets the LoRA, its tokenizers the trigger word).
+        encoder: The ID encoder, already on the pipeline's device.
+        has_lora: Whether the LoRA named ``photomaker`` was loaded into the UNet.
+        trigger_word: PhotoMaker's trigger word.
+    """
+
+    def __init__(self, pipe: Any, encoder: PhotoMakerIDEncoder, *, has_lora: bool, trigger_word: str = TRIGGER_WORD):
+        self.pipe = pipe
+        self.encoder = encoder
+        self.has_lora = has_lora
+        self.trigger_word = trigger_word
+        for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
+            if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
+                tokenizer.add_tokens([trigger_word], special_tokens=True)
+        self.trigger_token_id = pipe.tokenizer.convert_tokens_to_ids(trigger_word)
+        self._lora_active = True
+        self.set_lora(False)
+
+    @classmethod
+    def load(
+        cls,
+        pipe: Any,
+        source: str | Path | Mapping[str, object],
+        *,
+        weight_name: str = PHOTOMAKER_V1_FILE,
+        config: PhotoMakerConfig | None = None,
+        local_files_only: bool = False,
+    ) -> PhotoMakerAdapter:
+        """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``."""
+        weights = load_photomaker_state_dict(source, weight_name, local_files_only=local_files_only)
+        encoder = build_id_encoder_from_state_dict(weights.id_encoder, config)
+        encoder.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+        has_lora = bool(weights.lora_weights)
+        if has_lora:
+            require("peft", extra="lora", purpose="PhotoMaker's UNet LoRA")
+            from diffusers.utils import logging as diffusers_logging
+
+            # The file holds UNet weights only; diffusers would warn that the text encoders got none.
+            verbosity = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()
+            try:
+                pipe.load_lora_weights(dict(weights.lora_weights), adapter_name=ADAPTER_NAME)
+            finally:
+                diffusers_logging.set_verbosity(verbosity)
+        return cls(pipe, encoder, has_lora=has_lora)
+
+    def set_lora(self, enabled: bool) -> None:
+        """Switch the PhotoMaker LoRA on (identity passes) or off (plain SDXL passes)."""
+        if not self.has_lora or enabled == self._lora_active:
+            self._lora_active = enabled
+            return
+        unet = self.pipe.unet
+        if enabled:
+            unet.enable_lora()
+            unet.set_adapters([ADAPTER_NAME], [1.0])
+        else:
+            unet.disable_lora()
+        self._lora_active = enabled
+
+    @contextlib.contextmanager
+    def lora(self, enabled: bool = True) -> Iterator[None]:
+        """The LoRA switched on (or off) inside the block, and back as it was after it."""
+        before = self._lora_active
+        self.set_lora(enabled)
+        try:
+            yield
+        finally:
+            self.set_lora(before)
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Any]) -> torch.Tensor:
+        """ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user photos)."""
+        return embed_images(self.encoder, images)
+
+    def class_token_position(self, prompt_with_trigger: str) -> int:
+        """Position of the class token (the word before the trigger) in the encoded prompt, tokenizer 1."""
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(prompt_with_trigger, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        tokens = find_class_tokens(
+            ids,
+            self.trigger_token_id,
+            max_length=tokenizer.model_max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        return tokens.positions[0]
+
+    @torch.no_grad()
+    def encode(
+        self, prompts_with_trigger: Sequence[str], negative_prompts: Sequence[str]
+    ) -> tuple[GuidancePair, list[int]]:
+        """Text conditioning of identity prompts (trigger removed) and each prompt's class-token position."""
+        positions = [self.class_token_position(p) for p in prompts_with_trigger]
+        cleaned = [remove_trigger_word(p, self.trigger_word) for p in prompts_with_trigger]
+        return encode_prompts(self.pipe, cleaned, negative_prompts), positions
+
+    @torch.no_grad()
+    def fuse(
+        self, embeds: torch.Tensor, positions: Sequence[int], identities: torch.Tensor, strength: float = 1.0
+    ) -> torch.Tensor:
+        """``embeds`` (B, 77, D) with row b's class token moved to fuse(text, identities[b]).
+
+        ``strength`` 1 replaces the token's embedding by the fused one (PhotoMaker); other values move it
+        part of the way (or beyond): ``text + strength * (fused - text)``.
+        """
+        out = embeds.clone()
+        for row, (position, identity) in enumerate(zip(positions, identities, strict=True)):
+            fused = self.encoder.fuse(embeds[row : row + 1], identity.reshape(-1), [position])
+            if strength != 1.0:
+                fused = embeds[row : row + 1] + strength * (fused - embeds[row : row + 1])
+            out[row : row + 1] = fused
+        return out

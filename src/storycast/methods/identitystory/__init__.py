@@ -1,0 +1,8 @@
+"""IdentityStory (Zhou, Lin et al., AAAI 2026; arXiv 2512.23519) on SDXL + PhotoMaker v1.
+
+- ``settings``: the method's settings with the authors' defaults;
+- ``prompts``: search, region and global prompts as the authors build them;
+- ``discovery``: Iterative Identity Discovery (candidates -> ID embeddings -> iterative SVD filter -> mean);
+- ``injection``: Re-denoising Identity Injection (stage 1 text-only, stage 2 regional identity passes);
+- ``method``: the ``identitystory`` story method tying them to the runner.
+"""

@@ -1,0 +1,1 @@
+"""Shared pieces of diffusion sampling (text conditioning, noise prediction, decoding) that methods compose."""

@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from storycast.identity.library import IdentityLibrary
+from storycast.masks.base import MaskNotFoundError
+from storycast.methods.base import RunContext
+from storycast.methods.identitystory import injection, prompts
+from storycast.methods.identitystory.method import IdentityStoryMethod
+from storycast.methods.identitystory.settings import IdentityStorySettings
+from storycast.models.loading import load_models
+from storycast.models.spec import ModelSpec
+from storycast.pipelines.sdxl import (
+    GuidancePair,
+    count_unet_evaluations,
+    encode_prompts,
+    fresh_scheduler,
+    initial_latents,
+    time_ids,
+)
+from storycast.runs.runner import RunOptions, generate_story, resolve_generation
+from storycast.story.parse import load_story, parse_story
+from storycast.utils.torch_utils import make_generator
+from tests.helpers import BENCH
+
+SMALL = {"discovery_candidates": 12, "svd_rank": 2, "preview_images": 1}
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Tiny SDXL of its own: PhotoMaker changes the pipeline (LoRA, trigger token)."""
+    return load_models(ModelSpec(source="tiny", device="cpu"))
+
+
+def make_method(models, **settings):
+    return IdentityStoryMethod(models, IdentityStorySettings.from_mapping({**SMALL, **settings}))
+
+
+def story_of(data, models, method, **generation):
+    story = parse_story(data)
+    return dataclasses.replace(story, settings=resolve_generation(story, models, method, generation))
+
+
+def two_character_data(frames):
+    return {
+        "title": "t",
+        "style": "A photo of",
+        "characters": [
+            {"id": "ana", "description": "a young woman with a red coat", "class_word": "woman"},
+            {"id": "leo", "description": "an old man with a grey beard", "class_word": "man"},
+            {"id": "kid", "description": "a small boy with a blue cap", "class_word": "boy"},
+        ],
+        "frames": frames,
+    }
+
+
+def frame_inputs(models, method, story, index, identity_seed=0):
+    """Conditioning, regions (random identities) and initial noise of a frame, built the method's way."""
+    pipe = models.pipeline
+    adapter = method.adapter
+    characters = story.frame_characters(index)
+    negative = story.negative_prompt(index)
+    conditioning = encode_prompts(pipe, [story.prompt(index)], [negative])
+    regions_prompts = [prompts.region_prompt(story, c, len(characters)) for c in characters]
+    pair, positions = adapter.encode(regions_prompts, [negative] * len(characters))
+    generator = torch.Generator().manual_seed(identity_seed)
+    regions = [
+        injection.RegionInput(
+            c.id,
+            GuidancePair(
+                type(pair.uncond)(pair.uncond.embeds[k : k + 1], pair.uncond.pooled[k : k + 1]),
+                type(pair.cond)(pair.cond.embeds[k : k + 1], pair.cond.pooled[k : k + 1]),
+            ),
+            positions[k],
+            torch.randn(64, generator=generator),
+        )
+        for k, c in enumerate(characters)
+    ]
+    gen = story.settings
+    scheduler = fresh_scheduler(pipe, gen.steps)
+    initial = initial_latents(
+        scheduler, (4, gen.height // 8, gen.width // 8), [make_generator(5)], dtype=torch.float32, device="cpu"
+    )
+    return conditioning, regions, initial
+
+
+def square_masks(count, size=128):
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    for k in range(count):
+        top = 8 + 40 * k
+        masks[k, top : top + 32, 16 + 30 * k : 56 + 30 * k] = True
+    return masks
+
+
+@pytest.mark.parametrize("fuse_mode", ["repeated", "once"])
+@pytest.mark.parametrize("count", [1, 2])
+def test_optimised_injection_equals_the_authors_formulation(models, fuse_mode, count):
+    method = make_method(models)
+    frames = [{"text": "{ana} and {leo} in a garden" if count == 2 else "{ana} in a garden"}]
+    story = story_of(two_character_data(frames), models, method, steps=6, width=128, height=128)
+    conditioning, regions, initial = frame_inputs(models, method, story, 0)
+    schedule = injection.InjectionSchedule(6, 3, 7.0, 12, fuse_mode=fuse_mode)
+    ids = time_ids(128, 128, 2, dtype=torch.float32, device="cpu")
+    masks = square_masks(count)
+    unet = models.pipeline.unet
+
+    with count_unet_evaluations(unet) as fast_count:
+        stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule, ids)
+        fast = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, ids)
+    with count_unet_evaluations(unet) as slow_count:
+        ref_stage1, slow = injection.reference_redenoise(
+            models.pipeline, method.adapter, conditioning, regions, masks, initial, schedule, ids
+        )
+    torch.testing.assert_close(stage1.latents, ref_stage1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    # 2T + 2k(T - s + 1) against the authors' 4T + 4T + 2k(T - s + 1).
+    assert fast_count.evaluations == 2 * 6 + 2 * count * 4
+    assert slow_count.evaluations == 8 * 6 + 2 * count * 4
+    # The identity passes changed the frame.
+    assert (fast - stage1.latents).abs().max() > 1e-3
+
+
+def test_latents_outside_every_mask_equal_stage_one_exactly(models):
+    method = make_method(models)
+    story = story_of(two_character_data([{"text": "{ana} and {leo} talking"}]), models, method, steps=5)
+    conditioning, regions, initial = frame_inputs(models, method, story, 0)
+    schedule = injection.InjectionSchedule(5, 2, 7.0, 16)
+    ids = time_ids(128, 128, 2, dtype=torch.float32, device="cpu")
+    masks = square_masks(2)
+    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule, ids)
+    final = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, ids)
+    last = injection.step_masks(masks, 4, schedule, (16, 16)).sum(dim=0)[0] > 0
+    outside = ~last
+    assert outside.any() and last.any()
+    assert torch.equal(final[..., outside], stage1.latents[..., outside])
+    assert not torch.equal(final[..., last], stage1.latents[..., last])
+
+
+def test_lora_off_is_the_plain_unet_and_on_changes_it(models):
+    method = make_method(models)
+    unet = models.pipeline.unet
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    kwargs = {
+        "encoder_hidden_states": torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(2)),
+        "added_cond_kwargs": {"text_embeds": torch.zeros(2, 32), "time_ids": torch.zeros(2, 6)},
+    }
+    with torch.no_grad():
+        off = unet(x, 10, **kwargs).sample
+        with method.adapter.lora(True):
+            on = unet(x, 10, **kwargs).sample
+        plain = unet(x, 10, **kwargs).sample
+    assert torch.equal(off, plain)
+    assert (on - off).abs().max() > 1e-4
+
+
+def test_frame_without_characters_is_the_vanilla_frame(models, tmp_path):
+    from storycast.methods.vanilla import VanillaMethod
+
+    method = make_method(models)
+    data = two_character_data([{"text": "an empty street at night"}])
+    story = story_of(data, models, method, steps=3)
+    result = method.generate(story, (0,), RunContext(cache_dir=tmp_path))[0]
+    plain = VanillaMethod(models).generate(story, (0,), RunContext())[0]
+    assert result.metadata["unet_evaluations"] == 2 * 3
+    assert np.abs(np.asarray(result.image, dtype=np.int16) - np.asarray(plain.image, dtype=np.int16)).max() <= 1
+
+
+def test_identity_library_hit_skips_discovery(models, tmp_path):
+    method = make_method(models)
+    story = story_of(two_character_data([{"text": "{ana} reading"}]), models, method, steps=2)
+    unet = models.pipeline.unet
+    with count_unet_evaluations(unet) as first:
+        method.prepare(story, RunContext(cache_dir=tmp_path))
+    library = IdentityLibrary(tmp_path / "identities")
+    assert len(library.keys()) == 1
+    record = library.get(library.keys()[0])
+    assert record.embedding.shape == (64,) and record.preview_path is not None
+    assert record.info["unet_evaluations"] == first.evaluations > 0
+    assert len(record.info["kept"][0]) == 2  # 12 -> 7 -> 4 -> 2 with the test budget
+
+    again = make_method(models)
+    with count_unet_evaluations(unet) as second:
+        again.prepare(story, RunContext(cache_dir=tmp_path))
+    assert second.evaluations == 0
+    assert torch.equal(again._identities["ana"].embedding, record.embedding)
+
+    other_seed = make_method(models, discovery_seed=1)
+    with count_unet_evaluations(unet) as third:
+        other_seed.prepare(story, RunContext(cache_dir=tmp_path))
+    assert third.evaluations > 0 and len(library.keys()) == 2
+
+
+def test_identity_from_reference_photos(models, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "ana.png"
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(photo)
+    data = two_character_data([{"text": "{ana} reading"}])
+    data["characters"][0]["references"] = [str(photo)]
+    method = make_method(models)
+    story = story_of(data, models, method, steps=2)
+    with count_unet_evaluations(models.pipeline.unet) as counter:
+        method.prepare(story, RunContext(cache_dir=tmp_path))
+    assert counter.evaluations == 0
+    expected = method.adapter.embed([Image.open(photo).convert("RGB")])[0]
+    torch.testing.assert_close(method._identities["ana"].embedding, expected)
+
+
+def test_three_character_frame_and_frames_with_zero_one_two(models, tmp_path):
+    method = make_method(models, mask_provider="attention")
+    frames = [
+        {"text": "{ana}, {leo} and {kid} at a picnic"},
+        {"text": "{leo} fishing"},
+        {"text": "{ana} and {kid} reading"},
+        {"text": "a lake at dawn"},
+    ]
+    story = story_of(two_character_data(frames), models, method, steps=3)
+    context = RunContext(cache_dir=tmp_path)
+    method.prepare(story, context)
+    results = method.generate(story, (0, 1, 2, 3), context)
+    steps, s = 3, 1  # sweet spot: max(1, round(10 * 3 / 50)) = 1
+    for result, count in zip(results, (3, 1, 2, 0), strict=True):
+        assert result.metadata["unet_evaluations"] == 2 * steps + 2 * count * (steps - s + 1)
+        assert {k for k in result.extras if k.startswith("mask_")} == {
+            f"mask_{cid}" for cid in story.frames[result.index].characters
+        }
+    masks = np.stack([np.asarray(results[0].extras[f"mask_{cid}"]) > 0 for cid in ("ana", "leo", "kid")])
+    assert masks.any(axis=(1, 2)).all()
+    assert (masks.sum(axis=0) <= 1).all()  # never overlapping
+
+
+class FailingMasks:
+    name = "failing"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, inputs):
+        self.calls += 1
+        raise MaskNotFoundError(f"frame {inputs.frame_index + 1}: no '{inputs.characters[0].class_word}' found")
+
+
+def test_mask_failure_retries_a_bounded_number_of_times_then_names_frame_and_character(models, tmp_path):
+    method = make_method(models, mask_retries=2)
+    failing = FailingMasks()
+    method._providers["attention"] = failing
+    method._providers["user"] = failing
+    story = story_of(two_character_data([{"text": "{ana} swimming"}]), models, method, steps=2)
+    method.prepare(story, RunContext(cache_dir=tmp_path))
+    with pytest.raises(MaskNotFoundError) as info:
+        method.generate(story, (0,), RunContext(cache_dir=tmp_path))
+    assert failing.calls == 3
+    message = str(info.value)
+    assert "frame 1" in message and "'woman'" in message and "3 attempt(s)" in message
+
+
+def test_user_masks_are_used(models, tmp_path):
+    from PIL import Image
+
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (20, 20, 80, 100))
+    mask.save(tmp_path / "ana.png")
+    data = two_character_data([{"text": "{ana} dancing", "masks": {"ana": str(tmp_path / "ana.png")}}])
+    method = make_method(models)
+    story = story_of(data, models, method, steps=2)
+    method.prepare(story, RunContext(cache_dir=tmp_path))
+    result = method.generate(story, (0,), RunContext(cache_dir=tmp_path))[0]
+    assert result.metadata["mask_provider"] == "user"
+    drawn = np.asarray(result.extras["mask_ana"]) > 0
+    assert drawn[50, 50] and not drawn[5, 5] and not drawn[120, 120]
+
+
+def test_class_word_missing_from_a_prompt_is_refused_before_drawing(models, tmp_path):
+    from storycast.errors import StorycastError
+
+    data = two_character_data([{"text": "very " * 80 + "woman", "characters": ["ana"]}])
+    method = make_method(models)
+    with pytest.raises(StorycastError, match=r"frames\[0\]: the class word 'woman' of 'ana'"):
+        method.prepare(story_of(data, models, method, steps=2), RunContext(cache_dir=tmp_path))
+
+    data = two_character_data([{"text": "{ana} walking"}])
+    data["characters"][0]["description"] = "a " + "very " * 80 + "tall woman"
+    with pytest.raises(StorycastError, match="region prompt of 'ana' is too long"):
+        method.prepare(story_of(data, models, method, steps=2), RunContext(cache_dir=tmp_path))
+
+
+def test_authors_multi_character_prompt_for_benchmark_stories():
+    story = load_story(BENCH / "multi-2" / "story_000.json")
+    expected = (
+        "A close-up photo of a young Middle Eastern boy and a young South Asian girl "
+        "playing video games on a shared screen"
+    )
+    assert prompts.global_prompt(story, 0, "auto") == expected
+    assert prompts.global_prompt(story, 0, "story") == story.prompt(0)
+    region = prompts.region_prompt(story, story.characters[0], 2)
+    assert region.startswith("A close-up photo of young Middle Eastern boy img with")
+
+
+def test_whole_story_through_the_runner_and_cli(tmp_path):
+    from storycast.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["generate", str(BENCH / "single" / "story_001.json"), "--method", "identitystory", "--preset", "tiny"]
+    args += ["--out", str(out), "--steps", "2", "--set", "discovery_candidates=12", "--set", "preview_images=1"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["frames"]) == 10
+    frame = manifest["frames"][0]
+    assert frame["metadata"]["unet_evaluations"] == 2 * 2 + 2 * 2
+    character = frame["characters"][0]
+    assert set(frame["extras"]) == {"stage1", f"mask_{character}"}
+    assert (out / frame["extras"][f"mask_{character}"]).is_file()
+
+
+def test_settings_validation():
+    from storycast.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="svd_keep_ratio"):
+        IdentityStorySettings.from_mapping({"svd_keep_ratio": 1.5})
+    with pytest.raises(SettingsError, match="mask_provider"):
+        IdentityStorySettings.from_mapping({"mask_provider": "magic"})
+    with pytest.raises(ValueError, match="sweet_spot_step"):
+        injection.InjectionSchedule(num_steps=4, sweet_spot_step=9, guidance_scale=7.0, max_dilation=10)
+
+
+def test_generation_uses_the_authors_defaults_on_real_models(models):
+    method = make_method(models)
+    fake = dataclasses.replace(models, info={**models.info, "tiny": False})
+    assert IdentityStoryMethod(fake, method.settings).generation_defaults() == {"steps": 50, "guidance_scale": 7.0}
+    assert method.default_negative_prompt() == "noisy, blurry, soft, deformed, ugly"
+
+
+def test_storyboard_run_resumes_without_rediscovery(models, tmp_path):
+    story = load_story(BENCH / "single" / "story_002.json")
+    story = dataclasses.replace(story, frames=story.frames[:2])
+    options = RunOptions(out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    settings = {**SMALL}
+    generate_story(story, "identitystory", models, options, method_settings=settings, generation={"steps": 2})
+    with count_unet_evaluations(models.pipeline.unet) as counter:
+        again = generate_story(
+            story, "identitystory", models, options, method_settings=settings, generation={"steps": 2}
+        )
+    assert again.drawn == [] and counter.evaluations == 0
