@@ -83,10 +83,10 @@ def _short_reason(err: BaseException) -> str:
 
 
 def classify_source(spec: ModelSpec) -> tuple[str, BasePreset | None]:
-    """Return (kind, preset) where kind is 'tiny', 'hub', 'folder' or 'file'."""
+    """Return (kind, preset) where kind is 'tiny', 'random', 'hub', 'folder' or 'file'."""
     preset = BASE_PRESETS.get(spec.source)
     if preset is not None:
-        return ("tiny" if preset.tiny else "hub"), preset
+        return ("tiny" if preset.tiny else "random" if preset.random else "hub"), preset
     path = Path(spec.source).expanduser()
     if path.is_dir():
         return "folder", None
@@ -174,6 +174,18 @@ def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype:
         assert preset is not None
         info.update(tiny=True, seed=spec.seed)
         return tiny_pipeline(preset.family, seed=spec.seed).to(dtype=dtype), preset.family, info
+
+    if kind == "random":
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        from storycast.models.random_full import random_full_components
+
+        assert preset is not None
+        device = resolve_device(spec.device)
+        components = random_full_components(preset.family, device=device, dtype=dtype, seed=spec.seed)
+        cls = StableDiffusionXLPipeline if preset.family == "sdxl" else StableDiffusionPipeline
+        info.update(random=True, seed=spec.seed)
+        return cls(**components), preset.family, info
 
     if kind == "file":
         path = Path(spec.source).expanduser().resolve()

@@ -29,6 +29,7 @@ class BasePreset:
         defaults: Resolution, steps and guidance used when nothing else is set.
         fp16_variant: The repo ships ``*.fp16.safetensors`` files, loaded when the dtype is fp16.
         tiny: Built from configs in code with random weights (offline, for tests and demos).
+        random: The real architecture with random weights, built in code (offline speed/memory benchmarks).
     """
 
     name: str
@@ -38,6 +39,7 @@ class BasePreset:
     defaults: FamilyDefaults
     fp16_variant: bool = False
     tiny: bool = False
+    random: bool = False
 
 
 SDXL_DEFAULTS = FamilyDefaults(width=1024, height=1024, steps=30, guidance_scale=5.0)

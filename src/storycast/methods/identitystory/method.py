@@ -68,7 +68,8 @@ class IdentityStoryMethod(StoryMethod):
         library = IdentityLibrary((context.cache_dir or _default_cache()) / "identities")
         for character in appearing:
             self._identities[character.id] = self.identity(character, story, library, context)
-        del adapter
+        if str(self.models.device).startswith("cuda"):
+            adapter.park_vision_tower()
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         return [self.draw_frame(story, index, context) for index in group]

@@ -1,0 +1,219 @@
+"""What IdentityStory costs per frame against vanilla SDXL, and whether memory stays flat with story length.
+
+For each method and story length, a fresh process draws a one-character story and reports UNet evaluations
+per frame, wall time per frame and peak memory (CUDA: ``max_memory_allocated``; CPU: peak resident set).
+Identity discovery runs before the timed frames and is reported on its own line: it is paid once per
+character and then read from the identity library. One frame is also drawn with the authors' formulation
+(``reference_redenoise``) to show the evaluations it spends.
+
+    python benchmarks/identitystory_cost.py                                  # tiny models, CPU
+    python benchmarks/identitystory_cost.py --preset sdxl-random --device cuda --dtype fp16 --steps 50
+
+The ratios printed are against vanilla measured in the same run. Bars (issue 3): identitystory <= 1.9x
+vanilla's UNet evaluations per single-character frame, peak memory <= 1.15x vanilla's, and flat from 10 to
+100 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_STORY = ROOT.parent / "shared" / "bench" / "ConsiStory-Human" / "single" / "story_000.json"
+
+
+def build_story(frames: int, steps: int, size: int | None):
+    """A one-character benchmark story (ConsiStory-Human single/story_000) cycled to ``frames`` frames."""
+    from storycast.story.parse import load_story
+
+    story = load_story(BENCH_STORY)
+    cycle = [story.frames[i % len(story.frames)] for i in range(frames)]
+    return dataclasses.replace(story, frames=tuple(cycle))
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from storycast.methods.base import RunContext
+    from storycast.methods.registry import get_method
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
+    from storycast.pipelines.sdxl import count_unet_evaluations
+    from storycast.runs.runner import resolve_generation
+
+    if args.device == "cpu":
+        # Tiny models gain nothing from intra-op threads, and lose a lot when another process shares the cores.
+        torch.set_num_threads(args.threads)
+    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
+    method_class = get_method(args.method)
+    settings = method_class.settings_class.from_mapping(json.loads(args.method_settings))
+    method = method_class(models, settings)
+    story = build_story(args.frames[0], args.steps, args.size)
+    overrides = {"steps": args.steps, "width": args.size, "height": args.size}
+    story = dataclasses.replace(story, settings=resolve_generation(story, models, method, overrides))
+    context = RunContext(cache_dir=Path(args.cache))
+    unet = models.pipeline.unet
+    sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
+
+    started = time.perf_counter()
+    with count_unet_evaluations(unet) as prepare_count:
+        method.prepare(story, context)
+    prepare_seconds = time.perf_counter() - started
+
+    frames = list(range(len(story)))
+    if args.reference:
+        frames = frames[:1]
+    sync()
+    started = time.perf_counter()
+    with count_unet_evaluations(unet) as counter:
+        for index in frames:
+            if args.reference:
+                reference_frame(method, story, index, context)
+            else:
+                method.generate(story, (index,), context)
+    sync()
+    seconds = time.perf_counter() - started
+    return {
+        "method": args.method + (" (authors' formulation)" if args.reference else ""),
+        "frames": len(frames),
+        "steps": story.settings.steps,
+        "evaluations_per_frame": counter.evaluations / len(frames),
+        "seconds_per_frame": seconds / len(frames),
+        "peak_memory_mb": peak_memory_mb(models.device),
+        "prepare_evaluations": prepare_count.evaluations,
+        "prepare_seconds": prepare_seconds,
+    }
+
+
+def reference_frame(method, story, index, context) -> None:
+    """One frame with the authors' formulation, on the masks the method itself finds."""
+    import torch
+
+    from storycast.masks.ops import scale_pixels
+    from storycast.methods.identitystory import injection, prompts
+    from storycast.methods.identitystory.settings import scaled_step
+    from storycast.pipelines.sdxl import (
+        decode_latents,
+        encode_prompts,
+        fresh_scheduler,
+        initial_latents,
+        time_ids,
+    )
+    from storycast.utils.torch_utils import make_generator
+
+    pipe = method.models.pipeline
+    gen = story.settings
+    characters = story.frame_characters(index)
+    schedule = injection.InjectionSchedule(
+        gen.steps, scaled_step(method.settings.sweet_spot_step, gen.steps), gen.guidance_scale,
+        scale_pixels(method.settings.max_dilation, gen.height),
+    )  # fmt: skip
+    negative = story.negative_prompt(index)
+    prompt = prompts.global_prompt(story, index, method.settings.prompt_style)
+    conditioning = encode_prompts(pipe, [prompt], [negative])
+    unet = pipe.unet
+    shape = (4, gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor)
+    initial = initial_latents(
+        fresh_scheduler(pipe, gen.steps),
+        shape,
+        [make_generator(0, str(unet.device))],
+        dtype=unet.dtype,
+        device=unet.device,
+    )
+    ids = time_ids(gen.height, gen.width, 2, dtype=unet.dtype, device=unet.device)
+    masks = torch.zeros(len(characters), gen.height, gen.width, dtype=torch.bool)
+    masks[:, gen.height // 4 : 3 * gen.height // 4, gen.width // 4 : 3 * gen.width // 4] = True
+    regions = method._regions(story, index, characters, negative)
+    _, latents = injection.reference_redenoise(
+        pipe, method.adapter, conditioning, regions, masks, initial, schedule, ids
+    )
+    decode_latents(pipe, latents)
+
+
+def run_config(args: argparse.Namespace, method: str, frames: int, cache: str, reference: bool = False) -> dict:
+    command = [
+        sys.executable, __file__, "--worker", "--method", method, "--frames", str(frames),
+        "--preset", args.preset, "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps),
+        "--cache", cache, "--threads", str(args.threads), "--method-settings", args.method_settings if method == "identitystory" else "{}",
+    ]  # fmt: skip
+    if args.size:
+        command += ["--size", str(args.size)]
+    if reference:
+        command.append("--reference")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"worker failed ({method}, {frames} frames):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="tiny, sdxl-random, or sdxl (real weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", type=int, help="image side (default: the preset's)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[10, 100], help="story lengths")
+    parser.add_argument("--method-settings", default="{}", help="identitystory settings as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    parser.add_argument("--method", default="vanilla", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        # Discovery once, so that every measured run reads the identity from the library.
+        warm = run_config(args, "identitystory", 1, cache)
+        for frames in args.frames:
+            rows.append(run_config(args, "vanilla", frames, cache))
+            rows.append(run_config(args, "identitystory", frames, cache))
+        rows.append(run_config(args, "identitystory", 1, cache, reference=True))
+
+    print(f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps}")
+    print(f"identity discovery (once per character): {warm['prepare_evaluations']} UNet evaluations, "
+          f"{warm['prepare_seconds']:.1f} s")  # fmt: skip
+    header = f"{'method':<38} {'frames':>6} {'UNet evals/frame':>17} {'s/frame':>9} {'peak MB':>10} {'evals x':>8} {'time x':>7} {'mem x':>6}"
+    print(header)
+    print("-" * len(header))
+    baseline = {row["frames"]: row for row in rows if row["method"] == "vanilla"}
+    first = baseline[args.frames[0]]
+    for row in rows:
+        base = baseline.get(row["frames"], first)
+        print(
+            f"{row['method']:<38} {row['frames']:>6} {row['evaluations_per_frame']:>17.1f} "
+            f"{row['seconds_per_frame']:>9.3f} {row['peak_memory_mb']:>10.0f} "
+            f"{row['evaluations_per_frame'] / base['evaluations_per_frame']:>8.2f} "
+            f"{row['seconds_per_frame'] / base['seconds_per_frame']:>7.2f} "
+            f"{row['peak_memory_mb'] / base['peak_memory_mb']:>6.2f}"
+        )
+    story_rows = [r for r in rows if r["method"] == "identitystory"]
+    if len(story_rows) >= 2:
+        growth = story_rows[-1]["peak_memory_mb"] / story_rows[0]["peak_memory_mb"]
+        print(
+            f"identitystory peak memory, {story_rows[-1]['frames']} vs {story_rows[0]['frames']} frames: {growth:.3f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
