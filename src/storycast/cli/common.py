@@ -7,7 +7,7 @@ from typing import Any
 
 from storycast.errors import SettingsError
 from storycast.models.presets import BASE_PRESETS, FAMILIES
-from storycast.models.spec import OFFLOAD_MODES, ModelSpec
+from storycast.models.spec import OFFLOAD_MODES, LoraSpec, ModelSpec
 from storycast.utils.torch_utils import DTYPE_NAMES
 
 
@@ -34,6 +34,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
+    group.add_argument(
+        "--lora",
+        action="append",
+        metavar="SOURCE[@SCALE]",
+        help="a LoRA (Hub id, folder or .safetensors) active in every pass, e.g. a style: style.safetensors@0.8",
+    )
 
 
 def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
@@ -49,6 +55,7 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
         local_files_only=args.local_files_only,
+        loras=tuple(LoraSpec.parse(text) for text in args.lora or ()),
     )
 
 

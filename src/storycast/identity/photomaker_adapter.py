@@ -35,13 +35,23 @@ class PhotoMakerAdapter:
         encoder: The ID encoder, already on the pipeline's device.
         has_lora: Whether the LoRA named ``photomaker`` was loaded into the UNet.
         trigger_word: PhotoMaker's trigger word.
+        base_adapters: Other LoRAs (adapter name -> scale) that stay active in every pass, e.g. a style.
     """
 
-    def __init__(self, pipe: Any, encoder: PhotoMakerIDEncoder, *, has_lora: bool, trigger_word: str = TRIGGER_WORD):
+    def __init__(
+        self,
+        pipe: Any,
+        encoder: PhotoMakerIDEncoder,
+        *,
+        has_lora: bool,
+        trigger_word: str = TRIGGER_WORD,
+        base_adapters: Mapping[str, float] | None = None,
+    ):
         self.pipe = pipe
         self.encoder = encoder
         self.has_lora = has_lora
         self.trigger_word = trigger_word
+        self.base_adapters = dict(base_adapters or {})
         for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
             if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
                 tokenizer.add_tokens([trigger_word], special_tokens=True)
@@ -58,6 +68,7 @@ class PhotoMakerAdapter:
         weight_name: str = PHOTOMAKER_V1_FILE,
         config: PhotoMakerConfig | None = None,
         local_files_only: bool = False,
+        base_adapters: Mapping[str, float] | None = None,
     ) -> PhotoMakerAdapter:
         """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``."""
         weights = load_photomaker_state_dict(source, weight_name, local_files_only=local_files_only)
@@ -75,7 +86,7 @@ class PhotoMakerAdapter:
                 pipe.load_lora_weights(dict(weights.lora_weights), adapter_name=ADAPTER_NAME)
             finally:
                 diffusers_logging.set_verbosity(verbosity)
-        return cls(pipe, encoder, has_lora=has_lora)
+        return cls(pipe, encoder, has_lora=has_lora, base_adapters=base_adapters)
 
     def set_lora(self, enabled: bool) -> None:
         """Switch the PhotoMaker LoRA on (identity passes) or off (plain SDXL passes)."""
@@ -83,9 +94,12 @@ class PhotoMakerAdapter:
             self._lora_active = enabled
             return
         unet = self.pipe.unet
+        active = dict(self.base_adapters)
         if enabled:
+            active[ADAPTER_NAME] = 1.0
+        if active:
             unet.enable_lora()
-            unet.set_adapters([ADAPTER_NAME], [1.0])
+            unet.set_adapters(list(active), list(active.values()))
         else:
             unet.disable_lora()
         self._lora_active = enabled

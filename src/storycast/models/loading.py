@@ -244,6 +244,46 @@ def place_pipeline(pipe: Any, device: str, offload: str, *, vae_tiling: bool, va
         pipe.vae.enable_slicing()
 
 
+def load_loras(pipe: Any, loras: tuple[Any, ...], *, local_files_only: bool = False) -> list[dict[str, Any]]:
+    """Load LoRAs into the pipeline (through peft) and make them all active at their scales.
+
+    They are named ``lora_0``, ``lora_1``... Methods that switch adapters of their own (PhotoMaker's)
+    keep these active in every pass.
+    """
+    from storycast.utils.imports import require
+
+    require("peft", extra="lora", purpose="LoRA weights")
+    records = []
+    for index, lora in enumerate(loras):
+        name = f"lora_{index}"
+        kwargs: dict[str, Any] = {"adapter_name": name, "local_files_only": local_files_only}
+        if lora.weight_name:
+            kwargs["weight_name"] = lora.weight_name
+        try:
+            pipe.load_lora_weights(lora.source, **kwargs)
+        except OSError as err:
+            raise MissingWeightsError(
+                missing_weights_message(lora.source, _short_reason(err), fix_flag="--lora")
+            ) from None
+        except (ValueError, KeyError) as err:
+            if "offline" in str(err).lower():  # diffusers' offline mode: the repo cannot be listed
+                raise MissingWeightsError(
+                    missing_weights_message(lora.source, _short_reason(err), fix_flag="--lora")
+                ) from None
+            raise ModelLoadError(
+                f"'{lora.source}' could not be loaded as a LoRA for this {type(pipe).__name__} ({_short_reason(err)}). "
+                f"Fix: check that it is a LoRA for this model family (diffusers, kohya or PEFT format)."
+            ) from None
+        records.append({"name": name, "source": lora.source, "scale": lora.scale, "weight_name": lora.weight_name})
+    pipe.set_adapters([r["name"] for r in records], [r["scale"] for r in records])
+    return records
+
+
+def active_loras(models: LoadedModels) -> dict[str, float]:
+    """Adapter name -> scale of the LoRAs loaded with the models."""
+    return {r["name"]: r["scale"] for r in models.info.get("loras", [])}
+
+
 def load_models(spec: ModelSpec) -> LoadedModels:
     """Load the base pipeline described by ``spec`` and place it on its device."""
     device = resolve_device(spec.device)
@@ -258,6 +298,8 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     else:
         offload = spec.offload
     place_pipeline(pipe, device, offload, vae_tiling=spec.vae_tiling, vae_slicing=spec.vae_slicing)
+    if spec.loras:
+        info["loras"] = load_loras(pipe, spec.loras, local_files_only=spec.local_files_only)
     pipe.set_progress_bar_config(disable=True)
     defaults = preset.defaults if preset is not None else FAMILY_DEFAULTS[family]
     info.update(family=family, dtype=dtype_name(dtype), device=device, offload=offload)

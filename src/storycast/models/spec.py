@@ -12,6 +12,34 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA to load into the base model (a style, a character...).
+
+    Attributes:
+        source: Hub id, folder or ``.safetensors`` file (diffusers' ``load_lora_weights`` formats).
+        scale: Strength (the authors of IdentityStory run style LoRAs at 0.8).
+        weight_name: File inside a Hub repo or folder, when it holds several.
+    """
+
+    source: str
+    scale: float = 1.0
+    weight_name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """``SOURCE`` or ``SOURCE@SCALE`` (the command line's ``--lora``)."""
+        source, sep, scale = text.rpartition("@")
+        if sep:
+            try:
+                return cls(source=source, scale=float(scale))
+            except ValueError:
+                pass
+        if not text.strip():
+            raise SettingsError("--lora needs a Hub id, folder or file. Fix: --lora path/to/style.safetensors@0.8")
+        return cls(source=text)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A base model and its placement.
 
@@ -32,6 +60,7 @@ class ModelSpec:
         vae_slicing: Decode a batch one image at a time.
         local_files_only: Never contact the Hub; use the local cache only.
         seed: Seed of the random weights of tiny presets.
+        loras: LoRAs loaded into the base model and active in every pass.
     """
 
     source: str = "sdxl"
@@ -46,6 +75,7 @@ class ModelSpec:
     vae_slicing: bool = False
     local_files_only: bool = False
     seed: int = 0
+    loras: tuple[LoraSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.source:

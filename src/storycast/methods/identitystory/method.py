@@ -25,6 +25,7 @@ from storycast.methods.identitystory.settings import (
     IdentityStorySettings,
     scaled_step,
 )
+from storycast.models.loading import active_loras
 from storycast.pipelines.sdxl import count_unet_evaluations, decode_latents, encode_prompts, initial_latents, time_ids
 from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
@@ -93,12 +94,15 @@ class IdentityStoryMethod(StoryMethod):
             from storycast.models.tiny import tiny_photomaker_weights
 
             weights = tiny_photomaker_weights(pipe.unet, seed=self.models.spec.seed)
-            return PhotoMakerAdapter.load(pipe, weights, config=PhotoMakerConfig.tiny())
+            return PhotoMakerAdapter.load(
+                pipe, weights, config=PhotoMakerConfig.tiny(), base_adapters=active_loras(self.models)
+            )
         return PhotoMakerAdapter.load(
             pipe,
             "TencentARC/PhotoMaker" if source == "auto" else source,
             weight_name=self.settings.photomaker_file,
             local_files_only=self.models.spec.local_files_only,
+            base_adapters=active_loras(self.models),
         )
 
     def discovery_budget(self, story: Story) -> discovery.DiscoveryBudget:
