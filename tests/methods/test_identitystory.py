@@ -346,3 +346,37 @@ def test_storyboard_run_resumes_without_rediscovery(models, tmp_path):
             story, "identitystory", models, options, method_settings=settings, generation={"steps": 2}
         )
     assert again.drawn == [] and counter.evaluations == 0
+
+
+def test_controlnet_conditions_stage_one_when_the_frame_has_a_control_image(models, tmp_path):
+    from PIL import Image
+
+    control = tmp_path / "pose.png"
+    pose = Image.new("RGB", (128, 128), (0, 0, 0))
+    pose.paste((255, 255, 255), (30, 10, 90, 120))
+    pose.save(control)
+    data = two_character_data([{"text": "an empty room", "control_image": str(control)}, {"text": "an empty room"}])
+    plain = make_method(models)
+    story = story_of(data, models, plain, steps=2)
+    without = plain.generate(story, (0,), RunContext(cache_dir=tmp_path))[0]
+    controlled = make_method(models, controlnet="tiny", controlnet_scale=1.0)
+    with_control = controlled.generate(story, (0, 1), RunContext(cache_dir=tmp_path))
+    zero = make_method(models, controlnet="tiny", controlnet_scale=0.0).generate(
+        story, (0,), RunContext(cache_dir=tmp_path)
+    )[0]
+    as_array = lambda image: np.asarray(image, dtype=np.int16)  # noqa: E731
+    assert np.abs(as_array(with_control[0].image) - as_array(without.image)).max() > 2
+    assert np.abs(as_array(zero.image) - as_array(without.image)).max() <= 1
+    # A frame without a control image is drawn as without a ControlNet.
+    assert (
+        np.abs(as_array(with_control[1].image) - as_array(plain.generate(story, (1,), RunContext())[0].image)).max()
+        <= 1
+    )
+
+
+def test_control_image_in_the_story_file_is_validated(write_story):
+    from storycast.story.parse import validate_story_file
+
+    data = two_character_data([{"text": "{ana} dancing", "control_image": "missing_pose.png"}])
+    problems = validate_story_file(write_story(data))
+    assert [p.field for p in problems] == ["frames[0].control_image"]

@@ -88,6 +88,31 @@ def count_unet_evaluations(unet: torch.nn.Module) -> Iterator[UNetCallCounter]:
         handle.remove()
 
 
+@dataclass
+class ControlInput:
+    """A ControlNet and its condition for one image.
+
+    Attributes:
+        model: A diffusers ``ControlNetModel`` for this UNet.
+        image: The condition, (1, 3, H, W) in [0, 1] at image size (see :func:`control_image_tensor`).
+        scale: ``conditioning_scale`` of the ControlNet's residuals.
+    """
+
+    model: Any
+    image: torch.Tensor
+    scale: float = 1.0
+
+
+def control_image_tensor(image: Any, width: int, height: int, *, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A PIL condition image as ControlNets take it: RGB, resized to the frame, (1, 3, H, W) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    return array.to(device=device, dtype=dtype)
+
+
 def predict_noise(
     unet: Any,
     model_input: torch.Tensor,
@@ -95,15 +120,30 @@ def predict_noise(
     text: TextConditioning,
     size_ids: torch.Tensor,
     cross_attention_kwargs: dict[str, Any] | None = None,
+    control: ControlInput | None = None,
 ) -> torch.Tensor:
-    """One UNet evaluation of an already scheduler-scaled batch."""
+    """One UNet evaluation of an already scheduler-scaled batch (with a ControlNet's residuals if given)."""
+    added = {"text_embeds": text.pooled, "time_ids": size_ids}
+    residuals: dict[str, Any] = {}
+    if control is not None:
+        down, mid = control.model(
+            model_input,
+            timestep,
+            encoder_hidden_states=text.embeds,
+            controlnet_cond=control.image.expand(model_input.shape[0], -1, -1, -1),
+            conditioning_scale=control.scale,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )
+        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
     return unet(
         model_input,
         timestep,
         encoder_hidden_states=text.embeds,
-        added_cond_kwargs={"text_embeds": text.pooled, "time_ids": size_ids},
+        added_cond_kwargs=added,
         cross_attention_kwargs=cross_attention_kwargs,
         return_dict=False,
+        **residuals,
     )[0]
 
 
@@ -115,13 +155,20 @@ def guided_noise(
     size_ids: torch.Tensor,
     guidance_scale: float,
     cross_attention_kwargs: dict[str, Any] | None = None,
+    control: ControlInput | None = None,
 ) -> torch.Tensor:
     """Classifier-free guided noise for a batch of B latents: one UNet call on 2B rows.
 
     ``model_input`` is (B, C, h, w), already scaled by the scheduler; ``size_ids`` has 2B rows.
     """
     noise = predict_noise(
-        unet, torch.cat([model_input, model_input]), timestep, conditioning.batch(), size_ids, cross_attention_kwargs
+        unet,
+        torch.cat([model_input, model_input]),
+        timestep,
+        conditioning.batch(),
+        size_ids,
+        cross_attention_kwargs,
+        control,
     )
     return cfg_combine(*noise.chunk(2), guidance_scale)
 

@@ -135,6 +135,7 @@ def frame_inputs(story: Story, index: int) -> dict[str, Any]:
         "seed": story.frame_seed(index),
         "characters": [_character_record(story, cid) for cid in frame.characters],
         "masks": {cid: sha256_file(path) for cid, path in frame.masks.items()},
+        "control_image": sha256_file(frame.control_image) if frame.control_image else None,
     }
 
 

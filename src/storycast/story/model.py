@@ -58,6 +58,7 @@ class Frame:
         context_type: Kind of context ("clothes", "pose", "background", "action"), as in the benchmark.
         masks: Character id -> mask image (white = character) for methods that take user masks.
         caption: Caption under the frame in the storyboard (default: the frame text, expanded).
+        control_image: A spatial condition (pose, depth, edges...) for methods run with a ControlNet.
     """
 
     text: str
@@ -68,6 +69,7 @@ class Frame:
     context_type: str | None = None
     masks: Mapping[str, Path] = field(default_factory=dict)
     caption: str | None = None
+    control_image: Path | None = None
 
 
 @dataclass(frozen=True)

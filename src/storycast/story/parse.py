@@ -22,7 +22,17 @@ ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 TOP_KEYS = ("version", "title", "style", "characters", "frames", "settings", "methods")
 STYLE_KEYS = ("prefix", "suffix")
 CHARACTER_KEYS = ("id", "description", "class_word", "name", "references")
-FRAME_KEYS = ("text", "characters", "seed", "negative_prompt", "context", "context_type", "masks", "caption")
+FRAME_KEYS = (
+    "text",
+    "characters",
+    "seed",
+    "negative_prompt",
+    "context",
+    "context_type",
+    "masks",
+    "caption",
+    "control_image",
+)
 SETTINGS_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size")
 
 
@@ -397,6 +407,11 @@ def _parse_frames(value: Any, characters: list[Character], problems: _Problems, 
         if seed is not None and _check_type(seed, int, _join(path, "seed"), problems) and seed < 0:
             problems.add(_join(path, "seed"), f"{seed} is negative", "use a seed of 0 or more")
         masks = _parse_masks(item.get("masks"), _join(path, "masks"), ids, problems, base)
+        control = item.get("control_image")
+        if control is not None and not isinstance(control, str):
+            _check_type(control, str, _join(path, "control_image"), problems)
+            control = None
+        control_paths = _parse_paths(control, _join(path, "control_image"), problems, base)
         frames.append(
             Frame(
                 text=text,
@@ -407,6 +422,7 @@ def _parse_frames(value: Any, characters: list[Character], problems: _Problems, 
                 context_type=_get_text(item, "context_type", path, problems, required=False),
                 masks=masks,
                 caption=_get_text(item, "caption", path, problems, required=False),
+                control_image=control_paths[0] if control_paths else None,
             )
         )
     return frames
@@ -476,6 +492,8 @@ def story_to_dict(story: Story, *, relative_to: str | Path | None = None) -> dic
                 entry[key] = getattr(frame, key)
         if frame.masks:
             entry["masks"] = {cid: path_text(p) for cid, p in frame.masks.items()}
+        if frame.control_image is not None:
+            entry["control_image"] = path_text(frame.control_image)
         data["frames"].append(entry)
     settings = {
         key: getattr(story.settings, key)

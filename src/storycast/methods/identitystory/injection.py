@@ -21,6 +21,7 @@ import torch
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.ops import progressive_masks, resize_masks_nearest
 from storycast.pipelines.sdxl import (
+    ControlInput,
     GuidancePair,
     TextConditioning,
     cfg_combine,
@@ -96,8 +97,13 @@ def stage_one(
     schedule: InjectionSchedule,
     size_ids: torch.Tensor,
     on_step: StepCallback | None = None,
+    control: ControlInput | None = None,
 ) -> StageOne:
-    """Draw the frame from its prompt alone (2 UNet evaluations per step), keeping what stage 2 needs."""
+    """Draw the frame from its prompt alone (2 UNet evaluations per step), keeping what stage 2 needs.
+
+    A ControlNet, when given, conditions these plain passes; the identity passes of stage 2 run without it,
+    as in the authors' code (their spatial ControlNet drives the base pipeline only).
+    """
     scheduler = fresh_scheduler(pipe, schedule.num_steps)
     latents = initial
     start_latents = initial
@@ -106,7 +112,9 @@ def stage_one(
         if i == schedule.first_injection_step:
             start_latents = latents
         model_input = scheduler.scale_model_input(latents, t)
-        noise = guided_noise(pipe.unet, model_input, t, conditioning, size_ids, schedule.guidance_scale)
+        noise = guided_noise(
+            pipe.unet, model_input, t, conditioning, size_ids, schedule.guidance_scale, control=control
+        )
         if i >= schedule.first_injection_step:
             kept.append(noise)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]

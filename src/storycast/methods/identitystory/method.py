@@ -26,7 +26,15 @@ from storycast.methods.identitystory.settings import (
     scaled_step,
 )
 from storycast.models.loading import active_loras
-from storycast.pipelines.sdxl import count_unet_evaluations, decode_latents, encode_prompts, initial_latents, time_ids
+from storycast.pipelines.sdxl import (
+    ControlInput,
+    control_image_tensor,
+    count_unet_evaluations,
+    decode_latents,
+    encode_prompts,
+    initial_latents,
+    time_ids,
+)
 from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
@@ -230,6 +238,7 @@ class IdentityStoryMethod(StoryMethod):
         provider = self.mask_provider(bool(frame.masks)) if characters else None
         needs_maps = provider is not None and provider.name == "attention"
 
+        control = self._control(frame, gen)
         with count_unet_evaluations(unet) as counter:
             conditioning = encode_prompts(pipe, [prompt], [negative])
             seed = story.frame_seed(index)
@@ -251,6 +260,7 @@ class IdentityStoryMethod(StoryMethod):
                         schedule,
                         size_ids,
                         on_step=lambda i: context.progress(ProgressEvent("denoise", i + 1, total_steps)),
+                        control=control,
                     )
                     if recorder is not None:
                         token_maps = recorder.character_maps()
@@ -307,6 +317,20 @@ class IdentityStoryMethod(StoryMethod):
         return FrameResult(index, image, seed, metadata=metadata, extras=extras)
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _control(self, frame: Any, gen: Any) -> ControlInput | None:
+        """The frame's ControlNet input, when the method has a ControlNet and the frame a control image."""
+        if self.settings.controlnet is None or frame.control_image is None:
+            return None
+        from PIL import Image
+
+        unet = self.models.pipeline.unet
+        key = ("controlnet", self.settings.controlnet)
+        if key not in self.models.attachments:
+            self.models.attachments[key] = _load_controlnet(self.settings.controlnet, self.models)
+        with Image.open(frame.control_image) as image:
+            tensor = control_image_tensor(image, gen.width, gen.height, device=unet.device, dtype=unet.dtype)
+        return ControlInput(self.models.attachments[key], tensor, self.settings.controlnet_scale)
 
     def _regions(
         self, story: Story, index: int, characters: Sequence[Character], negative: str
@@ -465,6 +489,35 @@ def _cross_layers(unet: Any) -> list[Any]:
     from storycast.attention.layers import select_layers
 
     return select_layers(unet, kind="cross")
+
+
+def _load_controlnet(source: str, models: Any) -> Any:
+    """A ControlNet from a Hub id or folder; "tiny" makes a random one from the tiny UNet (tests, demos)."""
+    from diffusers import ControlNetModel
+
+    unet = models.pipeline.unet
+    if source == "tiny":
+        from storycast.models.tiny import _seeded, tiny_sdxl_components
+
+        # From a fresh tiny UNet: the live one may carry LoRA layers that from_unet cannot copy.
+        with _seeded(models.spec.seed + 20):
+            fresh_unet = tiny_sdxl_components(models.spec.seed)["unet"]
+            controlnet = ControlNetModel.from_unet(fresh_unet, conditioning_channels=3)
+            # from_unet zero-initialises the output convolutions (a fresh ControlNet changes nothing);
+            # random ones make the tiny ControlNet's effect visible, as a trained one's is.
+            for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+                torch.nn.init.normal_(conv.weight, std=0.05)
+    else:
+        from storycast.models.checkpoints import load_checkpoint
+
+        controlnet = load_checkpoint(
+            lambda path, offline: ControlNetModel.from_pretrained(path, local_files_only=offline),
+            source,
+            what="ControlNet",
+            point_at="set the controlnet setting (--set controlnet=...) to",
+            local_files_only=models.spec.local_files_only,
+        )
+    return controlnet.to(device=unet.device, dtype=unet.dtype).eval()
 
 
 def _grounded_sam_available(settings: IdentityStorySettings) -> bool:

@@ -54,6 +54,9 @@ class IdentityStorySettings(MethodSettings):
         svd_iterations: SVD filter iterations.
         preview_images: Images drawn with a found identity for its preview sheet.
         freeu: FreeU (s1=0.6, s2=0.4, b1=1.1, b2=1.2) while drawing candidates, as the authors do.
+        controlnet: An SDXL ControlNet (Hub id or folder; "tiny" builds a random one for tiny models) that
+            conditions stage 1 on each frame's ``control_image``; frames without one draw unconditioned.
+        controlnet_scale: Conditioning scale of the ControlNet (the authors' 0.8).
         prompt_style: Frame prompt for stage 1: "story" (the story's prompt), "authors" (style + "a <desc up
             to class word> and a ..." + context, for several characters) or "auto" (authors' for
             multi-character benchmark stories).
@@ -85,6 +88,8 @@ class IdentityStorySettings(MethodSettings):
     svd_iterations: int = 3
     preview_images: int = 4
     freeu: bool = True
+    controlnet: str | None = None
+    controlnet_scale: float = 0.8
     prompt_style: Literal["auto", "story", "authors"] = "auto"
 
     def validate(self) -> None:
