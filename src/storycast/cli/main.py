@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from storycast import __version__
-from storycast.cli import convert, env, generate, methods, validate
+from storycast.cli import benchmark, convert, env, evaluate, generate, methods, validate
 
 COMMANDS = {
     "generate": generate,
@@ -16,6 +16,8 @@ COMMANDS = {
     "convert": convert,
     "methods": methods,
     "env": env,
+    "evaluate": evaluate,
+    "benchmark": benchmark,
 }
 
 DESCRIPTION = """\

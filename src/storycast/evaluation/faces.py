@@ -385,16 +385,24 @@ class FaceAnalyzer:
         embeddings = self._embed([(image, d) for d in detections])
         return [Face(d, e) for d, e in zip(detections, embeddings, strict=True)]
 
-    def all_faces(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
-        """Per image, the embeddings of all its faces, (k_i, d) (k_i = 0 when none is found)."""
-        per_image = [[(image, d) for d in self.detector.detect(image)] for image in images]
+    def analyze_images(self, images: Sequence[Image.Image], *, max_faces: int | None = None) -> list[list[Face]]:
+        """Per image, its faces by decreasing detection score (the best ``max_faces`` when given); the
+        recogniser sees the crops of all images in batches."""
+        per_image = [[(image, d) for d in self.detector.detect(image)[:max_faces]] for image in images]
         flat = self._embed([pair for pairs in per_image for pair in pairs])
         out, start = [], 0
         for pairs in per_image:
             rows = flat[start : start + len(pairs)]
-            out.append(torch.stack(rows) if rows else torch.zeros(0, 0))
+            out.append([Face(d, e) for (_, d), e in zip(pairs, rows, strict=True)])
             start += len(pairs)
         return out
+
+    def all_faces(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Per image, the embeddings of all its faces, (k_i, d) (k_i = 0 when none is found)."""
+        return [
+            torch.stack([f.embedding for f in faces]) if faces else torch.zeros(0, 0)
+            for faces in self.analyze_images(images)
+        ]
 
     def main_faces(
         self, images: Sequence[Image.Image], *, choose: FaceChoice = "largest"

@@ -188,12 +188,13 @@ def tiny_pipeline(family: str = "sdxl", seed: int = 0) -> Any:
     raise ValueError(f"family must be 'sdxl' or 'sd15', got {family!r}")
 
 
-def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4) -> dict[str, dict[str, Any]]:
-    """A random PhotoMaker v1 adapter for a tiny SDXL UNet, in the official file layout.
+def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4, config: Any = None) -> dict[str, dict[str, Any]]:
+    """A random PhotoMaker v1 adapter for an SDXL UNet, in the official file layout.
 
-    ``{"id_encoder": ..., "lora_weights": ...}`` with the ID encoder of ``PhotoMakerConfig.tiny()`` (its
-    64-d ID embedding matches the tiny SDXL text width) and a LoRA on every attention projection under the
-    official key names (``unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``).
+    ``{"id_encoder": ..., "lora_weights": ...}`` with an ID encoder of ``config`` (default
+    ``PhotoMakerConfig.tiny()``, whose 64-d ID embedding matches the tiny SDXL text width; the full-size
+    ``vit_l14()`` for full-size random models) and a LoRA of ``rank`` on every attention projection under
+    the official key names (``unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``).
     """
     import torch
 
@@ -201,7 +202,7 @@ def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4) -> dict[str
     from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
 
     with _seeded(seed + 10):
-        encoder = PhotoMakerIDEncoder(PhotoMakerConfig.tiny())
+        encoder = PhotoMakerIDEncoder(config or PhotoMakerConfig.tiny())
         lora: dict[str, torch.Tensor] = {}
         for layer in attention_layers(unet):
             module = layer.module

@@ -292,34 +292,38 @@ def generate_story(
     context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
     drawn: list[int] = []
     todo_frames = sum(len(g) for g in todo)
-    try:
-        if todo:
-            logger.info("drawing %d of %d frames with %s", todo_frames, len(story), method.name)
-            t0 = time.perf_counter()
-            method.prepare(story, context)
-            timings["prepare_s"] = round(time.perf_counter() - t0, 3)
-            progress(ProgressEvent("frames", 0, todo_frames, "frames"))
-            t0 = time.perf_counter()
-            for group in todo:
-                group_started = time.perf_counter()
-                results = method.generate(story, group, context)
-                seconds = (time.perf_counter() - group_started) / max(1, len(results))
-                _check_results(method.name, group, results)
-                for result in results:
-                    records[result.index] = _save_frame(out_dir, story, result, keys[group], group, seconds)
-                    drawn.append(result.index)
-                manifest["frames"] = records
-                manifest["updated"] = _now()
-                atomic_write_json(folder.manifest_path, manifest)
-                progress(ProgressEvent("frames", len(drawn), todo_frames, "frames"))
-            timings["generate_s"] = round(time.perf_counter() - t0, 3)
-        else:
-            logger.info("all %d frames are already drawn in %s", len(story), out_dir)
-    except BaseException:
-        manifest["status"] = "interrupted"
-        manifest["updated"] = _now()
-        atomic_write_json(folder.manifest_path, manifest)
-        raise
+    import torch
+
+    # Drawing never needs gradients; without this a method's own loop would keep every step's graph.
+    with torch.no_grad():
+        try:
+            if todo:
+                logger.info("drawing %d of %d frames with %s", todo_frames, len(story), method.name)
+                t0 = time.perf_counter()
+                method.prepare(story, context)
+                timings["prepare_s"] = round(time.perf_counter() - t0, 3)
+                progress(ProgressEvent("frames", 0, todo_frames, "frames"))
+                t0 = time.perf_counter()
+                for group in todo:
+                    group_started = time.perf_counter()
+                    results = method.generate(story, group, context)
+                    seconds = (time.perf_counter() - group_started) / max(1, len(results))
+                    _check_results(method.name, group, results)
+                    for result in results:
+                        records[result.index] = _save_frame(out_dir, story, result, keys[group], group, seconds)
+                        drawn.append(result.index)
+                    manifest["frames"] = records
+                    manifest["updated"] = _now()
+                    atomic_write_json(folder.manifest_path, manifest)
+                    progress(ProgressEvent("frames", len(drawn), todo_frames, "frames"))
+                timings["generate_s"] = round(time.perf_counter() - t0, 3)
+            else:
+                logger.info("all %d frames are already drawn in %s", len(story), out_dir)
+        except BaseException:
+            manifest["status"] = "interrupted"
+            manifest["updated"] = _now()
+            atomic_write_json(folder.manifest_path, manifest)
+            raise
 
     storyboard_path = None
     if options.storyboard:

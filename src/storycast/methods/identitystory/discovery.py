@@ -114,6 +114,7 @@ def draw_candidates(
     return images
 
 
+@torch.no_grad()
 def discover_identity(
     adapter: PhotoMakerAdapter,
     prompt_with_trigger: str,

@@ -90,6 +90,7 @@ class StageOne:
     guided: list[torch.Tensor]
 
 
+@torch.no_grad()
 def stage_one(
     pipe: Any,
     conditioning: GuidancePair,
@@ -132,6 +133,7 @@ def step_masks(
     return resize_masks_nearest(masks.float(), latent_size).unsqueeze(1)
 
 
+@torch.no_grad()
 def stage_two(
     pipe: Any,
     adapter: PhotoMakerAdapter,
@@ -195,6 +197,7 @@ def stage_two(
     return latents
 
 
+@torch.no_grad()
 def reference_redenoise(
     pipe: Any,
     adapter: PhotoMakerAdapter,

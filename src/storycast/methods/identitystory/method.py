@@ -98,13 +98,15 @@ class IdentityStoryMethod(StoryMethod):
     def _load_adapter(self) -> PhotoMakerAdapter:
         pipe = self.models.pipeline
         source = self.settings.photomaker
-        if source == "auto" and self.models.is_tiny:
+        if source == "auto" and (self.models.is_tiny or self.models.info.get("random")):
             from storycast.models.tiny import tiny_photomaker_weights
 
-            weights = tiny_photomaker_weights(pipe.unet, seed=self.models.spec.seed)
-            return PhotoMakerAdapter.load(
-                pipe, weights, config=PhotoMakerConfig.tiny(), base_adapters=active_loras(self.models)
-            )
+            # Random weights for random models: the tiny encoder, or the full-size one for the full-size random
+            # presets that benchmarks measure (LoRA rank 64: the official file's size fits that rank).
+            config = PhotoMakerConfig.tiny() if self.models.is_tiny else PhotoMakerConfig.vit_l14()
+            rank = 4 if self.models.is_tiny else 64
+            weights = tiny_photomaker_weights(pipe.unet, seed=self.models.spec.seed, rank=rank, config=config)
+            return PhotoMakerAdapter.load(pipe, weights, config=config, base_adapters=active_loras(self.models))
         return PhotoMakerAdapter.load(
             pipe,
             "TencentARC/PhotoMaker" if source == "auto" else source,
@@ -208,6 +210,7 @@ class IdentityStoryMethod(StoryMethod):
             self._providers[choice] = _build_provider(choice, self.settings, self.models)
         return self._providers[choice]
 
+    @torch.no_grad()
     def draw_frame(self, story: Story, index: int, context: RunContext) -> FrameResult:
         """Both stages of one frame, with bounded retries when a character cannot be located."""
         pipe = self.models.pipeline
