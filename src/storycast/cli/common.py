@@ -68,3 +68,35 @@ def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str,
             raise SettingsError(f"{flag} {item!r}: expected KEY=VALUE. Fix: e.g. {flag} sweet_spot_step=10")
         values[key.strip()] = value.strip()
     return values
+
+
+def add_method_settings_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method setting, e.g. --set sweet_spot_step=10 (repeatable)",
+    )
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """Generation settings that override the story files (``generation_from_args`` reads them back)."""
+    gen = parser.add_argument_group(title)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--steps", type=int, help="denoising steps")
+    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("--seed", type=int, help="base seed: frame i uses seed+i unless it sets its own")
+    gen.add_argument("--negative-prompt")
+    gen.add_argument("--batch-size", type=int, help="frames drawn together by per-frame methods")
+
+
+def generation_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size")
+    return {key: getattr(args, key) for key in keys}
+
+
+def terminate_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like Ctrl-C, so the run records the stop and a rerun resumes."""
+    raise KeyboardInterrupt

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storycast.cli.common import add_model_arguments, model_spec_from_args, parse_assignments
+from storycast.cli.common import (
+    add_generation_arguments,
+    add_method_settings_argument,
+    add_model_arguments,
+    generation_from_args,
+    model_spec_from_args,
+    parse_assignments,
+    terminate_as_interrupt,
+)
 
 HELP = "draw a story: frames, storyboard sheet and manifest (resumable)"
 EPILOG = """\
@@ -28,22 +36,9 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument("story", type=Path, help="story file (.yaml/.json, ours or ConsiStory-Human)")
     parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
     parser.add_argument("-o", "--out", type=Path, help="run folder (default: runs/<story name>-<method>)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a method setting, e.g. --set sweet_spot_step=10 (repeatable)",
-    )
+    add_method_settings_argument(parser)
     add_model_arguments(parser)
-    gen = parser.add_argument_group("generation (override the story file)")
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--steps", type=int, help="denoising steps")
-    gen.add_argument("--guidance-scale", type=float)
-    gen.add_argument("--seed", type=int, help="base seed: frame i uses seed+i unless it sets its own")
-    gen.add_argument("--negative-prompt")
-    gen.add_argument("--batch-size", type=int, help="frames drawn together by per-frame methods")
+    add_generation_arguments(parser, "generation (override the story file)")
     out = parser.add_argument_group("output")
     out.add_argument(
         "--overwrite", action="store_true", help="redraw every frame (and replace a run of other settings)"
@@ -60,10 +55,6 @@ def add_parser(subparsers: Any, name: str) -> None:
         help="progress bars (default: on a terminal)",
     )
     parser.set_defaults(handler=run)
-
-
-def _terminate_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,17 +77,9 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
     )
-    generation = {
-        "width": args.width,
-        "height": args.height,
-        "steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "seed": args.seed,
-        "negative_prompt": args.negative_prompt,
-        "batch_size": args.batch_size,
-    }
+    generation = generation_from_args(args)
     # A kill (SIGTERM) stops like Ctrl-C: the manifest records the stop, and a rerun resumes.
-    previous_handler = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, terminate_as_interrupt)
     bars = ProgressBars(args.progress)
     try:
         log.info("loading %s", spec.source)

@@ -51,7 +51,7 @@ class MethodSettings:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"known settings: {', '.join(names) or 'none'}"
                 raise SettingsError(f"{where}.{key}: unknown setting. Fix: {hint}")
-            values[key] = _convert(raw, hints[key], f"{where}.{key}")
+            values[key] = convert_value(raw, hints[key], f"{where}.{key}")
         try:
             return cls(**values)
         except SettingsError as err:
@@ -61,7 +61,7 @@ class MethodSettings:
         return dataclasses.asdict(self)
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
+def convert_value(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` to ``annotation`` (bool, int, float, str, Literal, Optional, tuple)."""
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -72,7 +72,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         errors = []
         for option in options:
             try:
-                return _convert(value, option, where)
+                return convert_value(value, option, where)
             except SettingsError as err:
                 errors.append(str(err))
         raise SettingsError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -86,7 +86,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise SettingsError(f"{where}: expected a list, got {value!r}.")
-        return tuple(_convert(v, item_type, where) for v in items)
+        return tuple(convert_value(v, item_type, where) for v in items)
     if annotation is bool:
         if isinstance(value, bool):
             return value

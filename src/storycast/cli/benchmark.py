@@ -1,0 +1,98 @@
+"""``storycast benchmark``: draw and score a benchmark split in one go (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from storycast.cli.common import (
+    add_generation_arguments,
+    add_method_settings_argument,
+    add_model_arguments,
+    generation_from_args,
+    model_spec_from_args,
+    parse_assignments,
+    terminate_as_interrupt,
+)
+from storycast.cli.evaluate import add_eval_arguments, evaluator_from_args
+
+HELP = "draw and score a benchmark split (ConsiStory-Human single / multi-2, or a folder of stories)"
+EPILOG = """\
+examples:
+  storycast benchmark single --method vanilla --preset tiny --steps 1 --limit 2 --out runs/bench-tiny
+  storycast benchmark single multi-2 --method identitystory --out runs/is --skip qalign
+  storycast benchmark my_stories/ --method vanilla --preset sd15 --out runs/mine --eval-preset 1prompt1story
+
+SUITE is a ConsiStory-Human split (single, multi-2; found under --bench-root, $STORYCAST_BENCH or
+../shared/bench/ConsiStory-Human) or a folder of story files. Each story goes to OUT/<suite>/<story>/.
+Running the same command again skips stories already drawn and scored, and finishes the others.
+With a tiny --preset the evaluation models are tiny too."""
+
+
+def add_parser(subparsers: Any, name: str) -> None:
+    parser = subparsers.add_parser(
+        name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suites", nargs="+", metavar="SUITE", help="single, multi-2, ... or a folder of story files")
+    parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="benchmark folder")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N stories of each suite")
+    parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
+    add_method_settings_argument(parser)
+    add_model_arguments(parser)
+    add_generation_arguments(parser, "generation (override the story files)")
+    parser.add_argument("--no-storyboard", action="store_true", help="do not write each run's storyboard.png")
+    add_eval_arguments(parser, standalone=False)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from storycast.cli.progress import ProgressBars
+    from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark
+    from storycast.evaluation.report import summary_table
+    from storycast.models.presets import BASE_PRESETS
+
+    log = logging.getLogger("storycast")
+    suites = [resolve_suite(name, args.bench_root) for name in args.suites]
+    spec = model_spec_from_args(args)
+    tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
+    generation = generation_from_args(args)
+    options = BenchmarkOptions(
+        out_dir=args.out,
+        limit=args.limit,
+        cache_dir=args.cache_dir,
+        command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
+        storyboard=not args.no_storyboard,
+    )
+    previous_handler = signal.signal(signal.SIGTERM, terminate_as_interrupt)
+    bars = ProgressBars(args.progress)
+    try:
+        evaluator = evaluator_from_args(args, tiny=tiny, device=spec.device, progress=bars)
+        result = run_benchmark(
+            suites,
+            args.method,
+            spec,
+            evaluator,
+            options,
+            method_settings=parse_assignments(args.settings),
+            generation=generation,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    print("\n".join(summary_table(result.evaluation.results)))
+    log.info(
+        "%d stor(ies) drawn, %d scored, %d already finished -> %s",
+        len(result.drawn),
+        len(result.scored),
+        len(result.finished),
+        ", ".join(str(p) for p in result.evaluation.paths.values()),
+    )
+    return 0

@@ -1,0 +1,108 @@
+"""The benchmark runner: suites, generate-then-score, resume without redrawing or rescoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storycast.errors import SettingsError
+from storycast.evaluation import benchmark as B
+from storycast.evaluation.evaluator import Evaluator, ExtractorOptions
+from storycast.evaluation.presets import resolve_preset
+from storycast.models.spec import LoraSpec, ModelSpec
+from tests.evaluation.fakes import write_suite
+from tests.helpers import BENCH
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+GENERATION = {"steps": 1, "width": 64, "height": 64, "batch_size": 2}
+
+
+@pytest.fixture
+def evaluator(tmp_path):
+    return Evaluator(
+        resolve_preset("identitystory", tiny=True), ExtractorOptions(tiny=True), cache_dir=tmp_path / "cache"
+    )
+
+
+def test_named_splits_and_folders(tmp_path, monkeypatch):
+    single = B.resolve_suite("single", bench_root=BENCH)
+    assert single.name == "single" and len(single.files) == 70 and single.files[0].name == "story_000.json"
+    monkeypatch.setenv(B.BENCH_ENV, str(BENCH))
+    assert len(B.resolve_suite("multi-2").files) == 10
+    monkeypatch.delenv(B.BENCH_ENV)
+    monkeypatch.chdir(tmp_path)
+    assert B.resolve_suite("multi-2").folder.resolve() == (BENCH / "multi-2").resolve()  # ../shared beside the repo
+    folder = B.resolve_suite(write_suite(tmp_path / "mine"))
+    assert folder.name == "mine" and len(folder.files) == 2
+    with pytest.raises(SettingsError, match=r"suite 'multi-9' is neither a folder nor a split.*--bench-root"):
+        B.resolve_suite("multi-9", bench_root=tmp_path)
+
+
+def test_benchmark_draws_scores_and_resumes_without_redrawing_or_rescoring(
+    tiny_sd15, evaluator, tmp_path, monkeypatch
+):
+    suite = B.resolve_suite(write_suite(tmp_path / "suite"))
+    out = tmp_path / "bench"
+    events = []
+    options = B.BenchmarkOptions(out_dir=out)
+    result = B.run_benchmark(
+        [suite], "vanilla", tiny_sd15, evaluator, options, generation=GENERATION, progress=events.append
+    )
+    runs = [out / "suite" / "story_000", out / "suite" / "story_001"]
+    assert result.drawn == runs and result.scored == runs and result.finished == []
+    for run in runs:
+        assert (run / "manifest.json").is_file() and (run / "scores.png").is_file()
+        assert json.loads((run / "scores.json").read_text())["run"]["method"] == "vanilla"
+    for name in ("results.json", "results.md", "results.png", "benchmark.json"):
+        assert (out / name).is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert [(g["split"], g["stories"]) for g in results["groups"]] == [("suite", 2)]
+    assert results["benchmark"]["generation"] == GENERATION and results["benchmark"]["suites"][0]["stories"] == 2
+    stories = [e for e in events if e.stage == "stories"]
+    assert (stories[0].completed, stories[-1].completed, stories[-1].total) == (0, 2, 2)
+    assert any(e.stage == "frames" for e in events)
+
+    # Again, from a model spec that must not even be loaded: everything is finished.
+    def no_loading(spec):
+        raise AssertionError("finished stories must not load the model")
+
+    monkeypatch.setattr(B, "load_models", no_loading)
+    mtimes = [(run / "scores.json").stat().st_mtime_ns for run in runs]
+    again = B.run_benchmark(
+        [suite], "vanilla", ModelSpec(source="tiny-sd15"), evaluator, options, generation=GENERATION
+    )
+    assert again.finished == runs and again.drawn == [] and again.scored == []
+    assert [(run / "scores.json").stat().st_mtime_ns for run in runs] == mtimes
+    assert again.evaluation.reused == runs
+
+    # A lost scores.json is rescored without drawing; a lost frame is redrawn.
+    (runs[0] / "scores.json").unlink()
+    rescored = B.run_benchmark(
+        [suite], "vanilla", ModelSpec(source="tiny-sd15"), evaluator, options, generation=GENERATION
+    )
+    assert rescored.scored == [runs[0]] and rescored.drawn == [] and rescored.finished == [runs[1]]
+    (runs[1] / "frames" / "frame_001.png").unlink()
+    redrawn = B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator, options, generation=GENERATION)
+    assert redrawn.drawn == [runs[1]] and redrawn.finished == [runs[0]]
+
+
+def test_limit_and_what_counts_as_drawn(tiny_sd15, evaluator, tmp_path):
+    suite = B.resolve_suite(write_suite(tmp_path / "suite", stories=3))
+    out = tmp_path / "bench"
+    B.run_benchmark(
+        [suite], "vanilla", tiny_sd15, evaluator, B.BenchmarkOptions(out_dir=out, limit=1), generation=GENERATION
+    )
+    assert sorted(p.name for p in (out / "suite").iterdir()) == ["story_000"]
+    run, story, spec = out / "suite" / "story_000", suite.files[0], ModelSpec(source="tiny-sd15")
+    assert B.is_drawn(run, story, "vanilla", spec, GENERATION) and B.is_drawn(run, story, "vanilla", tiny_sd15)
+    assert not B.is_drawn(run, story, "identitystory", spec, GENERATION)
+    assert not B.is_drawn(run, story, "vanilla", ModelSpec(source="tiny"), GENERATION)
+    assert not B.is_drawn(run, story, "vanilla", ModelSpec(source="tiny-sd15", loras=(LoraSpec("style"),)))
+    assert not B.is_drawn(run, story, "vanilla", spec, {**GENERATION, "steps": 2})
+    assert not B.is_drawn(run, story, "vanilla", spec, GENERATION, {"anything": 1})
+    assert not B.is_drawn(run, suite.files[1], "vanilla", spec, GENERATION)
+    with pytest.raises(SettingsError, match="limit must be at least 1"):
+        B.BenchmarkOptions(out_dir=out, limit=0)
