@@ -106,10 +106,12 @@ def evaluator_from_args(args: argparse.Namespace, *, tiny: bool, device: str, pr
     """The Evaluator the flags describe."""
     from storycast.evaluation.evaluator import Evaluator, ExtractorOptions
     from storycast.evaluation.presets import resolve_preset
+    from storycast.utils.torch_utils import resolve_device
 
     preset = resolve_preset(
         args.eval_preset,
         tiny=tiny,
+        gpu=resolve_device(args.eval_device or device).startswith("cuda"),
         add=args.with_metrics or (),
         remove=args.skip_metrics or (),
         overrides=parse_assignments(args.eval_set, "--eval-set"),

@@ -14,6 +14,7 @@ each preset's ``caveats`` and recorded in every result.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import string
 import typing
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,8 @@ Aggregation = Literal["story", "flat"]
 FaceReference = Literal["auto", "photos", "identity"]
 FaceChoice = Literal["largest", "score"]
 MissingFacePolicy = Literal["skip", "zero"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -364,18 +367,22 @@ def resolve_preset(
     name: str | EvalPreset = DEFAULT_EVAL_PRESET,
     *,
     tiny: bool = False,
+    gpu: bool = True,
     add: Iterable[str] = (),
     remove: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
 ) -> EvalPreset:
     """A preset by name, customised as on the command line.
 
-    With ``tiny`` extractors, Q-Align is left out unless ``add`` asks for it: OneAlign is an 8-billion-
-    parameter GPU model, and a tiny stand-in only exercises the formula.
+    With ``tiny`` extractors, or without a GPU (``gpu=False``), Q-Align is left out unless ``add`` asks for
+    it: OneAlign is an 8-billion-parameter GPU model, and a tiny stand-in only exercises the formula.
     """
     preset = get_eval_preset(name) if isinstance(name, str) else name
     add = metric_names(add)
     remove = metric_names(remove)
-    if tiny:
-        remove = (*remove, *(m for m in QALIGN_TASKS if m not in add))
+    if tiny or not gpu:
+        dropped = [m for m in QALIGN_TASKS if m not in add and m in preset.metrics and m not in remove]
+        if dropped and not tiny:
+            logger.warning("no CUDA device: Q-Align is left out (add it with --with qalign)")
+        remove = (*remove, *dropped)
     return preset.customize(add=add, remove=remove, overrides=overrides)
