@@ -98,3 +98,16 @@ def test_tiny_loads_with_defaults(tiny_sdxl):
     assert tiny_sdxl.is_tiny and tiny_sdxl.family == "sdxl" and tiny_sdxl.device == "cpu"
     assert (tiny_sdxl.defaults.width, tiny_sdxl.defaults.steps) == (128, 4)
     assert tiny_sdxl.info["dtype"] == "fp32"
+
+
+def test_full_size_random_presets_have_the_real_architectures():
+    from storycast.models.loading import classify_source
+    from storycast.models.random_full import random_full_components
+
+    assert classify_source(ModelSpec(source="sdxl-random"))[0] == "random"
+    sdxl = random_full_components("sdxl", device="meta")
+    sd15 = random_full_components("sd15", device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    # Parameter counts of stabilityai/stable-diffusion-xl-base-1.0 and stable-diffusion-v1-5's UNets.
+    assert count(sdxl["unet"]) == 2_567_463_684
+    assert count(sd15["unet"]) == 859_520_964

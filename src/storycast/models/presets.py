@@ -78,6 +78,22 @@ BASE_PRESETS: dict[str, BasePreset] = {
         BasePreset(
             "tiny-sd15", "sd15", None, "tiny random-weight SD 1.5 architecture (offline)", TINY_DEFAULTS, tiny=True
         ),
+        BasePreset(
+            "sdxl-random",
+            "sdxl",
+            None,
+            "full-size SDXL, random weights (offline benchmarks)",
+            SDXL_DEFAULTS,
+            random=True,
+        ),
+        BasePreset(
+            "sd15-random",
+            "sd15",
+            None,
+            "full-size SD 1.5, random weights (offline benchmarks)",
+            SD15_DEFAULTS,
+            random=True,
+        ),
     )
 }
 
