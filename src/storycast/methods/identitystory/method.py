@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,10 +29,13 @@ from storycast.methods.identitystory.settings import (
 from storycast.models.loading import active_loras
 from storycast.pipelines.sdxl import (
     ControlInput,
+    GuidancePair,
+    TextConditioning,
     control_image_tensor,
     count_unet_evaluations,
     decode_latents,
     encode_prompts,
+    fresh_scheduler,
     initial_latents,
     time_ids,
 )
@@ -248,14 +252,15 @@ class IdentityStoryMethod(StoryMethod):
             failures: list[str] = []
             for attempt in range(settings.mask_retries + 1):
                 seed = story.frame_seed(index) + attempt * RETRY_SEED_OFFSET
-                scheduler_for_noise = _scheduler_with_steps(pipe, gen.steps)
                 initial = initial_latents(
-                    scheduler_for_noise, latent_shape, [make_generator(seed, str(device))], dtype=dtype, device=device
+                    fresh_scheduler(pipe, gen.steps),
+                    latent_shape,
+                    [make_generator(seed, str(device))],
+                    dtype=dtype,
+                    device=device,
                 )
                 token_maps: dict[str, torch.Tensor] = {}
-                with _maybe_record_maps(
-                    unet, pipe.tokenizer, prompt, characters, needs_maps, latent_shape
-                ) as recorder:
+                with _recording_maps(unet, pipe.tokenizer, prompt, characters, needs_maps, latent_shape) as recorder:
                     stage1 = injection.stage_one(
                         pipe,
                         conditioning,
@@ -430,19 +435,11 @@ class IdentityStoryMethod(StoryMethod):
         }
 
 
-def _row(pair: Any, row: int) -> Any:
-    from storycast.pipelines.sdxl import GuidancePair, TextConditioning
-
+def _row(pair: GuidancePair, row: int) -> GuidancePair:
     def pick(text: TextConditioning) -> TextConditioning:
         return TextConditioning(text.embeds[row : row + 1], text.pooled[row : row + 1])
 
     return GuidancePair(pick(pair.uncond), pick(pair.cond))
-
-
-def _scheduler_with_steps(pipe: Any, steps: int) -> Any:
-    from storycast.pipelines.sdxl import fresh_scheduler
-
-    return fresh_scheduler(pipe, steps)
 
 
 class _MapRecorder:
@@ -457,35 +454,21 @@ class _MapRecorder:
         return {c.id: maps[k] for k, c in enumerate(self.characters)}
 
 
-class _maybe_record_maps:
-    def __init__(
-        self,
-        unet: Any,
-        tokenizer: Any,
-        prompt: str,
-        characters: Sequence[Character],
-        enabled: bool,
-        latent_shape: tuple,
-    ):
-        self.enabled = enabled and bool(characters)
-        self.args = (unet, tokenizer, prompt, characters, latent_shape)
-        self.handle = None
+@contextlib.contextmanager
+def _recording_maps(
+    unet: Any, tokenizer: Any, prompt: str, characters: Sequence[Character], enabled: bool, latent_shape: tuple
+) -> Iterator[_MapRecorder | None]:
+    """Record the class words' attention maps during stage 1 when the attention mask provider needs them."""
+    if not (enabled and characters):
+        yield None
+        return
+    from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
-    def __enter__(self) -> _MapRecorder | None:
-        if not self.enabled:
-            return None
-        from storycast.attention.token_maps import TokenMapStore, record_token_maps
-
-        unet, tokenizer, prompt, characters, latent_shape = self.args
-        positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
-        store = TokenMapStore([[p or 0 for p in positions]], size=latent_shape[-1] // 2, rows=1)
-        levels = sorted({layer.level for layer in _cross_layers(unet)} - {0}) or [0]
-        self.handle = record_token_maps(unet, store, levels)
-        return _MapRecorder(store, characters)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.remove()
+    positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
+    store = TokenMapStore([[p or 0 for p in positions]], size=latent_shape[-1] // 2, rows=1)
+    levels = sorted({layer.level for layer in _cross_layers(unet)} - {0}) or [0]
+    with record_token_maps(unet, store, levels):
+        yield _MapRecorder(store, characters)
 
 
 def _cross_layers(unet: Any) -> list[Any]:
