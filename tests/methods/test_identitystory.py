@@ -382,3 +382,36 @@ def test_control_image_in_the_story_file_is_validated(write_story):
     data = two_character_data([{"text": "{ana} dancing", "control_image": "missing_pose.png"}])
     problems = validate_story_file(write_story(data))
     assert [p.field for p in problems] == ["frames[0].control_image"]
+
+
+def test_adapter_file_in_the_official_layout_loads_into_the_pipeline(tmp_path):
+    """photomaker-v1.bin written as the official file is (a torch pickle of id_encoder + lora_weights) and loaded
+    from its folder behaves like the same weights given in memory: same ID embeddings, same LoRA'd UNet."""
+    from PIL import Image
+
+    from storycast.identity.photomaker import PhotoMakerConfig
+    from storycast.models.tiny import tiny_photomaker_weights
+
+    from_file = load_models(ModelSpec(source="tiny", device="cpu"))
+    weights = tiny_photomaker_weights(from_file.pipeline.unet, seed=3)
+    folder = tmp_path / "PhotoMaker"
+    folder.mkdir()
+    torch.save(weights, folder / "photomaker-v1.bin")
+
+    from storycast.identity.photomaker_adapter import PhotoMakerAdapter
+
+    adapter = PhotoMakerAdapter.load(from_file.pipeline, folder, config=PhotoMakerConfig.tiny())
+    in_memory = load_models(ModelSpec(source="tiny", device="cpu"))
+    reference = PhotoMakerAdapter.load(in_memory.pipeline, weights, config=PhotoMakerConfig.tiny())
+
+    image = Image.new("RGB", (128, 128), (180, 140, 120))
+    torch.testing.assert_close(adapter.embed([image]), reference.embed([image]))
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = {
+        "encoder_hidden_states": torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(1)),
+        "added_cond_kwargs": {"text_embeds": torch.zeros(2, 32), "time_ids": torch.zeros(2, 6)},
+    }
+    with torch.no_grad(), adapter.lora(True), reference.lora(True):
+        torch.testing.assert_close(
+            from_file.pipeline.unet(x, 5, **kwargs).sample, in_memory.pipeline.unet(x, 5, **kwargs).sample
+        )
