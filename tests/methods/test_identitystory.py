@@ -415,3 +415,29 @@ def test_adapter_file_in_the_official_layout_loads_into_the_pipeline(tmp_path):
         torch.testing.assert_close(
             from_file.pipeline.unet(x, 5, **kwargs).sample, in_memory.pipeline.unet(x, 5, **kwargs).sample
         )
+
+
+def test_grounded_sam_masks_through_the_method_settings(models, tmp_path):
+    """mask_provider=grounded-sam with local detector and segmenter folders (tiny random models)."""
+    from tests.masks.tiny_grounded_sam import save_tiny_grounded_sam
+
+    detector, segmenter = save_tiny_grounded_sam(tmp_path)
+    method = make_method(
+        models,
+        mask_provider="grounded-sam",
+        detector=str(detector),
+        segmenter=str(segmenter),
+        box_threshold=0.0,
+        text_threshold=0.0,
+    )
+    story = story_of(two_character_data([{"text": "{ana} at the window"}]), models, method, steps=2)
+    method.prepare(story, RunContext(cache_dir=tmp_path))
+    result = method.generate(story, (0,), RunContext(cache_dir=tmp_path))[0]
+    assert result.metadata["mask_provider"] == "grounded-sam"
+    assert (np.asarray(result.extras["mask_ana"]) > 0).any()
+    missing = make_method(models, mask_provider="grounded-sam", detector=str(tmp_path / "nowhere"))
+    from storycast.errors import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="detector setting"):
+        missing.prepare(story, RunContext(cache_dir=tmp_path))
+        missing.generate(story, (0,), RunContext(cache_dir=tmp_path))
