@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {err}")
             continue
-        print(f"ok: {path} ({len(story)} frames, {len(story.characters)} characters, {story.source_format} format)")
+        frames = f"{len(story)} frame{'s' if len(story) != 1 else ''}"
+        characters = f"{len(story.characters)} character{'s' if len(story.characters) != 1 else ''}"
+        print(f"ok: {path} ({frames}, {characters}, {story.source_format} format)")
     if failed:
         print(f"{failed} file(s) with problems")
     return 1 if failed else 0
