@@ -24,15 +24,6 @@ from tests.masks.tiny_grounded_sam import build_tiny_grounded_sam
 IMAGE_HEIGHT, IMAGE_WIDTH = 48, 80
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (and do not fight over a busy CPU); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_parts(tmp_path_factory):
     """(detector, detector_processor, segmenter, segmenter_processor), seeded, fp32 on the CPU."""

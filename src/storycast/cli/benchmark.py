@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from storycast.cli.common import (
     add_method_settings_argument,
     add_model_arguments,
     generation_from_args,
+    long_work,
     model_spec_from_args,
     parse_assignments,
-    terminate_as_interrupt,
 )
 from storycast.cli.evaluate import add_eval_arguments, evaluator_from_args
 
@@ -53,7 +52,6 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.cli.progress import ProgressBars
     from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark
     from storycast.evaluation.report import summary_table
     from storycast.models.presets import BASE_PRESETS
@@ -70,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
         storyboard=not args.no_storyboard,
     )
-    previous_handler = signal.signal(signal.SIGTERM, terminate_as_interrupt)
-    bars = ProgressBars(args.progress)
-    try:
+    with long_work(args.progress) as bars:
         evaluator = evaluator_from_args(args, tiny=tiny, device=spec.device, progress=bars)
         result = run_benchmark(
             suites,
@@ -84,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
             generation=generation,
             progress=bars,
         )
-    finally:
-        bars.close()
-        signal.signal(signal.SIGTERM, previous_handler)
     print("\n".join(summary_table(result.evaluation.results)))
     log.info(
         "%d stor(ies) drawn, %d scored, %d already finished -> %s",

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from storycast.errors import SettingsError
 from storycast.models.presets import BASE_PRESETS, FAMILIES
 from storycast.models.spec import OFFLOAD_MODES, LoraSpec, ModelSpec
 from storycast.utils.torch_utils import DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from storycast.cli.progress import ProgressBars
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +103,20 @@ def generation_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in keys}
 
 
-def terminate_as_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: stop like Ctrl-C, so the run records the stop and a rerun resumes."""
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def long_work(show_progress: bool | None) -> Iterator[ProgressBars]:
+    """Progress bars for a long command, and SIGTERM turned into Ctrl-C inside it: a killed run records
+    its stop in the manifest like an interrupted one, and the same command resumes it."""
+    from storycast.cli.progress import ProgressBars
+
+    previous_handler = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    bars = ProgressBars(show_progress)
+    try:
+        yield bars
+    finally:
+        bars.close()
+        signal.signal(signal.SIGTERM, previous_handler)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from storycast.cli.common import (
     add_method_settings_argument,
     add_model_arguments,
     generation_from_args,
+    long_work,
     model_spec_from_args,
     parse_assignments,
-    terminate_as_interrupt,
 )
 
 HELP = "draw a story: frames, storyboard sheet and manifest (resumable)"
@@ -60,7 +59,6 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.cli.progress import ProgressBars
     from storycast.models.loading import load_models
     from storycast.runs.runner import RunOptions, generate_story
     from storycast.story.parse import load_story
@@ -78,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
     )
     generation = generation_from_args(args)
-    # A kill (SIGTERM) stops like Ctrl-C: the manifest records the stop, and a rerun resumes.
-    previous_handler = signal.signal(signal.SIGTERM, terminate_as_interrupt)
-    bars = ProgressBars(args.progress)
-    try:
+    with long_work(args.progress) as bars:
         log.info("loading %s", spec.source)
         models = load_models(spec)
         result = generate_story(
@@ -93,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
             generation=generation,
             progress=bars,
         )
-    finally:
-        bars.close()
-        signal.signal(signal.SIGTERM, previous_handler)
     kept = f", {len(result.kept)} kept from before" if result.kept else ""
     log.info("drew %d frame(s)%s -> %s", len(result.drawn), kept, result.out_dir)
     if result.storyboard_path:
