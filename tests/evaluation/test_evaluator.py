@@ -248,3 +248,36 @@ def test_a_face_pack_folder_is_used_and_recorded_by_pack_not_path(cache_dir, tmp
     faces = json.loads((run / "scores.json").read_text())["evaluation"]["extractors"]["faces"]
     assert faces["source"] == "antelopev2" and set(faces["files"]) == {"scrfd_10g_bnkps.onnx", "glintr100.onnx"}
     assert faces["tiny"] is False
+
+
+def test_a_face_pack_url_is_downloaded_once_into_the_cache(cache_dir, tmp_path):
+    import zipfile
+
+    from storycast.evaluation.downloads import fetch_zip
+    from storycast.evaluation.tiny_faces import write_tiny_face_pack
+
+    folder = write_tiny_face_pack(tmp_path / "pack" / "antelopev2", "antelopev2")
+    archive = tmp_path / "antelopev2.zip"
+    with zipfile.ZipFile(archive, "w") as pack:
+        for path in folder.iterdir():
+            pack.write(path, f"antelopev2/{path.name}")
+    url = archive.as_uri()
+    run = single_run(tmp_path / "run")
+    evaluator = make_evaluator(cache_dir, tmp_path / "features", options=ExtractorOptions(tiny=True, face_models=url))
+    evaluator.evaluate(run)
+    faces = json.loads((run / "scores.json").read_text())["evaluation"]["extractors"]["faces"]
+    assert faces["source"] == "antelopev2" and faces["tiny"] is False
+    unpacked = fetch_zip(url, cache_dir)
+    assert (unpacked / "antelopev2" / "glintr100.onnx").is_file()
+    archive.unlink()  # the second time nothing is fetched
+    assert fetch_zip(url, cache_dir) == unpacked
+
+
+def test_a_face_pack_url_that_cannot_be_fetched_names_the_flag(tmp_path):
+    from storycast.errors import MissingWeightsError
+    from storycast.evaluation.downloads import fetch_zip
+
+    cache = tmp_path / "cache"
+    with pytest.raises(MissingWeightsError, match="--face-models"):
+        fetch_zip((tmp_path / "missing.zip").as_uri(), cache)
+    assert not list((cache / "downloads").iterdir())  # nothing half-downloaded is left behind

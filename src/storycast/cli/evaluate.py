@@ -61,9 +61,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
     models.add_argument("--dino-model", metavar="ID|FOLDER", help="DINO for DINO-I")
     models.add_argument(
         "--face-models",
-        type=Path,
-        metavar="FOLDER",
-        help="folder with the insightface pack (default ~/.insightface/models)",
+        metavar="FOLDER|URL",
+        help="folder with the insightface pack, or the URL of its .zip (default ~/.insightface/models)",
     )
     models.add_argument("--qalign-model", metavar="ID|FOLDER", help="OneAlign for Q-Align (CUDA only)")
     prefix = "" if standalone else "eval-"

@@ -85,7 +85,8 @@ class ExtractorOptions:
         clip_model: CLIP for CLIP-T / CLIP-T-C (and CLIP-I when the preset uses one CLIP): Hub id or folder.
         clip_i_model: CLIP for CLIP-I, when the preset uses a second one (1prompt1story: ViT-B/16).
         dino_model: DINO for DINO-I: Hub id or folder.
-        face_models: Folder with the preset's insightface pack files (default ``~/.insightface/models``).
+        face_models: Folder with the preset's insightface pack files, or the URL of the pack's .zip (downloaded
+            once into the cache); default ``~/.insightface/models``.
         qalign_model: OneAlign: Hub id or folder.
         device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
         dtype: 'fp32' (default: the same numbers on every machine), 'fp16', 'bf16' or 'auto'.
@@ -298,7 +299,7 @@ class Evaluator:
                 identity["source"] = f"tiny-face-pack:{self.preset.face_pack}:{TINY_SEED}"
                 identity["torch"] = torch.__version__
             else:
-                folder = source.source or None
+                folder = self._face_folder(source)
                 detector, recognizer = find_face_models(folder, self.preset.face_pack, setting=source.flag)
                 identity["source"] = self.preset.face_pack  # not the folder: the same files anywhere share features
                 identity["files"] = {p.name: p.stat().st_size for p in (detector, recognizer)}
@@ -398,7 +399,7 @@ class Evaluator:
         elif role == "faces":
             from storycast.evaluation.faces import FaceAnalyzer, FaceSettings
 
-            folder = self._write_tiny_face_pack() if source.tiny else (source.source or None)
+            folder = self._write_tiny_face_pack() if source.tiny else self._face_folder(source)
             face_device = device if device.startswith("cuda") and _onnx_has_cuda() else "cpu"
             model = FaceAnalyzer.from_folder(
                 folder, settings=FaceSettings(pack=self.preset.face_pack), device=face_device, setting=source.flag
@@ -417,6 +418,14 @@ class Evaluator:
             raise KeyError(role)
         self._models[role] = model
         return model
+
+    def _face_folder(self, source: ModelSource) -> str | Path | None:
+        """The face pack's folder: as given, fetched into the cache when it is a URL, or None for the default."""
+        from storycast.evaluation.downloads import fetch_zip, is_url
+
+        if is_url(source.source):
+            return fetch_zip(source.source, self.cache_dir, setting=source.flag)
+        return source.source or None
 
     def _write_tiny_face_pack(self) -> Path:
         import shutil

@@ -1,0 +1,73 @@
+"""Model packs fetched from a URL the user gives (face packs are zip files, not Hub repositories).
+
+A pack is downloaded once into the storycast cache, keyed by its URL, and unpacked atomically: an
+interrupted download leaves nothing that looks finished, and the next run starts it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from storycast.errors import MissingWeightsError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+URL_SCHEMES = ("http://", "https://", "file://")
+CHUNK = 1 << 20
+
+
+def is_url(source: str | Path | None) -> bool:
+    return isinstance(source, str) and source.lower().startswith(URL_SCHEMES)
+
+
+def fetch_zip(url: str, cache_dir: str | Path, *, setting: str = "--face-models", timeout: float = 60.0) -> Path:
+    """The folder holding the unpacked zip at ``url``, downloading and unpacking it on first use.
+
+    Raises:
+        MissingWeightsError: The URL cannot be fetched (the message names it and the local-folder fix).
+        ModelLoadError: What was fetched is not a zip file.
+    """
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    target = Path(cache_dir) / "downloads" / key
+    if (target / ".complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        archive = staging / "pack.zip"
+        logger.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as handle:
+                shutil.copyfileobj(response, handle, CHUNK)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise MissingWeightsError(
+                f"could not download '{url}' ({err}). Fix: download and unzip it yourself, then pass {setting} "
+                f"/path/to/the/folder."
+            ) from None
+        if not zipfile.is_zipfile(archive):
+            raise ModelLoadError(
+                f"'{url}' is not a zip file. Fix: give the URL of the pack's .zip, or {setting} FOLDER."
+            )
+        with zipfile.ZipFile(archive) as pack:
+            unpacked = staging / "files"
+            for member in pack.namelist():
+                # Refuse paths that would land outside the folder (absolute, or climbing with '..').
+                resolved = (unpacked / member).resolve()
+                if not str(resolved).startswith(str(unpacked.resolve())):
+                    raise ModelLoadError(f"'{url}' holds an unsafe path '{member}'; not unpacked.")
+            pack.extractall(unpacked)
+        archive.unlink()
+        (unpacked / ".complete").write_text(url + "\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        unpacked.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
