@@ -19,7 +19,7 @@ CORE_PACKAGES = (
     "numpy",
     "pillow",
 )
-OPTIONAL_PACKAGES = ("peft", "accelerate", "scipy", "onnxruntime", "matplotlib", "gradio")
+OPTIONAL_PACKAGES = ("peft", "accelerate", "scipy", "onnxruntime", "gradio")
 
 
 def package_version(name: str) -> str | None:

@@ -13,7 +13,6 @@ EXTRA_OF_MODULE = {
     "peft": "lora",
     "scipy": "masks",
     "onnxruntime": "faces",
-    "matplotlib": "eval",
     "accelerate": "train",
     "gradio": "ui",
 }
