@@ -123,3 +123,15 @@ def test_benchmark_story_runs(tiny_sdxl, tmp_path):
     story = load_story(BENCH / "multi-2" / "story_000.json")
     result = run(story, tiny_sdxl, tmp_path / "run", generation={"batch_size": 5, "steps": 1})
     assert len(result.frame_paths) == 10
+
+
+def test_a_lora_makes_another_run(tiny_sdxl, write_story, tmp_path):
+    import dataclasses
+
+    story = load_story(write_story(small_story_data(1)))
+    run(story, tiny_sdxl, tmp_path / "run")
+    styled = dataclasses.replace(
+        tiny_sdxl, info={**tiny_sdxl.info, "loras": [{"name": "lora_0", "source": "s", "scale": 1.0}]}
+    )
+    with pytest.raises(RunFolderError, match="model"):
+        run(story, styled, tmp_path / "run")

@@ -237,7 +237,10 @@ def generate_story(
     summary = {
         "method": method.name,
         "method settings": method.settings.to_dict(),
-        "model": {k: models.info.get(k) for k in ("source", "repo_id", "revision", "path", "family", "dtype", "seed")},
+        "model": {
+            k: models.info.get(k)
+            for k in ("source", "repo_id", "revision", "path", "family", "dtype", "seed", "loras")
+        },
         "generation settings": {
             k: v for k, v in dataclasses.asdict(resolved).items() if k not in ("seed", "batch_size")
         },
