@@ -149,3 +149,21 @@ def test_console_script_runs_and_a_killed_run_resumes(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert f"{len(done)} kept from before" in finished.stderr
     assert len(list((out / "frames").glob("frame_*.png"))) == 12
+
+
+def test_identities_list_show_remove(tmp_path, capsys):
+    import torch
+
+    from storycast.identity.library import IdentityLibrary
+
+    library = IdentityLibrary(tmp_path / "identities")
+    library.put("abc123def", torch.ones(4), {"character": "mara", "source": "discovered", "prompt": "a woman img"})
+    cache = ["--cache-dir", str(tmp_path)]
+    assert main(["identities", *cache]) == 0
+    assert "abc123def  mara" in capsys.readouterr().out
+    assert main(["identities", "show", "abc", *cache]) == 0
+    assert "norm 2.000" in capsys.readouterr().out
+    assert main(["identities", "show", "zzz", *cache]) == 2
+    assert "no identity" in capsys.readouterr().err
+    assert main(["identities", "remove", "abc", *cache]) == 0
+    assert library.keys() == []

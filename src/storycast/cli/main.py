@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from storycast import __version__
-from storycast.cli import benchmark, convert, env, evaluate, generate, methods, validate
+from storycast.cli import benchmark, convert, env, evaluate, generate, identities, methods, validate
 
 COMMANDS = {
     "generate": generate,
@@ -19,6 +19,7 @@ COMMANDS = {
     "env": env,
     "evaluate": evaluate,
     "benchmark": benchmark,
+    "identities": identities,
 }
 
 DESCRIPTION = """\
