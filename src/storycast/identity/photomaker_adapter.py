@@ -72,8 +72,8 @@ class PhotoMakerAdapter:
     ) -> PhotoMakerAdapter:
         """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``."""
         weights = load_photomaker_state_dict(source, weight_name, local_files_only=local_files_only)
-        encoder = build_id_encoder_from_state_dict(weights.id_encoder, config)
-        encoder.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
+        encoder = build_id_encoder_from_state_dict(weights.id_encoder, config, dtype=pipe.unet.dtype)
+        encoder.to(device=pipe.unet.device)
         has_lora = bool(weights.lora_weights)
         if has_lora:
             require("peft", extra="lora", purpose="PhotoMaker's UNet LoRA")

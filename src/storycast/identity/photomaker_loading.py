@@ -173,15 +173,20 @@ def split_photomaker_state_dict(state_dict: Mapping[str, object], source: str) -
 
 
 def build_id_encoder_from_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: PhotoMakerConfig | None = None
+    state_dict: Mapping[str, torch.Tensor], config: PhotoMakerConfig | None = None, dtype: torch.dtype = torch.float32
 ) -> PhotoMakerIDEncoder:
-    """A :class:`PhotoMakerIDEncoder` (float32, CPU, eval mode) loaded strictly from ``state_dict``.
+    """A :class:`PhotoMakerIDEncoder` (``dtype``, on the state dict's device, eval mode) loaded strictly.
+
+    The module is built on the meta device and takes the state dict's tensors as its parameters, so no
+    random initialisation runs and no second copy of the 0.3 B-parameter tower is made (the tensors are
+    shared with ``state_dict`` when they already have ``dtype``).
 
     Raises:
         ModelLoadError: Listing the missing keys, the unexpected keys and the shape mismatches.
     """
     config = config or PhotoMakerConfig.vit_l14()
-    encoder = PhotoMakerIDEncoder(config)
+    with torch.device("meta"):
+        encoder = PhotoMakerIDEncoder(config)
     state_dict = {key: value for key, value in state_dict.items() if key not in _IGNORED_ENCODER_KEYS}
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -207,5 +212,19 @@ def build_id_encoder_from_state_dict(
         raise ModelLoadError(
             "The state dict does not fit the PhotoMaker v1 ID encoder. " + " | ".join(problems) + "." + hint
         )
-    encoder.load_state_dict(state_dict, strict=True)
-    return encoder.eval()
+    encoder.load_state_dict(state_dict, strict=True, assign=True)
+    _rebuild_position_ids(encoder)
+    return encoder.to(dtype).eval()
+
+
+def _rebuild_position_ids(encoder: PhotoMakerIDEncoder) -> None:
+    """Recreate the buffers the file does not hold (CLIP's ``position_ids``: 0..n-1), left on meta by the build."""
+    for module in encoder.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if not buffer.is_meta:
+                continue
+            if name != "position_ids":
+                raise ModelLoadError(f"the ID encoder's buffer '{name}' is not in the file and cannot be rebuilt.")
+            device = next(encoder.parameters()).device
+            ids = torch.arange(buffer.shape[-1], device=device).expand(buffer.shape)
+            module.register_buffer(name, ids, persistent=False)
