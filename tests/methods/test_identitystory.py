@@ -144,19 +144,24 @@ def test_latents_outside_every_mask_equal_stage_one_exactly(models):
 
 
 def test_lora_off_is_the_plain_unet_and_on_changes_it(models):
+    from storycast.models.tiny import tiny_sdxl_components
+
     method = make_method(models)
     unet = models.pipeline.unet
+    untouched = tiny_sdxl_components()["unet"]  # the same base weights, never given a LoRA
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     kwargs = {
         "encoder_hidden_states": torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(2)),
         "added_cond_kwargs": {"text_embeds": torch.zeros(2, 32), "time_ids": torch.zeros(2, 6)},
     }
     with torch.no_grad():
+        plain = untouched(x, 10, **kwargs).sample
         off = unet(x, 10, **kwargs).sample
         with method.adapter.lora(True):
             on = unet(x, 10, **kwargs).sample
-        plain = unet(x, 10, **kwargs).sample
-    assert torch.equal(off, plain)
+        after = unet(x, 10, **kwargs).sample
+    torch.testing.assert_close(off, plain, rtol=0, atol=1e-6)  # LoRA off: the plain SDXL UNet
+    torch.testing.assert_close(after, plain, rtol=0, atol=1e-6)  # and switched back off after the block
     assert (on - off).abs().max() > 1e-4
 
 
