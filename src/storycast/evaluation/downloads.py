@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from storycast.errors import MissingWeightsError, ModelLoadError
+from storycast.utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ def fetch_zip(url: str, cache_dir: str | Path, *, setting: str = "--face-models"
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
-    try:
-        archive = staging / "pack.zip"
+    with tempfile.TemporaryDirectory(prefix=f".{key}.", dir=target.parent) as scratch:
+        archive = Path(scratch) / "pack.zip"
         logger.info("downloading %s", url)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as handle:
@@ -55,19 +55,11 @@ def fetch_zip(url: str, cache_dir: str | Path, *, setting: str = "--face-models"
             raise ModelLoadError(
                 f"'{url}' is not a zip file. Fix: give the URL of the pack's .zip, or {setting} FOLDER."
             )
-        with zipfile.ZipFile(archive) as pack:
-            unpacked = staging / "files"
+        with zipfile.ZipFile(archive) as pack, atomic_directory(target) as staging:
             for member in pack.namelist():
                 # Refuse paths that would land outside the folder (absolute, or climbing with '..').
-                resolved = (unpacked / member).resolve()
-                if not str(resolved).startswith(str(unpacked.resolve())):
+                if not (staging / member).resolve().is_relative_to(staging.resolve()):
                     raise ModelLoadError(f"'{url}' holds an unsafe path '{member}'; not unpacked.")
-            pack.extractall(unpacked)
-        archive.unlink()
-        (unpacked / ".complete").write_text(url + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        unpacked.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            pack.extractall(staging)
+            (staging / ".complete").write_text(url + "\n", encoding="utf-8")
     return target

@@ -47,7 +47,14 @@ from storycast.evaluation.runfolders import (
 )
 from storycast.evaluation.scoring import FrameFaces, StoryInputs, StoryScores, score_story
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
-from storycast.utils.io import atomic_save_image, atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from storycast.utils.io import (
+    atomic_directory,
+    atomic_save_image,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+    sha256_json,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -428,9 +435,6 @@ class Evaluator:
         return source.source or None
 
     def _write_tiny_face_pack(self) -> Path:
-        import shutil
-        import tempfile
-
         from storycast.evaluation.faces import FACE_PACKS
         from storycast.evaluation.tiny_faces import write_tiny_face_pack
 
@@ -438,16 +442,8 @@ class Evaluator:
         spec = FACE_PACKS[self.preset.face_pack]
         if all((folder / name).is_file() for name in (spec.detector, spec.recognizer)):
             return folder
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_directory(folder) as staging:
             write_tiny_face_pack(staging, self.preset.face_pack, seed=TINY_SEED)
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return folder
 
     # ------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ Layout: ``<root>/<key>/identity.safetensors`` (tensor ``identity``), ``preview.p
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import torch
 
-from storycast.utils.io import sha256_json
+from storycast.utils.io import atomic_directory, sha256_json
 
 KEY_LENGTH = 24
 
@@ -76,22 +74,13 @@ class IdentityLibrary:
         """Store an identity (replacing one with the same key)."""
         from safetensors.torch import save_file
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
-        try:
-            vector = embedding.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
+        vector = embedding.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
+        record_info = {"key": key, **dict(info)}
+        with atomic_directory(self.path(key)) as staging:
             save_file({"identity": vector}, str(staging / "identity.safetensors"))
             if preview is not None:
                 preview.save(staging / "preview.png")
-            record_info = {"key": key, **dict(info)}
             (staging / "info.json").write_text(json.dumps(record_info, indent=2, default=str) + "\n", encoding="utf-8")
-            target = self.path(key)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return IdentityRecord(key, vector, record_info, self.path(key))
 
     def keys(self) -> list[str]:
