@@ -55,3 +55,17 @@ def write_story(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _plain_storycast_logger():
+    """`storycast.cli.main` sets the 'storycast' logger up for a terminal (its own handler, no propagation).
+    Tests, and module fixtures, that call it in-process must not hand that setup to later tests, whose caplog
+    would then see nothing: every test starts with the logger as Python creates it."""
+    import logging
+
+    logger = logging.getLogger("storycast")
+    logger.handlers[:] = []
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    yield
