@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> dict:
     from storycast.methods.registry import get_method
     from storycast.models.loading import load_models
     from storycast.models.spec import ModelSpec
-    from storycast.pipelines.sdxl import count_unet_evaluations
+    from storycast.pipelines.noise import count_unet_evaluations
     from storycast.runs.runner import resolve_generation
 
     if args.device == "cpu":
@@ -108,13 +108,9 @@ def reference_frame(method, story, index, context) -> None:
     from storycast.masks.ops import scale_pixels
     from storycast.methods.identitystory import injection, prompts
     from storycast.methods.identitystory.settings import scaled_step
-    from storycast.pipelines.sdxl import (
-        decode_latents,
-        encode_prompts,
-        fresh_scheduler,
-        initial_latents,
-        time_ids,
-    )
+    from storycast.pipelines.conditioning import prompt_encoder
+    from storycast.pipelines.decode import decode_latents
+    from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
     from storycast.utils.torch_utils import make_generator
 
     pipe = method.models.pipeline
@@ -126,23 +122,19 @@ def reference_frame(method, story, index, context) -> None:
     )  # fmt: skip
     negative = story.negative_prompt(index)
     prompt = prompts.global_prompt(story, index, method.settings.prompt_style)
-    conditioning = encode_prompts(pipe, [prompt], [negative])
-    unet = pipe.unet
-    shape = (4, gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor)
+    device = method.models.device
+    conditioning = prompt_encoder(pipe, "sdxl", device)([prompt], [negative], width=gen.width, height=gen.height)
     initial = initial_latents(
-        fresh_scheduler(pipe, gen.steps),
-        shape,
-        [make_generator(0, str(unet.device))],
-        dtype=unet.dtype,
-        device=unet.device,
+        make_scheduler(pipe.scheduler, gen.steps, device),
+        latent_shape(pipe, gen.height, gen.width),
+        [make_generator(0, str(device))],
+        dtype=pipe.unet.dtype,
+        device=device,
     )
-    ids = time_ids(gen.height, gen.width, 2, dtype=unet.dtype, device=unet.device)
     masks = torch.zeros(len(characters), gen.height, gen.width, dtype=torch.bool)
     masks[:, gen.height // 4 : 3 * gen.height // 4, gen.width // 4 : 3 * gen.width // 4] = True
     regions = method._regions(story, index, characters, negative)
-    _, latents = injection.reference_redenoise(
-        pipe, method.adapter, conditioning, regions, masks, initial, schedule, ids
-    )
+    _, latents = injection.reference_redenoise(pipe, method.adapter, conditioning, regions, masks, initial, schedule)
     decode_latents(pipe, latents)
 
 

@@ -15,14 +15,9 @@ from storycast.methods.identitystory.method import IdentityStoryMethod
 from storycast.methods.identitystory.settings import IdentityStorySettings
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.pipelines.sdxl import (
-    GuidancePair,
-    count_unet_evaluations,
-    encode_prompts,
-    fresh_scheduler,
-    initial_latents,
-    time_ids,
-)
+from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
+from storycast.pipelines.denoise import initial_latents, make_scheduler
+from storycast.pipelines.noise import count_unet_evaluations
 from storycast.runs.runner import RunOptions, generate_story, resolve_generation
 from storycast.story.parse import load_story, parse_story
 from storycast.utils.torch_utils import make_generator
@@ -65,24 +60,22 @@ def frame_inputs(models, method, story, index, identity_seed=0):
     adapter = method.adapter
     characters = story.frame_characters(index)
     negative = story.negative_prompt(index)
-    conditioning = encode_prompts(pipe, [story.prompt(index)], [negative])
+    gen = story.settings
+    size = {"width": gen.width, "height": gen.height}
+    conditioning = prompt_encoder(pipe, "sdxl", "cpu")([story.prompt(index)], [negative], **size)
     regions_prompts = [prompts.region_prompt(story, c, len(characters)) for c in characters]
-    pair, positions = adapter.encode(regions_prompts, [negative] * len(characters))
+    pair, positions = adapter.encode(regions_prompts, [negative] * len(characters), **size)
     generator = torch.Generator().manual_seed(identity_seed)
     regions = [
         injection.RegionInput(
             c.id,
-            GuidancePair(
-                type(pair.uncond)(pair.uncond.embeds[k : k + 1], pair.uncond.pooled[k : k + 1]),
-                type(pair.cond)(pair.cond.embeds[k : k + 1], pair.cond.pooled[k : k + 1]),
-            ),
+            GuidancePair(pair.uncond.rows(k), pair.cond.rows(k)),
             positions[k],
             torch.randn(64, generator=generator),
         )
         for k, c in enumerate(characters)
     ]
-    gen = story.settings
-    scheduler = fresh_scheduler(pipe, gen.steps)
+    scheduler = make_scheduler(pipe.scheduler, gen.steps, "cpu")
     initial = initial_latents(
         scheduler, (4, gen.height // 8, gen.width // 8), [make_generator(5)], dtype=torch.float32, device="cpu"
     )
@@ -105,16 +98,15 @@ def test_optimised_injection_equals_the_authors_formulation(models, fuse_mode, c
     story = story_of(two_character_data(frames), models, method, steps=6, width=128, height=128)
     conditioning, regions, initial = frame_inputs(models, method, story, 0)
     schedule = injection.InjectionSchedule(6, 3, 7.0, 12, fuse_mode=fuse_mode)
-    ids = time_ids(128, 128, 2, dtype=torch.float32, device="cpu")
     masks = square_masks(count)
     unet = models.pipeline.unet
 
     with count_unet_evaluations(unet) as fast_count:
-        stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule, ids)
-        fast = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, ids)
+        stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
+        fast = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
     with count_unet_evaluations(unet) as slow_count:
         ref_stage1, slow = injection.reference_redenoise(
-            models.pipeline, method.adapter, conditioning, regions, masks, initial, schedule, ids
+            models.pipeline, method.adapter, conditioning, regions, masks, initial, schedule
         )
     # Called with gradients on, no graph is kept: memory does not grow with the steps.
     assert torch.is_grad_enabled() and not fast.requires_grad and not stage1.latents.requires_grad
@@ -132,10 +124,9 @@ def test_latents_outside_every_mask_equal_stage_one_exactly(models):
     story = story_of(two_character_data([{"text": "{ana} and {leo} talking"}]), models, method, steps=5)
     conditioning, regions, initial = frame_inputs(models, method, story, 0)
     schedule = injection.InjectionSchedule(5, 2, 7.0, 16)
-    ids = time_ids(128, 128, 2, dtype=torch.float32, device="cpu")
     masks = square_masks(2)
-    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule, ids)
-    final = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, ids)
+    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
+    final = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
     last = injection.step_masks(masks, 4, schedule, (16, 16)).sum(dim=0)[0] > 0
     outside = ~last
     assert outside.any() and last.any()

@@ -2,11 +2,18 @@
 
 One UNet serves both the plain passes (LoRA off) and the identity passes (LoRA on): the LoRA is loaded
 unfused through diffusers/peft and switched per call, so no second SDXL UNet is held in memory.
+
+The pipeline's tokenizers are never changed: the trigger word lives in the adapter's own copy of
+tokenizer 1, used only to find the class token of identity prompts (whose trigger is removed before
+encoding). Base passes, and other methods on the same loaded models, never see the trigger token, so
+"img" in a prompt ("an img badge", "imgur") is ordinary text everywhere. :meth:`PhotoMakerAdapter.detach`
+removes the LoRA and the encoder again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,7 @@ from storycast.identity.photomaker_loading import (
     load_photomaker_state_dict,
 )
 from storycast.identity.photomaker_prompt import TRIGGER_WORD, find_class_tokens, remove_trigger_word
-from storycast.pipelines.sdxl import GuidancePair, encode_prompts
+from storycast.pipelines.conditioning import GuidancePair, SDXLPromptEncoder
 from storycast.utils.imports import require
 
 ADAPTER_NAME = "photomaker"
@@ -31,11 +38,12 @@ class PhotoMakerAdapter:
     """PhotoMaker on a ``StableDiffusionXLPipeline``.
 
     Args:
-        pipe: The SDXL pipeline (its UNet gets the LoRA, its tokenizers the trigger word).
-        encoder: The ID encoder, already on the pipeline's device.
+        pipe: The SDXL pipeline (its UNet gets the LoRA).
+        encoder: The ID encoder, already on ``device``.
         has_lora: Whether the LoRA named ``photomaker`` was loaded into the UNet.
         trigger_word: PhotoMaker's trigger word.
         base_adapters: Other LoRAs (adapter name -> scale) that stay active in every pass, e.g. a style.
+        device: Where prompts are encoded and images embedded (the models' device).
     """
 
     def __init__(
@@ -46,16 +54,20 @@ class PhotoMakerAdapter:
         has_lora: bool,
         trigger_word: str = TRIGGER_WORD,
         base_adapters: Mapping[str, float] | None = None,
+        device: Any = None,
     ):
         self.pipe = pipe
         self.encoder = encoder
         self.has_lora = has_lora
         self.trigger_word = trigger_word
         self.base_adapters = dict(base_adapters or {})
-        for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
-            if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
-                tokenizer.add_tokens([trigger_word], special_tokens=True)
-        self.trigger_token_id = pipe.tokenizer.convert_tokens_to_ids(trigger_word)
+        self.device = device if device is not None else pipe.unet.device
+        self.prompts = SDXLPromptEncoder(pipe, self.device)
+        # The adapter's own tokenizer with the trigger word; the pipeline's stay as they are.
+        self.trigger_tokenizer = copy.deepcopy(pipe.tokenizer)
+        if trigger_word not in self.trigger_tokenizer.get_vocab():
+            self.trigger_tokenizer.add_tokens([trigger_word], special_tokens=True)
+        self.trigger_token_id = self.trigger_tokenizer.convert_tokens_to_ids(trigger_word)
         self._lora_active = True
         self.set_lora(False)
 
@@ -69,11 +81,13 @@ class PhotoMakerAdapter:
         config: PhotoMakerConfig | None = None,
         local_files_only: bool = False,
         base_adapters: Mapping[str, float] | None = None,
+        device: Any = None,
     ) -> PhotoMakerAdapter:
-        """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``."""
+        """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``; :meth:`detach` undoes it."""
+        device = device if device is not None else pipe.unet.device
         weights = load_photomaker_state_dict(source, weight_name, local_files_only=local_files_only)
         encoder = build_id_encoder_from_state_dict(weights.id_encoder, config, dtype=pipe.unet.dtype)
-        encoder.to(device=pipe.unet.device)
+        encoder.to(device=device)
         has_lora = bool(weights.lora_weights)
         if has_lora:
             require("peft", extra="lora", purpose="PhotoMaker's UNet LoRA")
@@ -86,7 +100,19 @@ class PhotoMakerAdapter:
                 pipe.load_lora_weights(dict(weights.lora_weights), adapter_name=ADAPTER_NAME)
             finally:
                 diffusers_logging.set_verbosity(verbosity)
-        return cls(pipe, encoder, has_lora=has_lora, base_adapters=base_adapters)
+        return cls(pipe, encoder, has_lora=has_lora, base_adapters=base_adapters, device=device)
+
+    def detach(self) -> None:
+        """Remove the LoRA from the UNet (the other LoRAs stay active) and drop the encoder."""
+        if self.has_lora:
+            self.set_lora(False)
+            unet = self.pipe.unet
+            unet.delete_adapters(ADAPTER_NAME)
+            if self.base_adapters:
+                unet.enable_lora()
+                unet.set_adapters(list(self.base_adapters), list(self.base_adapters.values()))
+            self.has_lora = False
+        self.encoder.to("cpu")
 
     def set_lora(self, enabled: bool) -> None:
         """Switch the PhotoMaker LoRA on (identity passes) or off (plain SDXL passes)."""
@@ -117,7 +143,7 @@ class PhotoMakerAdapter:
     @torch.no_grad()
     def embed(self, images: Sequence[Any]) -> torch.Tensor:
         """ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user photos)."""
-        self._vision_to(self.pipe.unet.device)
+        self._vision_to(self.device)
         return embed_images(self.encoder, images)
 
     def park_vision_tower(self) -> None:
@@ -134,7 +160,7 @@ class PhotoMakerAdapter:
 
     def class_token_position(self, prompt_with_trigger: str) -> int:
         """Position of the class token (the word before the trigger) in the encoded prompt, tokenizer 1."""
-        tokenizer = self.pipe.tokenizer
+        tokenizer = self.trigger_tokenizer
         ids = tokenizer(prompt_with_trigger, truncation=True, max_length=tokenizer.model_max_length).input_ids
         tokens = find_class_tokens(
             ids,
@@ -147,12 +173,12 @@ class PhotoMakerAdapter:
 
     @torch.no_grad()
     def encode(
-        self, prompts_with_trigger: Sequence[str], negative_prompts: Sequence[str]
+        self, prompts_with_trigger: Sequence[str], negative_prompts: Sequence[str], *, width: int, height: int
     ) -> tuple[GuidancePair, list[int]]:
-        """Text conditioning of identity prompts (trigger removed) and each prompt's class-token position."""
+        """Conditioning of identity prompts (trigger removed) and each prompt's class-token position."""
         positions = [self.class_token_position(p) for p in prompts_with_trigger]
         cleaned = [remove_trigger_word(p, self.trigger_word) for p in prompts_with_trigger]
-        return encode_prompts(self.pipe, cleaned, negative_prompts), positions
+        return self.prompts(cleaned, negative_prompts, width=width, height=height), positions
 
     @torch.no_grad()
     def fuse(

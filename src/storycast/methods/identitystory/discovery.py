@@ -7,8 +7,7 @@ PhotoMaker's ID encoder, keep the consistent ones with the iterative SVD filter,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,18 +15,12 @@ import torch
 
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.identity.svd_filter import svd_filter
-from storycast.pipelines.sdxl import (
-    GuidancePair,
-    TextConditioning,
-    decode_latents,
-    fresh_scheduler,
-    guided_noise,
-    initial_latents,
-    time_ids,
-)
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.decode import decode_latents
+from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.freeu import FREEU_SDXL, freeu
+from storycast.pipelines.noise import guided_noise
 from storycast.utils.torch_utils import make_generator
-
-FREEU = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}  # the authors' FreeU factors for candidates
 
 
 @dataclass(frozen=True)
@@ -60,19 +53,6 @@ class DiscoveryResult:
     kept: list[list[int]]
 
 
-@contextlib.contextmanager
-def freeu(unet: Any, enabled: bool) -> Iterator[None]:
-    """FreeU (Si et al. 2024) on the UNet inside the block when ``enabled``."""
-    if not enabled:
-        yield
-        return
-    unet.enable_freeu(**FREEU)
-    try:
-        yield
-    finally:
-        unet.disable_freeu()
-
-
 @torch.no_grad()
 def draw_candidates(
     adapter: PhotoMakerAdapter,
@@ -85,29 +65,29 @@ def draw_candidates(
 ) -> list[Any]:
     """Draw one image per seed, in batches, with the identity merged after ``start_merge_step``."""
     pipe = adapter.pipe
-    unet = pipe.unet
-    device, dtype = unet.device, unet.dtype
-    shape = (unet.config.in_channels, budget.height // pipe.vae_scale_factor, budget.width // pipe.vae_scale_factor)
+    device, dtype = adapter.device, pipe.unet.dtype
+    shape = latent_shape(pipe, budget.height, budget.width)
+    fused = None
+    if identity is not None:
+        fused = adapter.fuse(conditioning.cond.embeds, [class_position], identity[None])
     images: list[Any] = []
     for start in range(0, len(seeds), budget.batch_size):
         batch_seeds = seeds[start : start + budget.batch_size]
         count = len(batch_seeds)
-        scheduler = fresh_scheduler(pipe, budget.steps)
+        scheduler = make_scheduler(pipe.scheduler, budget.steps, device)
         generators = [make_generator(seed, str(device)) for seed in batch_seeds]
         latents = initial_latents(scheduler, shape, generators, dtype=dtype, device=device)
-        plain = GuidancePair(conditioning.uncond.repeat(count), conditioning.cond.repeat(count))
+        plain = conditioning.repeat(count)
         merged = plain
-        if identity is not None:
-            fused = adapter.fuse(conditioning.cond.embeds, [class_position], identity[None])
-            merged = GuidancePair(plain.uncond, TextConditioning(fused.repeat(count, 1, 1), plain.cond.pooled))
-        size_ids = time_ids(budget.height, budget.width, 2 * count, dtype=dtype, device=device)
-        for i, t in enumerate(scheduler.timesteps):
+        if fused is not None:
+            merged = GuidancePair(plain.uncond, plain.cond.replace(embeds=fused.repeat(count, 1, 1)))
+
+        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int, plain=plain, merged=merged) -> torch.Tensor:
             # The authors use the text alone while i <= start_merge_step, the identity after.
             pair = merged if i > budget.start_merge_step else plain
-            model_input = scheduler.scale_model_input(latents, t)
-            noise = guided_noise(unet, model_input, t, pair, size_ids, budget.guidance_scale)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-        for image in decode_latents(pipe, latents):
+            return guided_noise(pipe.unet, model_input, t, pair, budget.guidance_scale)
+
+        for image in decode_latents(pipe, denoise(scheduler, latents, noise)):
             images.append(image)
             if on_image is not None:
                 on_image()
@@ -122,10 +102,12 @@ def discover_identity(
     on_image: Callable[[], None] | None = None,
 ) -> DiscoveryResult:
     """Find an identity for a description (its search prompt, with PhotoMaker's trigger word)."""
-    conditioning, positions = adapter.encode([prompt_with_trigger], [budget.negative_prompt])
+    conditioning, positions = adapter.encode(
+        [prompt_with_trigger], [budget.negative_prompt], width=budget.width, height=budget.height
+    )
     identity: torch.Tensor | None = None
     kept: list[list[int]] = []
-    with adapter.lora(True), freeu(adapter.pipe.unet, budget.freeu):
+    with adapter.lora(True), freeu(adapter.pipe.unet, FREEU_SDXL if budget.freeu else None):
         for loop in range(budget.loops):
             seeds = [budget.seed + loop * budget.candidates + j for j in range(budget.candidates)]
             images = draw_candidates(adapter, conditioning, positions[0], identity, seeds, budget, on_image)

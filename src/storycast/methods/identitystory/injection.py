@@ -20,15 +20,10 @@ import torch
 
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.ops import progressive_masks, resize_masks_nearest
-from storycast.pipelines.sdxl import (
-    ControlInput,
-    GuidancePair,
-    TextConditioning,
-    cfg_combine,
-    fresh_scheduler,
-    guided_noise,
-    predict_noise,
-)
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.denoise import DenoiseStep, denoise, make_scheduler
+from storycast.pipelines.guidance import cfg_combine, split_guidance_batch
+from storycast.pipelines.noise import ControlInput, guided_noise, predict_noise
 
 StepCallback = Callable[[int], None]
 
@@ -90,13 +85,12 @@ class StageOne:
     guided: list[torch.Tensor]
 
 
-@torch.no_grad()
 def stage_one(
     pipe: Any,
     conditioning: GuidancePair,
     initial: torch.Tensor,
     schedule: InjectionSchedule,
-    size_ids: torch.Tensor,
+    *,
     on_step: StepCallback | None = None,
     control: ControlInput | None = None,
 ) -> StageOne:
@@ -105,23 +99,23 @@ def stage_one(
     A ControlNet, when given, conditions these plain passes; the identity passes of stage 2 run without it,
     as in the authors' code (their spatial ControlNet drives the base pipeline only).
     """
-    scheduler = fresh_scheduler(pipe, schedule.num_steps)
-    latents = initial
-    start_latents = initial
     kept: list[torch.Tensor] = []
-    for i, t in enumerate(scheduler.timesteps):
-        if i == schedule.first_injection_step:
-            start_latents = latents
-        model_input = scheduler.scale_model_input(latents, t)
-        noise = guided_noise(
-            pipe.unet, model_input, t, conditioning, size_ids, schedule.guidance_scale, control=control
-        )
-        if i >= schedule.first_injection_step:
-            kept.append(noise)
-        latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+    entering: list[torch.Tensor] = []
+
+    def plain(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        return guided_noise(pipe.unet, model_input, t, conditioning, schedule.guidance_scale, control=control)
+
+    def keep(step: DenoiseStep) -> None:
+        if step.index == schedule.first_injection_step:
+            entering.append(step.latents)
+        if step.index >= schedule.first_injection_step:
+            kept.append(step.noise)
         if on_step is not None:
-            on_step(i)
-    return StageOne(latents=latents, start_latents=start_latents, guided=kept)
+            on_step(step.index)
+
+    scheduler = make_scheduler(pipe.scheduler, schedule.num_steps, initial.device)
+    latents = denoise(scheduler, initial, plain, on_step=keep)
+    return StageOne(latents=latents, start_latents=entering[0], guided=kept)
 
 
 def step_masks(
@@ -133,6 +127,28 @@ def step_masks(
     return resize_masks_nearest(masks.float(), latent_size).unsqueeze(1)
 
 
+class _FusedIdentities:
+    """The region rows' cond embeddings with each character's identity fused into its class token: once, or
+    again at every injection step as the authors' code does (the k-th step then sees it fused k times)."""
+
+    def __init__(self, adapter: PhotoMakerAdapter, regions: Sequence[RegionInput], schedule: InjectionSchedule):
+        self.adapter = adapter
+        self.schedule = schedule
+        self.positions = [r.class_position for r in regions]
+        self.identities = torch.stack([r.identity.reshape(-1) for r in regions])
+        self.embeds = torch.cat([r.conditioning.cond.embeds for r in regions])
+        if schedule.fuse_mode == "once":
+            self._fuse()
+
+    def _fuse(self) -> None:
+        self.embeds = self.adapter.fuse(self.embeds, self.positions, self.identities, self.schedule.identity_strength)
+
+    def for_step(self) -> torch.Tensor:
+        if self.schedule.fuse_mode == "repeated":
+            self._fuse()
+        return self.embeds
+
+
 @torch.no_grad()
 def stage_two(
     pipe: Any,
@@ -141,7 +157,7 @@ def stage_two(
     regions: Sequence[RegionInput],
     clean_masks: torch.Tensor,
     schedule: InjectionSchedule,
-    size_ids: torch.Tensor,
+    *,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Re-denoise from step s - 1 with the characters' identity passes inside their masks.
@@ -153,7 +169,6 @@ def stage_two(
         regions: One identity pass per character, in the order of ``clean_masks``.
         clean_masks: (K, H, W) bool cleaned masks at image size.
         schedule: The frame's numbers.
-        size_ids: SDXL size ids with one row (repeated here as needed).
         on_step: Called with each 0-based step index.
 
     Returns:
@@ -162,39 +177,29 @@ def stage_two(
     count = len(regions)
     if clean_masks.shape[0] != count:
         raise ValueError(f"got {count} regions but {clean_masks.shape[0]} masks")
-    scheduler = fresh_scheduler(pipe, schedule.num_steps)
-    scheduler.set_begin_index(schedule.first_injection_step)
     latents = stage1.start_latents
     latent_size = tuple(latents.shape[-2:])
     clean = clean_masks.to(latents.device)
-    uncond = TextConditioning.cat([r.conditioning.uncond for r in regions])
-    pooled = torch.cat([r.conditioning.cond.pooled for r in regions])
-    positions = [r.class_position for r in regions]
-    identities = torch.stack([r.identity.reshape(-1) for r in regions])
-    cond_embeds = torch.cat([r.conditioning.cond.embeds for r in regions])
-    if schedule.fuse_mode == "once":
-        cond_embeds = adapter.fuse(cond_embeds, positions, identities, schedule.identity_strength)
-    region_ids = size_ids[:1].repeat(2 * count, 1)
+    region_rows = GuidancePair.cat([r.conditioning for r in regions])
+    fused = _FusedIdentities(adapter, regions, schedule)
 
+    def blended(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        pair = GuidancePair(region_rows.uncond, region_rows.cond.replace(embeds=fused.for_step()))
+        region_noise = guided_noise(pipe.unet, model_input.expand(count, -1, -1, -1), t, pair, schedule.guidance_scale)
+        masks = step_masks(clean, i, schedule, latent_size).to(region_noise.dtype)
+        union = masks.sum(dim=0)
+        kept = stage1.guided[i - schedule.first_injection_step]
+        return kept * (1 - union) + (region_noise * masks).sum(dim=0, keepdim=True)
+
+    scheduler = make_scheduler(pipe.scheduler, schedule.num_steps, latents.device)
     with adapter.lora(True):
-        for step, i in enumerate(range(schedule.first_injection_step, schedule.num_steps)):
-            t = scheduler.timesteps[i]
-            if schedule.fuse_mode == "repeated":
-                # The authors fuse into the same tensor at every step, so the k-th injection step sees
-                # the class token fused k times; "once" fuses a fresh copy a single time.
-                cond_embeds = adapter.fuse(cond_embeds, positions, identities, schedule.identity_strength)
-            conditioning = GuidancePair(uncond, TextConditioning(cond_embeds, pooled))
-            model_input = scheduler.scale_model_input(latents, t)
-            region_noise = guided_noise(
-                pipe.unet, model_input.expand(count, -1, -1, -1), t, conditioning, region_ids, schedule.guidance_scale
-            )
-            masks = step_masks(clean, i, schedule, latent_size).to(region_noise.dtype)
-            union = masks.sum(dim=0)
-            blended = stage1.guided[step] * (1 - union) + (region_noise * masks).sum(dim=0, keepdim=True)
-            latents = scheduler.step(blended, t, latents, return_dict=False)[0]
-            if on_step is not None:
-                on_step(i)
-    return latents
+        return denoise(
+            scheduler,
+            latents,
+            blended,
+            start=schedule.first_injection_step,
+            on_step=None if on_step is None else lambda step: on_step(step.index),
+        )
 
 
 @torch.no_grad()
@@ -206,7 +211,6 @@ def reference_redenoise(
     clean_masks: torch.Tensor,
     initial: torch.Tensor,
     schedule: InjectionSchedule,
-    size_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' formulation, for equivalence tests and cost comparisons (not used to draw).
 
@@ -215,30 +219,28 @@ def reference_redenoise(
     step s - 1 on, replaces copy B's noise by stage 1's cached noise outside the masks plus each character's
     identity pass inside its mask, before guidance. Returns (stage 1 latents, stage 2 latents).
     """
-    base = GuidancePair(conditioning.uncond.repeat(2), conditioning.cond.repeat(2)).batch()
-    four_ids = size_ids[:1].repeat(4, 1)
-    two_ids = size_ids[:1].repeat(2, 1)
-
-    scheduler = fresh_scheduler(pipe, schedule.num_steps)
-    latents = initial.repeat(2, 1, 1, 1)
+    unet = pipe.unet
+    two_copies = conditioning.repeat(2).batch()
     cached: list[torch.Tensor] = []
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t)
-        noise = predict_noise(pipe.unet, torch.cat([model_input, model_input]), t, base, four_ids)
-        cached.append(noise)
-        latents = scheduler.step(cfg_combine(*noise.chunk(2), schedule.guidance_scale), t, latents, return_dict=False)[
-            0
-        ]
-    stage1_latents = latents[0:1]
 
-    scheduler = fresh_scheduler(pipe, schedule.num_steps)
-    latents = initial.repeat(2, 1, 1, 1)
+    def both_copies(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return predict_noise(unet, torch.cat([model_input, model_input]), t, two_copies)
+
+    def first_run(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        noise = both_copies(model_input, t)
+        cached.append(noise)
+        return cfg_combine(*split_guidance_batch(noise), schedule.guidance_scale)
+
+    stage1 = denoise(
+        make_scheduler(pipe.scheduler, schedule.num_steps, initial.device), initial.repeat(2, 1, 1, 1), first_run
+    )
+
     region_embeds = [r.conditioning.cond.embeds for r in regions]
-    for i, t in enumerate(scheduler.timesteps):
-        model_input = scheduler.scale_model_input(latents, t)
-        noise = predict_noise(pipe.unet, torch.cat([model_input, model_input]), t, base, four_ids)
+
+    def second_run(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        noise = both_copies(model_input, t)
         if i + 1 >= schedule.sweet_spot_step:
-            masks = step_masks(clean_masks.to(latents.device), i, schedule, tuple(latents.shape[-2:])).to(noise.dtype)
+            masks = step_masks(clean_masks.to(noise.device), i, schedule, tuple(noise.shape[-2:])).to(noise.dtype)
             union = masks.sum(dim=0).clamp(max=1)
             replaced = torch.cat([cached[i][0:1], cached[i][2:3]]) * (1 - union)
             for k, region in enumerate(regions):
@@ -247,15 +249,17 @@ def reference_redenoise(
                         region_embeds[k], [region.class_position], region.identity[None], schedule.identity_strength
                     )
                 pair = GuidancePair(
-                    region.conditioning.uncond, TextConditioning(region_embeds[k], region.conditioning.cond.pooled)
+                    region.conditioning.uncond, region.conditioning.cond.replace(embeds=region_embeds[k])
                 )
                 copy_b = torch.cat([model_input[1:2], model_input[1:2]])
                 with adapter.lora(True):
-                    region_noise = predict_noise(pipe.unet, copy_b, t, pair.batch(), two_ids)
+                    region_noise = predict_noise(unet, copy_b, t, pair.batch())
                 replaced = replaced + region_noise * masks[k]
             noise = noise.clone()
             noise[1], noise[3] = replaced[0], replaced[1]
-        latents = scheduler.step(cfg_combine(*noise.chunk(2), schedule.guidance_scale), t, latents, return_dict=False)[
-            0
-        ]
-    return stage1_latents, latents[1:2]
+        return cfg_combine(*split_guidance_batch(noise), schedule.guidance_scale)
+
+    stage2 = denoise(
+        make_scheduler(pipe.scheduler, schedule.num_steps, initial.device), initial.repeat(2, 1, 1, 1), second_run
+    )
+    return stage1[0:1], stage2[1:2]

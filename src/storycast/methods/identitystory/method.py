@@ -27,18 +27,10 @@ from storycast.methods.identitystory.settings import (
     scaled_step,
 )
 from storycast.models.loading import active_loras
-from storycast.pipelines.sdxl import (
-    ControlInput,
-    GuidancePair,
-    TextConditioning,
-    control_image_tensor,
-    count_unet_evaluations,
-    decode_latents,
-    encode_prompts,
-    fresh_scheduler,
-    initial_latents,
-    time_ids,
-)
+from storycast.pipelines.conditioning import prompt_encoder
+from storycast.pipelines.decode import decode_latents
+from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.noise import ControlInput, control_image_tensor, count_unet_evaluations
 from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
@@ -233,13 +225,8 @@ class IdentityStoryMethod(StoryMethod):
         negative = story.negative_prompt(index) or INJECTION_NEGATIVE_PROMPT
         prompt = prompts.global_prompt(story, index, settings.prompt_style)
         unet = pipe.unet
-        device, dtype = unet.device, unet.dtype
-        size_ids = time_ids(gen.height, gen.width, 2, dtype=dtype, device=device)
-        latent_shape = (
-            unet.config.in_channels,
-            gen.height // pipe.vae_scale_factor,
-            gen.width // pipe.vae_scale_factor,
-        )
+        device, dtype = self.models.device, unet.dtype
+        shape = latent_shape(pipe, gen.height, gen.width)
         total_steps = gen.steps + (schedule.injection_steps if characters else 0)
         context.progress(ProgressEvent("denoise", 0, total_steps))
         provider = self.mask_provider(bool(frame.masks)) if characters else None
@@ -247,26 +234,27 @@ class IdentityStoryMethod(StoryMethod):
 
         control = self._control(frame, gen)
         with count_unet_evaluations(unet) as counter:
-            conditioning = encode_prompts(pipe, [prompt], [negative])
+            conditioning = prompt_encoder(pipe, self.models.family, device)(
+                [prompt], [negative], width=gen.width, height=gen.height
+            )
             seed = story.frame_seed(index)
             failures: list[str] = []
             for attempt in range(settings.mask_retries + 1):
                 seed = story.frame_seed(index) + attempt * RETRY_SEED_OFFSET
                 initial = initial_latents(
-                    fresh_scheduler(pipe, gen.steps),
-                    latent_shape,
+                    make_scheduler(pipe.scheduler, gen.steps, device),
+                    shape,
                     [make_generator(seed, str(device))],
                     dtype=dtype,
                     device=device,
                 )
                 token_maps: dict[str, torch.Tensor] = {}
-                with _recording_maps(unet, pipe.tokenizer, prompt, characters, needs_maps, latent_shape) as recorder:
+                with _recording_maps(unet, pipe.tokenizer, prompt, characters, needs_maps, shape) as recorder:
                     stage1 = injection.stage_one(
                         pipe,
                         conditioning,
                         initial,
                         schedule,
-                        size_ids,
                         on_step=lambda i: context.progress(ProgressEvent("denoise", i + 1, total_steps)),
                         control=control,
                     )
@@ -310,7 +298,6 @@ class IdentityStoryMethod(StoryMethod):
                 regions,
                 masks,
                 schedule,
-                size_ids,
                 on_step=lambda i: context.progress(
                     ProgressEvent("denoise", i + 1 + gen.steps - schedule.first_injection_step, total_steps)
                 ),
@@ -344,11 +331,14 @@ class IdentityStoryMethod(StoryMethod):
         self, story: Story, index: int, characters: Sequence[Character], negative: str
     ) -> list[injection.RegionInput]:
         region_prompts = [prompts.region_prompt(story, c, len(characters)) for c in characters]
-        conditioning, positions = self.adapter.encode(region_prompts, [negative] * len(characters))
+        gen = story.settings
+        conditioning, positions = self.adapter.encode(
+            region_prompts, [negative] * len(characters), width=gen.width, height=gen.height
+        )
         return [
             injection.RegionInput(
                 character_id=character.id,
-                conditioning=_row(conditioning, row),
+                conditioning=conditioning.rows(row),
                 class_position=positions[row],
                 identity=self._identities[character.id].embedding.to(self.models.pipeline.unet.device),
             )
@@ -433,13 +423,6 @@ class IdentityStoryMethod(StoryMethod):
             "mask_attempts": attempt + 1,
             "mask_provider": provider,
         }
-
-
-def _row(pair: GuidancePair, row: int) -> GuidancePair:
-    def pick(text: TextConditioning) -> TextConditioning:
-        return TextConditioning(text.embeds[row : row + 1], text.pooled[row : row + 1])
-
-    return GuidancePair(pick(pair.uncond), pick(pair.cond))
 
 
 class _MapRecorder:
