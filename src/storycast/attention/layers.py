@@ -22,6 +22,8 @@ class AttentionLayer:
     module: Any
     is_cross: bool
     level: int
+    block: str
+    """"down", "mid" or "up": the part of the UNet it sits in."""
 
     @property
     def processor_key(self) -> str:
@@ -36,13 +38,17 @@ def _level(name: str, num_blocks: int) -> int:
     return index if match.group(1) == "down_blocks" else num_blocks - 1 - index
 
 
+def _block(name: str) -> str:
+    return "down" if name.startswith("down_blocks.") else "up" if name.startswith("up_blocks.") else "mid"
+
+
 def attention_layers(unet: nn.Module) -> list[AttentionLayer]:
-    """Every attention module of a ``UNet2DConditionModel``, with its kind and level."""
+    """Every attention module of a ``UNet2DConditionModel``, with its kind, level and block."""
     from diffusers.models.attention_processor import Attention
 
     num_blocks = len(unet.config.block_out_channels)
     return [
-        AttentionLayer(name, module, bool(module.is_cross_attention), _level(name, num_blocks))
+        AttentionLayer(name, module, bool(module.is_cross_attention), _level(name, num_blocks), _block(name))
         for name, module in unet.named_modules()
         if isinstance(module, Attention)
     ]
@@ -54,6 +60,7 @@ def select_layers(
     kind: Literal["self", "cross", "any"] = "any",
     levels: Iterable[int] | None = None,
     name_pattern: str | None = None,
+    blocks: Iterable[str] | None = None,
 ) -> list[AttentionLayer]:
     """Attention layers matching every given criterion; selecting nothing is an error.
 
@@ -62,20 +69,24 @@ def select_layers(
         kind: Self attention (``attn1``), cross attention (``attn2``) or both.
         levels: Resolution levels to keep (0 = full latent resolution, 1 = half...).
         name_pattern: Regular expression the module name must match (``re.search``).
+        blocks: Parts of the UNet to keep: "down", "mid", "up".
     """
     wanted_levels = set(levels) if levels is not None else None
+    wanted_blocks = set(blocks) if blocks is not None else None
     pattern = re.compile(name_pattern) if name_pattern else None
     chosen = [
         layer
         for layer in attention_layers(unet)
         if (kind == "any" or layer.is_cross == (kind == "cross"))
         and (wanted_levels is None or layer.level in wanted_levels)
+        and (wanted_blocks is None or layer.block in wanted_blocks)
         and (pattern is None or pattern.search(layer.name))
     ]
     if not chosen:
         raise ValueError(
-            f"no {kind} attention layer matches levels={sorted(wanted_levels) if wanted_levels else 'any'} and "
-            f"name_pattern={name_pattern!r}; the UNet has levels {sorted({layer.level for layer in attention_layers(unet)})}"
+            f"no {kind} attention layer matches levels={sorted(wanted_levels) if wanted_levels else 'any'}, "
+            f"blocks={sorted(wanted_blocks) if wanted_blocks else 'any'} and name_pattern={name_pattern!r}; the UNet "
+            f"has levels {sorted({layer.level for layer in attention_layers(unet)})}"
         )
     return chosen
 

@@ -448,7 +448,9 @@ def _recording_maps(
     from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
     positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
-    store = TokenMapStore([[p or 0 for p in positions]], size=latent_shape[-1] // 2, rows=1)
+    latent_size = (latent_shape[-2], latent_shape[-1])
+    half = (latent_size[0] // 2, latent_size[1] // 2)
+    store = TokenMapStore([[p or 0 for p in positions]], size=half, rows=1, latent_size=latent_size)
     levels = sorted({layer.level for layer in _cross_layers(unet)} - {0}) or [0]
     with record_token_maps(unet, store, levels):
         yield _MapRecorder(store, characters)
