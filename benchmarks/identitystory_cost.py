@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> dict:
     from storycast.models.loading import load_models
     from storycast.models.spec import ModelSpec
     from storycast.pipelines.noise import count_unet_evaluations
-    from storycast.runs.runner import resolve_generation
+    from storycast.runs.plan import resolve_generation
 
     if args.device == "cpu":
         # Tiny models gain nothing from intra-op threads, and lose a lot when another process shares the cores.

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from storycast.errors import SettingsError
+from storycast.errors import SettingsError, UnknownMethodError
 from storycast.evaluation import benchmark as B
 from storycast.evaluation.evaluator import Evaluator, ExtractorOptions
 from storycast.evaluation.presets import resolve_preset
 from storycast.models.spec import LoraSpec, ModelSpec
+from storycast.runs.plan import plan_run
+from storycast.story.parse import load_story
 from tests.evaluation.fakes import write_suite
 from tests.helpers import BENCH
 
@@ -69,7 +71,9 @@ def test_benchmark_draws_scores_and_resumes_without_redrawing_or_rescoring(
     def no_loading(spec):
         raise AssertionError("finished stories must not load the model")
 
-    monkeypatch.setattr(B, "load_models", no_loading)
+    import storycast.runs.runner
+
+    monkeypatch.setattr(storycast.runs.runner, "load_models", no_loading)
     mtimes = [(run / "scores.json").stat().st_mtime_ns for run in runs]
     again = B.run_benchmark(
         [suite], "vanilla", ModelSpec(source="tiny-sd15"), evaluator, options, generation=GENERATION
@@ -97,12 +101,22 @@ def test_limit_and_what_counts_as_drawn(tiny_sd15, evaluator, tmp_path):
     )
     assert sorted(p.name for p in (out / "suite").iterdir()) == ["story_000"]
     run, story, spec = out / "suite" / "story_000", suite.files[0], ModelSpec(source="tiny-sd15")
-    assert B.is_drawn(run, story, "vanilla", spec, GENERATION) and B.is_drawn(run, story, "vanilla", tiny_sd15)
-    assert not B.is_drawn(run, story, "identitystory", spec, GENERATION)
-    assert not B.is_drawn(run, story, "vanilla", ModelSpec(source="tiny"), GENERATION)
-    assert not B.is_drawn(run, story, "vanilla", ModelSpec(source="tiny-sd15", loras=(LoraSpec("style"),)))
-    assert not B.is_drawn(run, story, "vanilla", spec, {**GENERATION, "steps": 2})
-    assert not B.is_drawn(run, story, "vanilla", spec, GENERATION, {"anything": 1})
-    assert not B.is_drawn(run, suite.files[1], "vanilla", spec, GENERATION)
+
+    def is_drawn(story_file, method, model, generation=GENERATION, settings=None):
+        plan = plan_run(
+            load_story(story_file), method, model=model, generation=generation, method_settings=settings, out_dir=run
+        )
+        return plan.finished
+
+    assert is_drawn(story, "vanilla", spec) and is_drawn(story, "vanilla", tiny_sd15)
+    assert not is_drawn(story, "vanilla", spec, generation={})  # the preset's own 4 steps: another run
+    assert not is_drawn(story, "vanilla", ModelSpec(source="tiny-sd15", dtype="bf16"))
+    assert not is_drawn(story, "vanilla", ModelSpec(source="tiny-sd15", loras=(LoraSpec("style"),)))
+    assert not is_drawn(story, "vanilla", spec, {**GENERATION, "steps": 2})
+    assert not is_drawn(suite.files[1], "vanilla", spec)
+    with pytest.raises(UnknownMethodError, match="did you mean 'vanilla'"):
+        is_drawn(story, "vanila", spec)
+    with pytest.raises(SettingsError, match=r"--set anything: unknown setting"):
+        is_drawn(story, "vanilla", spec, settings={"anything": 1})
     with pytest.raises(SettingsError, match="limit must be at least 1"):
         B.BenchmarkOptions(out_dir=out, limit=0)

@@ -18,7 +18,8 @@ from storycast.models.spec import ModelSpec
 from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
 from storycast.pipelines.denoise import initial_latents, make_scheduler
 from storycast.pipelines.noise import count_unet_evaluations
-from storycast.runs.runner import RunOptions, generate_story, resolve_generation
+from storycast.runs.plan import resolve_generation
+from storycast.runs.runner import RunOptions, generate_story
 from storycast.story.parse import load_story, parse_story
 from storycast.utils.torch_utils import make_generator
 from tests.helpers import BENCH

@@ -10,7 +10,7 @@ import numpy as np
 from storycast.methods.base import RunContext
 from storycast.methods.identitystory.method import IdentityStoryMethod
 from storycast.methods.identitystory.settings import IdentityStorySettings
-from storycast.runs.runner import resolve_generation
+from storycast.runs.plan import resolve_generation
 from storycast.story.parse import parse_story
 
 STORY = {

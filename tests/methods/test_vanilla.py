@@ -9,7 +9,7 @@ from storycast.errors import SettingsError, UnknownMethodError
 from storycast.methods.base import ProgressEvent, RunContext
 from storycast.methods.registry import get_method, list_methods, register_method
 from storycast.methods.vanilla import VanillaMethod
-from storycast.runs.runner import resolve_generation
+from storycast.runs.plan import resolve_generation
 from storycast.story.parse import parse_story
 from tests.helpers import small_story_data
 
@@ -54,7 +54,7 @@ def test_progress_reports_every_step(tiny_sdxl):
 
 def test_plan_batches_frames(tiny_sdxl):
     story, method = make_story(tiny_sdxl, frames=5, batch_size=2)
-    assert method.plan(story) == [(0, 1), (2, 3), (4,)]
+    assert [group.frames for group in method.plan(story, method.settings)] == [(0, 1), (2, 3), (4,)]
 
 
 def test_registry_lazy_lookup_and_errors():

@@ -59,7 +59,6 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.models.loading import load_models
     from storycast.runs.runner import RunOptions, generate_story
     from storycast.story.parse import load_story
 
@@ -77,12 +76,11 @@ def run(args: argparse.Namespace) -> int:
     )
     generation = generation_from_args(args)
     with long_work(args.progress) as bars:
-        log.info("loading %s", spec.source)
-        models = load_models(spec)
+        # Planned and checked before the model loads; the model loads only if a frame needs drawing.
         result = generate_story(
             story,
             args.method,
-            models,
+            spec,
             options,
             method_settings=parse_assignments(args.settings),
             generation=generation,

@@ -8,10 +8,11 @@ storycast checkout (``../shared/bench/ConsiStory-Human`` relative to the reposit
 Layout: each story is drawn into ``OUT/<suite>/<story file stem>/`` by
 :func:`storycast.runs.runner.generate_story` and scored there (``scores.json``, ``scores.png``); then
 ``OUT/results.json``, ``results.md`` and ``results.png`` cover every run under ``OUT``, and
-``OUT/benchmark.json`` records what was asked. A story that is drawn (complete manifest, same method,
-model and generation settings, unchanged story file) and scored (``scores.json`` of the same protocol
-and extractors from the same frames) is neither redrawn nor rescored, and the base model is not even
-loaded when every story is done.
+``OUT/benchmark.json`` records what was asked. Every story is planned first
+(:func:`storycast.runs.plan.plan_run`: settings resolved, inputs checked, drawn frames found); a story that
+is drawn (the planner finds every frame up to date in a complete run) and scored (``scores.json`` of the
+same protocol and extractors from the same frames) is neither redrawn nor rescored, and the base model is
+not even loaded when every story is done.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from typing import Any
 
 from storycast.errors import SettingsError
 from storycast.evaluation.evaluator import EvaluationResult, Evaluator
-from storycast.evaluation.runfolders import BENCHMARK_RECORD, read_json, run_status
+from storycast.evaluation.runfolders import BENCHMARK_RECORD
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
-from storycast.models.loading import LoadedModels, load_models
+from storycast.models.loading import LoadedModels
 from storycast.models.spec import ModelSpec
-from storycast.runs.runner import MANIFEST_NAME, RunOptions, generate_story
-from storycast.utils.io import atomic_write_json, sha256_file
+from storycast.runs.plan import plan_run
+from storycast.runs.runner import RunOptions, execute_plan
+from storycast.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -129,42 +131,6 @@ class BenchmarkResult:
     finished: list[Path] = field(default_factory=list)
 
 
-def _model_source(models: LoadedModels | ModelSpec) -> str:
-    return models.spec.source if isinstance(models, LoadedModels) else models.source
-
-
-def _model_loras(models: LoadedModels | ModelSpec) -> list[list[Any]]:
-    spec = models.spec if isinstance(models, LoadedModels) else models
-    return [[lora.source, float(lora.scale)] for lora in getattr(spec, "loras", ())]
-
-
-def is_drawn(
-    run_dir: Path,
-    story_file: Path,
-    method: str,
-    models: LoadedModels | ModelSpec,
-    generation: Mapping[str, Any] | None = None,
-    method_settings: Mapping[str, Any] | None = None,
-) -> bool:
-    """True when ``run_dir`` holds a finished run of ``story_file`` by ``method`` on the same base model and
-    LoRAs, with the ``generation`` overrides asked. Method-setting overrides always go through the runner,
-    which compares them with the run's."""
-    if run_status(run_dir) is not None or method_settings:
-        return False
-    manifest = read_json(run_dir / MANIFEST_NAME) or {}
-    if (manifest.get("method") or {}).get("name") != method:
-        return False
-    model = manifest.get("model") or {}
-    if model.get("source") != _model_source(models):
-        return False
-    if [[r.get("source"), float(r.get("scale", 1.0))] for r in model.get("loras") or []] != _model_loras(models):
-        return False
-    if (manifest.get("story") or {}).get("source_sha256") != sha256_file(story_file):
-        return False
-    drawn_with = manifest.get("generation") or {}
-    return all(drawn_with.get(k) == v for k, v in (generation or {}).items() if v is not None)
-
-
 def run_benchmark(
     suites: Sequence[Suite],
     method: str,
@@ -198,21 +164,33 @@ def run_benchmark(
             f"suites {names} share a name, so their stories would share folders. Fix: rename a folder."
         )
     out_dir = Path(options.out_dir)
-    plan = [
+    layout = [
         (suite, story_file, out_dir / suite.name / story_file.stem)
         for suite in suites
         for story_file in suite.files[: options.limit]
     ]
-    stories = [load_story(story_file) for _, story_file, _ in plan]  # every story file is checked before any work
+    stories = [load_story(story_file) for _, story_file, _ in layout]  # every story file is checked before any work
 
-    source = _model_source(models)
+    # Every story is planned (settings, inputs, what is drawn) before any model loads.
+    plans = [
+        plan_run(
+            story,
+            method,
+            model=models,
+            method_settings=method_settings,
+            generation=generation,
+            out_dir=run_dir,
+        )
+        for (_, _, run_dir), story in zip(layout, stories, strict=True)
+    ]
+    for run_plan in plans:
+        run_plan.check_folder(overwrite=False)
     todo = {
         i
-        for i, (_, story_file, run_dir) in enumerate(plan)
-        if not (
-            is_drawn(run_dir, story_file, method, models, generation, method_settings) and evaluator.is_scored(run_dir)
-        )
+        for i, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True))
+        if not (run_plan.finished and evaluator.is_scored(run_dir))
     }
+    source = models.spec.source if isinstance(models, LoadedModels) else models.source
     if todo:
         evaluator.load()  # a missing extractor is reported before hours of drawing
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,32 +210,30 @@ def run_benchmark(
 
     result = BenchmarkResult(evaluation=EvaluationResult(results={}))
     loaded = models if isinstance(models, LoadedModels) else None
-    progress(ProgressEvent("stories", 0, len(plan), "stories"))
-    for number, ((_, story_file, run_dir), story) in enumerate(zip(plan, stories, strict=True), start=1):
+    progress(ProgressEvent("stories", 0, len(layout), "stories"))
+    for number, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True), start=1):
         if number - 1 not in todo:
             result.finished.append(run_dir)
         else:
-            if not is_drawn(run_dir, story_file, method, models, generation, method_settings):
-                if loaded is None:
-                    logger.info("loading %s", source)
-                    loaded = load_models(models)
-                generate_story(
-                    story,
-                    method,
-                    loaded,
+            if not run_plan.finished:
+                # Models load once, for the first story with a frame to draw, and are shared after that.
+                drawn = execute_plan(
+                    run_plan,
+                    None,
+                    loaded or models,
                     RunOptions(
                         out_dir=run_dir,
                         storyboard=options.storyboard,
                         cache_dir=options.cache_dir,
                         command=options.command,
                     ),
-                    method_settings=method_settings,
-                    generation=generation,
                     progress=progress,
                 )
-                result.drawn.append(run_dir)
+                loaded = drawn.loaded_models or loaded
+                if drawn.drawn:
+                    result.drawn.append(run_dir)
             evaluator.score_run(run_dir, split=run_dir.parent.relative_to(out_dir).as_posix())
             result.scored.append(run_dir)
-        progress(ProgressEvent("stories", number, len(plan), "stories"))
+        progress(ProgressEvent("stories", number, len(layout), "stories"))
     result.evaluation = evaluator.evaluate(out_dir, extra=record)
     return result

@@ -600,7 +600,7 @@ class Evaluator:
 
     def inputs_key(self, run: EvalRun, references: Mapping[str, Mapping[str, Any]]) -> str:
         """Hash of what a run's scores depend on besides the protocol: frames, story, reference images."""
-        from storycast.runs.runner import STORY_NAME
+        from storycast.runs.folder import STORY_NAME
 
         return sha256_json(
             {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from storycast.errors import RunFolderError
-from storycast.runs.runner import MANIFEST_NAME, STORY_NAME
+from storycast.runs.folder import MANIFEST_NAME, STORY_NAME
 from storycast.story.model import Story
 from storycast.utils.io import sha256_file
 

@@ -1,13 +1,21 @@
 """The interface every story method implements.
 
-A run asks the method three things, in order:
+Before any model is loaded, the run planner (:func:`storycast.runs.plan.plan_run`) asks the method's
+class, with the story and the resolved settings:
 
-1. ``plan(story)``: how frames are grouped. Frames in one group are drawn by one ``generate`` call
-   (jointly, for methods that share attention across frames; as one batch for the others). The
-   runner resumes and skips at group granularity.
-2. ``prepare(story, context)``: once per run, before the first group that needs drawing: per-story
-   or per-character work such as identity discovery or loading trained weights.
-3. ``generate(story, group, context)``: draw the frames of one group.
+1. ``check(story, settings)``: refuse a story the method cannot draw, with a message naming the field
+   and the fix;
+2. ``plan(story, settings)``: how frames are grouped. Frames in one :class:`FrameGroup` are drawn by one
+   ``generate`` call (jointly, for methods that share attention across frames; as one batch for the
+   others); a group may depend on earlier groups whose output it reads (identity frames, anchors). The
+   runner resumes and skips at group granularity, and a group's key includes those of its dependencies.
+
+Then, with the models loaded, the method instance is asked:
+
+3. ``prepare(story, context)``: once per run, before the first group that needs drawing: per-story
+   or per-character work such as identity discovery or loading trained weights;
+4. ``generate(story, group, context)``: draw the frames of one group (groups come in plan order; a
+   method rebuilds what a group reads from a dependency that is already drawn, and so not redrawn).
 
 The story given to a method has fully resolved settings: ``story.settings`` holds the width,
 height, steps and guidance to use, and ``story.prompt(i)``, ``story.negative_prompt(i)`` and
@@ -22,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from storycast.methods.settings import MethodSettings
+from storycast.methods.settings import MethodSettings, ResolveContext
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,6 +57,21 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 def no_progress(event: ProgressEvent) -> None:
     """The default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class FrameGroup:
+    """Frames drawn by one ``generate`` call.
+
+    Attributes:
+        frames: Story frame indices, in drawing order.
+        depends_on: Indices (in the plan's list) of earlier groups whose output these frames read.
+        role: What the group is, for manifests and progress ("frames", "identity frames of mara"...).
+    """
+
+    frames: tuple[int, ...]
+    depends_on: tuple[int, ...] = ()
+    role: str = "frames"
 
 
 @dataclass
@@ -96,29 +119,52 @@ class StoryMethod(abc.ABC):
     """One line for ``storycast methods``."""
 
     def __init__(self, models: LoadedModels, settings: MethodSettings | None = None):
-        if models.family not in self.families:
-            from storycast.errors import SettingsError
-
-            raise SettingsError(
-                f"method '{self.name}' runs on {' or '.join(self.families)} models, but the loaded model is "
-                f"{models.family}. Fix: pick a matching --preset/--model."
-            )
+        self.check_family(models.family)
         self.models = models
         self.settings = settings if settings is not None else self.settings_class()
 
-    def generation_defaults(self) -> dict[str, Any]:
+    # -- asked before any model is loaded -------------------------------------------------------------
+
+    @classmethod
+    def check_family(cls, family: str) -> None:
+        """Refuse a model family the method does not run on."""
+        if family not in cls.families:
+            from storycast.errors import SettingsError
+
+            raise SettingsError(
+                f"method '{cls.name}' runs on {' or '.join(cls.families)} models, but the model is {family}. "
+                f"Fix: pick a matching --preset/--model."
+            )
+
+    @classmethod
+    def generation_defaults(cls) -> dict[str, Any]:
         """Generation settings this method prefers over the model's defaults (e.g. its paper's steps)."""
         return {}
 
-    def default_negative_prompt(self) -> str | None:
+    @classmethod
+    def default_negative_prompt(cls) -> str | None:
         """Negative prompt used when neither the story nor the command line sets one."""
         return None
 
-    def plan(self, story: Story) -> list[tuple[int, ...]]:
-        """Group frames for drawing: by default consecutive batches of ``settings.batch_size``."""
+    @classmethod  # noqa: B027 - an optional hook
+    def check(cls, story: Story, settings: MethodSettings) -> None:
+        """Raise a :class:`~storycast.errors.StorycastError` naming the field and the fix when the method cannot
+        draw ``story`` with ``settings`` (resolved); called before any model is loaded."""
+
+    @classmethod
+    def plan(cls, story: Story, settings: MethodSettings) -> list[FrameGroup]:
+        """Group frames for drawing: by default consecutive batches of ``story.settings.batch_size``."""
         size = max(1, story.settings.batch_size)
         indices = list(range(len(story)))
-        return [tuple(indices[i : i + size]) for i in range(0, len(indices), size)]
+        return [FrameGroup(tuple(indices[i : i + size])) for i in range(0, len(indices), size)]
+
+    # -- with the models loaded -----------------------------------------------------------------------
+
+    def resolved_settings(self, story: Story) -> MethodSettings:
+        """The settings with every automatic value decided for this story's generation settings and the
+        loaded models (the planner records the same values in the manifest)."""
+        facts = self.models.facts
+        return self.settings.resolve(ResolveContext(story.settings, facts.family, facts.tiny))
 
     def prepare(self, story: Story, context: RunContext) -> None:  # noqa: B027 - optional hook
         """Work done once per run before drawing (identity discovery, loading trained weights)."""

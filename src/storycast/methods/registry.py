@@ -47,7 +47,15 @@ def get_method(name: str) -> type[StoryMethod]:
     """The method class registered under ``name``."""
     targets = _targets()
     if name not in targets:
-        raise UnknownMethodError(f"unknown method '{name}'. Fix: use one of {', '.join(sorted(targets))}.")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(targets), n=1)
+        hint = (
+            f"did you mean '{close[0]}'? (methods: {', '.join(sorted(targets))})"
+            if close
+            else (f"use one of {', '.join(sorted(targets))}")
+        )
+        raise UnknownMethodError(f"unknown method '{name}'. Fix: {hint}.")
     module_name, _, class_name = targets[name].partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)

@@ -67,6 +67,13 @@ class LoadedModels:
     def is_tiny(self) -> bool:
         return bool(self.info.get("tiny"))
 
+    @property
+    def facts(self) -> Any:
+        """:class:`storycast.models.facts.ModelFacts` of these models."""
+        from storycast.models.facts import model_facts
+
+        return model_facts(self)
+
 
 def missing_weights_message(what: str, reason: str = "", *, fix_flag: str = "--model") -> str:
     reason = f" ({reason})" if reason else ""
@@ -101,8 +108,9 @@ def classify_source(spec: ModelSpec) -> tuple[str, BasePreset | None]:
     return "hub", None
 
 
-def family_of_folder(folder: Path) -> str:
-    index = folder / "model_index.json"
+def family_of_index(index: Path) -> str:
+    """The family of a diffusers pipeline from its ``model_index.json``."""
+    folder = index.parent
     if not index.is_file():
         raise ModelLoadError(
             f"'{folder}' has no model_index.json, so it is not a diffusers pipeline folder. Fix: point --model at "
@@ -110,7 +118,7 @@ def family_of_folder(folder: Path) -> str:
         )
     try:
         class_name = json.loads(index.read_text())["_class_name"]
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ModelLoadError(f"'{index}' is not a valid model_index.json ({err}).") from None
     family = PIPELINE_FAMILY.get(class_name)
     if family is None:
@@ -119,6 +127,10 @@ def family_of_folder(folder: Path) -> str:
             f"Fix: use a {' or '.join(sorted(PIPELINE_FAMILY))} folder."
         )
     return family
+
+
+def family_of_folder(folder: Path) -> str:
+    return family_of_index(folder / "model_index.json")
 
 
 def family_of_checkpoint(path: Path) -> str:

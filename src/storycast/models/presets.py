@@ -9,12 +9,18 @@ FAMILIES = ("sdxl", "sd15")
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Defaults of a model family, used where the story and the CLI say nothing."""
+    """Defaults of a model family, used where the story and the CLI say nothing.
+
+    Attributes:
+        outrank_method: Defaults that win over a method's preferred values (not over the story or the command
+            line): the tiny presets keep their few steps, so a method tuned for 50 steps demos in seconds.
+    """
 
     width: int
     height: int
     steps: int
     guidance_scale: float
+    outrank_method: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class BasePreset:
 SDXL_DEFAULTS = FamilyDefaults(width=1024, height=1024, steps=30, guidance_scale=5.0)
 SD15_DEFAULTS = FamilyDefaults(width=512, height=512, steps=30, guidance_scale=7.5)
 # Tiny models keep the real latent/pixel ratio (8) at 128 px, so every code path sees real shapes.
-TINY_DEFAULTS = FamilyDefaults(width=128, height=128, steps=4, guidance_scale=5.0)
+TINY_DEFAULTS = FamilyDefaults(width=128, height=128, steps=4, guidance_scale=5.0, outrank_method=("steps",))
 
 FAMILY_DEFAULTS = {"sdxl": SDXL_DEFAULTS, "sd15": SD15_DEFAULTS}
 # Where single-file checkpoints take their diffusers configs from, per family.

@@ -16,7 +16,7 @@ from storycast.identity.photomaker import PhotoMakerConfig
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
-from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory import discovery, injection, prompts
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
@@ -55,16 +55,19 @@ class IdentityStoryMethod(StoryMethod):
 
     # -- run interface ---------------------------------------------------------------------------
 
-    def generation_defaults(self) -> dict[str, Any]:
-        # The authors' injection: 50 steps, guidance 7 (tiny models keep their own few steps).
-        return {"guidance_scale": 7.0} if self.models.is_tiny else {"steps": 50, "guidance_scale": 7.0}
+    @classmethod
+    def generation_defaults(cls) -> dict[str, Any]:
+        # The authors' injection: 50 steps, guidance 7 (main.py of Correr-Zhou/IdentityStory).
+        return {"steps": 50, "guidance_scale": 7.0}
 
-    def default_negative_prompt(self) -> str | None:
+    @classmethod
+    def default_negative_prompt(cls) -> str | None:
         return INJECTION_NEGATIVE_PROMPT
 
-    def plan(self, story: Story) -> list[tuple[int, ...]]:
+    @classmethod
+    def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:
         # Frames are drawn one by one: memory stays constant however long the story is.
-        return [(i,) for i in range(len(story))]
+        return [FrameGroup((i,)) for i in range(len(story))]
 
     def prepare(self, story: Story, context: RunContext) -> None:
         adapter = self.adapter

@@ -1,0 +1,342 @@
+"""The run planner: settings resolved, every input checked, and what is already drawn decided, before any
+model is loaded.
+
+:func:`plan_run` is pure and cheap (it reads the story's files for their hashes and the run folder's
+manifest, nothing else): the CLI, the benchmark runner, and later the app and distributed workers all
+call it, so "is this frame up to date?" is decided here and nowhere else, and a bad flag fails in
+milliseconds. A group's key hashes everything its frames are drawn from: the run-wide settings (method,
+its resolved settings, model, generation settings), its frames' own inputs, and the keys of the groups
+it depends on, so editing an identity frame redraws the frames that read it and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from storycast.errors import Problem, SettingsError, StoryError
+from storycast.methods.base import FrameGroup, StoryMethod
+from storycast.methods.registry import get_method, list_methods
+from storycast.methods.settings import MethodSettings, ResolveContext
+from storycast.models.facts import ModelFacts, model_facts
+from storycast.story.model import GenerationSettings, Story
+from storycast.utils.io import sha256_file, sha256_json
+
+if TYPE_CHECKING:
+    from storycast.models.loading import LoadedModels
+    from storycast.models.spec import ModelSpec
+    from storycast.runs.folder import RunFolder
+
+GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
+MAX_SIDE = 4096
+"""Largest width or height accepted (SDXL is trained at about 1 megapixel; 4096 px is 16 of those)."""
+MAX_STEPS = 1000
+"""Most denoising steps accepted (the schedulers' training timesteps)."""
+MAX_SEED = 2**64 - 1
+"""Seeds are unsigned 64-bit integers (``torch.Generator.manual_seed``)."""
+
+
+def resolve_generation(
+    story: Story,
+    model: ModelFacts | LoadedModels,
+    method: type[StoryMethod] | StoryMethod,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    where: str = "the command line",
+) -> GenerationSettings:
+    """Fill every generation setting: model defaults < method defaults < story file < ``overrides``, then
+    the tiny presets' fixed values (their few steps), and check the result.
+
+    Raises:
+        SettingsError: An unknown override, or a value out of range (naming where it came from).
+    """
+    facts = model if isinstance(model, ModelFacts) else model.facts
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - set(GENERATION_FIELDS)
+    if unknown:
+        raise SettingsError(
+            f"unknown generation setting(s): {', '.join(sorted(unknown))}. Fix: use {', '.join(GENERATION_FIELDS)}."
+        )
+    values: dict[str, Any] = {k: getattr(facts.defaults, k) for k in ("width", "height", "steps", "guidance_scale")}
+    values["negative_prompt"] = method.default_negative_prompt()
+    values.update(method.generation_defaults())
+    for key in facts.defaults.outrank_method:
+        values[key] = getattr(facts.defaults, key)
+    story_values = dataclasses.asdict(story.settings)
+    explicit = {k: v for k, v in story_values.items() if v is not None and v != getattr(GenerationSettings(), k)}
+    values.update(explicit)
+    values.update(overrides)
+    for key in ("seed", "batch_size"):
+        values.setdefault(key, story_values[key])
+    resolved = GenerationSettings(**{k: values.get(k) for k in GENERATION_FIELDS})
+    origin = {k: (where if k in overrides else f"{story.source}: settings" if k in explicit else "the defaults")
+              for k in GENERATION_FIELDS}  # fmt: skip
+    _check_generation(resolved, origin)
+    return resolved
+
+
+def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -> None:
+    def fail(key: str, message: str) -> None:
+        raise SettingsError(f"{key} {getattr(settings, key)!r} (from {origin[key]}) {message}")
+
+    for key in ("width", "height"):
+        value = settings.__dict__[key]
+        if not 64 <= value <= MAX_SIDE:
+            fail(key, f"is out of range. Fix: use a multiple of 8 between 64 and {MAX_SIDE}, e.g. 512 or 1024.")
+        if value % 8:
+            fail(key, "is not a multiple of 8. Fix: use e.g. 512 or 1024.")
+    if not 1 <= settings.steps <= MAX_STEPS:
+        fail("steps", f"is out of range. Fix: use between 1 and {MAX_STEPS} steps (the papers use 30 to 50).")
+    if settings.batch_size < 1:
+        fail("batch_size", "must be at least 1.")
+    if not (math.isfinite(settings.guidance_scale) and settings.guidance_scale >= 0):
+        fail("guidance_scale", "must be a finite number of at least 0 (the papers use 5 to 7.5).")
+    if not 0 <= settings.seed <= MAX_SEED:
+        fail("seed", f"is out of range. Fix: use a whole number between 0 and {MAX_SEED}.")
+
+
+def _character_record(story: Story, character_id: str) -> dict[str, Any]:
+    character = story.character(character_id)
+    return {
+        "id": character.id,
+        "description": character.description,
+        "class_word": character.class_word,
+        "references": [sha256_file(p) for p in character.references],
+    }
+
+
+def frame_inputs(story: Story, index: int) -> dict[str, Any]:
+    """Everything about frame ``index`` that its image depends on, besides run-wide settings."""
+    frame = story.frames[index]
+    return {
+        "prompt": story.prompt(index),
+        "negative_prompt": story.negative_prompt(index),
+        "seed": story.frame_seed(index),
+        "characters": [_character_record(story, cid) for cid in frame.characters],
+        "masks": {cid: sha256_file(path) for cid, path in frame.masks.items()},
+        "control_image": sha256_file(frame.control_image) if frame.control_image else None,
+    }
+
+
+@dataclass(frozen=True)
+class PlannedGroup:
+    """A group of the plan with its key and whether the folder already holds it.
+
+    Attributes:
+        group: The method's group (frames, dependencies, role).
+        key: Hash of everything the group's frames are drawn from, dependencies' keys included.
+        drawn: Every frame of the group is in the folder, drawn from these inputs.
+    """
+
+    group: FrameGroup
+    key: str
+    drawn: bool = False
+
+    @property
+    def frames(self) -> tuple[int, ...]:
+        return self.group.frames
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided before any model is loaded.
+
+    Attributes:
+        story: The story with its generation settings resolved.
+        method: The method's class.
+        settings: The method's settings, every automatic value resolved.
+        generation: The resolved generation settings (also ``story.settings``).
+        model: What is known of the model without loading it.
+        groups: The method's groups in drawing order, with keys.
+        run_key: Hash of the run-wide settings (``summary``).
+        summary: Method, settings, model and generation settings: what makes two runs the same run.
+        conflict: When the folder holds a run of other settings: which of them differ; else None.
+        previous: The folder's previous frame records that are still valid, by frame index.
+        status: The folder's previous manifest status ("complete", "running"...), None without one.
+        out_dir: The run folder, when planned against one.
+    """
+
+    story: Story
+    method: type[StoryMethod]
+    settings: MethodSettings
+    generation: GenerationSettings
+    model: ModelFacts
+    groups: list[PlannedGroup]
+    run_key: str
+    summary: dict[str, Any]
+    conflict: list[str] | None = None
+    previous: dict[int, dict[str, Any]] = field(default_factory=dict)
+    status: str | None = None
+    out_dir: Path | None = None
+
+    @property
+    def todo(self) -> list[PlannedGroup]:
+        """Groups to draw, in order."""
+        return [g for g in self.groups if not g.drawn]
+
+    @property
+    def frames_to_draw(self) -> list[int]:
+        return sorted(i for g in self.todo for i in g.frames)
+
+    @property
+    def finished(self) -> bool:
+        """Nothing to draw and the folder's run was completed (storyboard and manifest written)."""
+        return not self.todo and self.conflict is None and self.status == "complete"
+
+    def check_folder(self, overwrite: bool) -> None:
+        """Refuse to mix two different runs in one folder unless ``overwrite`` is set (nothing is changed)."""
+        from storycast.errors import RunFolderError
+
+        if self.conflict and not overwrite:
+            raise RunFolderError(
+                f"'{self.out_dir}' holds a run drawn with different {', '.join(self.conflict)}. Fix: pass --overwrite "
+                f"to replace it, or choose another --out folder (nothing was changed)."
+            )
+
+
+def resolve_method_settings(
+    story: Story,
+    method: type[StoryMethod],
+    overrides: Mapping[str, Any] | None,
+    *,
+    where: str = "--set",
+) -> MethodSettings:
+    """The story file's ``methods.<name>`` settings, then ``overrides`` on top (errors name each origin)."""
+    file_where = f"{story.source}: methods.{method.name}" if story.source else f"methods.{method.name}"
+    settings = method.settings_class.from_mapping(story.methods.get(method.name, {}), where=file_where)
+    return settings.updated(overrides, where=where)
+
+
+def check_method_names(story: Story) -> None:
+    """Every name under the story's ``methods:`` must be a method (a misspelt one would be silently ignored)."""
+    known = list_methods()
+    problems = []
+    for name in story.methods:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known methods: {', '.join(known)}"
+            problems.append(Problem(f"methods.{name}", "unknown method", f"rename it ({hint})"))
+    if problems:
+        raise StoryError(problems, story.source)
+
+
+def group_keys(story: Story, groups: list[FrameGroup], run_key: str) -> list[str]:
+    """Each group's key: the run key, its frames' inputs and its dependencies' keys."""
+    keys: list[str] = []
+    for number, group in enumerate(groups):
+        if any(not 0 <= d < number for d in group.depends_on):
+            raise RuntimeError(
+                f"group {number} depends on {group.depends_on}: a group may depend on earlier ones only"
+            )
+        keys.append(
+            sha256_json(
+                {
+                    "run": run_key,
+                    "frames": [frame_inputs(story, i) for i in group.frames],
+                    "group": list(group.frames),
+                    "depends_on": [keys[d] for d in group.depends_on],
+                }
+            )
+        )
+    return keys
+
+
+def _check_coverage(method: type[StoryMethod], groups: list[FrameGroup], frames: int) -> None:
+    covered = sorted(i for group in groups for i in group.frames)
+    if covered != list(range(frames)):
+        raise RuntimeError(f"method '{method.name}' planned frames {covered} for a story of {frames} frames")
+
+
+def plan_run(
+    story: Story,
+    method: str | type[StoryMethod] | StoryMethod,
+    *,
+    model: ModelSpec | LoadedModels | ModelFacts,
+    method_settings: Mapping[str, Any] | None = None,
+    generation: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    settings_origin: str = "--set",
+) -> RunPlan:
+    """Plan drawing ``story`` with ``method`` on ``model`` into ``out_dir``, loading nothing.
+
+    Args:
+        story: The parsed story.
+        method: A method name (did-you-mean on a typo), class, or configured instance (whose settings are used).
+        model: The model spec (or loaded models, or their facts).
+        method_settings: Setting overrides on top of the story file's ``methods.<name>`` (by name).
+        generation: Overrides of the generation settings (width, height, steps, guidance_scale, seed...).
+        out_dir: The run folder; without one every group is to draw.
+        overwrite: Redraw every group.
+        settings_origin: Where ``method_settings`` come from, for messages.
+
+    Raises:
+        UnknownMethodError, SettingsError, StoryError, StorycastError: bad input, naming it and the fix.
+    """
+    check_method_names(story)
+    instance = method if isinstance(method, StoryMethod) else None
+    method_class = type(method) if instance is not None else get_method(method) if isinstance(method, str) else method
+    facts = model if isinstance(model, ModelFacts) else model_facts(model)
+    method_class.check_family(facts.family)
+    if instance is not None:
+        if method_settings:
+            raise SettingsError(
+                "method_settings apply to a method given by name; configure the method object instead."
+            )
+        settings = instance.settings
+    else:
+        settings = resolve_method_settings(story, method_class, method_settings, where=settings_origin)
+    resolved = resolve_generation(story, facts, method_class, generation)
+    story = dataclasses.replace(story, settings=resolved)
+    settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny))
+    method_class.check(story, settings)
+    groups = method_class.plan(story, settings)
+    _check_coverage(method_class, groups, len(story))
+
+    summary = {
+        "method": method_class.name,
+        "method settings": settings.to_dict(),
+        "model": dict(facts.identity),
+        "generation settings": {
+            k: v for k, v in dataclasses.asdict(resolved).items() if k not in ("seed", "batch_size")
+        },
+    }
+    run_key = sha256_json(summary)
+    keys = group_keys(story, groups, run_key)
+    plan = RunPlan(
+        story=story,
+        method=method_class,
+        settings=settings,
+        generation=resolved,
+        model=facts,
+        groups=[PlannedGroup(g, k) for g, k in zip(groups, keys, strict=True)],
+        run_key=run_key,
+        summary=summary,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+    )
+    if out_dir is not None:
+        _mark_drawn(plan, overwrite)
+    return plan
+
+
+def _mark_drawn(plan: RunPlan, overwrite: bool) -> None:
+    from storycast.runs.folder import RunFolder
+
+    assert plan.out_dir is not None
+    folder: RunFolder = RunFolder(plan.out_dir)
+    plan.status = folder.status
+    plan.conflict = folder.conflict(plan.run_key, plan.summary)
+    if overwrite or plan.conflict:
+        return
+    for number, planned in enumerate(plan.groups):
+        records = [folder.finished_record(i, planned.key) for i in planned.frames]
+        if all(records):
+            plan.groups[number] = dataclasses.replace(planned, drawn=True)
+            for index, record in zip(planned.frames, records, strict=True):
+                assert record is not None
+                plan.previous[index] = record
