@@ -102,6 +102,11 @@ def test_env_and_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "vanilla" in out and "tiny" in out and "TencentARC/PhotoMaker" in out
+    assert main(["methods", "identitystory"]) == 0
+    out = capsys.readouterr().out
+    # Each setting with its --set name, dotted path and help text.
+    assert "sweet_spot_step = None" in out and "(injection.sweet_spot_step)" in out
+    assert "Candidate images per discovery loop" in out
 
 
 def test_help_texts_read_well():

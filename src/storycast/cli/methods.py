@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 HELP = "list the methods (with their settings) and the model presets"
@@ -15,6 +14,27 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.set_defaults(handler=run)
 
 
+def print_settings(settings_class: Any) -> None:
+    """Each setting: its --set name, dotted path, type, default and help (from the settings' own fields)."""
+    import textwrap
+
+    from storycast.methods.settings import describe_type
+
+    leaves = list(settings_class.leaves())
+    if not leaves:
+        print("  (no settings of its own: frames follow the generation settings)")
+        return
+    group = None
+    for leaf in leaves:
+        if len(leaf.path) > 1 and leaf.path[0] != group:
+            group = leaf.path[0]
+            print(f"\n  {group}:")
+        where = f"   ({leaf.dotted})" if leaf.dotted != leaf.flat else ""
+        print(f"    {leaf.flat} = {leaf.default!r}   [{describe_type(leaf.annotation)}]{where}")
+        for line in textwrap.wrap(leaf.help, width=100):
+            print(f"        {line}")
+
+
 def run(args: argparse.Namespace) -> int:
     from storycast.methods.registry import get_method, list_methods
     from storycast.models.presets import ADAPTERS, BASE_PRESETS
@@ -24,10 +44,9 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         method = get_method(name)
         print(f"  {name:<16} {method.summary}  [{', '.join(method.families)}]")
-        if args.name:
-            for field in dataclasses.fields(method.settings_class):
-                print(f"      {field.name} = {field.default!r}")
     if args.name:
+        print(f"\nsettings (story file: methods: {{{args.name}: {{...}}}}; command line: --set NAME=VALUE):")
+        print_settings(get_method(args.name).settings_class)
         return 0
     print("model presets (--preset):")
     for preset in BASE_PRESETS.values():

@@ -177,15 +177,21 @@ def tiny_sd15_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
+def tiny_components(family: str = "sdxl", seed: int = 0) -> dict[str, Any]:
+    """Components of the tiny pipeline of ``family`` ("sdxl" or "sd15")."""
+    if family == "sdxl":
+        return tiny_sdxl_components(seed)
+    if family == "sd15":
+        return tiny_sd15_components(seed)
+    raise ValueError(f"family must be 'sdxl' or 'sd15', got {family!r}")
+
+
 def tiny_pipeline(family: str = "sdxl", seed: int = 0) -> Any:
     """A complete tiny text-to-image pipeline of the given family, on the CPU in fp32."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if family == "sdxl":
-        return StableDiffusionXLPipeline(**tiny_sdxl_components(seed))
-    if family == "sd15":
-        return StableDiffusionPipeline(**tiny_sd15_components(seed))
-    raise ValueError(f"family must be 'sdxl' or 'sd15', got {family!r}")
+    components = tiny_components(family, seed)
+    return (StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline)(**components)
 
 
 def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4, config: Any = None) -> dict[str, dict[str, Any]]:

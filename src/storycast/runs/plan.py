@@ -115,6 +115,8 @@ def frame_inputs(story: Story, index: int) -> dict[str, Any]:
     frame = story.frames[index]
     return {
         "prompt": story.prompt(index),
+        # Methods may build their own prompts from the context (IdentityStory's multi-character prompt).
+        "context": frame.context,
         "negative_prompt": story.negative_prompt(index),
         "seed": story.frame_seed(index),
         "characters": [_character_record(story, cid) for cid in frame.characters],

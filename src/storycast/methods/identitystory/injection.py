@@ -49,9 +49,10 @@ class InjectionSchedule:
     fuse_mode: Literal["repeated", "once"] = "repeated"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.sweet_spot_step <= self.num_steps:
+        # The progressive dilation grows over steps s..T (masks.ops.progressive_kernel): s < T.
+        if not 1 <= self.sweet_spot_step < self.num_steps:
             raise ValueError(
-                f"sweet_spot_step must be between 1 and the number of steps ({self.num_steps}), "
+                f"sweet_spot_step must be between 1 and the number of steps - 1 ({self.num_steps - 1}), "
                 f"got {self.sweet_spot_step}. Fix: set sweet_spot_step lower, or draw with more steps."
             )
 

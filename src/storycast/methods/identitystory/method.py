@@ -6,28 +6,26 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from storycast.errors import SettingsError, StorycastError
+from storycast.errors import StorycastError
 from storycast.identity.library import IdentityLibrary, IdentityRecord, identity_key
-from storycast.identity.photomaker import PhotoMakerConfig
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
+from storycast.masks.registry import build_provider, choose_provider
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory import discovery, injection, prompts
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
     RETRY_SEED_OFFSET,
-    TINY_CANDIDATES,
-    TINY_SVD_RANK,
     IdentityStorySettings,
-    scaled_step,
 )
-from storycast.models.loading import active_loras
-from storycast.pipelines.conditioning import prompt_encoder
+from storycast.models.adapters import attach_controlnet, attach_photomaker
+from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
 from storycast.pipelines.noise import ControlInput, control_image_tensor, count_unet_evaluations
@@ -35,6 +33,36 @@ from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
 logger = logging.getLogger(__name__)
+
+MODEL_KEYS = ("source", "repo_id", "revision", "commit", "path", "seed", "dtype")
+"""What of the base model an identity depends on (part of its library key)."""
+
+
+@dataclass
+class _StageOneAttempt:
+    """Stage 1 of a frame with one seed, and the characters' cleaned masks found in its image."""
+
+    stage1: injection.StageOne
+    image: Any
+    masks: torch.Tensor | None
+    seed: int
+    attempt: int
+    provider: str | None
+
+
+class _Progress:
+    """The frame's denoising progress: stage 1's steps, then stage 2's, as one bar."""
+
+    def __init__(self, context: RunContext, total: int):
+        self.context = context
+        self.total = total
+        self.restart()
+
+    def restart(self) -> None:
+        self.context.progress(ProgressEvent("denoise", 0, self.total))
+
+    def at(self, completed: int) -> None:
+        self.context.progress(ProgressEvent("denoise", completed, self.total))
 
 
 class IdentityStoryMethod(StoryMethod):
@@ -49,11 +77,10 @@ class IdentityStoryMethod(StoryMethod):
 
     def __init__(self, models: Any, settings: IdentityStorySettings | None = None):
         super().__init__(models, settings)
-        self._adapter: PhotoMakerAdapter | None = None
         self._identities: dict[str, IdentityRecord] = {}
         self._providers: dict[str, MaskProvider] = {}
 
-    # -- run interface ---------------------------------------------------------------------------
+    # -- asked before any model is loaded ---------------------------------------------------------
 
     @classmethod
     def generation_defaults(cls) -> dict[str, Any]:
@@ -65,19 +92,38 @@ class IdentityStoryMethod(StoryMethod):
         return INJECTION_NEGATIVE_PROMPT
 
     @classmethod
+    def check(cls, story: Story, settings: IdentityStorySettings) -> None:
+        from storycast.errors import SettingsError
+
+        steps = story.settings.steps
+        if steps < 2:
+            raise SettingsError(
+                f"identitystory needs at least 2 steps, got {steps}: stage 2 re-denoises steps s..T with 1 <= s < T. "
+                f"Fix: --steps 2 or more (the authors use 50)."
+            )
+        sweet_spot = settings.injection.sweet_spot_step
+        if sweet_spot is not None and not 1 <= sweet_spot < steps:
+            raise SettingsError(
+                f"sweet_spot_step must be between 1 and steps - 1 ({steps - 1}), got {sweet_spot}. Fix: set "
+                f"sweet_spot_step lower (the authors' 10 at 50 steps), or draw with more steps."
+            )
+
+    @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:
         # Frames are drawn one by one: memory stays constant however long the story is.
         return [FrameGroup((i,)) for i in range(len(story))]
 
+    # -- run interface ----------------------------------------------------------------------------
+
     def prepare(self, story: Story, context: RunContext) -> None:
-        adapter = self.adapter
-        self._check_prompts(story)
+        settings = self.resolved_settings(story)
+        self._check_prompts(story, settings)
         appearing = [c for c in story.characters if any(c.id in f.characters for f in story.frames)]
         library = IdentityLibrary((context.cache_dir or _default_cache()) / "identities")
         for character in appearing:
             self._identities[character.id] = self.identity(character, story, library, context)
         if str(self.models.device).startswith("cuda"):
-            adapter.park_vision_tower()
+            self.adapter.park_vision_tower()
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         return [self.draw_frame(story, index, context) for index in group]
@@ -86,52 +132,25 @@ class IdentityStoryMethod(StoryMethod):
 
     @property
     def adapter(self) -> PhotoMakerAdapter:
-        """PhotoMaker on the base pipeline, loaded on first use."""
-        if self._adapter is None:
-            key = ("photomaker", f"{self.settings.photomaker}:{self.settings.photomaker_file}")
-            if key not in self.models.attachments:
-                self.models.attachments[key] = self._load_adapter()
-            self._adapter = self.models.attachments[key]
-        return self._adapter
-
-    def _load_adapter(self) -> PhotoMakerAdapter:
-        pipe = self.models.pipeline
-        source = self.settings.photomaker
-        if source == "auto" and (self.models.is_tiny or self.models.info.get("random")):
-            from storycast.models.tiny import tiny_photomaker_weights
-
-            # Random weights for random models: the tiny encoder, or the full-size one for the full-size random
-            # presets that benchmarks measure (LoRA rank 64: the official file's size fits that rank).
-            config = PhotoMakerConfig.tiny() if self.models.is_tiny else PhotoMakerConfig.vit_l14()
-            rank = 4 if self.models.is_tiny else 64
-            weights = tiny_photomaker_weights(pipe.unet, seed=self.models.spec.seed, rank=rank, config=config)
-            return PhotoMakerAdapter.load(pipe, weights, config=config, base_adapters=active_loras(self.models))
-        return PhotoMakerAdapter.load(
-            pipe,
-            "TencentARC/PhotoMaker" if source == "auto" else source,
-            weight_name=self.settings.photomaker_file,
-            local_files_only=self.models.spec.local_files_only,
-            base_adapters=active_loras(self.models),
-        )
+        """PhotoMaker on the base pipeline, attached on first use (shared with other methods on these models)."""
+        return attach_photomaker(self.models, self.settings.photomaker)
 
     def discovery_budget(self, story: Story) -> discovery.DiscoveryBudget:
-        settings = self.settings
-        tiny = self.models.is_tiny
-        steps = settings.discovery_steps or (story.settings.steps if tiny else 50)
+        found = self.resolved_settings(story).discovery
         return discovery.DiscoveryBudget(
-            candidates=settings.discovery_candidates or (TINY_CANDIDATES if tiny else 64),
-            batch_size=settings.discovery_batch_size,
-            steps=steps,
-            guidance_scale=settings.discovery_guidance_scale,
-            loops=settings.discovery_loops,
-            start_merge_step=scaled_step(settings.discovery_start_merge_step, steps),
-            svd_rank=settings.svd_rank or (TINY_SVD_RANK if tiny else 10),
-            svd_keep_ratio=settings.svd_keep_ratio,
-            svd_iterations=settings.svd_iterations,
-            preview_images=settings.preview_images,
-            negative_prompt=settings.discovery_negative_prompt,
-            freeu=settings.freeu,
-            seed=settings.discovery_seed,
+            candidates=found.candidates,
+            batch_size=found.batch_size,
+            steps=found.steps,
+            guidance_scale=found.guidance_scale,
+            loops=found.loops,
+            start_merge_step=found.start_merge_step,
+            svd_rank=found.svd_rank,
+            svd_keep_ratio=found.svd_keep_ratio,
+            svd_iterations=found.svd_iterations,
+            preview_images=found.preview_images,
+            negative_prompt=found.negative_prompt,
+            freeu=found.freeu,
+            seed=found.seed,
             width=story.settings.width,
             height=story.settings.height,
         )
@@ -140,10 +159,8 @@ class IdentityStoryMethod(StoryMethod):
         self, character: Character, story: Story, library: IdentityLibrary, context: RunContext
     ) -> IdentityRecord:
         """The character's identity: from its photos, or from the library, or discovered and stored."""
-        model = {
-            k: self.models.info.get(k) for k in ("source", "repo_id", "revision", "commit", "path", "seed", "dtype")
-        }
-        adapter_id = {"photomaker": self.settings.photomaker, "file": self.settings.photomaker_file}
+        model = {k: self.models.info.get(k) for k in MODEL_KEYS}
+        adapter_id = {"photomaker": self.settings.photomaker.source, "file": self.settings.photomaker.file}
         if character.references:
             from PIL import Image
 
@@ -196,139 +213,141 @@ class IdentityStoryMethod(StoryMethod):
         }
         return library.put(key, result.identity, info, preview=_sheet(result.previews))
 
-    def mask_provider(self, frame_has_user_masks: bool) -> MaskProvider:
-        choice = self.settings.mask_provider
-        if choice == "auto":
-            if frame_has_user_masks:
-                choice = "user"
-            elif not self.models.is_tiny and _grounded_sam_available(self.settings):
-                choice = "grounded-sam"
-            else:
-                choice = "attention"
-        if choice not in self._providers:
-            self._providers[choice] = _build_provider(choice, self.settings, self.models)
-        return self._providers[choice]
+    def mask_provider(self, name: str) -> MaskProvider:
+        """The mask provider called ``name``, built once per method."""
+        if name not in self._providers:
+            self._providers[name] = build_provider(
+                name,
+                self.settings.masks,
+                device=self.models.device,
+                local_files_only=self.models.spec.local_files_only,
+            )
+        return self._providers[name]
 
     @torch.no_grad()
     def draw_frame(self, story: Story, index: int, context: RunContext) -> FrameResult:
-        """Both stages of one frame, with bounded retries when a character cannot be located."""
-        pipe = self.models.pipeline
-        settings = self.settings
+        """Both stages of one frame:
+
+        1. the frame's numbers, prompt and conditioning;
+        2. stage 1 from the prompt alone, and the characters' masks from its image (new seeds, a bounded
+           number of times, while a character is not found);
+        3. stage 2: re-denoising from the sweet-spot step with each character's identity inside its mask;
+        4. decode, keeping stage 1 and the masks as side images.
+        """
+        settings = self.resolved_settings(story)
         gen = story.settings
         characters = story.frame_characters(index)
-        frame = story.frames[index]
         schedule = injection.InjectionSchedule(
             num_steps=gen.steps,
-            sweet_spot_step=scaled_step(settings.sweet_spot_step, gen.steps),
+            sweet_spot_step=settings.injection.sweet_spot_step,
             guidance_scale=gen.guidance_scale,
-            max_dilation=scale_pixels(settings.max_dilation, (gen.height, gen.width)),
-            identity_strength=settings.identity_strength,
-            fuse_mode=settings.fuse_mode,
+            max_dilation=scale_pixels(settings.injection.max_dilation, (gen.height, gen.width)),
+            identity_strength=settings.injection.identity_strength,
+            fuse_mode=settings.injection.fuse_mode,
         )
         negative = story.negative_prompt(index) or INJECTION_NEGATIVE_PROMPT
-        prompt = prompts.global_prompt(story, index, settings.prompt_style)
-        unet = pipe.unet
-        device, dtype = self.models.device, unet.dtype
-        shape = latent_shape(pipe, gen.height, gen.width)
-        total_steps = gen.steps + (schedule.injection_steps if characters else 0)
-        context.progress(ProgressEvent("denoise", 0, total_steps))
-        provider = self.mask_provider(bool(frame.masks)) if characters else None
-        needs_maps = provider is not None and provider.name == "attention"
-
-        control = self._control(frame, gen)
-        with count_unet_evaluations(unet) as counter:
-            conditioning = prompt_encoder(pipe, self.models.family, device)(
+        prompt = prompts.global_prompt(story, index, settings.injection.prompt_style)
+        progress = _Progress(context, gen.steps + (schedule.injection_steps if characters else 0))
+        with count_unet_evaluations(self.models.pipeline.unet) as counter:
+            conditioning = prompt_encoder(self.models.pipeline, self.models.family, self.models.device)(
                 [prompt], [negative], width=gen.width, height=gen.height
             )
-            seed = story.frame_seed(index)
-            failures: list[str] = []
-            for attempt in range(settings.mask_retries + 1):
-                seed = story.frame_seed(index) + attempt * RETRY_SEED_OFFSET
-                initial = initial_latents(
-                    make_scheduler(pipe.scheduler, gen.steps, device),
-                    shape,
-                    [make_generator(seed, str(device))],
-                    dtype=dtype,
-                    device=device,
-                )
-                token_maps: dict[str, torch.Tensor] = {}
-                with _recording_maps(unet, pipe.tokenizer, prompt, characters, needs_maps, shape) as recorder:
-                    stage1 = injection.stage_one(
-                        pipe,
-                        conditioning,
-                        initial,
-                        schedule,
-                        on_step=lambda i: context.progress(ProgressEvent("denoise", i + 1, total_steps)),
-                        control=control,
-                    )
-                    if recorder is not None:
-                        token_maps = recorder.character_maps()
-                stage1_image = decode_latents(pipe, stage1.latents)[0]
-                if not characters:
-                    return FrameResult(
-                        index,
-                        stage1_image,
-                        seed,
-                        metadata=self._metadata(
-                            prompt, negative, [], counter.evaluations, schedule, seed, attempt, None
-                        ),
-                    )
-                assert provider is not None
-                try:
-                    masks = self._clean_masks(provider, stage1_image, index, characters, token_maps, frame.masks, gen)
-                    break
-                except MaskNotFoundError as err:
-                    if provider.name == "user":
-                        raise  # the user's files do not change with the seed
-                    failures.append(str(err))
-                    if attempt < settings.mask_retries:
-                        logger.warning("%s; retrying with seed %d", err, seed + RETRY_SEED_OFFSET)
-                    context.progress(ProgressEvent("denoise", 0, total_steps))
-            else:
-                raise MaskNotFoundError(
-                    f"frame {index + 1}: could not locate every character after {settings.mask_retries + 1} "
-                    f"attempt(s) (seeds {story.frame_seed(index)} + k*{RETRY_SEED_OFFSET}). Last problem: "
-                    f"{failures[-1]} Fix: raise mask_retries, give the frame user masks (frames[{index}].masks), "
-                    f"or try mask_provider=attention/grounded-sam.",
-                    frame_index=index,
-                )
-
+            found = self._stage_one_and_masks(story, index, prompt, conditioning, schedule, settings, progress)
+            if found.masks is None:
+                metadata = self._metadata(prompt, negative, [], counter.evaluations, schedule, found)
+                return FrameResult(index, found.image, found.seed, metadata=metadata)
             regions = self._regions(story, index, characters, negative)
+            offset = gen.steps - schedule.first_injection_step + 1
             latents = injection.stage_two(
-                pipe,
+                self.models.pipeline,
                 self.adapter,
-                stage1,
+                found.stage1,
                 regions,
-                masks,
+                found.masks,
                 schedule,
-                on_step=lambda i: context.progress(
-                    ProgressEvent("denoise", i + 1 + gen.steps - schedule.first_injection_step, total_steps)
-                ),
+                on_step=lambda i: progress.at(i + offset),
             )
-            image = decode_latents(pipe, latents)[0]
-        extras = {"stage1": stage1_image}
-        for character, mask in zip(characters, masks, strict=True):
+            image = decode_latents(self.models.pipeline, latents)[0]
+        extras = {"stage1": found.image}
+        for character, mask in zip(characters, found.masks, strict=True):
             extras[f"mask_{character.id}"] = _mask_image(mask)
-        metadata = self._metadata(
-            prompt, negative, characters, counter.evaluations, schedule, seed, attempt, provider.name
+        metadata = self._metadata(prompt, negative, characters, counter.evaluations, schedule, found)
+        return FrameResult(index, image, found.seed, metadata=metadata, extras=extras)
+
+    # -- steps of a frame --------------------------------------------------------------------------
+
+    def _stage_one_and_masks(
+        self,
+        story: Story,
+        index: int,
+        prompt: str,
+        conditioning: GuidancePair,
+        schedule: injection.InjectionSchedule,
+        settings: IdentityStorySettings,
+        progress: _Progress,
+    ) -> _StageOneAttempt:
+        """Stage 1, then the characters' cleaned masks from its image; on a miss, again with the authors' next
+        seed, at most ``mask_retries`` more times."""
+        pipe = self.models.pipeline
+        frame = story.frames[index]
+        characters = story.frame_characters(index)
+        name = choose_provider(settings.masks, frame_has_user_masks=bool(frame.masks)) if characters else None
+        provider = self.mask_provider(name) if name is not None else None
+        control = self._control(frame, story, settings)
+        failures: list[str] = []
+        for attempt in range(settings.masks.retries + 1):
+            seed = story.frame_seed(index) + attempt * RETRY_SEED_OFFSET
+            initial = self._initial_latents(story, seed)
+            with _recording_maps(pipe.unet, pipe.tokenizer, prompt, characters, name == "attention", initial) as maps:
+                stage1 = injection.stage_one(
+                    pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1), control=control
+                )
+                token_maps = maps.character_maps() if maps is not None else {}
+            image = decode_latents(pipe, stage1.latents)[0]
+            if provider is None:
+                return _StageOneAttempt(stage1, image, None, seed, attempt, None)
+            try:
+                masks = self._clean_masks(provider, image, index, characters, token_maps, frame.masks, story, settings)
+                return _StageOneAttempt(stage1, image, masks, seed, attempt, provider.name)
+            except MaskNotFoundError as err:
+                if provider.name == "user":
+                    raise  # the user's files do not change with the seed
+                failures.append(str(err).split(" Fix:")[0])
+                if attempt < settings.masks.retries:
+                    logger.warning("%s; retrying with seed %d", failures[-1], seed + RETRY_SEED_OFFSET)
+                progress.restart()
+        other = "grounded-sam" if name == "attention" else "attention"
+        raise MaskNotFoundError(
+            f"frame {index + 1}: could not locate every character after {settings.masks.retries + 1} attempt(s) "
+            f"(seeds {story.frame_seed(index)} + k*{RETRY_SEED_OFFSET}, mask provider '{name}'). Last problem: "
+            f"{failures[-1]} Fix: give the frame mask files (frames[{index}].masks), raise mask_retries, or try "
+            f"mask_provider={other}.",
+            frame_index=index,
         )
-        return FrameResult(index, image, seed, metadata=metadata, extras=extras)
 
-    # -- helpers -----------------------------------------------------------------------------------
+    def _initial_latents(self, story: Story, seed: int) -> torch.Tensor:
+        pipe, device = self.models.pipeline, self.models.device
+        return initial_latents(
+            make_scheduler(pipe.scheduler, story.settings.steps, device),
+            latent_shape(pipe, story.settings.height, story.settings.width),
+            [make_generator(seed, str(device))],
+            dtype=pipe.unet.dtype,
+            device=device,
+        )
 
-    def _control(self, frame: Any, gen: Any) -> ControlInput | None:
+    def _control(self, frame: Any, story: Story, settings: IdentityStorySettings) -> ControlInput | None:
         """The frame's ControlNet input, when the method has a ControlNet and the frame a control image."""
-        if self.settings.controlnet is None or frame.control_image is None:
+        if settings.controlnet.source is None or frame.control_image is None:
             return None
         from PIL import Image
 
-        unet = self.models.pipeline.unet
-        key = ("controlnet", self.settings.controlnet)
-        if key not in self.models.attachments:
-            self.models.attachments[key] = _load_controlnet(self.settings.controlnet, self.models)
+        attached = attach_controlnet(self.models, settings.controlnet.source)
+        gen = story.settings
         with Image.open(frame.control_image) as image:
-            tensor = control_image_tensor(image, gen.width, gen.height, device=unet.device, dtype=unet.dtype)
-        return ControlInput(self.models.attachments[key], tensor, self.settings.controlnet_scale)
+            tensor = control_image_tensor(
+                image, gen.width, gen.height, device=self.models.device, dtype=self.models.pipeline.unet.dtype
+            )
+        return ControlInput(attached.model, tensor, settings.controlnet.scale)
 
     def _regions(
         self, story: Story, index: int, characters: Sequence[Character], negative: str
@@ -343,7 +362,7 @@ class IdentityStoryMethod(StoryMethod):
                 character_id=character.id,
                 conditioning=conditioning.rows(row),
                 class_position=positions[row],
-                identity=self._identities[character.id].embedding.to(self.models.pipeline.unet.device),
+                identity=self._identities[character.id].embedding.to(self.models.device),
             )
             for row, character in enumerate(characters)
         ]
@@ -356,12 +375,14 @@ class IdentityStoryMethod(StoryMethod):
         characters: Sequence[Character],
         token_maps: dict[str, torch.Tensor],
         user_masks: Any,
-        gen: Any,
+        story: Story,
+        settings: IdentityStorySettings,
     ) -> torch.Tensor:
+        gen = story.settings
         queries = [CharacterQuery(c.id, c.class_word) for c in characters]
         raw = provider(MaskInputs(image, queries, index, token_maps, user_masks))
         stacked = torch.stack([raw[c.id].bool().cpu() for c in characters])
-        cleaned = clean_masks(stacked, scale_pixels(self.settings.cleanup_dilation, (gen.height, gen.width)))
+        cleaned = clean_masks(stacked, scale_pixels(settings.masks.cleanup_dilation, (gen.height, gen.width)))
         for character, mask in zip(characters, cleaned, strict=True):
             if not bool(mask.any()):
                 raise MaskNotFoundError(
@@ -371,16 +392,16 @@ class IdentityStoryMethod(StoryMethod):
                 )
         return cleaned
 
-    def _check_prompts(self, story: Story) -> None:
+    def _check_prompts(self, story: Story, settings: IdentityStorySettings) -> None:
         """Every class word must occur in its frame's prompt and region prompt (the authors refuse the frame
         otherwise); checked for the whole story before anything is drawn."""
-        tokenizer = self.adapter.pipe.tokenizer
+        tokenizer = self.models.pipeline.tokenizer
         problems = []
         for index in range(len(story)):
             characters = story.frame_characters(index)
             if not characters:
                 continue
-            prompt = prompts.global_prompt(story, index, self.settings.prompt_style)
+            prompt = prompts.global_prompt(story, index, settings.injection.prompt_style)
             words = [c.class_word for c in characters]
             for character, position in zip(
                 characters, prompts.class_word_positions(tokenizer, prompt, words), strict=True
@@ -412,9 +433,7 @@ class IdentityStoryMethod(StoryMethod):
         characters: Sequence[Character],
         evaluations: int,
         schedule: injection.InjectionSchedule,
-        seed: int,
-        attempt: int,
-        provider: str | None,
+        found: _StageOneAttempt,
     ) -> dict[str, Any]:
         return {
             "prompt": prompt,
@@ -422,9 +441,9 @@ class IdentityStoryMethod(StoryMethod):
             "characters": {c.id: self._identities[c.id].key for c in characters},
             "unet_evaluations": evaluations,
             "sweet_spot_step": schedule.sweet_spot_step,
-            "seed_used": seed,
-            "mask_attempts": attempt + 1,
-            "mask_provider": provider,
+            "seed_used": found.seed,
+            "mask_attempts": found.attempt + 1,
+            "mask_provider": found.provider,
         }
 
 
@@ -442,99 +461,23 @@ class _MapRecorder:
 
 @contextlib.contextmanager
 def _recording_maps(
-    unet: Any, tokenizer: Any, prompt: str, characters: Sequence[Character], enabled: bool, latent_shape: tuple
+    unet: Any, tokenizer: Any, prompt: str, characters: Sequence[Character], enabled: bool, latents: torch.Tensor
 ) -> Iterator[_MapRecorder | None]:
     """Record the class words' attention maps during stage 1 when the attention mask provider needs them."""
     if not (enabled and characters):
         yield None
         return
+    from storycast.attention.layers import select_layers
     from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
     positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
-    latent_size = (latent_shape[-2], latent_shape[-1])
+    latent_size = (latents.shape[-2], latents.shape[-1])
     half = (latent_size[0] // 2, latent_size[1] // 2)
     store = TokenMapStore([[p or 0 for p in positions]], size=half, rows=1, latent_size=latent_size)
-    levels = sorted({layer.level for layer in _cross_layers(unet)} - {0}) or [0]
+    # Every cross-attention level but the full-resolution one, whose maps are the noisiest.
+    levels = sorted({layer.level for layer in select_layers(unet, kind="cross")} - {0}) or [0]
     with record_token_maps(unet, store, levels):
         yield _MapRecorder(store, characters)
-
-
-def _cross_layers(unet: Any) -> list[Any]:
-    from storycast.attention.layers import select_layers
-
-    return select_layers(unet, kind="cross")
-
-
-def _load_controlnet(source: str, models: Any) -> Any:
-    """A ControlNet from a Hub id or folder; "tiny" makes a random one from the tiny UNet (tests, demos)."""
-    from diffusers import ControlNetModel
-
-    unet = models.pipeline.unet
-    if source == "tiny":
-        from storycast.models.tiny import _seeded, tiny_sdxl_components
-
-        # From a fresh tiny UNet: the live one may carry LoRA layers that from_unet cannot copy.
-        with _seeded(models.spec.seed + 20):
-            fresh_unet = tiny_sdxl_components(models.spec.seed)["unet"]
-            controlnet = ControlNetModel.from_unet(fresh_unet, conditioning_channels=3)
-            # from_unet zero-initialises the output convolutions (a fresh ControlNet changes nothing);
-            # random ones make the tiny ControlNet's effect visible, as a trained one's is.
-            for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-                torch.nn.init.normal_(conv.weight, std=0.05)
-    else:
-        from storycast.models.checkpoints import load_checkpoint
-
-        controlnet = load_checkpoint(
-            lambda path, offline: ControlNetModel.from_pretrained(path, local_files_only=offline),
-            source,
-            what="ControlNet",
-            point_at="set the controlnet setting (--set controlnet=...) to",
-            local_files_only=models.spec.local_files_only,
-        )
-    return controlnet.to(device=unet.device, dtype=unet.dtype).eval()
-
-
-def _grounded_sam_available(settings: IdentityStorySettings) -> bool:
-    """True when the detector and segmenter are local folders or already in the Hugging Face cache."""
-    from pathlib import Path
-
-    from huggingface_hub import try_to_load_from_cache
-
-    for source in (settings.detector, settings.segmenter):
-        if Path(source).is_dir():
-            continue
-        try:
-            cached = try_to_load_from_cache(source, "config.json")
-        except ValueError:
-            return False
-        if not isinstance(cached, str):
-            return False
-    return True
-
-
-def _build_provider(choice: str, settings: IdentityStorySettings, models: Any) -> MaskProvider:
-    if choice == "attention":
-        from storycast.masks.attention import AttentionMasks
-
-        return AttentionMasks()
-    if choice == "user":
-        from storycast.masks.user import UserMasks
-
-        return UserMasks()
-    if choice == "grounded-sam":
-        from storycast.masks.grounded_sam import GroundedSamMasks, GroundedSamSettings
-
-        return GroundedSamMasks(
-            GroundedSamSettings(
-                detector=settings.detector,
-                segmenter=settings.segmenter,
-                box_threshold=settings.box_threshold,
-                text_threshold=settings.text_threshold,
-                device=models.device,
-                local_files_only=models.spec.local_files_only,
-            )
-        )
-    raise SettingsError(f"mask_provider '{choice}' is not known. Fix: use auto, grounded-sam, attention or user.")
 
 
 def _mask_image(mask: torch.Tensor) -> Any:

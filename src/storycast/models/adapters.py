@@ -1,0 +1,152 @@
+"""Adapters attached to loaded models: PhotoMaker, ControlNets. Each attaches once per loaded models (methods
+share it through ``LoadedModels.attachments``) and has a ``detach()`` that undoes what attaching did.
+
+The tiny and random-weight presets resolve their own adapter weights here ("auto" gives them random
+weights of the right architecture), so methods never ask which preset they run on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from storycast.methods.settings import MethodSettings, check_range, setting
+
+if TYPE_CHECKING:
+    from storycast.identity.photomaker_adapter import PhotoMakerAdapter
+    from storycast.models.loading import LoadedModels
+
+PHOTOMAKER_REPO = "TencentARC/PhotoMaker"
+
+
+class Attachment(Protocol):
+    """Something attached to loaded models."""
+
+    def detach(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PhotoMakerSettings(MethodSettings):
+    """PhotoMaker v1 (identity conditioning through the class word's token)."""
+
+    source: str = setting(
+        "auto",
+        f"PhotoMaker v1 weights: a Hub id, folder or file. 'auto': {PHOTOMAKER_REPO}, or random weights of the same "
+        "architecture for the tiny and random-weight presets.",
+        flat="photomaker",
+    )
+    file: str = setting("photomaker-v1.bin", "File name inside a Hub repo or folder.", flat="photomaker_file")
+
+
+@dataclass(frozen=True)
+class ControlNetSettings(MethodSettings):
+    """A ControlNet conditioning the base passes on each frame's ``control_image``."""
+
+    source: str | None = setting(
+        None,
+        "A ControlNet for the base model (Hub id or folder; 'tiny' builds a random one for the tiny presets) that "
+        "conditions the plain passes on each frame's control_image; frames without one draw unconditioned.",
+        flat="controlnet",
+    )
+    scale: float = setting(
+        0.8, "Conditioning scale of the ControlNet (IdentityStory's authors use 0.8).", flat="controlnet_scale"
+    )
+
+    def validate(self) -> None:
+        check_range("controlnet_scale", self.scale, 0)
+
+
+def _active_loras(models: LoadedModels) -> dict[str, float]:
+    from storycast.models.loading import active_loras
+
+    return active_loras(models)
+
+
+def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> PhotoMakerAdapter:
+    """PhotoMaker on ``models`` (SDXL), loaded on first use and shared by every method on these models."""
+    from storycast.identity.photomaker_adapter import PhotoMakerAdapter
+
+    key = ("photomaker", f"{settings.source}:{settings.file}")
+    if key in models.attachments:
+        return models.attachments[key]
+    pipe = models.pipeline
+    facts = models.facts
+    if settings.source == "auto" and (facts.tiny or facts.random):
+        from storycast.identity.photomaker import PhotoMakerConfig
+        from storycast.models.tiny import tiny_photomaker_weights
+
+        # Random weights for random models: the tiny encoder, or the full-size one for the full-size random
+        # presets that benchmarks measure (LoRA rank 64: the official file's size fits that rank).
+        config = PhotoMakerConfig.tiny() if facts.tiny else PhotoMakerConfig.vit_l14()
+        rank = 4 if facts.tiny else 64
+        weights = tiny_photomaker_weights(pipe.unet, seed=models.spec.seed, rank=rank, config=config)
+        adapter = PhotoMakerAdapter.load(
+            pipe, weights, config=config, base_adapters=_active_loras(models), device=models.device
+        )
+    else:
+        adapter = PhotoMakerAdapter.load(
+            pipe,
+            PHOTOMAKER_REPO if settings.source == "auto" else settings.source,
+            weight_name=settings.file,
+            local_files_only=models.spec.local_files_only,
+            base_adapters=_active_loras(models),
+            device=models.device,
+        )
+    models.attachments[key] = adapter
+    return adapter
+
+
+@dataclass
+class AttachedControlNet:
+    """A ControlNet held for loaded models; ``detach`` frees it."""
+
+    model: Any
+    models: LoadedModels
+    key: tuple[str, str]
+
+    def detach(self) -> None:
+        self.models.attachments.pop(self.key, None)
+        self.model = None
+
+
+def attach_controlnet(models: LoadedModels, source: str) -> AttachedControlNet:
+    """A ControlNet from a Hub id or folder, on the models' device and dtype; "tiny" makes a random one from the
+    tiny UNet's config (tests, demos). Loaded once per loaded models."""
+    import torch
+    from diffusers import ControlNetModel
+
+    key = ("controlnet", source)
+    if key in models.attachments:
+        return models.attachments[key]
+    unet = models.pipeline.unet
+    if source == "tiny":
+        from storycast.models.tiny import _seeded, tiny_components
+
+        # From a fresh tiny UNet: the live one may carry LoRA layers that from_unet cannot copy.
+        with _seeded(models.spec.seed + 20):
+            fresh_unet = tiny_components(models.family, models.spec.seed)["unet"]
+            controlnet = ControlNetModel.from_unet(fresh_unet, conditioning_channels=3)
+            # from_unet zero-initialises the output convolutions (a fresh ControlNet changes nothing);
+            # random ones make the tiny ControlNet's effect visible, as a trained one's is.
+            for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+                torch.nn.init.normal_(conv.weight, std=0.05)
+    else:
+        from storycast.models.checkpoints import load_checkpoint
+
+        controlnet = load_checkpoint(
+            lambda path, offline: ControlNetModel.from_pretrained(path, local_files_only=offline),
+            source,
+            what="ControlNet",
+            point_at="set the controlnet setting (--set controlnet=...) to",
+            local_files_only=models.spec.local_files_only,
+        )
+    attached = AttachedControlNet(controlnet.to(device=models.device, dtype=unet.dtype).eval(), models, key)
+    models.attachments[key] = attached
+    return attached
+
+
+def detach_all(models: LoadedModels) -> None:
+    """Detach every adapter from ``models`` (the base pipeline is as loaded again)."""
+    for attachment in list(models.attachments.values()):
+        attachment.detach()
+    models.attachments.clear()
