@@ -82,7 +82,8 @@ def test_generation_settings_precedence(tiny_sdxl):
     story = parse_story(data)
 
     class Prefers(VanillaMethod):
-        def generation_defaults(self):
+        @classmethod
+        def generation_defaults(cls, family=None):
             return {"steps": 50, "guidance_scale": 7.0}
 
     resolved = resolve_generation(story, tiny_sdxl, Prefers(tiny_sdxl), {"guidance_scale": 2.0, "width": None})

@@ -137,8 +137,9 @@ class StoryMethod(abc.ABC):
             )
 
     @classmethod
-    def generation_defaults(cls) -> dict[str, Any]:
-        """Generation settings this method prefers over the model's defaults (e.g. its paper's steps)."""
+    def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
+        """Generation settings this method prefers over the model's defaults (e.g. its paper's steps), for a
+        model ``family``."""
         return {}
 
     @classmethod
@@ -147,9 +148,9 @@ class StoryMethod(abc.ABC):
         return None
 
     @classmethod  # noqa: B027 - an optional hook
-    def check(cls, story: Story, settings: MethodSettings) -> None:
+    def check(cls, story: Story, settings: MethodSettings, family: str | None = None) -> None:
         """Raise a :class:`~storycast.errors.StorycastError` naming the field and the fix when the method cannot
-        draw ``story`` with ``settings`` (resolved); called before any model is loaded."""
+        draw ``story`` with ``settings`` (resolved) on a model ``family``; called before any model is loaded."""
 
     @classmethod
     def plan(cls, story: Story, settings: MethodSettings) -> list[FrameGroup]:

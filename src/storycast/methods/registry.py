@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "storycast.methods"
 _BUILTIN: dict[str, str] = {
     "vanilla": "storycast.methods.vanilla:VanillaMethod",
     "identitystory": "storycast.methods.identitystory.method:IdentityStoryMethod",
+    "storydiffusion": "storycast.methods.storydiffusion.method:StoryDiffusionMethod",
 }
 _REGISTERED: dict[str, str] = {}
 

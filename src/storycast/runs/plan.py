@@ -64,7 +64,7 @@ def resolve_generation(
         )
     values: dict[str, Any] = {k: getattr(facts.defaults, k) for k in ("width", "height", "steps", "guidance_scale")}
     values["negative_prompt"] = method.default_negative_prompt()
-    values.update(method.generation_defaults())
+    values.update(method.generation_defaults(facts.family))
     for key in facts.defaults.outrank_method:
         values[key] = getattr(facts.defaults, key)
     story_values = dataclasses.asdict(story.settings)
@@ -296,7 +296,7 @@ def plan_run(
     resolved = resolve_generation(story, facts, method_class, generation)
     story = dataclasses.replace(story, settings=resolved)
     settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny))
-    method_class.check(story, settings)
+    method_class.check(story, settings, facts.family)
     groups = method_class.plan(story, settings)
     _check_coverage(method_class, groups, len(story))
 

@@ -83,7 +83,7 @@ class IdentityStoryMethod(StoryMethod):
     # -- asked before any model is loaded ---------------------------------------------------------
 
     @classmethod
-    def generation_defaults(cls) -> dict[str, Any]:
+    def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
         # The authors' injection: 50 steps, guidance 7 (main.py of Correr-Zhou/IdentityStory).
         return {"steps": 50, "guidance_scale": 7.0}
 
@@ -92,7 +92,7 @@ class IdentityStoryMethod(StoryMethod):
         return INJECTION_NEGATIVE_PROMPT
 
     @classmethod
-    def check(cls, story: Story, settings: IdentityStorySettings) -> None:
+    def check(cls, story: Story, settings: IdentityStorySettings, family: str | None = None) -> None:
         from storycast.errors import SettingsError
 
         steps = story.settings.steps

@@ -1,0 +1,361 @@
+"""``storydiffusion``: Consistent Self-Attention over identity frames (StoryDiffusion, NeurIPS 2024).
+
+The run (as the authors' low-VRAM app runs it, HVision-NKU/StoryDiffusion@8de45e4):
+
+1. per character, its identity frames (the first ``id_length`` frames naming it alone) are drawn as one
+   batch, writing their sampled tokens to the bank at every step and layer;
+2. every other frame is drawn alone, reading the banks of the characters it names (both banks for a
+   two-character frame; none for a frame naming nobody).
+
+Each frame is denoised once: UNet evaluations per frame equal plain text-to-image (2T). The planner
+records that the reading frames depend on their characters' identity group, so editing an identity
+frame redraws every frame that read it; when an identity group is already drawn but a reading frame is
+not, its bank is rebuilt by drawing the identity frames again (the same seeds give the same tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from storycast.attention.consistent import ConsistentAttentionState, TokenBank, install_consistent_attention
+from storycast.errors import SettingsError, StorycastError
+from storycast.identity.photomaker_prompt import insert_trigger_word
+from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
+from storycast.models.adapters import attach_photomaker
+from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
+from storycast.pipelines.decode import decode_latents
+from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.freeu import FREEU, freeu
+from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.story.model import Character, Story, join_prompt
+from storycast.utils.torch_utils import make_generator
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_ROLE = "identity frames of "
+
+
+def solo_frames(story: Story) -> dict[str, list[int]]:
+    """Character id -> the frames naming that character alone, in story order."""
+    alone: dict[str, list[int]] = {c.id: [] for c in story.characters}
+    for index, frame in enumerate(story.frames):
+        if len(frame.characters) == 1:
+            alone[frame.characters[0]].append(index)
+    return alone
+
+
+def appearing_characters(story: Story) -> list[Character]:
+    """The characters some frame names, in the story's order."""
+    named = {cid for frame in story.frames for cid in frame.characters}
+    return [c for c in story.characters if c.id in named]
+
+
+def identity_frames(story: Story, id_length: int) -> dict[str, tuple[int, ...]]:
+    """Character id -> its identity frames: the first ``id_length`` frames naming it alone (the authors'
+    ``process_original_prompt``)."""
+    alone = solo_frames(story)
+    return {c.id: tuple(alone[c.id][:id_length]) for c in appearing_characters(story)}
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One image of a batch: its prompt, negative prompt and seed, and per character with a reference identity
+    the same prompt with PhotoMaker's trigger word after that character's class word."""
+
+    prompt: str
+    negative: str
+    seed: int
+    triggered: dict[str, str]
+
+
+class StoryDiffusionMethod(StoryMethod):
+    """StoryDiffusion's Consistent Self-Attention on SDXL or SD 1.5 (see the module docstring)."""
+
+    name = "storydiffusion"
+    settings_class = StoryDiffusionSettings
+    families = ("sdxl", "sd15")
+    summary = "StoryDiffusion (NeurIPS 2024): consistent self-attention over each character's identity frames"
+
+    settings: StoryDiffusionSettings
+
+    def __init__(self, models: Any, settings: StoryDiffusionSettings | None = None):
+        super().__init__(models, settings)
+        device = "cpu" if self.settings.attention.bank_device == "cpu" else None
+        self.bank = TokenBank(device)
+        self._references: dict[str, torch.Tensor] = {}
+
+    # -- asked before any model is loaded ---------------------------------------------------------
+
+    @classmethod
+    def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
+        # The low-VRAM app: 35 steps, guidance 5, 768 x 768 (on SDXL; SD 1.5 keeps its native 512).
+        defaults: dict[str, Any] = {"steps": 35, "guidance_scale": 5.0}
+        if family == "sdxl":
+            defaults.update(width=768, height=768)
+        return defaults
+
+    @classmethod
+    def check(cls, story: Story, settings: StoryDiffusionSettings, family: str | None = None) -> None:
+        appearing = appearing_characters(story)
+        where = f"{story.source}: " if story.source else ""
+        if not appearing:
+            raise StorycastError(
+                f"{where}no frame names a character, so storydiffusion has no identity to keep "
+                f"(id_length={settings.id_length}). Fix: name the characters in the frames ({{id}} in the text, or "
+                f"frames[i].characters), or draw with --method vanilla."
+            )
+        if settings.identity_frames == "story":
+            alone = solo_frames(story)
+            short = [c for c in appearing if len(alone[c.id]) < settings.id_length]
+            if short:
+                lines = [
+                    f"'{c.id}' appears alone in {len(alone[c.id])} frame(s) {alone[c.id] or ''}".rstrip()
+                    for c in short
+                ]
+                raise StorycastError(
+                    f"{where}storydiffusion draws each character's first id_length={settings.id_length} solo frames "
+                    f"as its identity frames, but " + "; ".join(lines) + ". Fix: lower id_length (--set "
+                    "id_length=1), add frames where the character appears alone, or draw identity portraits from "
+                    "the descriptions (--set identity_frames=portraits)."
+                )
+        with_photos = [c.id for c in appearing if c.references]
+        if with_photos and family not in (None, "sdxl"):
+            raise SettingsError(
+                f"{where}characters {with_photos} have reference photos, which storydiffusion reads through "
+                f"PhotoMaker v1, an SDXL adapter; the model is {family}. Fix: --preset sdxl, or remove the references."
+            )
+
+    @classmethod
+    def plan(cls, story: Story, settings: StoryDiffusionSettings) -> list[FrameGroup]:
+        groups: list[FrameGroup] = []
+        depends: dict[str, int] = {}
+        identity = identity_frames(story, settings.id_length) if settings.identity_frames == "story" else {}
+        for character_id, frames in identity.items():
+            depends[character_id] = len(groups)
+            groups.append(FrameGroup(frames, role=IDENTITY_ROLE + character_id))
+        taken = {i for frames in identity.values() for i in frames}
+        for index, frame in enumerate(story.frames):
+            if index not in taken:
+                needs = tuple(sorted({depends[c] for c in frame.characters if c in depends}))
+                groups.append(FrameGroup((index,), depends_on=needs))
+        return groups
+
+    # -- run interface ----------------------------------------------------------------------------
+
+    def prepare(self, story: Story, context: RunContext) -> None:
+        for character in appearing_characters(story):
+            if character.references and character.id not in self._references:
+                from PIL import Image
+
+                photos = [Image.open(p).convert("RGB") for p in character.references]
+                self._references[character.id] = self.adapter.embed(photos).mean(dim=0)
+
+    def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
+        settings = self.resolved_settings(story)
+        planned = {g.frames: g for g in self.plan(story, settings)}
+        found = planned.get(tuple(group))
+        if found is None:
+            raise ValueError(f"frames {list(group)} are not a group of this story's plan")
+        if found.role.startswith(IDENTITY_ROLE):
+            character = found.role[len(IDENTITY_ROLE) :]
+            return self._draw_identity_frames(story, character, found.frames, context)
+        return [self._draw_reading_frame(story, index, context) for index in found.frames]
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> Any:
+        """PhotoMaker, attached when a character has reference photos."""
+        return attach_photomaker(self.models, self.settings.photomaker)
+
+    def _frame_row(self, story: Story, index: int) -> _Row:
+        triggered = {}
+        for character in story.frame_characters(index):
+            if character.id in self._references:
+                marked = dataclasses.replace(
+                    character, description=insert_trigger_word(character.description, character.class_word)
+                )
+                others = tuple(marked if c.id == character.id else c for c in story.characters)
+                triggered[character.id] = dataclasses.replace(story, characters=others).prompt(index)
+        negative = story.negative_prompt(index) or ""
+        return _Row(story.prompt(index), negative, story.frame_seed(index), triggered)
+
+    def _portrait_rows(self, story: Story, character: Character, count: int) -> list[_Row]:
+        """Identity images of a character from its description alone (``identity_frames=portraits``)."""
+        prompt = join_prompt(story.style, character.description, story.style_suffix)
+        triggered = {}
+        if character.id in self._references:
+            marked = insert_trigger_word(character.description, character.class_word)
+            triggered[character.id] = join_prompt(story.style, marked, story.style_suffix)
+        negative = story.settings.negative_prompt or ""
+        number = [c.id for c in story.characters].index(character.id)
+        return [_Row(prompt, negative, story.settings.seed + 1000 * (number + 1) + k, triggered) for k in range(count)]
+
+    def _draw_identity_frames(
+        self, story: Story, character: str, frames: Sequence[int], context: RunContext
+    ) -> list[FrameResult]:
+        """Write: the identity frames drawn as one batch, their sampled tokens stored in the bank."""
+        rows = [self._frame_row(story, i) for i in frames]
+        self.bank.drop(character)
+        images, evaluations = self._draw(story, rows, "write", context, write_character=character)
+        return [
+            FrameResult(
+                index,
+                image,
+                row.seed,
+                metadata={
+                    "prompt": row.prompt,
+                    "negative_prompt": row.negative,
+                    "role": "identity frame",
+                    "character": character,
+                    "identity_frames": list(frames),
+                    "unet_evaluations": evaluations // len(rows),
+                    "bank_bytes": self.bank.nbytes,
+                },
+            )
+            for index, image, row in zip(frames, images, rows, strict=True)
+        ]
+
+    def _draw_reading_frame(self, story: Story, index: int, context: RunContext) -> FrameResult:
+        """Read: one frame attending to the banks of the characters it names."""
+        settings = self.resolved_settings(story)
+        characters = story.frames[index].characters
+        for character in characters:
+            if character not in self.bank.characters():
+                self._rebuild_bank(story, character, settings, context)
+        row = self._frame_row(story, index)
+        images, evaluations = self._draw(story, [row], "read", context, read_characters=[characters])
+        return FrameResult(
+            index,
+            images[0],
+            row.seed,
+            metadata={
+                "prompt": row.prompt,
+                "negative_prompt": row.negative,
+                "role": "reads identity frames",
+                "reads": list(characters),
+                "unet_evaluations": evaluations,
+                "bank_bytes": self.bank.nbytes,
+            },
+        )
+
+    def _rebuild_bank(
+        self, story: Story, character: str, settings: StoryDiffusionSettings, context: RunContext
+    ) -> None:
+        """The identity tokens of ``character`` when its identity frames are not drawn in this run: the frames are
+        already in the folder (same inputs, so the same tokens), or they are portraits, never saved."""
+        if settings.identity_frames == "portraits":
+            rows = self._portrait_rows(story, story.character(character), settings.id_length)
+            logger.info("drawing %d identity portrait(s) of '%s'", len(rows), character)
+        else:
+            frames = identity_frames(story, settings.id_length)[character]
+            rows = [self._frame_row(story, i) for i in frames]
+            logger.info("rebuilding the identity tokens of '%s' from its identity frames %s", character, list(frames))
+        self._draw(story, rows, "write", context, write_character=character)
+
+    def _draw(
+        self,
+        story: Story,
+        rows: Sequence[_Row],
+        mode: str,
+        context: RunContext,
+        *,
+        write_character: str | None = None,
+        read_characters: Sequence[Sequence[str]] = (),
+    ) -> tuple[list[Any], int]:
+        """Denoise ``rows`` as one batch with CSA in ``mode``; returns the images and the UNet evaluations."""
+        settings = self.resolved_settings(story)
+        gen = story.settings
+        pipe, device = self.models.pipeline, self.models.device
+        unet = pipe.unet
+        plain = prompt_encoder(pipe, self.models.family, device)(
+            [r.prompt for r in rows], [r.negative for r in rows], width=gen.width, height=gen.height
+        )
+        merged = self._with_references(plain, rows)
+        merge_step = settings.merge_step(gen.steps)
+        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
+        latents = initial_latents(
+            scheduler,
+            latent_shape(pipe, gen.height, gen.width),
+            [make_generator(r.seed, str(device)) for r in rows],
+            dtype=unet.dtype,
+            device=device,
+        )
+        state = ConsistentAttentionState(
+            frames=len(rows),
+            num_steps=gen.steps,
+            generator=make_generator(rows[0].seed + SAMPLING_SEED_OFFSET, "cpu"),
+            mode=mode,  # type: ignore[arg-type]
+            bank=self.bank,
+            write_character=write_character,
+            read_characters=read_characters,
+            rates=self._level_rates(settings),
+            sampling=settings.attention.sampling,
+            gate=settings.attention.gate(),
+        )
+
+        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            # With reference photos, the identity conditions the steps after the merge step (PhotoMaker's).
+            pair = merged if merged is not None and i > merge_step else plain
+            return guided_noise(unet, model_input, t, pair, gen.guidance_scale)
+
+        total = len(scheduler.timesteps)
+        context.progress(ProgressEvent("denoise", 0, total))
+        lora = self.adapter.lora(True) if self._references else _nothing()
+        with (
+            count_unet_evaluations(unet) as counter,
+            freeu(unet, FREEU[self.models.family] if settings.freeu else None),
+            install_consistent_attention(unet, state),
+            lora,
+        ):
+            latents = denoise(
+                scheduler,
+                latents,
+                noise,
+                step_state=state,
+                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
+            )
+        return decode_latents(pipe, latents), counter.evaluations
+
+    def _level_rates(self, settings: StoryDiffusionSettings) -> dict[int, float]:
+        from storycast.attention.layers import select_layers
+
+        levels = sorted(
+            {layer.level for layer in select_layers(self.models.pipeline.unet, kind="self", blocks=["up"])}
+        )
+        return {level: settings.attention.rate(rank) for rank, level in enumerate(levels)}
+
+    def _with_references(self, plain: GuidancePair, rows: Sequence[_Row]) -> GuidancePair | None:
+        """The rows' cond embeddings with each referenced character's identity fused into its class token."""
+        if not any(row.triggered for row in rows):
+            return None
+        embeds = plain.cond.embeds.clone()
+        for number, row in enumerate(rows):
+            for character, triggered in row.triggered.items():
+                try:
+                    position = self.adapter.class_token_position(triggered)
+                except ValueError:
+                    raise StorycastError(
+                        f"the class word of '{character}' must come within the tokenizer's 77 tokens for PhotoMaker "
+                        f"to attach its photos: '{triggered}'. Fix: shorten the frame's text or the description."
+                    ) from None
+                identity = self._references[character].to(embeds.device)[None]
+                embeds[number : number + 1] = self.adapter.fuse(embeds[number : number + 1], [position], identity)
+        return GuidancePair(plain.uncond, plain.cond.replace(embeds=embeds))
+
+
+class _nothing:
+    """A context that does nothing (the PhotoMaker LoRA stays off without reference photos)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
