@@ -20,7 +20,8 @@ def print_settings(settings_class: Any) -> None:
 
     from storycast.methods.settings import describe_type
 
-    leaves = list(settings_class.leaves())
+    # The method's own settings first, then one block per group.
+    leaves = sorted(settings_class.leaves(), key=lambda leaf: len(leaf.path) > 1)
     if not leaves:
         print("  (no settings of its own: frames follow the generation settings)")
         return

@@ -116,7 +116,8 @@ class StoryDiffusionMethod(StoryMethod):
             short = [c for c in appearing if len(alone[c.id]) < settings.id_length]
             if short:
                 lines = [
-                    f"'{c.id}' appears alone in {len(alone[c.id])} frame(s) {alone[c.id] or ''}".rstrip()
+                    f"'{c.id}' appears alone in {len(alone[c.id])} frame(s)"
+                    + (f" ({', '.join(f'frames[{i}]' for i in alone[c.id])})" if alone[c.id] else "")
                     for c in short
                 ]
                 raise StorycastError(
