@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import memory_growth, peak_memory_mb, print_table, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_STORY = ROOT.parent / "shared" / "bench" / "ConsiStory-Human" / "single" / "story_000.json"
@@ -37,14 +36,6 @@ def build_story(frames: int, steps: int, size: int | None):
     story = load_story(BENCH_STORY)
     cycle = [story.frames[i % len(story.frames)] for i in range(frames)]
     return dataclasses.replace(story, frames=tuple(cycle))
-
-
-def peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -107,7 +98,6 @@ def reference_frame(method, story, index, context) -> None:
 
     from storycast.masks.ops import scale_pixels
     from storycast.methods.identitystory import injection, prompts
-    from storycast.methods.identitystory.settings import scaled_step
     from storycast.pipelines.conditioning import prompt_encoder
     from storycast.pipelines.decode import decode_latents
     from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
@@ -115,13 +105,13 @@ def reference_frame(method, story, index, context) -> None:
 
     pipe = method.models.pipeline
     gen = story.settings
+    settings = method.resolved_settings(story).injection
     characters = story.frame_characters(index)
     schedule = injection.InjectionSchedule(
-        gen.steps, scaled_step(method.settings.sweet_spot_step, gen.steps), gen.guidance_scale,
-        scale_pixels(method.settings.max_dilation, gen.height),
-    )  # fmt: skip
+        gen.steps, settings.sweet_spot_step, gen.guidance_scale, scale_pixels(settings.max_dilation, gen.height)
+    )
     negative = story.negative_prompt(index)
-    prompt = prompts.global_prompt(story, index, method.settings.prompt_style)
+    prompt = prompts.global_prompt(story, index, settings.prompt_style)
     device = method.models.device
     conditioning = prompt_encoder(pipe, "sdxl", device)([prompt], [negative], width=gen.width, height=gen.height)
     initial = initial_latents(
@@ -139,19 +129,16 @@ def reference_frame(method, story, index, context) -> None:
 
 
 def run_config(args: argparse.Namespace, method: str, frames: int, cache: str, reference: bool = False) -> dict:
-    command = [
-        sys.executable, __file__, "--worker", "--method", method, "--frames", str(frames),
-        "--preset", args.preset, "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps),
-        "--cache", cache, "--threads", str(args.threads), "--method-settings", args.method_settings if method == "identitystory" else "{}",
+    arguments = [
+        "--method", method, "--frames", str(frames), "--preset", args.preset, "--device", args.device,
+        "--dtype", args.dtype, "--steps", str(args.steps), "--cache", cache, "--threads", str(args.threads),
+        "--method-settings", args.method_settings if method == "identitystory" else "{}",
     ]  # fmt: skip
     if args.size:
-        command += ["--size", str(args.size)]
+        arguments += ["--size", str(args.size)]
     if reference:
-        command.append("--reference")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"worker failed ({method}, {frames} frames):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        arguments.append("--reference")
+    return run_worker(__file__, arguments)
 
 
 def main() -> None:
@@ -185,26 +172,10 @@ def main() -> None:
     print(f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps}")
     print(f"identity discovery (once per character): {warm['prepare_evaluations']} UNet evaluations, "
           f"{warm['prepare_seconds']:.1f} s")  # fmt: skip
-    header = f"{'method':<38} {'frames':>6} {'UNet evals/frame':>17} {'s/frame':>9} {'peak MB':>10} {'evals x':>8} {'time x':>7} {'mem x':>6}"
-    print(header)
-    print("-" * len(header))
-    baseline = {row["frames"]: row for row in rows if row["method"] == "vanilla"}
-    first = baseline[args.frames[0]]
-    for row in rows:
-        base = baseline.get(row["frames"], first)
-        print(
-            f"{row['method']:<38} {row['frames']:>6} {row['evaluations_per_frame']:>17.1f} "
-            f"{row['seconds_per_frame']:>9.3f} {row['peak_memory_mb']:>10.0f} "
-            f"{row['evaluations_per_frame'] / base['evaluations_per_frame']:>8.2f} "
-            f"{row['seconds_per_frame'] / base['seconds_per_frame']:>7.2f} "
-            f"{row['peak_memory_mb'] / base['peak_memory_mb']:>6.2f}"
-        )
-    story_rows = [r for r in rows if r["method"] == "identitystory"]
-    if len(story_rows) >= 2:
-        growth = story_rows[-1]["peak_memory_mb"] / story_rows[0]["peak_memory_mb"]
-        print(
-            f"identitystory peak memory, {story_rows[-1]['frames']} vs {story_rows[0]['frames']} frames: {growth:.3f}x"
-        )
+    print_table(rows, "vanilla")
+    growth = memory_growth([r for r in rows if "authors" not in r["method"]], "identitystory")
+    if growth:
+        print(growth)
 
 
 if __name__ == "__main__":

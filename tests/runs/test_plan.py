@@ -462,3 +462,46 @@ def test_the_runner_redraws_only_the_edited_frame_and_loads_nothing_when_all_is_
     third = generate_story(load_story(write_story(data)), "vanilla", TINY, RunOptions(out_dir=out), generation=GEN)
     assert third.drawn == [] and third.kept == [0, 1, 2] and third.loaded_models is None
     assert plan_run(story, "vanilla", model=TINY, generation=GEN, out_dir=out).finished
+
+
+@pytest.mark.parametrize(
+    ("generation", "message"),
+    [
+        ({"width": 0}, r"width 0 \(from the command line\) is out of range"),
+        ({"height": 100}, r"height 100 \(from the command line\) is not a multiple of 8"),
+        ({"width": 100000}, r"width 100000 .*between 64 and 4096"),
+        ({"steps": 0}, r"steps 0 .*between 1 and 1000"),
+        ({"steps": 100000}, r"steps 100000 .*between 1 and 1000"),
+        ({"seed": -1}, r"seed -1 .*between 0 and 18446744073709551615"),
+        ({"seed": 2**64}, r"seed 18446744073709551616 .*out of range"),
+        ({"guidance_scale": float("nan")}, "guidance_scale nan .*finite"),
+        ({"guidance_scale": -2.0}, "guidance_scale -2.0 .*at least 0"),
+        ({"batch_size": 0}, "batch_size 0 .*at least 1"),
+    ],
+)
+def test_generation_values_out_of_range_are_refused_naming_where_they_came_from(generation, message):
+    from storycast.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        plan_run(parse_story(small_story_data(1)), "vanilla", model=ModelSpec(source="tiny"), generation=generation)
+
+
+def test_story_file_values_are_blamed_on_the_story_file(write_story):
+    from storycast.errors import SettingsError
+
+    data = small_story_data(1)
+    data["settings"]["width"] = 100
+    path = write_story(data)
+    with pytest.raises(SettingsError, match=rf"width 100 \(from {path}: settings\)"):
+        plan_run(load_story(path), "vanilla", model=ModelSpec(source="tiny"))
+
+
+def test_a_misspelt_method_under_methods_is_an_error_with_a_did_you_mean(write_story):
+    from storycast.errors import StoryError, UnknownMethodError
+
+    data = small_story_data(1)
+    data["methods"] = {"identitystroy": {"sweet_spot_step": 3}}
+    with pytest.raises(StoryError, match=r"methods\.identitystroy: unknown method.*did you mean 'identitystory'"):
+        plan_run(load_story(write_story(data)), "vanilla", model=ModelSpec(source="tiny"))
+    with pytest.raises(UnknownMethodError, match="did you mean 'storydiffusion'"):
+        plan_run(parse_story(small_story_data(1)), "storydifusion", model=ModelSpec(source="tiny"))

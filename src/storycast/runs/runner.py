@@ -140,9 +140,9 @@ def execute_plan(
     todo = plan.todo
     out_dir = Path(options.out_dir)
     loaded = models if isinstance(models, LoadedModels) else None
-    if todo and loaded is None:
-        logger.info("loading %s", models.source)  # type: ignore[union-attr]
-        loaded = load_models(models)  # type: ignore[arg-type]
+    if todo and isinstance(models, ModelSpec):
+        logger.info("loading %s", models.source)
+        loaded = load_models(models)
         timings["load_s"] = round(time.perf_counter() - started, 3)
     folder = RunFolder(out_dir)
     previous = folder.previous or {}

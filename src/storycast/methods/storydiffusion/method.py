@@ -15,6 +15,7 @@ not, its bank is rebuilt by drawing the identity frames again (the same seeds gi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -189,7 +190,9 @@ class StoryDiffusionMethod(StoryMethod):
         return _Row(story.prompt(index), negative, story.frame_seed(index), triggered)
 
     def _portrait_rows(self, story: Story, character: Character, count: int) -> list[_Row]:
-        """Identity images of a character from its description alone (``identity_frames=portraits``)."""
+        """Identity images of a character from its description alone (``identity_frames=portraits``). Portrait k
+        of the n-th character uses seed + 1000 (n + 1) + k: apart from the frames' seeds of any story shorter
+        than 1000 frames."""
         prompt = join_prompt(story.style, character.description, story.style_suffix)
         triggered = {}
         if character.id in self._references:
@@ -309,7 +312,8 @@ class StoryDiffusionMethod(StoryMethod):
 
         total = len(scheduler.timesteps)
         context.progress(ProgressEvent("denoise", 0, total))
-        lora = self.adapter.lora(True) if self._references else _nothing()
+        # PhotoMaker's LoRA is on for every pass of a run with reference photos (the authors fuse it in).
+        lora = self.adapter.lora(True) if self._references else contextlib.nullcontext()
         with (
             count_unet_evaluations(unet) as counter,
             freeu(unet, FREEU[self.models.family] if settings.freeu else None),
@@ -350,13 +354,3 @@ class StoryDiffusionMethod(StoryMethod):
                 identity = self._references[character].to(embeds.device)[None]
                 embeds[number : number + 1] = self.adapter.fuse(embeds[number : number + 1], [position], identity)
         return GuidancePair(plain.uncond, plain.cond.replace(embeds=embeds))
-
-
-class _nothing:
-    """A context that does nothing (the PhotoMaker LoRA stays off without reference photos)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -1,0 +1,64 @@
+"""What the cost benchmarks share: one fresh process per measured configuration, peak memory, the table.
+
+Each configuration runs in its own process so that its peak memory is its own (CUDA:
+``max_memory_allocated``; CPU: the peak resident set). Rows are printed with their ratios to a baseline
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: str, arguments: Sequence[str]) -> dict[str, Any]:
+    """Run ``script --worker ARGUMENTS`` in a fresh process; its last stdout line is the JSON result."""
+    result = subprocess.run([sys.executable, script, "--worker", *arguments], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"worker failed ({' '.join(arguments)}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: Sequence[dict[str, Any]], baseline: str, extra: Sequence[tuple[str, str, str]] = ()) -> None:
+    """Rows of method, frames, UNet evaluations, seconds and peak memory per frame, with ratios to the ``baseline``
+    method's row of the same length (or its first row). ``extra``: (key, header, format) columns."""
+    header = (
+        f"{'method':<38} {'frames':>6} {'UNet evals/frame':>17} {'s/frame':>9} {'peak MB':>10}"
+        + "".join(f" {title:>{len(title)}}" for _, title, _ in extra)
+        + f" {'evals x':>8} {'time x':>7} {'mem x':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = {row["frames"]: row for row in rows if row["method"] == baseline}
+    first = next(iter(base.values()))
+    for row in rows:
+        ref = base.get(row["frames"], first)
+        cells = "".join(f" {format(row.get(key, float('nan')), fmt):>{len(title)}}" for key, title, fmt in extra)
+        print(
+            f"{row['method']:<38} {row['frames']:>6} {row['evaluations_per_frame']:>17.1f} "
+            f"{row['seconds_per_frame']:>9.3f} {row['peak_memory_mb']:>10.0f}{cells} "
+            f"{row['evaluations_per_frame'] / ref['evaluations_per_frame']:>8.2f} "
+            f"{row['seconds_per_frame'] / ref['seconds_per_frame']:>7.2f} "
+            f"{row['peak_memory_mb'] / ref['peak_memory_mb']:>6.2f}"
+        )
+
+
+def memory_growth(rows: Sequence[dict[str, Any]], method: str) -> str | None:
+    """ "<method> peak memory, N vs M frames: r x" for the longest and shortest runs of ``method``."""
+    runs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["frames"])
+    if len(runs) < 2:
+        return None
+    growth = runs[-1]["peak_memory_mb"] / runs[0]["peak_memory_mb"]
+    return f"{method} peak memory, {runs[-1]['frames']} vs {runs[0]['frames']} frames: {growth:.3f}x"
