@@ -121,11 +121,16 @@ class StoryDiffusionMethod(StoryMethod):
                     + (f" ({', '.join(f'frames[{i}]' for i in alone[c.id])})" if alone[c.id] else "")
                     for c in short
                 ]
+                fixes = [
+                    "draw identity portraits from the descriptions (--set identity_frames=portraits)",
+                    "add frames where the character appears alone",
+                ]
+                most = min(len(alone[c.id]) for c in short)
+                if most >= 1:
+                    fixes.insert(0, f"lower id_length (--set id_length={most})")
                 raise StorycastError(
                     f"{where}storydiffusion draws each character's first id_length={settings.id_length} solo frames "
-                    f"as its identity frames, but " + "; ".join(lines) + ". Fix: lower id_length (--set "
-                    "id_length=1), add frames where the character appears alone, or draw identity portraits from "
-                    "the descriptions (--set identity_frames=portraits)."
+                    f"as its identity frames, but " + "; ".join(lines) + ". Fix: " + ", or ".join(fixes) + "."
                 )
         with_photos = [c.id for c in appearing if c.references]
         if with_photos and family not in (None, "sdxl"):
