@@ -7,12 +7,29 @@ measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+
+def cost_parser(description: str, method: str, presets: str) -> argparse.ArgumentParser:
+    """The options every cost benchmark takes; ``method`` names the measured method (its settings' JSON)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help=presets)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", type=int, help="image side (default: the preset's)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[10, 100], help="story lengths")
+    parser.add_argument("--method-settings", default="{}", help=f"{method} settings as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    parser.add_argument("--method", default="vanilla", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
 
 
 def peak_memory_mb(device: str) -> float:

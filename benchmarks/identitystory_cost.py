@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import memory_growth, peak_memory_mb, print_table, run_worker
+from harness import cost_parser, memory_growth, peak_memory_mb, print_table, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_STORY = ROOT.parent / "shared" / "bench" / "ConsiStory-Human" / "single" / "story_000.json"
@@ -142,18 +142,8 @@ def run_config(args: argparse.Namespace, method: str, frames: int, cache: str, r
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="tiny, sdxl-random, or sdxl (real weights)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--size", type=int, help="image side (default: the preset's)")
-    parser.add_argument("--frames", type=int, nargs="+", default=[10, 100], help="story lengths")
-    parser.add_argument("--method-settings", default="{}", help="identitystory settings as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
-    parser.add_argument("--method", default="vanilla", help=argparse.SUPPRESS)
+    parser = cost_parser(__doc__, "identitystory", "tiny, sdxl-random, or sdxl (real weights)")
     parser.add_argument("--cache", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

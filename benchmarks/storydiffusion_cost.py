@@ -20,7 +20,7 @@ import argparse
 import json
 import time
 
-from harness import memory_growth, peak_memory_mb, print_table, run_worker
+from harness import cost_parser, memory_growth, peak_memory_mb, print_table, run_worker
 
 SCENES = (
     "reading in a library", "walking on a beach at sunset", "cooking in a small kitchen", "riding a bicycle in a park",
@@ -102,17 +102,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="tiny, tiny-sd15, sdxl-random, sd15-random")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--size", type=int, help="image side (default: the preset's)")
-    parser.add_argument("--frames", type=int, nargs="+", default=[10, 100], help="story lengths")
-    parser.add_argument("--method-settings", default="{}", help="storydiffusion settings as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
-    parser.add_argument("--method", default="vanilla", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser = cost_parser(__doc__, "storydiffusion", "tiny, tiny-sd15, sdxl-random, sd15-random")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
