@@ -23,6 +23,8 @@ _LAZY = {
     "list_methods": "storycast.methods.registry",
     "generate_story": "storycast.runs.runner",
     "RunOptions": "storycast.runs.runner",
+    "plan_run": "storycast.runs.plan",
+    "RunPlan": "storycast.runs.plan",
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "GenerationSettings",
     "ModelSpec",
     "RunOptions",
+    "RunPlan",
     "Story",
     "__version__",
     "generate_story",
@@ -38,12 +41,14 @@ __all__ = [
     "list_methods",
     "load_models",
     "load_story",
+    "plan_run",
 ]
 
 if TYPE_CHECKING:
     from storycast.methods.registry import get_method, list_methods
     from storycast.models.loading import load_models
     from storycast.models.spec import ModelSpec
+    from storycast.runs.plan import RunPlan, plan_run
     from storycast.runs.runner import RunOptions, generate_story
     from storycast.story.model import Character, Frame, GenerationSettings, Story
     from storycast.story.parse import load_story

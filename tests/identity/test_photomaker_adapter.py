@@ -42,7 +42,30 @@ def test_the_trigger_word_never_reaches_the_pipelines_tokenizers_and_detach_remo
     with adapter.lora(True):
         lora_on = unet_output(pipe.unet)
     adapter.detach()
+    adapter.detach()  # twice is harmless
     assert "photomaker" not in (getattr(pipe.unet, "peft_config", None) or {})
     plain = unet_output(tiny_sdxl_components()["unet"])
     torch.testing.assert_close(unet_output(pipe.unet), plain, rtol=0, atol=1e-6)
     assert (lora_on - plain).abs().max() > 1e-4
+
+
+def test_attached_adapters_are_shared_and_detach_all_leaves_the_models_as_loaded():
+    from storycast.models.adapters import (
+        ControlNetSettings,
+        PhotoMakerSettings,
+        attach_controlnet,
+        attach_photomaker,
+        detach_all,
+    )
+
+    models = load_models(ModelSpec(source="tiny", device="cpu"))
+    photomaker = attach_photomaker(models, PhotoMakerSettings())  # "auto": random weights for the tiny preset
+    assert attach_photomaker(models, PhotoMakerSettings()) is photomaker
+    controlnet = attach_controlnet(models, "tiny")
+    assert attach_controlnet(models, "tiny") is controlnet and controlnet.model is not None
+    assert ControlNetSettings().source is None
+    detach_all(models)
+    assert models.attachments == {} and controlnet.model is None
+    assert "photomaker" not in (getattr(models.pipeline.unet, "peft_config", None) or {})
+    plain = unet_output(tiny_sdxl_components()["unet"])
+    torch.testing.assert_close(unet_output(models.pipeline.unet), plain, rtol=0, atol=1e-6)
