@@ -438,3 +438,17 @@ def test_grounded_sam_masks_through_the_method_settings(models, tmp_path):
     with pytest.raises(MissingWeightsError, match="detector setting"):
         missing.prepare(story, RunContext(cache_dir=tmp_path))
         missing.generate(story, (0,), RunContext(cache_dir=tmp_path))
+
+
+def test_attention_masks_are_found_in_non_square_frames(models, tmp_path):
+    """The class words' maps are gathered at any aspect ratio (they were skipped for non-square latents, so
+    every attempt failed)."""
+    method = make_method(models, mask_provider="attention")
+    story = story_of(two_character_data([{"text": "{ana} and {leo} on a bench"}]), models, method, steps=3, width=192)
+    context = RunContext(cache_dir=tmp_path)
+    method.prepare(story, context)
+    result = method.generate(story, (0,), context)[0]
+    assert result.image.size == (192, 128) and result.metadata["mask_attempts"] >= 1
+    for cid in ("ana", "leo"):
+        mask = np.asarray(result.extras[f"mask_{cid}"]) > 0
+        assert mask.shape == (128, 192) and mask.any()
