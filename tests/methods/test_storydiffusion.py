@@ -189,6 +189,26 @@ def test_portraits_draw_stories_whose_characters_never_appear_alone(sdxl):
     assert {r.index for r in results} == {0, 1} and method.bank.characters() == {"mara", "tom"}
 
 
+def test_a_portrait_reading_frame_is_redrawn_when_its_portraits_change(tmp_path):
+    """Portraits are no story frame, so what they are drawn from is part of their readers' keys: the story seed
+    (a frame with its own seed does not otherwise see it), the story's negative prompt, the character's place."""
+    from tests.runs.test_plan import mark_drawn
+
+    together = story_data(
+        [{"text": "{mara} and {tom} at a market", "seed": 5}, {"text": "{tom} on a boat", "seed": 6}]
+    )
+    settings = {"identity_frames": "portraits"}
+    out = tmp_path / "run"
+    mark_drawn(planned(together, settings=settings, out_dir=out))
+    assert planned(together, settings=settings, out_dir=out).frames_to_draw == []
+    reseeded = {**together, "settings": {"seed": 3}}
+    assert planned(reseeded, settings=settings, out_dir=out).frames_to_draw == [0, 1]
+    negative = {**together, "settings": {"negative_prompt": "blurry"}}
+    assert planned(negative, settings=settings, out_dir=out).conflict  # run-wide: refused without --overwrite
+    swapped = {**together, "characters": together["characters"][::-1]}
+    assert planned(swapped, settings=settings, out_dir=out).frames_to_draw == [0, 1]
+
+
 def test_reference_photos_go_through_photomaker_and_leave_the_model_as_it_was(tmp_path):
     from storycast.models.tiny import tiny_sdxl_components
 

@@ -25,7 +25,7 @@ height, steps and guidance to use, and ``story.prompt(i)``, ``story.negative_pro
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -67,11 +67,14 @@ class FrameGroup:
         frames: Story frame indices, in drawing order.
         depends_on: Indices (in the plan's list) of earlier groups whose output these frames read.
         role: What the group is, for manifests and progress ("frames", "identity frames of mara"...).
+        inputs: What else the frames are drawn from that no frame or group of the story holds (JSON-able; part of
+            the group's key), e.g. identity images a method draws for itself.
     """
 
     frames: tuple[int, ...]
     depends_on: tuple[int, ...] = ()
     role: str = "frames"
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -74,8 +74,10 @@ def resolve_generation(
     for key in ("seed", "batch_size"):
         values.setdefault(key, story_values[key])
     resolved = GenerationSettings(**{k: values.get(k) for k in GENERATION_FIELDS})
-    origin = {k: (where if k in overrides else f"{story.source}: settings" if k in explicit else "the defaults")
-              for k in GENERATION_FIELDS}  # fmt: skip
+    in_story = f"{story.source}: settings" if story.source else "the story's settings"
+    origin = {
+        k: (where if k in overrides else in_story if k in explicit else "the defaults") for k in GENERATION_FIELDS
+    }
     _check_generation(resolved, origin)
     return resolved
 
@@ -228,7 +230,7 @@ def check_method_names(story: Story) -> None:
 
 
 def group_keys(story: Story, groups: list[FrameGroup], run_key: str) -> list[str]:
-    """Each group's key: the run key, its frames' inputs and its dependencies' keys."""
+    """Each group's key: the run key, its frames' inputs, its own further inputs and its dependencies' keys."""
     keys: list[str] = []
     for number, group in enumerate(groups):
         if any(not 0 <= d < number for d in group.depends_on):
@@ -242,6 +244,7 @@ def group_keys(story: Story, groups: list[FrameGroup], run_key: str) -> list[str
                     "frames": [frame_inputs(story, i) for i in group.frames],
                     "group": list(group.frames),
                     "depends_on": [keys[d] for d in group.depends_on],
+                    "inputs": dict(group.inputs),
                 }
             )
         )

@@ -65,6 +65,19 @@ def identity_frames(story: Story, id_length: int) -> dict[str, tuple[int, ...]]:
     return {c.id: tuple(alone[c.id][:id_length]) for c in appearing_characters(story)}
 
 
+def portraits(story: Story, character: Character, count: int) -> list[dict[str, Any]]:
+    """The prompt, negative prompt and seed of each identity portrait of ``character`` (``identity_frames:
+    portraits``): style + description + style suffix; portrait k of the n-th character is drawn from seed
+    ``settings.seed + 1000 (n + 1) + k``, apart from the frames' seeds of any story shorter than 1000 frames."""
+    number = [c.id for c in story.characters].index(character.id)
+    prompt = join_prompt(story.style, character.description, story.style_suffix)
+    negative = story.settings.negative_prompt or ""
+    return [
+        {"prompt": prompt, "negative_prompt": negative, "seed": story.settings.seed + 1000 * (number + 1) + k}
+        for k in range(count)
+    ]
+
+
 @dataclass(frozen=True)
 class _Row:
     """One image of a batch: its prompt, negative prompt and seed, and per character with a reference identity
@@ -151,7 +164,12 @@ class StoryDiffusionMethod(StoryMethod):
         for index, frame in enumerate(story.frames):
             if index not in taken:
                 needs = tuple(sorted({depends[c] for c in frame.characters if c in depends}))
-                groups.append(FrameGroup((index,), depends_on=needs))
+                inputs = {}
+                if settings.identity_frames == "portraits":
+                    # The portraits this frame reads are drawn by the method, from inputs no frame holds.
+                    read = {c: portraits(story, story.character(c), settings.id_length) for c in frame.characters}
+                    inputs = {"portraits": read}
+                groups.append(FrameGroup((index,), depends_on=needs, inputs=inputs))
         return groups
 
     # -- run interface ----------------------------------------------------------------------------
@@ -195,17 +213,14 @@ class StoryDiffusionMethod(StoryMethod):
         return _Row(story.prompt(index), negative, story.frame_seed(index), triggered)
 
     def _portrait_rows(self, story: Story, character: Character, count: int) -> list[_Row]:
-        """Identity images of a character from its description alone (``identity_frames=portraits``). Portrait k
-        of the n-th character uses seed + 1000 (n + 1) + k: apart from the frames' seeds of any story shorter
-        than 1000 frames."""
-        prompt = join_prompt(story.style, character.description, story.style_suffix)
+        """Identity images of a character from its description alone (``identity_frames=portraits``)."""
         triggered = {}
         if character.id in self._references:
             marked = insert_trigger_word(character.description, character.class_word)
             triggered[character.id] = join_prompt(story.style, marked, story.style_suffix)
-        negative = story.settings.negative_prompt or ""
-        number = [c.id for c in story.characters].index(character.id)
-        return [_Row(prompt, negative, story.settings.seed + 1000 * (number + 1) + k, triggered) for k in range(count)]
+        return [
+            _Row(p["prompt"], p["negative_prompt"], p["seed"], triggered) for p in portraits(story, character, count)
+        ]
 
     def _draw_identity_frames(
         self, story: Story, character: str, frames: Sequence[int], context: RunContext
