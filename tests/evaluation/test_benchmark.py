@@ -120,3 +120,20 @@ def test_limit_and_what_counts_as_drawn(tiny_sd15, evaluator, tmp_path):
         is_drawn(story, "vanilla", spec, settings={"anything": 1})
     with pytest.raises(SettingsError, match="limit must be at least 1"):
         B.BenchmarkOptions(out_dir=out, limit=0)
+
+
+def test_a_benchmark_over_runs_of_other_settings_is_refused_unless_overwrite(tiny_sd15, evaluator, tmp_path):
+    from storycast.errors import RunFolderError
+
+    suite = B.resolve_suite(write_suite(tmp_path / "suite", stories=1))
+    options = B.BenchmarkOptions(out_dir=tmp_path / "bench")
+    B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator, options, generation=GENERATION)
+    frame = tmp_path / "bench" / "suite" / "story_000" / "frames" / "frame_000.png"
+    before = frame.read_bytes()
+    other = {**GENERATION, "steps": 2}
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator, options, generation=other)
+    assert frame.read_bytes() == before  # refused before anything was drawn
+    forced = B.BenchmarkOptions(out_dir=tmp_path / "bench", overwrite=True)
+    again = B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator, forced, generation=other)
+    assert again.drawn == [tmp_path / "bench" / "suite" / "story_000"] and frame.read_bytes() != before

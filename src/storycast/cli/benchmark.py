@@ -45,6 +45,9 @@ def add_parser(subparsers: Any, name: str) -> None:
     add_model_arguments(parser)
     add_generation_arguments(parser, "generation (override the story files)")
     parser.add_argument("--no-storyboard", action="store_true", help="do not write each run's storyboard.png")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redraw every story (and replace runs of other settings)"
+    )
     add_eval_arguments(parser, standalone=False)
     parser.set_defaults(handler=run)
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
         storyboard=not args.no_storyboard,
+        overwrite=args.overwrite,
     )
     with long_work(args.progress) as bars:
         evaluator = evaluator_from_args(args, tiny=tiny, device=spec.device, progress=bars)

@@ -108,6 +108,7 @@ class BenchmarkOptions:
         cache_dir: storycast's cache (identity library, features); default ``$STORYCAST_CACHE``.
         command: The command line, recorded in the run manifests and benchmark.json.
         storyboard: Write each run's storyboard sheet.
+        overwrite: Redraw every story, replacing runs of other settings in its folder.
     """
 
     out_dir: Path
@@ -115,6 +116,7 @@ class BenchmarkOptions:
     cache_dir: Path | None = None
     command: str | None = None
     storyboard: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -180,11 +182,12 @@ def run_benchmark(
             method_settings=method_settings,
             generation=generation,
             out_dir=run_dir,
+            overwrite=options.overwrite,
         )
         for (_, _, run_dir), story in zip(layout, stories, strict=True)
     ]
     for run_plan in plans:
-        run_plan.check_folder(overwrite=False)
+        run_plan.check_folder(options.overwrite)
     todo = {
         i
         for i, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True))
@@ -226,6 +229,7 @@ def run_benchmark(
                         storyboard=options.storyboard,
                         cache_dir=options.cache_dir,
                         command=options.command,
+                        overwrite=options.overwrite,
                     ),
                     progress=progress,
                 )
