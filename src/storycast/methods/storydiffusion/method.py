@@ -181,6 +181,8 @@ class StoryDiffusionMethod(StoryMethod):
 
                 photos = [Image.open(p).convert("RGB") for p in character.references]
                 self._references[character.id] = self.adapter.embed(photos).mean(dim=0)
+        if self._references and str(self.models.device).startswith("cuda"):
+            self.adapter.park_vision_tower()  # drawing needs only the fuse module, as in identitystory
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         settings = self.resolved_settings(story)
