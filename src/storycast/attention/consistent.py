@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from storycast.attention.processor import KeyTokens, StoryAttnProcessor
+from storycast.attention.processor import FrameSharingProcessor, KeyTokens, stack_rows
 from storycast.attention.state import AttentionState
 
 Sampling = Literal["bernoulli", "fixed"]
@@ -159,7 +159,7 @@ class ConsistentAttentionState(AttentionState):
         return self.generator
 
 
-class ConsistentSelfAttention(StoryAttnProcessor):
+class ConsistentSelfAttention(FrameSharingProcessor):
     """CSA on one self-attention layer (see the module docstring).
 
     Args:
@@ -170,16 +170,10 @@ class ConsistentSelfAttention(StoryAttnProcessor):
 
     state: ConsistentAttentionState
 
-    def __init__(self, state: ConsistentAttentionState, layer: str, level: int):
-        super().__init__(state)
-        self.layer = layer
-        self.level = level
-
     def key_tokens(self, attn: Any, hidden: torch.Tensor, context: torch.Tensor) -> KeyTokens:
         state = self.state
-        state.check_batch(hidden.shape[0])
         halves, frames = state.halves, state.frames
-        by_frame = hidden.reshape(halves, frames, *hidden.shape[1:])  # [half, frame, token, channel]
+        by_frame = self.by_frame(hidden)  # [half, frame, token, channel]
         if state.mode == "write":
             indices = state.token_indices(self.level, hidden.shape[1], hidden.device)
             sampled = [by_frame[:, j, indices[j]] for j in range(frames)]  # (halves, k_j, C) each
@@ -212,12 +206,8 @@ def _joined(parts: Sequence[torch.Tensor], hidden: torch.Tensor, halves: int) ->
 
 
 def _rows_with_extra(by_frame: torch.Tensor, extra: Sequence[torch.Tensor], halves: int, frames: int) -> KeyTokens:
-    """Per batch row (half h, frame f): that frame's extra tokens of half h, then its own tokens. One tensor
-    when every frame has as many extra tokens, else one tensor per row."""
-    rows = [torch.cat([extra[f][h], by_frame[h, f]]) for h in range(halves) for f in range(frames)]
-    if len({row.shape[0] for row in rows}) == 1:
-        return torch.stack(rows)
-    return rows
+    """Per batch row (half h, frame f): that frame's extra tokens of half h, then its own tokens."""
+    return stack_rows([torch.cat([extra[f][h], by_frame[h, f]]) for h in range(halves) for f in range(frames)])
 
 
 def install_consistent_attention(unet: Any, state: ConsistentAttentionState) -> Any:

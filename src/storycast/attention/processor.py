@@ -31,6 +31,14 @@ KeyTokens = torch.Tensor | Sequence[torch.Tensor]
 """(B, M, C) tokens for every row, or one (M_b, C) tensor per row."""
 
 
+def stack_rows(rows: Sequence[torch.Tensor]) -> KeyTokens:
+    """Per-row (M_b, C) tokens as one (B, M, C) tensor when every row has as many, else the list itself (the
+    processor then attends row by row)."""
+    if len({row.shape[0] for row in rows}) == 1:
+        return torch.stack(list(rows))
+    return list(rows)
+
+
 class StoryAttnProcessor:
     """``AttnProcessor2_0`` with override points; the state is the call's :class:`AttentionState`."""
 
@@ -162,3 +170,27 @@ class StoryAttnProcessor:
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         return out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+
+
+class FrameSharingProcessor(StoryAttnProcessor):
+    """A processor that shares tokens across the frames of a batch: it knows its layer (the key of what it stores
+    per layer) and resolution level (what its random draws are shared by), and reads the batch as
+    [guidance half, frame] (the state's layout).
+
+    Args:
+        state: The call's state.
+        layer: The layer's name.
+        level: The layer's resolution level.
+    """
+
+    def __init__(self, state: AttentionState, layer: str, level: int):
+        super().__init__(state)
+        self.layer = layer
+        self.level = level
+
+    def by_frame(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(halves, frames, tokens, channels) view of the (B, tokens, channels) batch, checked against the state."""
+        state = self.state
+        assert state is not None
+        state.check_batch(hidden.shape[0])
+        return hidden.reshape(state.halves, state.frames, *hidden.shape[1:])

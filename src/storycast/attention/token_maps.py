@@ -83,6 +83,11 @@ class TokenMapStore:
         self.maps = picked if self.maps is None else self.maps + picked
         self.count += 1
 
+    def reset(self) -> None:
+        """Forget what was recorded (a new step's maps start from nothing)."""
+        self.maps = None
+        self.count = 0
+
     def mean_maps(self) -> torch.Tensor:
         """(rows, tokens, height, width) mean map; zeros if nothing was recorded."""
         if self.maps is None:
@@ -91,17 +96,19 @@ class TokenMapStore:
 
 
 class TokenMapProcessor(StoryAttnProcessor):
-    """The base processor for cross attention, recording the chosen tokens' maps into a store."""
+    """The base processor for cross attention, recording the chosen tokens' maps into a store (none: it records
+    nothing and runs the fused kernel, for subclasses installed on layers that are not recorded)."""
 
-    def __init__(self, store: TokenMapStore):
-        super().__init__()
+    def __init__(self, store: TokenMapStore | None, state: Any = None):
+        super().__init__(state)
         self.store = store
 
     @property
     def needs_probabilities(self) -> bool:  # type: ignore[override]
-        return self.store.enabled
+        return self.store is not None and self.store.enabled
 
     def observe_probabilities(self, attn: Any, probabilities: torch.Tensor) -> None:
+        assert self.store is not None
         recorded = probabilities[probabilities.shape[0] - self.store.rows :]
         self.store.add(recorded.reshape(-1, *recorded.shape[2:]), attn.heads)
 

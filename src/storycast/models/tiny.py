@@ -223,3 +223,26 @@ def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4, config: Any
                 lora[f"{prefix}.down.weight"] = torch.randn(rank, linear.in_features) * 0.1
                 lora[f"{prefix}.up.weight"] = torch.randn(linear.out_features, rank) * 0.1
     return {"id_encoder": encoder.state_dict(), "lora_weights": lora}
+
+
+def tiny_ip_adapter_plus_weights(unet: Any, embedding_dim: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Random IP-Adapter-Plus weights for ``unet`` in the official file layout: ``{"image_proj": <resampler>,
+    "ip_adapter": {"<id>.to_{k,v}_ip.weight"}}``, ids 1, 3, 5... over the cross-attention layers in
+    ``unet.attn_processors`` order (as ``h94/IP-Adapter``'s files). The resampler has the official depth (4)
+    and head width (64), one head, 4 queries, and reads ``embedding_dim``-wide image features."""
+    import torch
+
+    from storycast.identity.id_injector import cross_attention_layers
+    from storycast.identity.resampler import Resampler, ResamplerConfig
+
+    width = unet.config.cross_attention_dim
+    config = ResamplerConfig(
+        dim=width, depth=4, dim_head=64, heads=1, num_queries=4, embedding_dim=embedding_dim, output_dim=width
+    )
+    with _seeded(seed + 40):
+        resampler = Resampler(config)
+        layers: dict[str, torch.Tensor] = {}
+        for number, (_, hidden, context) in enumerate(cross_attention_layers(unet)):
+            for part in ("to_k_ip", "to_v_ip"):
+                layers[f"{2 * number + 1}.{part}.weight"] = torch.randn(hidden, context) / context**0.5
+    return {"image_proj": resampler.state_dict(), "ip_adapter": layers}

@@ -59,7 +59,7 @@ def denoise(
     start: int = 0,
     stop: int | None = None,
     on_step: Callable[[DenoiseStep], None] | None = None,
-    step_state: StepAware | None = None,
+    step_state: StepAware | Sequence[StepAware] | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Run steps ``start .. stop - 1`` of ``scheduler`` from ``latents`` and return the latents after them.
@@ -72,7 +72,8 @@ def denoise(
         start: First step (stage 2 of a re-denoising method starts late).
         stop: Step to stop before (default: the end).
         on_step: Called after every step.
-        step_state: Told the step index before every noise prediction (never inferred by counting calls).
+        step_state: Told the step index before every noise prediction (never inferred by counting calls); one
+            state or several (each told in order).
         generator: Passed to schedulers whose step is stochastic (ancestral, DDPM).
     """
     timesteps = scheduler.timesteps
@@ -81,11 +82,12 @@ def denoise(
         raise ValueError(f"steps {start}..{stop} are outside the scheduler's {len(timesteps)} steps")
     if start and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
+    states = [] if step_state is None else list(step_state) if isinstance(step_state, Sequence) else [step_state]
     step_kwargs = {"generator": generator} if generator is not None and _accepts(scheduler.step, "generator") else {}
     for index in range(start, stop):
         timestep = timesteps[index]
-        if step_state is not None:
-            step_state.begin_step(index, timestep)
+        for state in states:
+            state.begin_step(index, timestep)
         model_input = scheduler.scale_model_input(latents, timestep)
         noise = noise_fn(model_input, timestep, index)
         next_latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]

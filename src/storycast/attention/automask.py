@@ -1,0 +1,210 @@
+"""Auto-mask self-attention (AMSA): Storynizor's ID-Synchronizer (Ma et al., AAAI 2025), as
+``../shared/docs/storynizor.md`` specifies it.
+
+The frames of a group are one batch. In the up-block self-attention layers, frame i attends to all of its
+own tokens and, of every other frame j, to the tokens inside j's mask of the characters both frames name
+(the union of their masks): the formulation is softmax(Q_i [K_1; ...; K_N]^T / sqrt(d) + B_i) with
+B_i = 0 on frame i's keys and on other frames' masked keys, -inf elsewhere (ConsiStory's
+``get_extended_attn_mask_instance``). Here the visible tokens are *gathered*, never hidden by -inf: the
+result is the same (a test holds the two equal) and memory grows with the tokens kept.
+
+- Masks: :class:`~storycast.attention.character_masks.CharacterMasks` (the class words' cross-attention maps,
+  Otsu-cut, refreshed every step); at the first step there is none, so frames attend to themselves only
+  (StoryDiffusion's ``cur_step < 1``).
+- Mask dropout: each step, each other frame's mask tokens are kept with probability 1 - p (default p = 0.5,
+  ConsiStory's ``mask_dropout``), one draw per (step, level, frame) shared by that level's layers and both
+  guidance halves, from the call's generator.
+- Guidance halves never mix: uncond rows gather uncond tokens, cond rows cond tokens.
+- Anchors: an anchor group (mode "write") keeps, per layer and step, its frames' tokens inside their
+  characters' masks (before dropout); later groups (mode "read") attend to them as to other frames of their
+  own, so memory stays flat however long the story is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from storycast.attention.character_masks import CharacterMasks
+from storycast.attention.processor import FrameSharingProcessor, KeyTokens, stack_rows
+from storycast.attention.state import AttentionState
+
+
+@dataclass
+class AnchorFrame:
+    """One anchor frame at one layer and step: its tokens inside its characters' masks, and which of them
+    belong to which character."""
+
+    tokens: torch.Tensor
+    """(halves, k, C) pre-projection tokens."""
+    members: Mapping[str, torch.Tensor]
+    """Character id -> boolean (k,): the kept tokens inside that character's mask."""
+
+
+class AnchorCache:
+    """(layer, step) -> the anchor frames' masked tokens, in the model's dtype on ``device`` (the model's when
+    None, or the CPU to spare accelerator memory)."""
+
+    def __init__(self, device: Any = None):
+        self.device = device
+        self._frames: dict[tuple[str, int], list[AnchorFrame]] = {}
+
+    def put(self, layer: str, step: int, frames: Sequence[AnchorFrame]) -> None:
+        if self.device is not None:
+            frames = [
+                AnchorFrame(f.tokens.to(self.device), {c: m.to(self.device) for c, m in f.members.items()})
+                for f in frames
+            ]
+        self._frames[(layer, step)] = list(frames)
+
+    def get(self, layer: str, step: int) -> list[AnchorFrame]:
+        try:
+            return self._frames[(layer, step)]
+        except KeyError:
+            raise KeyError(
+                f"no anchor tokens for layer {layer} at step {step}: the anchors must be drawn (write) with the same "
+                f"steps and size before the frames that read them"
+            ) from None
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    @property
+    def empty(self) -> bool:
+        return not self._frames
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.tokens.numel() * f.tokens.element_size() for frames in self._frames.values() for f in frames)
+
+
+@dataclass
+class AutoMaskState(AttentionState):
+    """Per-call state of AMSA (see :class:`~storycast.attention.state.AttentionState` for the common fields).
+
+    Attributes:
+        character_masks: The frames' character masks (their ``characters`` say who each frame names).
+        dropout: Share of another frame's mask tokens dropped at each step (0: all kept).
+        anchors: The anchor cache written or read.
+        anchor_mode: "write" (this call draws the anchors), "read" (it attends to them) or None.
+    """
+
+    character_masks: CharacterMasks = field(default_factory=lambda: CharacterMasks([], (1, 1)))
+    dropout: float = 0.5
+    anchors: AnchorCache | None = None
+    anchor_mode: Literal["write", "read"] | None = None
+    _kept: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def begin_step(self, index: int, timestep: torch.Tensor) -> None:
+        super().begin_step(index, timestep)
+        self.character_masks.refresh()
+        self._kept.clear()
+
+    @property
+    def characters(self) -> list[tuple[str, ...]]:
+        return self.character_masks.characters
+
+    def shared_mask(self, viewer: int, frame: int, tokens: int, device: Any) -> torch.Tensor | None:
+        """(tokens,) boolean: what ``viewer`` sees of ``frame``, the union of the masks in ``frame`` of the
+        characters both name, before dropout; None when nothing."""
+        common = [c for c in self.characters[frame] if c in self.characters[viewer]]
+        masks = [m for c in common if (m := self.character_masks.mask(frame, c, tokens, device)) is not None]
+        if not masks:
+            return None
+        return torch.stack(masks).any(dim=0)
+
+    def kept(self, key: tuple[Any, ...], size: int, device: Any) -> torch.Tensor:
+        """(size,) boolean keep-draw of mask dropout for ``key`` at this step (drawn once, then reused)."""
+        full = (self.step, *key)
+        if full not in self._kept:
+            if self.dropout <= 0:
+                keep = torch.ones(size, dtype=torch.bool)
+            else:
+                if self.generator is None:
+                    raise ValueError("AMSA's mask dropout needs a torch.Generator: every random draw comes from it")
+                keep = torch.rand(size, generator=self.generator) >= self.dropout
+            self._kept[full] = keep.to(device)
+        return self._kept[full]
+
+
+class AutoMaskSelfAttention(FrameSharingProcessor):
+    """AMSA on one self-attention layer (see the module docstring).
+
+    Args:
+        state: The call's :class:`AutoMaskState`.
+        layer: The layer's name (its anchor-cache key).
+        level: The layer's resolution level (its dropout draws are shared by that level's layers).
+    """
+
+    state: AutoMaskState
+
+    def key_tokens(self, attn: Any, hidden: torch.Tensor, context: torch.Tensor) -> KeyTokens:
+        state = self.state
+        by_frame = self.by_frame(hidden)  # [half, frame, token, channel]
+        if not state.character_masks.ready:
+            return context
+        halves, frames, tokens = state.halves, state.frames, hidden.shape[1]
+        if state.anchor_mode == "write":
+            self._write_anchors(by_frame)
+        extra: list[list[torch.Tensor]] = [[] for _ in range(frames)]
+        for viewer in range(frames):
+            for frame in range(frames):
+                if frame == viewer:
+                    continue
+                visible = state.shared_mask(viewer, frame, tokens, hidden.device)
+                if visible is not None:
+                    visible = visible & state.kept((self.level, "frame", frame), tokens, hidden.device)
+                    extra[viewer].append(by_frame[:, frame, visible])
+            if state.anchor_mode == "read":
+                extra[viewer].extend(self._read_anchors(viewer, hidden))
+        rows = [
+            torch.cat([by_frame[half, viewer], *(part[half] for part in extra[viewer])])
+            for half in range(halves)
+            for viewer in range(frames)
+        ]
+        return stack_rows(rows)
+
+    def _write_anchors(self, by_frame: torch.Tensor) -> None:
+        state, tokens = self.state, by_frame.shape[2]
+        stored = []
+        for frame, characters in enumerate(state.characters):
+            masks = {
+                c: m
+                for c in characters
+                if (m := state.character_masks.mask(frame, c, tokens, by_frame.device)) is not None
+            }
+            union = (
+                torch.stack(list(masks.values())).any(dim=0) if masks else by_frame.new_zeros(tokens, dtype=torch.bool)
+            )
+            stored.append(AnchorFrame(by_frame[:, frame, union], {c: m[union] for c, m in masks.items()}))
+        assert state.anchors is not None
+        state.anchors.put(self.layer, state.step, stored)
+
+    def _read_anchors(self, viewer: int, hidden: torch.Tensor) -> list[torch.Tensor]:
+        state = self.state
+        assert state.anchors is not None
+        parts = []
+        for number, anchor in enumerate(state.anchors.get(self.layer, state.step)):
+            members = [anchor.members[c] for c in state.characters[viewer] if c in anchor.members]
+            if not members:
+                continue
+            size = anchor.tokens.shape[1]
+            visible = torch.stack(members).any(dim=0).to(hidden.device)
+            visible = visible & state.kept((self.level, "anchor", number), size, hidden.device)
+            parts.append(
+                anchor.tokens[:, visible.to(anchor.tokens.device)].to(device=hidden.device, dtype=hidden.dtype)
+            )
+        return parts
+
+
+def install_automask_attention(unet: Any, state: AutoMaskState, blocks: Sequence[str] = ("up",)) -> Any:
+    """AMSA on the self-attention layers of ``blocks`` (Storynizor's: the up blocks); returns the restoring handle."""
+    from storycast.attention.layers import install_processors, select_layers
+
+    layers = select_layers(unet, kind="self", blocks=blocks)
+    return install_processors(
+        unet, {layer.processor_key: AutoMaskSelfAttention(state, layer.name, layer.level) for layer in layers}
+    )
