@@ -16,31 +16,11 @@ from storycast.methods.base import RunContext
 from storycast.methods.storydiffusion.method import StoryDiffusionMethod, identity_frames
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.runs.plan import plan_run
 from storycast.runs.runner import RunOptions, generate_story
 from storycast.story.parse import parse_story
+from tests.methods.helpers import GEN, pixels, plan_for, two_friends
 
-GEN = {"steps": 3, "width": 64, "height": 64}
-
-
-def story_data(frames=None, **extra):
-    return {
-        "title": "Two friends",
-        "style": "A watercolor illustration of",
-        "characters": [
-            {"id": "mara", "description": "a young woman with short red hair", "class_word": "woman"},
-            {"id": "tom", "description": "an old man with a grey beard", "class_word": "man"},
-        ],
-        "frames": frames
-        or [
-            {"text": "{mara} reading on a bench"},
-            {"text": "{tom} fishing at a lake"},
-            {"text": "{mara} and {tom} having tea"},
-            {"text": "an empty street at night"},
-            {"text": "{mara} riding a bike"},
-        ],
-        **extra,
-    }
+story_data = two_friends
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +29,9 @@ def sdxl():
 
 
 def planned(data, model=None, settings=None, generation=GEN, out_dir=None):
-    return plan_run(
-        parse_story(data),
-        "storydiffusion",
-        model=model or ModelSpec(source="tiny", device="cpu"),
-        method_settings=settings,
-        generation=generation,
-        out_dir=out_dir,
+    return plan_for(
+        "storydiffusion", data, preset="tiny", model=model, settings=settings, generation=generation, out_dir=out_dir
     )
-
-
-def pixels(image):
-    return np.asarray(image, dtype=np.int16)
 
 
 def test_identity_frames_come_first_and_reading_frames_depend_on_them():

@@ -143,7 +143,7 @@ def find_face_models(
             raise MissingWeightsError(
                 f"face model file '{filename}' of the '{pack}' pack was not found (searched {searched}). Fix: "
                 f"download {pack}.zip from the insightface v0.7 release (non-commercial licence), unzip it and "
-                f"pass {setting} /path/to/folder-with-{filename}."
+                f"pass {setting}{'' if setting.endswith('=') else ' '}/path/to/folder-with-{filename}."
             )
         found.append(path)
     return found[0], found[1]

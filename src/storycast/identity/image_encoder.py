@@ -1,7 +1,7 @@
 """The CLIP image encoder of IP-Adapter-style identity injection: patch features of reference images.
 
 IP-Adapter-Plus (and Storynizor's ID-Injector, which follows it) reads the penultimate hidden states of an
-OpenCLIP ViT-H/14 vision tower (257 x 1280 at 224 px; ``h94/IP-Adapter``, ``models/image_encoder``),
+OpenCLIP ViT-H/14 vision tower (257 x 1280 at 224 px; ``presets.VIT_H_ENCODER``),
 through ``transformers``' ``CLIPVisionModelWithProjection``. The unconditional features of guidance are
 those of an all-zero pixel tensor (IP-Adapter's ``get_image_embeds``: ``zeros_like(clip_image)``).
 """
@@ -17,9 +17,6 @@ from storycast.identity.image_embedding import clip_preprocess
 
 if TYPE_CHECKING:
     from PIL import Image
-
-IMAGE_ENCODER_REPO = "h94/IP-Adapter"
-IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
 
 
 def _random_clip_vision(seed: int, **config: Any) -> Any:

@@ -21,6 +21,7 @@ _BUILTIN: dict[str, str] = {
     "vanilla": "storycast.methods.vanilla:VanillaMethod",
     "identitystory": "storycast.methods.identitystory.method:IdentityStoryMethod",
     "storydiffusion": "storycast.methods.storydiffusion.method:StoryDiffusionMethod",
+    "storynizor": "storycast.methods.storynizor.method:StorynizorMethod",
 }
 _REGISTERED: dict[str, str] = {}
 

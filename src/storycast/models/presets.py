@@ -144,6 +144,16 @@ ADAPTERS: dict[str, WeightsRef] = {
 }
 
 
+VIT_H_ENCODER = "h94/IP-Adapter:models/image_encoder"
+"""OpenCLIP ViT-H/14 as IP-Adapter ships it (``owner/name:subfolder``): the ID-Injector's image encoder."""
+PLUS_FACE_WEIGHTS = {
+    "sd15": "h94/IP-Adapter:models/ip-adapter-plus-face_sd15.safetensors",
+    "sdxl": "h94/IP-Adapter:sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors",
+}
+"""The public IP-Adapter-Plus-Face files per model family (``owner/name:path``): the ID-Injector's architecture,
+usable before any training; both read ViT-H/14 features."""
+
+
 def get_base_preset(name: str) -> BasePreset:
     from storycast.errors import SettingsError
 

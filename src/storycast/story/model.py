@@ -127,6 +127,11 @@ class Story:
                 return character
         raise KeyError(f"story '{self.title}' has no character '{character_id}'")
 
+    def appearing_characters(self) -> list[Character]:
+        """The characters some frame names, in the story's order."""
+        named = {cid for frame in self.frames for cid in frame.characters}
+        return [c for c in self.characters if c.id in named]
+
     def frame_characters(self, index: int) -> tuple[Character, ...]:
         return tuple(self.character(cid) for cid in self.frames[index].characters)
 

@@ -52,17 +52,11 @@ def solo_frames(story: Story) -> dict[str, list[int]]:
     return alone
 
 
-def appearing_characters(story: Story) -> list[Character]:
-    """The characters some frame names, in the story's order."""
-    named = {cid for frame in story.frames for cid in frame.characters}
-    return [c for c in story.characters if c.id in named]
-
-
 def identity_frames(story: Story, id_length: int) -> dict[str, tuple[int, ...]]:
     """Character id -> its identity frames: the first ``id_length`` frames naming it alone (the authors'
     ``process_original_prompt``)."""
     alone = solo_frames(story)
-    return {c.id: tuple(alone[c.id][:id_length]) for c in appearing_characters(story)}
+    return {c.id: tuple(alone[c.id][:id_length]) for c in story.appearing_characters()}
 
 
 def portraits(story: Story, character: Character, count: int) -> list[dict[str, Any]]:
@@ -117,7 +111,7 @@ class StoryDiffusionMethod(StoryMethod):
 
     @classmethod
     def check(cls, story: Story, settings: StoryDiffusionSettings, family: str | None = None) -> None:
-        appearing = appearing_characters(story)
+        appearing = story.appearing_characters()
         where = f"{story.source}: " if story.source else ""
         if not appearing:
             raise StorycastError(
@@ -175,7 +169,7 @@ class StoryDiffusionMethod(StoryMethod):
     # -- run interface ----------------------------------------------------------------------------
 
     def prepare(self, story: Story, context: RunContext) -> None:
-        for character in appearing_characters(story):
+        for character in story.appearing_characters():
             if character.references and character.id not in self._references:
                 from PIL import Image
 

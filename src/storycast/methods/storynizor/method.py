@@ -1,0 +1,416 @@
+"""``storynizor``: ID-Synchronizer (auto-mask self-attention) and ID-Injector (Ma et al., AAAI 2025).
+
+What we build is ``../shared/docs/storynizor.md``; the source of every choice is in
+``../shared/docs/research/storynizor.md`` and in the settings' help. The run:
+
+1. prepare: each character's reference photos are cut (a face crop for people), encoded by CLIP ViT-H/14
+   and turned into identity tokens by the resampler;
+2. the anchors (the story's first frames) are drawn as one batch with AMSA, their masked tokens cached at
+   every up-block self-attention layer and step;
+3. every later group of frames is drawn as one batch, sharing masked tokens within the group and with the
+   cached anchors; with ``identity: first-frame`` a character without photos takes its crop in the first
+   anchor frame naming it as its reference.
+
+In every batch, each frame's characters are located by their class words' cross-attention maps (Otsu,
+refreshed every step), and each named character's identity tokens are injected inside its mask on every
+cross-attention layer. Each frame is denoised once: UNet evaluations per frame equal plain text-to-image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from storycast.attention.automask import AnchorCache, AutoMaskState, install_automask_attention
+from storycast.attention.character_masks import CharacterMasks, word_token_positions
+from storycast.attention.injection import IdentityInjectionState, install_identity_injection
+from storycast.attention.token_maps import record_token_maps
+from storycast.errors import Problem, SettingsError, StorycastError, StoryError
+from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
+from storycast.models.presets import PLUS_FACE_WEIGHTS
+from storycast.pipelines.conditioning import prompt_encoder
+from storycast.pipelines.decode import decode_latents
+from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.story.model import Character, Story, contains_word
+from storycast.utils.torch_utils import make_generator
+
+logger = logging.getLogger(__name__)
+
+ANCHOR_ROLE = "anchors"
+GROUP_ROLE = "frames"
+
+
+def uses_photos(character: Character, settings: StorynizorSettings) -> bool:
+    return bool(character.references) and settings.identity != "none"
+
+
+class StorynizorMethod(StoryMethod):
+    """Storynizor on SD 1.5 (and SDXL where the parts allow; see ``docs/methods/storynizor.md``)."""
+
+    name = "storynizor"
+    settings_class = StorynizorSettings
+    families = ("sd15", "sdxl")
+    summary = "Storynizor (AAAI 2025): auto-mask self-attention across frames + masked identity injection"
+
+    settings: StorynizorSettings
+
+    def __init__(self, models: Any, settings: StorynizorSettings | None = None):
+        super().__init__(models, settings)
+        self.anchors = AnchorCache("cpu" if self.settings.synchronizer.anchor_device == "cpu" else None)
+        self._identity: dict[str, torch.Tensor] = {}
+        self._identity_source: dict[str, str] = {}
+        self._detector: Any = None
+
+    # -- asked before any model is loaded ---------------------------------------------------------
+
+    @classmethod
+    def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
+        # diffusers' Stable Diffusion defaults (research notes §7.2): 50 steps, guidance 7.5; the family's size.
+        return {"steps": 50, "guidance_scale": 7.5}
+
+    @classmethod
+    def check(cls, story: Story, settings: StorynizorSettings, family: str | None = None) -> None:
+        where = f"{story.source}: " if story.source else ""
+        appearing = story.appearing_characters()
+        numbers = {c.id: number for number, c in enumerate(story.characters)}
+        if settings.identity == "photos":
+            missing = [c for c in appearing if not c.references]
+            if missing:
+                raise StoryError(
+                    [
+                        Problem(
+                            f"characters[{numbers[c.id]}].references",
+                            f"identity=photos needs reference photos of every character, but '{c.id}' has none",
+                            "add photos, or --set identity=auto (AMSA alone for it) or identity=first-frame",
+                        )
+                        for c in missing
+                    ],
+                    story.source,
+                )
+        photo_owners = [c for c in appearing if uses_photos(c, settings)]
+        unreadable = [
+            Problem(
+                f"characters[{numbers[c.id]}].references[{k}]",
+                f"reference photo {path} of '{c.id}' is not an image that can be read",
+                "give a JPEG, PNG or WebP photo, or remove it",
+            )
+            for c in photo_owners
+            for k, path in enumerate(c.references)
+            if not _readable_image(path)
+        ]
+        if unreadable:
+            raise StoryError(unreadable, story.source)
+        if photo_owners and settings.injector.reference_crop == "face":
+            from storycast.evaluation.faces import find_face_models
+
+            find_face_models(settings.injector.face_models, settings.injector.face_pack, setting="--set face_models=")
+        for index, frame in enumerate(story.frames):
+            prompt = story.prompt(index)
+            for cid in frame.characters:
+                word = story.character(cid).class_word
+                if not contains_word(prompt, word):
+                    logger.warning(
+                        "%sframes[%d]: the class word '%s' of '%s' is not in the prompt, so storynizor cannot locate "
+                        "the character there: it shares and injects nothing for it in that frame. Fix: write {%s} in "
+                        "the frame's text.",
+                        where,
+                        index,
+                        word,
+                        cid,
+                        cid,
+                    )
+
+    @classmethod
+    def plan(cls, story: Story, settings: StorynizorSettings) -> list[FrameGroup]:
+        indices = list(range(len(story)))
+        anchors = tuple(indices[: settings.anchors])
+        groups = [FrameGroup(anchors, role=ANCHOR_ROLE)] if anchors else []
+        rest = indices[len(anchors) :]
+        size = settings.frames_per_group
+        depends = (0,) if anchors else ()
+        groups += [FrameGroup(tuple(rest[i : i + size]), depends_on=depends) for i in range(0, len(rest), size)]
+        return groups
+
+    # -- run interface ----------------------------------------------------------------------------
+
+    def prepare(self, story: Story, context: RunContext) -> None:
+        settings = self.resolved_settings(story)
+        self.anchors.clear()
+        self._identity, self._identity_source = {}, {}
+        self._check_mask_level(settings)
+        appearing = story.appearing_characters()
+        owners = [c for c in appearing if uses_photos(c, settings)]
+        needs_injector = owners or (settings.identity == "first-frame" and appearing)
+        if not needs_injector:
+            return
+        attached = self.injector  # loads now, so that weights that do not fit fail before drawing
+        logger.info("ID-Injector: %s", attached.source)
+        for character in owners:
+            images = self._reference_images(character, settings)
+            self._identity[character.id] = self._embed(images)
+
+    def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
+        settings = self.resolved_settings(story)
+        plan = self.plan(story, settings)
+        found = next((g for g in plan if g.frames == tuple(group)), None)
+        if found is None:
+            raise ValueError(f"frames {list(group)} are not a group of this story's plan")
+        has_anchors = bool(plan) and plan[0].role == ANCHOR_ROLE
+        if found.role == ANCHOR_ROLE:
+            later = len(plan) > 1
+            return self._draw_anchors(story, found.frames, context, cache=later)
+        if has_anchors and self.anchors.empty:
+            logger.info(
+                "rebuilding the anchors' tokens from frames %s (drawn in an earlier run)", list(plan[0].frames)
+            )
+            self._draw_anchors(story, plan[0].frames, context, cache=True)
+        return self._draw(story, found.frames, context, mode="read" if has_anchors else None)
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    @property
+    def injector(self) -> Any:
+        """The ID-Injector and its image encoder, attached on first use."""
+        from storycast.models.adapters import attach_id_injector
+
+        injector = self.settings.injector
+        return attach_id_injector(
+            self.models,
+            injector.weights,
+            injector.image_encoder,
+            auto_weights=PLUS_FACE_WEIGHTS[self.models.family],
+        )
+
+    def _check_mask_level(self, settings: StorynizorSettings) -> None:
+        from storycast.attention.layers import attention_layers
+
+        levels = sorted({layer.level for layer in attention_layers(self.models.pipeline.unet) if layer.is_cross})
+        if settings.synchronizer.mask_level not in levels:
+            raise SettingsError(
+                f"mask_level={settings.synchronizer.mask_level} has no cross-attention layers to make masks from; this "
+                f"UNet has them at levels {levels}. Fix: --set mask_level={levels[-1] if levels else 0}."
+            )
+
+    def _face_detector(self, settings: StorynizorSettings, required: bool) -> Any:
+        """The face detector for face crops; None (with one warning) when 'auto' finds no face models."""
+        if self._detector is None:
+            from storycast.errors import MissingWeightsError
+            from storycast.evaluation.faces import ScrfdDetector, find_face_models
+
+            try:
+                detector_file, _ = find_face_models(
+                    settings.injector.face_models, settings.injector.face_pack, setting="--set face_models="
+                )
+                self._detector = ScrfdDetector.from_file(detector_file)
+            except (MissingWeightsError, ImportError) as err:
+                if required:
+                    raise
+                logger.warning("reference photos are used whole, not cut to the face: %s", err)
+                self._detector = False
+        return self._detector or None
+
+    def _reference_images(self, character: Character, settings: StorynizorSettings) -> list[Any]:
+        """The character's photos as the encoder sees them: cut to the face where asked and found."""
+        from PIL import Image
+
+        from storycast.identity.reference_crops import face_crop
+
+        crop = settings.injector.reference_crop
+        detector = self._face_detector(settings, required=crop == "face") if crop != "whole" else None
+        images, faces = [], 0
+        for path in character.references:
+            photo = Image.open(path).convert("RGB")
+            face = face_crop(photo, detector) if detector is not None else None
+            if face is None and crop == "face":
+                raise StorycastError(
+                    f"{path}: no face was found in this reference photo of '{character.id}', and reference_crop=face "
+                    f"needs one. Fix: use a photo where the face is visible and at least ~40 px, or --set "
+                    f"reference_crop=whole."
+                )
+            faces += face is not None
+            images.append(face or photo)
+        self._identity_source[character.id] = f"photos ({len(images)}, {faces} cut to the face)"
+        return images
+
+    @torch.no_grad()
+    def _embed(self, images: Sequence[Any]) -> torch.Tensor:
+        """(2, n x queries, D) identity tokens of ``images``: [uncond (zero pixels, IP-Adapter's), cond]."""
+        from storycast.identity.image_encoder import patch_features
+
+        attached = self.injector
+        cond, uncond = patch_features(attached.image_encoder, images)
+        dtype = next(attached.injector.parameters()).dtype
+        tokens = attached.injector.resampler(torch.cat([uncond, cond]).to(dtype))  # (2n, q, D)
+        return tokens.reshape(2, -1, tokens.shape[-1])
+
+    def _draw_anchors(
+        self, story: Story, frames: Sequence[int], context: RunContext, *, cache: bool
+    ) -> list[FrameResult]:
+        self.anchors.clear()
+        results = self._draw(story, frames, context, mode="write" if cache else None)
+        settings = self.resolved_settings(story)
+        if settings.identity == "first-frame":
+            self._identity_from_anchors(story, results)
+        return results
+
+    def _identity_from_anchors(self, story: Story, results: Sequence[FrameResult]) -> None:
+        """Characters without photos take their segmented crop in the first anchor frame naming them."""
+        from storycast.identity.reference_crops import mask_crop
+
+        for character in story.appearing_characters():
+            if character.id in self._identity:
+                continue
+            for result in results:
+                mask = result.extras.get(f"mask-{character.id}")
+                if mask is None:
+                    continue
+                import numpy as np
+
+                crop = mask_crop(result.image, torch.from_numpy(np.asarray(mask) > 127))
+                if crop is not None:
+                    self._identity[character.id] = self._embed([crop])
+                    self._identity_source[character.id] = f"first-frame (frame {result.index})"
+                    break
+
+    def _draw(
+        self, story: Story, frames: Sequence[int], context: RunContext, *, mode: str | None
+    ) -> list[FrameResult]:
+        """Denoise ``frames`` as one batch with AMSA and the identity branch; ``mode`` "write" caches the anchors'
+        tokens, "read" attends to them."""
+        settings = self.resolved_settings(story)
+        gen = story.settings
+        pipe, device = self.models.pipeline, self.models.device
+        unet = pipe.unet
+        prompts = [story.prompt(i) for i in frames]
+        negatives = [story.negative_prompt(i) or "" for i in frames]
+        conditioning = prompt_encoder(pipe, self.models.family, device)(
+            prompts, negatives, width=gen.width, height=gen.height
+        )
+        # 1. Who is where: each frame's characters, located by their class words' cross-attention maps.
+        characters = [story.frames[i].characters for i in frames]
+        _, latent_h, latent_w = latent_shape(pipe, gen.height, gen.width)
+        level = settings.synchronizer.mask_level
+        masks = CharacterMasks(characters, (latent_h, latent_w))
+        words = [[story.character(c).class_word for c in names] for names in characters]
+        positions = [
+            dict(zip(names, word_token_positions(pipe.tokenizer, prompt, frame_words), strict=True))
+            for names, prompt, frame_words in zip(characters, prompts, words, strict=True)
+        ]
+        store = masks.record(positions, (latent_h >> level, latent_w >> level))
+        # 2. The attention changes: AMSA on the shared self-attention layers, identity on cross-attention.
+        amsa = AutoMaskState(
+            frames=len(frames),
+            num_steps=gen.steps,
+            generator=make_generator(story.frame_seed(frames[0]) + DROPOUT_SEED_OFFSET, "cpu"),
+            character_masks=masks,
+            dropout=settings.synchronizer.mask_dropout,
+            anchors=self.anchors if mode else None,
+            anchor_mode=mode,  # type: ignore[arg-type]
+        )
+        identity = {c: self._identity[c] for names in characters for c in names if c in self._identity}
+        injection = IdentityInjectionState(
+            frames=len(frames),
+            characters=characters,
+            identity=identity,
+            scale=settings.injector.scale,
+            character_masks=masks if settings.injector.masked else None,
+        )
+        # 3. The latents, from each frame's own seed (as diffusers draws them).
+        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
+        latents = initial_latents(
+            scheduler,
+            latent_shape(pipe, gen.height, gen.width),
+            [make_generator(story.frame_seed(i), str(device)) for i in frames],
+            dtype=unet.dtype,
+            device=device,
+        )
+
+        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            return guided_noise(unet, model_input, t, conditioning, gen.guidance_scale)
+
+        # 4. The denoising loop.
+        total = len(scheduler.timesteps)
+        context.progress(ProgressEvent("denoise", 0, total))
+        with contextlib.ExitStack() as stack:
+            counter = stack.enter_context(count_unet_evaluations(unet))
+            if identity:
+                stack.enter_context(
+                    install_identity_injection(
+                        unet, injection, self.injector.injector, store=store, record_level=level
+                    )
+                )
+            else:
+                stack.enter_context(record_token_maps(unet, store, [level]))
+            if settings.synchronizer.enabled:
+                stack.enter_context(install_automask_attention(unet, amsa, settings.synchronizer.block_names()))
+            latents = denoise(
+                scheduler,
+                latents,
+                noise,
+                step_state=[amsa, injection],
+                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
+            )
+        # 5. Decode; the masks of the last step are saved beside each frame.
+        images = decode_latents(pipe, latents)
+        masks.refresh()
+        return [
+            self._result(story, index, image, masks, number, frames, counter.evaluations // len(frames), mode)
+            for number, (index, image) in enumerate(zip(frames, images, strict=True))
+        ]
+
+    def _result(
+        self,
+        story: Story,
+        index: int,
+        image: Any,
+        masks: CharacterMasks,
+        number: int,
+        frames: Sequence[int],
+        evaluations: int,
+        mode: str | None,
+    ) -> FrameResult:
+        from PIL import Image
+
+        extras, areas = {}, {}
+        for character in story.frames[index].characters:
+            mask = masks.image_mask(number, character, (image.height, image.width))
+            if mask is not None:
+                extras[f"mask-{character}"] = Image.fromarray(mask.numpy().astype("uint8") * 255)
+                areas[character] = round(float(mask.float().mean()), 4)
+        role = {"write": "anchor", "read": "reads the anchors"}.get(mode or "", "frame")
+        return FrameResult(
+            index,
+            image,
+            story.frame_seed(index),
+            metadata={
+                "prompt": story.prompt(index),
+                "negative_prompt": story.negative_prompt(index) or "",
+                "role": role,
+                "group": list(frames),
+                "identity": {
+                    c: self._identity_source.get(c, "none (AMSA only)") for c in story.frames[index].characters
+                },
+                "mask_area": areas,
+                "unet_evaluations": evaluations,
+                "anchor_bytes": self.anchors.nbytes,
+            },
+            extras=extras,
+        )
+
+
+def _readable_image(path: Any) -> bool:
+    """Whether PIL can read ``path`` as an image (checked before any model loads)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return False
+    return True

@@ -1,0 +1,48 @@
+"""Helpers of the method tests: a two-character story, planning it for a method, pixels to compare."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storycast.models.spec import ModelSpec
+from storycast.runs.plan import plan_run
+from storycast.story.parse import parse_story
+
+GEN = {"steps": 3, "width": 64, "height": 64}
+TWO_FRIENDS_FRAMES = [
+    {"text": "{mara} reading on a bench"},
+    {"text": "{tom} fishing at a lake"},
+    {"text": "{mara} and {tom} having tea"},
+    {"text": "an empty street at night"},
+    {"text": "{mara} riding a bike"},
+]
+
+
+def two_friends(frames=None, **extra):
+    """mara (a woman) and tom (a man); by default five frames: each alone, together, nobody, mara again."""
+    return {
+        "title": "Two friends",
+        "style": "A watercolor illustration of",
+        "characters": [
+            {"id": "mara", "description": "a young woman with short red hair", "class_word": "woman"},
+            {"id": "tom", "description": "an old man with a grey beard", "class_word": "man"},
+        ],
+        "frames": frames or list(TWO_FRIENDS_FRAMES),
+        **extra,
+    }
+
+
+def plan_for(method, data, *, preset, model=None, settings=None, generation=GEN, out_dir=None):
+    """``plan_run`` of a story document for ``method`` on loaded ``model`` or the ``preset``."""
+    return plan_run(
+        parse_story(data),
+        method,
+        model=model or ModelSpec(source=preset, device="cpu"),
+        method_settings=settings,
+        generation=generation,
+        out_dir=out_dir,
+    )
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
