@@ -32,6 +32,71 @@ def cost_parser(description: str, method: str, presets: str) -> argparse.Argumen
     return parser
 
 
+SCENES = (
+    "reading in a library", "walking on a beach at sunset", "cooking in a small kitchen", "riding a bicycle in a park",
+    "painting at an easel", "sitting in a café", "standing on a train platform", "hiking up a mountain trail",
+    "playing a piano", "looking out of a rainy window",
+)  # fmt: skip
+
+
+def one_character_story(frames: int, references: Sequence[str] = ()) -> Any:
+    """A story of ``frames`` frames of one woman in cycling scenes (written here, not read from ../shared)."""
+    from storycast.story.parse import parse_story
+
+    character = {"id": "mara", "description": "a young woman with short red hair", "class_word": "woman"}
+    if references:
+        character["references"] = list(references)
+    return parse_story(
+        {
+            "title": "benchmark",
+            "style": "A photo of",
+            "characters": [character],
+            "frames": [{"text": f"{{mara}} {SCENES[i % len(SCENES)]}"} for i in range(frames)],
+        }
+    )
+
+
+def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Draw ``story`` with ``args.method`` in this process: the common row (UNet evaluations, seconds and peak
+    memory per frame) and the method object (for method-specific columns). Preparation is not timed."""
+    import time
+
+    import torch
+
+    from storycast.methods.base import RunContext
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
+    from storycast.pipelines.noise import count_unet_evaluations
+    from storycast.runs.plan import plan_run
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
+    generation = {"steps": args.steps, "width": args.size, "height": args.size}
+    plan = plan_run(story, args.method, model=models, method_settings=settings, generation=generation)
+    method = plan.method(models, plan.settings)
+    context = RunContext()
+    sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
+    method.prepare(plan.story, context)
+    sync()
+    started = time.perf_counter()
+    with torch.no_grad(), count_unet_evaluations(models.pipeline.unet) as counter:
+        for group in plan.groups:
+            method.generate(plan.story, group.frames, context)
+    sync()
+    seconds = time.perf_counter() - started
+    frames = len(plan.story)
+    row = {
+        "method": args.method,
+        "frames": frames,
+        "steps": plan.story.settings.steps,
+        "evaluations_per_frame": counter.evaluations / frames,
+        "seconds_per_frame": seconds / frames,
+        "peak_memory_mb": peak_memory_mb(models.device),
+    }
+    return row, (method, models, plan)
+
+
 def peak_memory_mb(device: str) -> float:
     import torch
 

@@ -18,29 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from harness import cost_parser, memory_growth, peak_memory_mb, print_table, run_worker
-
-SCENES = (
-    "reading in a library", "walking on a beach at sunset", "cooking in a small kitchen", "riding a bicycle in a park",
-    "painting at an easel", "sitting in a café", "standing on a train platform", "hiking up a mountain trail",
-    "playing a piano", "looking out of a rainy window",
-)  # fmt: skip
-
-
-def one_character_story(frames: int):
-    """A story of ``frames`` frames of one woman in cycling scenes (written here, not read from ../shared)."""
-    from storycast.story.parse import parse_story
-
-    return parse_story(
-        {
-            "title": "benchmark",
-            "style": "A photo of",
-            "characters": [{"id": "mara", "description": "a young woman with short red hair", "class_word": "woman"}],
-            "frames": [{"text": f"{{mara}} {SCENES[i % len(SCENES)]}"} for i in range(frames)],
-        }
-    )
+from harness import cost_parser, measure, memory_growth, one_character_story, print_table, run_worker
 
 
 def full_bank_bytes(models, story, identity_frames: int) -> int:
@@ -59,46 +38,13 @@ def full_bank_bytes(models, story, identity_frames: int) -> int:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    import torch
-
-    from storycast.methods.base import RunContext
-    from storycast.models.loading import load_models
-    from storycast.models.spec import ModelSpec
-    from storycast.pipelines.noise import count_unet_evaluations
-    from storycast.runs.plan import plan_run
-
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
-    generation = {"steps": args.steps, "width": args.size, "height": args.size}
     settings = json.loads(args.method_settings) if args.method == "storydiffusion" else {}
-    plan = plan_run(
-        one_character_story(args.frames[0]), args.method, model=models, method_settings=settings, generation=generation
-    )
-    method = plan.method(models, plan.settings)
-    context = RunContext()
-    sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
-    method.prepare(plan.story, context)
-    sync()
-    started = time.perf_counter()
-    with torch.no_grad(), count_unet_evaluations(models.pipeline.unet) as counter:
-        for group in plan.groups:
-            method.generate(plan.story, group.frames, context)
-    sync()
-    seconds = time.perf_counter() - started
-    frames = len(plan.story)
+    row, (method, models, plan) = measure(args, one_character_story(args.frames[0]), settings)
     bank = getattr(method, "bank", None)
     identity = sum(len(g.frames) for g in plan.groups if g.group.role.startswith("identity"))
-    return {
-        "method": args.method,
-        "frames": frames,
-        "steps": plan.story.settings.steps,
-        "evaluations_per_frame": counter.evaluations / frames,
-        "seconds_per_frame": seconds / frames,
-        "peak_memory_mb": peak_memory_mb(models.device),
-        "bank_mb": bank.nbytes / 2**20 if bank is not None else 0.0,
-        "full_bank_mb": full_bank_bytes(models, plan.story, identity) / 2**20 if bank is not None else 0.0,
-    }
+    row["bank_mb"] = bank.nbytes / 2**20 if bank is not None else 0.0
+    row["full_bank_mb"] = full_bank_bytes(models, plan.story, identity) / 2**20 if bank is not None else 0.0
+    return row
 
 
 def main() -> None:

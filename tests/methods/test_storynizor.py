@@ -74,7 +74,7 @@ def test_storynizor_draws_a_two_character_story_end_to_end(preset, tmp_path):
     records = manifest["frames"]
     for record in records:
         assert record["metadata"]["unet_evaluations"] == 2 * steps  # each frame denoised once
-    assert records[0]["metadata"]["identity"] == {"mara": "photos (1, 0 cut to the face)"}
+    assert records[0]["metadata"]["identity"] == {"mara": "photos (1: 0 face crop(s), 0 segmented)"}
     assert records[5]["metadata"]["identity"] == {"tom": "first-frame (frame 1)"}  # tom's crop in anchor 1
     assert records[2]["metadata"]["role"] == "reads the anchors"
     assert set(records[2]["extras"]) == {"mask-mara", "mask-tom"}
@@ -249,8 +249,33 @@ def test_a_reference_photo_without_a_face_is_refused_before_drawing(sd15, tmp_pa
     data["characters"][0]["references"] = [photo(tmp_path / "mara.png", colour=(10, 10, 10))]
     plan = planned(data, model=sd15, settings={"reference_crop": "face", "face_models": str(faces)})
     method = StorynizorMethod(sd15, plan.settings)
-    with pytest.raises(StorycastError, match=r"mara\.png: no face was found .*reference_crop=whole"):
+    with pytest.raises(StorycastError, match=r"mara\.png: no face was found .*reference_crop=segment"):
         method.prepare(plan.story, RunContext())
+
+
+def test_segmented_references_cut_the_character_out(sd15, tmp_path):
+    """reference_crop=segment finds the character with GroundingDINO + SAM (tiny random models, box threshold 0
+    so that a box is found) and whitens the background."""
+    from tests.masks.tiny_grounded_sam import save_tiny_grounded_sam
+
+    detector, segmenter = save_tiny_grounded_sam(tmp_path)
+    data = story_data()
+    data["characters"][0]["references"] = [photo(tmp_path / "mara.png")]
+    settings = {
+        "reference_crop": "segment",
+        "reference_detector": str(detector),
+        "reference_segmenter": str(segmenter),
+        "reference_box_threshold": "0",
+    }
+    plan = planned(data, model=sd15, settings=settings)
+    method = StorynizorMethod(sd15, plan.settings)
+    images = method._reference_images(plan.story.character("mara"), plan.settings)
+    assert method._identity_source["mara"] == "photos (1: 0 face crop(s), 1 segmented)"
+    cut = np.asarray(images[0])
+    assert cut.shape[0] == cut.shape[1]  # square, as CLIP's centre crop keeps all of it
+    missing = planned(data, model=sd15, settings={**settings, "reference_detector": str(tmp_path / "nowhere")})
+    with pytest.raises(MissingWeightsError, match="nowhere"):
+        StorynizorMethod(sd15, missing.settings)._reference_images(missing.story.character("mara"), missing.settings)
 
 
 def test_weights_that_do_not_fit_the_model_are_refused_before_drawing(tmp_path):

@@ -1,5 +1,5 @@
 """Auto-mask self-attention (AMSA): Storynizor's ID-Synchronizer (Ma et al., AAAI 2025), as
-``../shared/docs/storynizor.md`` specifies it.
+specified in ``docs/methods/storynizor.md``.
 
 The frames of a group are one batch. In the up-block self-attention layers, frame i attends to all of its
 own tokens and, of every other frame j, to the tokens inside j's mask of the characters both frames name

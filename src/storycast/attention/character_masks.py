@@ -1,6 +1,6 @@
 """Where each character of each frame is, at any attention layer's token grid, while frames are drawn.
 
-Storynizor's auto-masks (``../shared/docs/storynizor.md``, ID-Synchronizer): the cross-attention map of the
+Storynizor's auto-masks (``docs/methods/storynizor.md``, ID-Synchronizer): the cross-attention map of the
 character's class word, averaged over heads and the layers of one resolution, normalised, bilinearly
 upsampled to the grid a layer needs and cut at its Otsu threshold (ConsiStory's ``attn_map_to_binary``).
 The maps recorded during step s give the masks of step s + 1 (ConsiStory refreshes its masks at the end

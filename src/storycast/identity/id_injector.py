@@ -6,6 +6,7 @@ The module holds the parameters; the attention it adds is
 - **ours** (what ``storycast train storynizor`` writes): a folder with ``storynizor.safetensors`` and
   ``storynizor.json``, or the ``.safetensors`` file alone (the JSON is also in its metadata). Keys are named
   after modules: ``resampler.<resampler key>`` and ``layers.<UNet attention module>.to_{k,v}_ip.weight``;
+  ``lora.*`` is reserved for the stage-2 LoRA on the up-block self-attention;
 - **IP-Adapter-Plus** (``h94/IP-Adapter``, e.g. ``models/ip-adapter-plus-face_sd15.safetensors`` or the
   ``.bin``): ``image_proj.<resampler key>`` and ``ip_adapter.<id>.to_{k,v}_ip.weight``, where the n-th
   cross-attention layer of ``unet.attn_processors`` has id 2n + 1 (the official training script numbers
@@ -315,6 +316,13 @@ def _to_our_layout(
             f"{source} is not ID-Injector weights: expected keys 'resampler.*' and 'layers.*' (storycast) or "
             f"'image_proj.*' and 'ip_adapter.*' (IP-Adapter-Plus), found [{shown}]. Fix: pass an IP-Adapter-Plus(-Face) "
             f"file or a checkpoint written by `storycast train storynizor`."
+        )
+    if any(key.startswith("lora.") for key in flat):
+        # The stage-2 LoRA on the up-block self-attention is reserved under "lora."; applying it arrives with
+        # the training loop that writes it.
+        raise ModelLoadError(
+            f"{source} carries a stage-2 LoRA ('lora.*' keys), which this storycast version cannot apply yet. Fix: "
+            f"update storycast, or use a stage-1 checkpoint (resampler and identity k/v only)."
         )
     resampler_state = {k[len("resampler.") :]: v for k, v in flat.items() if k.startswith("resampler.")}
     if "latents" not in resampler_state:

@@ -2,7 +2,7 @@
 
 It turns an image encoder's patch features (CLIP ViT-H/14's penultimate hidden states, 257 x 1280) into a
 few identity tokens in the UNet's cross-attention width (16 x 768 on SD 1.5). Storynizor's ID-Injector
-uses the same architecture (``../shared/docs/storynizor.md``), so the public IP-Adapter-Plus(-Face) weights
+uses the same architecture (``docs/methods/storynizor.md``), so the public IP-Adapter-Plus(-Face) weights
 load into it. Parameter names follow the official module, so ``image_proj`` of those files loads with
 ``strict=True``:
 

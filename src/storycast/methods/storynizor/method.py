@@ -1,7 +1,7 @@
 """``storynizor``: ID-Synchronizer (auto-mask self-attention) and ID-Injector (Ma et al., AAAI 2025).
 
-What we build is ``../shared/docs/storynizor.md``; the source of every choice is in
-``../shared/docs/research/storynizor.md`` and in the settings' help. The run:
+What we build, and the source of every choice, is ``docs/methods/storynizor.md`` (and the settings' help).
+The run:
 
 1. prepare: each character's reference photos are cut (a face crop for people), encoded by CLIP ViT-H/14
    and turned into identity tokens by the resampler;
@@ -66,6 +66,7 @@ class StorynizorMethod(StoryMethod):
         self._identity: dict[str, torch.Tensor] = {}
         self._identity_source: dict[str, str] = {}
         self._detector: Any = None
+        self._segmenter: Any = None
 
     # -- asked before any model is loaded ---------------------------------------------------------
 
@@ -216,27 +217,62 @@ class StorynizorMethod(StoryMethod):
         return self._detector or None
 
     def _reference_images(self, character: Character, settings: StorynizorSettings) -> list[Any]:
-        """The character's photos as the encoder sees them: cut to the face where asked and found."""
+        """The character's photos as the encoder sees them: cut to the face, or to the segmented character, where
+        asked and found (see the ``reference_crop`` setting)."""
         from PIL import Image
 
         from storycast.identity.reference_crops import face_crop
 
         crop = settings.injector.reference_crop
-        detector = self._face_detector(settings, required=crop == "face") if crop != "whole" else None
-        images, faces = [], 0
+        detector = self._face_detector(settings, required=crop == "face") if crop in ("auto", "face") else None
+        images, cuts = [], {"face": 0, "segmented": 0}
         for path in character.references:
             photo = Image.open(path).convert("RGB")
-            face = face_crop(photo, detector) if detector is not None else None
-            if face is None and crop == "face":
+            image = face_crop(photo, detector) if detector is not None else None
+            if image is None and crop == "face":
                 raise StorycastError(
                     f"{path}: no face was found in this reference photo of '{character.id}', and reference_crop=face "
                     f"needs one. Fix: use a photo where the face is visible and at least ~40 px, or --set "
-                    f"reference_crop=whole."
+                    f"reference_crop=segment (or whole)."
                 )
-            faces += face is not None
-            images.append(face or photo)
-        self._identity_source[character.id] = f"photos ({len(images)}, {faces} cut to the face)"
+            if image is not None:
+                cuts["face"] += 1
+            elif crop in ("auto", "segment"):
+                image = self._segmented(photo, path, character, settings, required=crop == "segment")
+                cuts["segmented"] += image is not None
+            images.append(image or photo)
+        self._identity_source[character.id] = (
+            f"photos ({len(images)}: {cuts['face']} face crop(s), {cuts['segmented']} segmented)"
+        )
         return images
+
+    def _segmented(
+        self, photo: Any, path: Any, character: Character, settings: StorynizorSettings, *, required: bool
+    ) -> Any:
+        """The character alone in ``photo`` (GroundingDINO + SAM on its class word); None when 'auto' cannot."""
+        from storycast.identity.reference_crops import mask_crop
+        from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError
+        from storycast.masks.registry import build_provider, detector_available
+
+        masks = settings.injector.segmentation()
+        if not required and not detector_available(masks):
+            return None
+        if self._segmenter is None:
+            self._segmenter = build_provider(
+                "grounded-sam", masks, device=self.models.device, local_files_only=self.models.spec.local_files_only
+            )
+        try:
+            found = self._segmenter(MaskInputs(photo, [CharacterQuery(character.id, character.class_word)]))
+        except MaskNotFoundError:
+            found = {}
+        crop = mask_crop(photo, found[character.id]) if character.id in found else None
+        if crop is None and required:
+            raise StorycastError(
+                f"{path}: GroundingDINO found no '{character.class_word}' in this reference photo of '{character.id}', "
+                f"and reference_crop=segment needs one. Fix: a photo where the character is clearly visible, a lower "
+                f"--set reference_box_threshold, or --set reference_crop=whole."
+            )
+        return crop
 
     @torch.no_grad()
     def _embed(self, images: Sequence[Any]) -> torch.Tensor:
@@ -302,6 +338,16 @@ class StorynizorMethod(StoryMethod):
             dict(zip(names, word_token_positions(pipe.tokenizer, prompt, frame_words), strict=True))
             for names, prompt, frame_words in zip(characters, prompts, words, strict=True)
         ]
+        for index, found in zip(frames, positions, strict=True):
+            for character, tokens in found.items():
+                if not tokens and contains_word(story.prompt(index), story.character(character).class_word):
+                    logger.warning(
+                        "frames[%d]: the class word of '%s' comes after the text encoder's %d tokens, so the character "
+                        "cannot be located there (no sharing, no identity). Fix: shorten the frame's text or style.",
+                        index,
+                        character,
+                        pipe.tokenizer.model_max_length,
+                    )
         store = masks.record(positions, (latent_h >> level, latent_w >> level))
         # 2. The attention changes: AMSA on the shared self-attention layers, identity on cross-attention.
         amsa = AutoMaskState(

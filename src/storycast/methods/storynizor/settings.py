@@ -1,6 +1,6 @@
 """Settings of ``storynizor``, each with its source.
 
-The paper's body could not be read (``../shared/docs/research/storynizor.md`` §0), so most defaults are the
+The paper's body could not be read (``docs/methods/storynizor.md``), so most defaults are the
 closest published designs named there: ConsiStory for the masks and their dropout, IP-Adapter-Plus for the
 injector, diffusers' Stable Diffusion defaults for sampling. A user who has the paper's values sets them.
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from storycast.masks.registry import MaskSettings
 from storycast.methods.settings import MethodSettings, check_range, setting
-from storycast.models.presets import PLUS_FACE_WEIGHTS, VIT_H_ENCODER
+from storycast.models.presets import ADAPTERS, PLUS_FACE_WEIGHTS, VIT_H_ENCODER
+
+DETECTOR_ID = ADAPTERS["grounding-dino"].repo_id
+SEGMENTER_ID = ADAPTERS["sam"].repo_id
 
 DROPOUT_SEED_OFFSET = 6151
 """Offset from a group's first frame seed to the seed of its mask dropout (a prime, so that the attention's
@@ -81,11 +85,21 @@ class InjectorSettings(MethodSettings):
         "whole frame, as the public IP-Adapter.",
         flat="injector_masked",
     )
-    reference_crop: Literal["auto", "face", "whole"] = setting(
+    reference_crop: Literal["auto", "face", "segment", "whole"] = setting(
         "auto",
-        "How reference photos are cut: 'face' (a square around the largest face; a photo without a face is an "
-        "error), 'whole' (as given), 'auto' (the face when the face models are on this machine and find one, "
-        "else the whole photo).",
+        "How reference photos are cut: 'face' (a square around the largest face; a photo without one is an "
+        "error), 'segment' (the character alone, found by GroundingDINO + SAM from its class word, background "
+        "white), 'whole' (as given), 'auto' (the face when the face models are on this machine and find one, "
+        "else the segmented character when GroundingDINO + SAM are, else the whole photo).",
+    )
+    detector: str = setting(
+        DETECTOR_ID, "GroundingDINO checkpoint for segmented references (Hub id or folder).", flat="reference_detector"
+    )
+    segmenter: str = setting(SEGMENTER_ID, "SAM checkpoint for segmented references.", flat="reference_segmenter")
+    box_threshold: float = setting(
+        0.3,
+        "GroundingDINO box threshold for segmented references (IdentityStory's 0.3).",
+        flat="reference_box_threshold",
     )
     face_models: str | None = setting(
         None, "Folder of the insightface pack for face crops (default: ~/.insightface/models/<face_pack>)."
@@ -96,6 +110,13 @@ class InjectorSettings(MethodSettings):
 
     def validate(self) -> None:
         check_range("id_scale", self.scale, 0)
+        check_range("reference_box_threshold", self.box_threshold, 0, 1)
+
+    def segmentation(self) -> MaskSettings:
+        """The mask settings of the GroundingDINO + SAM provider that segments references."""
+        return MaskSettings(
+            provider="grounded-sam", detector=self.detector, segmenter=self.segmenter, box_threshold=self.box_threshold
+        )
 
 
 @dataclass(frozen=True)

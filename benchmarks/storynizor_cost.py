@@ -1,0 +1,91 @@
+"""What Storynizor costs per frame against vanilla SD 1.5, and whether memory stays flat with story length.
+
+For each method and story length, a fresh process draws a one-character story whose character has a reference
+photo (so both the ID-Synchronizer and the ID-Injector run: anchors, then groups reading them) and reports
+UNet evaluations per frame (counted), wall time per frame, peak memory (CUDA: ``max_memory_allocated``; CPU:
+peak resident set), the anchors' cache, and the cache the -inf-masked formulation would keep (every token of
+every anchor frame, at every step and up-block self-attention layer).
+
+    python benchmarks/storynizor_cost.py --preset tiny-sd15 --steps 50 --frames 8 64
+    python benchmarks/storynizor_cost.py --preset sd15-random --steps 2 --frames 8 16
+    python benchmarks/storynizor_cost.py --preset sd15-random --device cuda --dtype fp16 --steps 50 --frames 8 64
+
+The ratios printed are against vanilla measured in the same run. Bars (issue 9): UNet evaluations per frame
+1.0x vanilla's; peak memory flat from 8 to 64 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from harness import cost_parser, measure, memory_growth, one_character_story, print_table, run_worker
+
+
+def full_anchor_bytes(models, story, anchors: int) -> int:
+    """The cache of the masked formulation: every token of every anchor frame, both halves, every step and
+    up-block self-attention layer, in the model's dtype."""
+    from storycast.attention.layers import select_layers
+
+    pipe = models.pipeline
+    gen = story.settings
+    height, width = gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor
+    per_step = sum(
+        (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
+        for layer in select_layers(pipe.unet, kind="self", blocks=["up"])
+    )
+    return per_step * 2 * anchors * gen.steps * pipe.unet.dtype.itemsize
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp())
+    photo = folder / "mara.png"
+    Image.new("RGB", (224, 224), (200, 150, 120)).save(photo)
+    references = [str(photo)] if args.method == "storynizor" else []
+    settings = json.loads(args.method_settings) if args.method == "storynizor" else {}
+    row, (method, models, plan) = measure(args, one_character_story(args.frames[0], references), settings)
+    anchors = getattr(method, "anchors", None)
+    anchor_frames = len(plan.groups[0].frames) if anchors is not None else 0
+    row["anchor_mb"] = anchors.nbytes / 2**20 if anchors is not None else 0.0
+    row["full_anchor_mb"] = (
+        full_anchor_bytes(models, plan.story, anchor_frames) / 2**20 if anchors is not None else 0.0
+    )
+    return row
+
+
+def main() -> None:
+    parser = cost_parser(__doc__, "storynizor", "tiny-sd15, sd15-random, tiny, sdxl-random")
+    parser.set_defaults(preset="tiny-sd15", frames=[8, 64])
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    rows = []
+    for frames in args.frames:
+        for method in ("vanilla", "storynizor"):
+            arguments = [
+                "--method", method, "--frames", str(frames), "--preset", args.preset, "--device", args.device,
+                "--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads),
+                "--method-settings", args.method_settings,
+            ]  # fmt: skip
+            if args.size:
+                arguments += ["--size", str(args.size)]
+            rows.append(run_worker(__file__, arguments))
+    print(
+        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} size={args.size or 'preset'}"
+    )
+    print_table(
+        rows, "vanilla", extra=[("anchor_mb", "anchors MB", ".2f"), ("full_anchor_mb", "all-token anchors MB", ".2f")]
+    )
+    growth = memory_growth(rows, "storynizor")
+    if growth:
+        print(growth)
+
+
+if __name__ == "__main__":
+    main()
