@@ -41,7 +41,7 @@ def pil_image_processor_class(name: str) -> Any:
     """The PIL-backend image processor class ``name`` (transformers 5: ``<name>Pil``; 4.x: ``<name>``).
 
     Pinned to PIL so that a machine with torchvision does not silently switch to torchvision resizing
-    (CLIP's PIL path reproduces OpenAI ``clip``'s preprocessing; metrics.md §4).
+    (CLIP's PIL path reproduces OpenAI ``clip``'s preprocessing; docs/metrics.md §4).
     """
     import transformers
 

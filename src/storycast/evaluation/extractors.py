@@ -4,7 +4,7 @@ Each extractor holds one model, loaded once, and encodes lists of PIL images (an
 in batches into L2-normalised float32 features on the CPU, ready for ``metrics.py``. ``tiny()``
 builds a random-weight model from a config in code, for offline tests.
 
-Checkpoints the papers used (docs/research/metrics.md §§1-6):
+Checkpoints the papers used (docs/metrics.md §4):
 
 - CLIP: the 1P1S-lineage script scores CLIP-T with OpenAI ViT-B/32 (``openai/clip-vit-base-patch32``)
   and CLIP-I with ``openai/clip-vit-base-patch16``; torchmetrics' CLIPScore and ViStoryBench use

@@ -2,8 +2,8 @@
 
 No model is loaded and no file is read here: the extractors (``extractors.py``, ``faces.py``) turn
 images and texts into features, and these functions turn features into numbers. Protocol facts and
-their sources are in ``docs/research/metrics.md``; the formulas, with ``ê`` an L2-normalised
-embedding, are:
+their sources are in ``docs/metrics.md`` §1-§5, these formulas in §6.1; with ``ê`` an L2-normalised
+embedding, they are:
 
 - CLIP-T (text alignment): ``scale * <ê_img(x_i), ê_txt(p_i)>`` per image/text pair.
   IdentityStory reports it in % (scale 100, no clipping, values ~35); Hessel et al.'s CLIPScore

@@ -7,8 +7,8 @@ for them; that is :class:`storycast.evaluation.evaluator.ExtractorOptions`. So `
 a paper's protocol unchanged on tiny extractors, and the preset recorded next to the numbers is the
 protocol that produced them.
 
-Facts and their sources are in ``docs/research/metrics.md``; what could not be verified is listed in
-each preset's ``caveats`` and recorded in every result.
+Facts and their sources are in ``docs/metrics.md`` (the presets side by side in §6.2); what could not
+be verified is listed in each preset's ``caveats`` and recorded in every result.
 """
 
 from __future__ import annotations
@@ -288,12 +288,12 @@ IDENTITYSTORY = EvalPreset(
     sources=(
         "IdentityStory poster, AAAI 2026 (arXiv 2512.23519): metric names, units, published numbers",
         "Correr-Zhou/IdentityStory main.py: insightface antelopev2 at det_size 640 (generation side)",
-        "docs/research/metrics.md §1.2 and §6",
+        "docs/metrics.md §1.2 and §6.2",
     ),
     caveats=(
         "The paper's metric section could not be read: the CLIP checkpoint (ViT-B/32 assumed from the value range), "
         "the face pack (antelopev2, the one its code loads), pairwise CLIP-I and Face-Sim, the missing-face rule "
-        "(skip) and the CLIP-T-C text (the frame's context phrase) are inferred (metrics.md §1.2, §7).",
+        "(skip) and the CLIP-T-C text (the frame's context phrase) are inferred (docs/metrics.md §1.2, §7).",
         "No background removal before CLIP-I.",
         "Multi-character Face-Sim: faces are matched to characters (Hungarian, as ViStoryBench) and averaged "
         "over characters; the paper publishes no multi-character numbers.",
@@ -316,7 +316,7 @@ ONE_PROMPT_ONE_STORY = EvalPreset(
     benchmark="ConsiStory+",
     sources=(
         "1Prompt1Story, ICLR 2025 (arXiv 2501.13554) §4.1 and Table 1",
-        "the 1P1S-lineage evaluation script (metrics.md §3.3): ViT-B/32 CLIP-T with Hessel's prompt, "
+        "the 1P1S-lineage evaluation script (docs/metrics.md §3.3): ViT-B/32 CLIP-T with Hessel's prompt, "
         "ViT-B/16 CLIP-I, per-story mean then mean over stories",
     ),
     caveats=(

@@ -48,12 +48,11 @@ class PublishedRow:
 
 
 IDENTITYSTORY_SOURCE = (
-    "IdentityStory (AAAI 2026, arXiv 2512.23519), main table on its poster and project page "
-    "(docs/identitystory.md §4; seeds/000_d0d20906c2ff8828.txt)"
+    "IdentityStory (AAAI 2026, arXiv 2512.23519), main table on its poster and project page (docs/metrics.md §1.3)"
 )
-IDENTITYSTORY_PHOTOMAKER_SOURCE = "IdentityStory poster, 'Comparison with PhotoMaker' table (docs/identitystory.md §4)"
-ONE_PROMPT_SOURCE = "1Prompt1Story (ICLR 2025, arXiv 2501.13554), Table 1 (docs/research/metrics.md §3.2)"
-IDENTITYSTORY_SPLIT_NOTE = "split not stated on the poster; docs/identitystory.md §4 reads it as single-character"
+IDENTITYSTORY_PHOTOMAKER_SOURCE = "IdentityStory poster, 'Comparison with PhotoMaker' table (docs/metrics.md §1.3)"
+ONE_PROMPT_SOURCE = "1Prompt1Story (ICLR 2025, arXiv 2501.13554), Table 1 (docs/metrics.md §3.2)"
+IDENTITYSTORY_SPLIT_NOTE = "split not stated on the poster; docs/metrics.md §1.3 reads it as single-character"
 
 
 def _identitystory(method: str, venue: str, *values: float) -> PublishedRow:
