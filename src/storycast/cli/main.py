@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from storycast import __version__
-from storycast.cli import benchmark, convert, env, evaluate, generate, identities, methods, validate
+from storycast.cli import benchmark, convert, data, env, evaluate, generate, identities, methods, validate
 
 COMMANDS = {
     "generate": generate,
@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": evaluate,
     "benchmark": benchmark,
     "identities": identities,
+    "data": data,
 }
 
 DESCRIPTION = """\

@@ -1,0 +1,1 @@
+"""Training data for trained methods: StoryDB-style character sets (format) and their builder."""

@@ -1,0 +1,217 @@
+"""StoryDB-style data sets: character sets as Hugging Face ``datasets`` parquet shards, with a card.
+
+One row is one **character set**: images that show the same character(s) (a person across a film, a series of
+photos), each with its caption, the ids of the characters it shows and one mask per such character. A set
+with one character is a single-character set; images showing two characters together form a set of their
+own. The folder is what the Hub and ``datasets`` read as is:
+
+    DATA/
+      README.md                         the data-set card (YAML header, counts, how it was built, sources)
+      storycast_data.json               our manifest: format version, counts, the build settings
+      data/train-00000-of-00004.parquet the rows, sharded (``load_dataset(DATA, streaming=True)`` streams them)
+      contact_sheets/<set>.png          a sheet per set for a person to check
+
+Readers open it with :func:`open_dataset`, map-style (random access, exact resume) or streaming (many nodes,
+nothing copied whole).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storycast.errors import StorycastError
+
+FORMAT = "storycast.character-sets"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "storycast_data.json"
+CARD_FILE = "README.md"
+SHARD_PATTERN = "data/train-{index:05d}-of-{count:05d}.parquet"
+SETS_PER_SHARD = 256
+
+
+class DataSetError(StorycastError):
+    """A data set folder is missing, incomplete or of another format."""
+
+
+def features() -> Any:
+    """The ``datasets.Features`` of a row."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "set_id": Value("string"),
+            "characters": List({"id": Value("string"), "class_word": Value("string")}),
+            "images": List(Image()),
+            "captions": List(Value("string")),
+            "image_characters": List(List(Value("string"))),
+            "masks": List(List(Image())),
+            "sources": List(Value("string")),
+        }
+    )
+
+
+@dataclass
+class CharacterSet:
+    """One row: images of the same character(s).
+
+    Attributes:
+        set_id: Unique name ("mara", "mara+tom").
+        characters: (id, class word) of every character the set shows.
+        images: PIL images.
+        captions: One per image; each holds the class word of every character the image shows.
+        image_characters: Per image, the ids of the characters it shows.
+        masks: Per image, one boolean-like PIL mask ("L", 255 = character) per character it shows, in order.
+        sources: Per image, where it came from (a path relative to the source folder, "#frame" for videos).
+    """
+
+    set_id: str
+    characters: list[tuple[str, str]]
+    images: list[Any]
+    captions: list[str]
+    image_characters: list[list[str]]
+    masks: list[list[Any]]
+    sources: list[str]
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "set_id": self.set_id,
+            "characters": [{"id": c, "class_word": w} for c, w in self.characters],
+            "images": self.images,
+            "captions": self.captions,
+            "image_characters": self.image_characters,
+            "masks": self.masks,
+            "sources": self.sources,
+        }
+
+
+@dataclass
+class DataSetInfo:
+    """What the manifest and the card say about a data set."""
+
+    sets: int = 0
+    images: int = 0
+    characters: int = 0
+    multi_character_sets: int = 0
+    source: str = ""
+    built_with: Mapping[str, Any] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
+
+
+def write_dataset(sets: Sequence[CharacterSet], folder: Path, info: DataSetInfo) -> None:
+    """Write ``sets`` as parquet shards, the manifest and the card into ``folder`` (an existing, empty staging
+    folder: the caller renames it into place, so a half-written data set never replaces a good one)."""
+    from datasets import Dataset
+
+    count = max(1, math.ceil(len(sets) / SETS_PER_SHARD))
+    for index in range(count):
+        chunk = sets[index * SETS_PER_SHARD : (index + 1) * SETS_PER_SHARD]
+        shard = Dataset.from_list([s.row() for s in chunk], features=features())
+        path = folder / SHARD_PATTERN.format(index=index, count=count)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shard.to_parquet(str(path))
+    (folder / MANIFEST_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
+    (folder / CARD_FILE).write_text(dataset_card(info))
+
+
+def dataset_card(info: DataSetInfo) -> str:
+    """The data-set card: YAML header (what the Hub reads) and the counts, the build and the sources."""
+    settings = "\n".join(f"- `{key}`: {value}" for key, value in sorted(info.built_with.items()))
+    dropped = "\n".join(f"- {reason}: {count}" for reason, count in sorted(info.dropped.items())) or "- none"
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+tags:
+- storycast
+- character-sets
+---
+
+# Character sets (StoryDB-style)
+
+Built by `storycast data build` from `{info.source}`.
+
+| | count |
+|---|---|
+| character sets | {info.sets} |
+| of which multi-character | {info.multi_character_sets} |
+| images | {info.images} |
+| characters | {info.characters} |
+
+Each row is a set of images of the same character(s), each image with a caption that names every character
+it shows by its class word, and one mask per character. Read it with
+`datasets.load_dataset("<this folder>", split="train")` (add `streaming=True` to stream the shards).
+
+## How it was built
+
+{settings}
+
+## Images left out
+
+{dropped}
+
+## Sources
+
+The images come from `{info.source}`; their licences are those of that source. Check the contact sheets in
+`contact_sheets/` before training.
+"""
+
+
+def open_dataset(folder: str | Path, *, streaming: bool = False) -> Any:
+    """The ``datasets`` data set of a folder written by ``storycast data build`` (map-style, or streaming).
+
+    Raises:
+        DataSetError: The folder is missing, has no shards, or holds another format; the message names the
+            folder and the fix.
+    """
+    from datasets import load_dataset
+
+    folder = Path(folder).expanduser()
+    manifest = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise DataSetError(
+            f"data set folder '{folder}' does not exist. Fix: build one with `storycast data build SRC --out "
+            f"{folder}`, or pass the folder it was written to."
+        )
+    if not manifest.is_file():
+        raise DataSetError(
+            f"'{folder}' is not a storycast data set: it has no {MANIFEST_FILE}. Fix: pass the folder written by "
+            f"`storycast data build`."
+        )
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataSetError(f"{manifest} cannot be read ({err}). Fix: build the data set again.") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataSetError(f"{manifest} is not a storycast character-set manifest (format {FORMAT!r}).")
+    shards = sorted(folder.glob("data/train-*.parquet"))
+    if not shards:
+        raise DataSetError(f"'{folder}' has no data/train-*.parquet shards. Fix: build the data set again.")
+    dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", streaming=streaming)
+    missing = set(features()) - set(dataset.features or {})
+    if missing:
+        raise DataSetError(f"'{folder}': the shards lack the columns {sorted(missing)}. Fix: build it again.")
+    return dataset
+
+
+def iter_rows(dataset: Iterable[Mapping[str, Any]]) -> Iterable[CharacterSet]:
+    """Rows of an opened data set as :class:`CharacterSet`."""
+    for row in dataset:
+        yield CharacterSet(
+            row["set_id"],
+            [(c["id"], c["class_word"]) for c in row["characters"]],
+            list(row["images"]),
+            list(row["captions"]),
+            [list(c) for c in row["image_characters"]],
+            [list(m) for m in row["masks"]],
+            list(row["sources"]),
+        )

@@ -1,0 +1,1 @@
+"""Training storycast's trained methods (Storynizor): losses, reference shuffling, the accelerate loop."""
