@@ -186,7 +186,7 @@ def test_bad_sources_get_clear_errors(tmp_path):
     with pytest.raises(StorycastError, match=r"no character set .* has 4 or more usable images.*min_images"):
         build_dataset(empty, tmp_path / "data", tiny=True)
     (empty / "characters.yaml").write_text("characters:\n  mara: {}\n")
-    with pytest.raises(StorycastError, match="characters.mara needs a class_word"):
+    with pytest.raises(StorycastError, match=r"characters\.mara needs a class_word"):
         build_dataset(empty, tmp_path / "data", tiny=True)
     with pytest.raises(DataSetError, match="not a storycast data set"):
         open_dataset(empty)
