@@ -197,9 +197,9 @@ def test_unreadable_or_foreign_files_are_refused(unet, tmp_path):
         read_injector_weights(tmp_path, unet)
 
 
-def test_a_checkpoint_with_a_stage_two_lora_is_refused_with_the_reason(unet):
+def test_a_lora_without_its_geometry_is_refused_with_the_reason(unet):
     config = InjectorConfig(ResamplerConfig(dim=32, depth=1, heads=1, num_queries=2, embedding_dim=8, output_dim=32))
     state = IDInjector.for_unet(unet, config).checkpoint_state()
     state["lora.unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"] = torch.zeros(4, 32)
-    with pytest.raises(ModelLoadError, match=r"stage-2 LoRA.*Fix"):
+    with pytest.raises(ModelLoadError, match=r"holds a LoRA .* no config giving its rank.*Fix"):
         read_injector_weights(state, unet)

@@ -81,6 +81,14 @@ class CharacterMasks:
         self.recorder = TokenMapStore(padded, size=size, rows=len(padded), latent_size=self.latent_size)
         return self.recorder
 
+    def recorded_maps(self) -> dict[FrameCharacter, torch.Tensor]:
+        """(frame, character) -> its class word's mean (h, w) map recorded so far, the union (max) of the word's
+        tokens, not normalised and differentiable (training's attention-mask term); empty before any record."""
+        if self.recorder is None or self.recorder.count == 0:
+            return {}
+        maps = self.recorder.mean_maps()
+        return {key: maps[key[0], columns].amax(dim=0) for key, columns in self._columns.items()}
+
     def set_fixed(self, masks: Mapping[FrameCharacter, torch.Tensor]) -> None:
         """Use these boolean (h, w) masks (any size) from now on, instead of recorded maps."""
         self.recorder = None

@@ -30,13 +30,14 @@ class IdentityInjectionState(AttentionState):
 
     Attributes:
         characters: Per frame, the ids of the characters it names.
-        identity: Character id -> (halves, n, D) identity tokens ([uncond, cond] with guidance).
+        identity: Character id -> (halves, n, D) identity tokens ([uncond, cond] with guidance); a (frame,
+            character) key gives one frame its own tokens (training: each frame conditioned on another's reference).
         scale: Weight of the identity branch (0: the plain UNet).
         character_masks: Where each character is; None for unmasked injection.
     """
 
     characters: Sequence[Sequence[str]] = ()
-    identity: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    identity: Mapping[str | tuple[int, str], torch.Tensor] = field(default_factory=dict)
     scale: float = 1.0
     character_masks: CharacterMasks | None = None
 
@@ -80,7 +81,7 @@ class IdentityInjection(TokenMapProcessor):
         for frame, characters in enumerate(state.characters):
             rows = [state.row(half, frame) for half in range(state.halves)]
             for character in characters:
-                tokens = state.identity.get(character)
+                tokens = state.identity.get((frame, character), state.identity.get(character))
                 if tokens is None:
                     continue
                 out = self._identity_attention(attn, query[rows], tokens.to(query.device, query.dtype))

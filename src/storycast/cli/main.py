@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from storycast import __version__
-from storycast.cli import benchmark, convert, data, env, evaluate, generate, identities, methods, validate
+from storycast.cli import benchmark, convert, data, env, evaluate, generate, identities, methods, train, validate
 
 COMMANDS = {
     "generate": generate,
@@ -21,6 +21,7 @@ COMMANDS = {
     "benchmark": benchmark,
     "identities": identities,
     "data": data,
+    "train": train,
 }
 
 DESCRIPTION = """\

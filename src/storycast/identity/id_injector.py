@@ -6,7 +6,8 @@ The module holds the parameters; the attention it adds is
 - **ours** (what ``storycast train storynizor`` writes): a folder with ``storynizor.safetensors`` and
   ``storynizor.json``, or the ``.safetensors`` file alone (the JSON is also in its metadata). Keys are named
   after modules: ``resampler.<resampler key>`` and ``layers.<UNet attention module>.to_{k,v}_ip.weight``;
-  ``lora.*`` is reserved for the stage-2 LoRA on the up-block self-attention;
+  ``lora.<peft key>`` holds the stage-2 LoRA on the up-block self-attention (its rank, alpha and target modules
+  in the JSON's ``extra.lora``);
 - **IP-Adapter-Plus** (``h94/IP-Adapter``, e.g. ``models/ip-adapter-plus-face_sd15.safetensors`` or the
   ``.bin``): ``image_proj.<resampler key>`` and ``ip_adapter.<id>.to_{k,v}_ip.weight``, where the n-th
   cross-attention layer of ``unet.attn_processors`` has id 2n + 1 (the official training script numbers
@@ -33,6 +34,9 @@ CHECKPOINT_FILE = "storynizor.safetensors"
 CONFIG_FILE = "storynizor.json"
 FORMAT = "storycast.storynizor"
 FORMAT_VERSION = 1
+LORA_ADAPTER = "storynizor"
+LORA_TARGETS = r".*up_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)"
+"""The modules Storynizor's stage-2 LoRA adapts: every up-block self-attention projection (peft regex)."""
 
 
 @dataclass(frozen=True)
@@ -164,17 +168,21 @@ class IDInjector(nn.Module):
 # -- files ------------------------------------------------------------------------------------------------
 
 
-def save_injector(injector: IDInjector, folder: str | Path) -> Path:
+def save_injector(injector: IDInjector, folder: str | Path, lora: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write ``storynizor.safetensors`` (config in its metadata too) and ``storynizor.json`` into ``folder``,
-    atomically (a half-written checkpoint never replaces a good one)."""
+    atomically (a half-written checkpoint never replaces a good one). ``lora``: the stage-2 LoRA's peft state
+    (its geometry must be in ``injector.config.extra["lora"]``)."""
     from safetensors.torch import save_file
 
     from storycast.utils.io import atomic_directory
 
     folder = Path(folder)
+    if lora and "lora" not in injector.config.extra:
+        raise ValueError("a LoRA is saved with its geometry: set injector.config.extra['lora'] (rank, alpha)")
     config = json.dumps(injector.config.to_json())
     with atomic_directory(folder) as staging:
         tensors = {key: value.cpu() for key, value in injector.checkpoint_state().items()}
+        tensors.update({f"lora.{key}": value.detach().cpu().contiguous() for key, value in (lora or {}).items()})
         save_file(tensors, str(staging / CHECKPOINT_FILE), metadata={"storycast": config})
         (staging / CONFIG_FILE).write_text(json.dumps(injector.config.to_json(), indent=2) + "\n")
     return folder
@@ -189,6 +197,8 @@ class InjectorWeights:
     source: str
     layout: str
     """"storycast" or "ip-adapter"."""
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The stage-2 LoRA's peft state (keys without ``lora.``), empty for stage-1 and IP-Adapter weights."""
 
 
 def read_injector_weights(
@@ -317,12 +327,12 @@ def _to_our_layout(
             f"'image_proj.*' and 'ip_adapter.*' (IP-Adapter-Plus), found [{shown}]. Fix: pass an IP-Adapter-Plus(-Face) "
             f"file or a checkpoint written by `storycast train storynizor`."
         )
-    if any(key.startswith("lora.") for key in flat):
-        # The stage-2 LoRA on the up-block self-attention is reserved under "lora."; applying it arrives with
-        # the training loop that writes it.
+    lora = {key[len("lora.") :]: value for key, value in flat.items() if key.startswith("lora.")}
+    flat = {key: value for key, value in flat.items() if not key.startswith("lora.")}
+    if lora and (config is None or not isinstance(config.extra.get("lora"), Mapping)):
         raise ModelLoadError(
-            f"{source} carries a stage-2 LoRA ('lora.*' keys), which this storycast version cannot apply yet. Fix: "
-            f"update storycast, or use a stage-1 checkpoint (resampler and identity k/v only)."
+            f"{source} holds a LoRA ('lora.*' keys) but no config giving its rank and alpha. Fix: keep "
+            f"{CONFIG_FILE} next to it, or use the file as `storycast train storynizor` wrote it."
         )
     resampler_state = {k[len("resampler.") :]: v for k, v in flat.items() if k.startswith("resampler.")}
     if "latents" not in resampler_state:
@@ -336,7 +346,7 @@ def _to_our_layout(
         except KeyError as err:
             raise ModelLoadError(f"{source}: the resampler lacks {err}; the file is incomplete.") from None
         config = InjectorConfig(geometry, family=None)
-    return InjectorWeights(flat, config, source, layout)
+    return InjectorWeights(flat, config, source, layout, lora)
 
 
 def _from_ip_adapter(flat: dict[str, torch.Tensor], source: str, unet: nn.Module) -> dict[str, torch.Tensor]:
@@ -359,3 +369,34 @@ def _from_ip_adapter(flat: dict[str, torch.Tensor], source: str, unet: nn.Module
                 )
             out[f"layers.{name}.{part}.weight"] = flat[key]
     return out
+
+
+# -- the stage-2 LoRA ------------------------------------------------------------------------------------------
+
+
+def add_storynizor_lora(
+    unet: nn.Module, rank: int, alpha: float, state: Mapping[str, torch.Tensor] | None = None, *, source: str = ""
+) -> None:
+    """Put Storynizor's LoRA (adapter ``storynizor``) on the up-block self-attention of ``unet`` through peft:
+    Gaussian-initialised ``lora_A`` and zero ``lora_B`` (an identity at first), or ``state`` when given."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, init_lora_weights="gaussian")
+    unet.add_adapter(config, adapter_name=LORA_ADAPTER)
+    if state:
+        result = set_peft_model_state_dict(unet, dict(state), adapter_name=LORA_ADAPTER)
+        unexpected = [key for key in getattr(result, "unexpected_keys", []) if LORA_ADAPTER in key or "lora" in key]
+        if unexpected:
+            unet.delete_adapters(LORA_ADAPTER)
+            raise ModelLoadError(
+                f"the LoRA of {source or 'the checkpoint'} does not fit this UNet ({len(unexpected)} keys without a "
+                f"module, e.g. {unexpected[0]}). Fix: use a checkpoint trained on this base model."
+            )
+
+
+def storynizor_lora_state(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The peft state of Storynizor's LoRA (keys as :func:`add_storynizor_lora` reads them)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(unet, adapter_name=LORA_ADAPTER)

@@ -245,6 +245,9 @@ def convert_value(value: Any, annotation: Any, where: str) -> Any:
         allowed = get_args(annotation)
         if value in allowed:
             return value
+        by_text = {str(option): option for option in allowed}  # "1" from the command line for Literal[1, 2]
+        if isinstance(value, str) and value in by_text:
+            return by_text[value]
         raise SettingsError(f"{where}: {value!r} is not allowed. Fix: use one of {', '.join(map(str, allowed))}.")
     if origin in (tuple, list):
         (item_type, *_rest) = get_args(annotation) or (Any,)

@@ -155,10 +155,29 @@ class AttachedInjector:
     source: str
     models: LoadedModels
     key: tuple[str, str]
+    lora: bool = False
+    """The checkpoint's stage-2 LoRA is on the UNet (adapter ``storynizor``)."""
 
     def detach(self) -> None:
         self.models.attachments.pop(self.key, None)
+        if self.lora:
+            from storycast.identity.id_injector import LORA_ADAPTER
+
+            unet = self.models.pipeline.unet
+            unet.delete_adapters(LORA_ADAPTER)
+            _restore_adapters(self.models)
+            self.lora = False
         self.injector = self.image_encoder = None
+
+
+def _restore_adapters(models: LoadedModels, extra: dict[str, float] | None = None) -> None:
+    """The models' own LoRAs (and ``extra``) active at their scales; none: LoRA layers off."""
+    active = {**_active_loras(models), **(extra or {})}
+    unet = models.pipeline.unet
+    if active:
+        unet.set_adapters(list(active), list(active.values()))
+    elif hasattr(unet, "disable_lora") and getattr(unet, "peft_config", None):
+        unet.disable_lora()
 
 
 def attach_id_injector(
@@ -220,12 +239,20 @@ def attach_id_injector(
             f"the image encoder gives {features}. Fix: set image_encoder (--set injector.image_encoder=...) to the "
             f"encoder the weights were trained with (IP-Adapter-Plus: ViT-H/14, 1280)."
         )
+    if loaded.lora:
+        from storycast.identity.id_injector import LORA_ADAPTER, add_storynizor_lora
+
+        geometry = loaded.config.extra["lora"]
+        add_storynizor_lora(unet, int(geometry["rank"]), float(geometry["alpha"]), loaded.lora, source=source)
+        unet.to(device=models.device, dtype=unet.dtype)
+        _restore_adapters(models, {LORA_ADAPTER: 1.0})
     attached = AttachedInjector(
         injector.to(device=models.device, dtype=unet.dtype).eval(),
         encoder.to(device=models.device, dtype=unet.dtype).eval(),
         source,
         models,
         key,
+        lora=bool(loaded.lora),
     )
     models.attachments[key] = attached
     return attached
