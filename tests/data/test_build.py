@@ -108,6 +108,20 @@ def test_a_built_data_set_has_the_right_sets_masks_and_captions(source, tmp_path
     assert json.loads((out / "storycast_data.json").read_text())["images"] == 14
 
 
+def test_sets_are_read_one_at_a_time_from_the_shards(source, tmp_path):
+    from storycast.data.format import ShardedSets
+
+    build_dataset(source, tmp_path / "data", tiny=True)
+    whole = list(iter_rows(open_dataset(tmp_path / "data")))
+    sets = ShardedSets(tmp_path / "data")
+    assert len(sets) == len(whole) and sets.sizes() == [len(row.images) for row in whole]
+    for position, row in enumerate(whole):
+        got = sets[position]
+        assert (got.set_id, got.captions, got.image_characters) == (row.set_id, row.captions, row.image_characters)
+        assert np.array_equal(np.asarray(got.images[-1]), np.asarray(row.images[-1]))
+        assert np.array_equal(np.asarray(got.masks[0][0]), np.asarray(row.masks[0][0]))
+
+
 def test_the_cli_builds_offline_and_refuses_to_replace_a_data_set(source, tmp_path, capsys):
     from storycast.cli.main import main
 
@@ -190,6 +204,28 @@ def test_bad_sources_get_clear_errors(tmp_path):
         build_dataset(empty, tmp_path / "data", tiny=True)
     with pytest.raises(DataSetError, match="not a storycast data set"):
         open_dataset(empty)
+
+
+def test_a_corrupt_video_is_named(tmp_path):
+    root = tmp_path / "src" / "leo"
+    root.mkdir(parents=True)
+    (root / "clip.mp4").write_bytes(b"not a video at all")
+    with pytest.raises(StorycastError, match=r"clip\.mp4 is not a readable video"):
+        build_dataset(tmp_path / "src", tmp_path / "data", tiny=True)
+
+
+def test_images_of_unknown_characters_are_clustered(tmp_path):
+    """Loose images get identities from clustering (DINOv2 features; random tiny weights here, so only the
+    path is checked: every image gets a found identity and sets are named after them)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for k in range(6):
+        scene(k, [mara(k)])[0].save(root / f"{k}.png")
+    settings = BuildSettings(identities="dino", dino_threshold=-1.0, min_images=2)  # -1: one cluster
+    info = build_dataset(root, tmp_path / "data", settings, tiny=True)
+    row = next(iter_rows(open_dataset(tmp_path / "data")))
+    assert info.sets == 1 and row.set_id == "person_000" and row.characters == [("person_000", "person")]
+    assert row.captions[0] == "a photo of a person"
 
 
 def test_pure_parts():

@@ -76,6 +76,20 @@ def test_stage_one_trains_the_injector_alone(data, tmp_path):
     assert all(key.startswith("injector.") for key in state)  # no LoRA in stage 1
 
 
+def test_validation_frames_and_ema(data, tmp_path):
+    from safetensors.torch import load_file
+
+    run = settings(max_steps="2", validation_every="2", ema_decay="0.5", checkpoint_every="2")
+    train_storynizor(data, tmp_path / "run", run, TINY)
+    assert (tmp_path / "run" / "validation" / "step-000002.png").is_file()
+    checkpoint = checkpoint_dirs(tmp_path / "run")[-1]
+    ema, live = load_file(str(checkpoint / "ema.safetensors")), load_file(str(checkpoint / "trainable.safetensors"))
+    exported = load_file(str(tmp_path / "run" / "storynizor.safetensors"))
+    key = next(k for k in ema if k.startswith("injector.resampler.latents"))
+    assert not torch.equal(ema[key], live[key])  # the average lags the live weights
+    torch.testing.assert_close(exported["resampler.latents"], ema[key])  # the export is the average
+
+
 def test_the_trained_checkpoint_drives_generate(data, tmp_path):
     import yaml
 

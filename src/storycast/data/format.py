@@ -11,8 +11,9 @@ own. The folder is what the Hub and ``datasets`` read as is:
       data/train-00000-of-00004.parquet the rows, sharded (``load_dataset(DATA, streaming=True)`` streams them)
       contact_sheets/<set>.png          a sheet per set for a person to check
 
-Readers open it with :func:`open_dataset`, map-style (random access, exact resume) or streaming (many nodes,
-nothing copied whole).
+Readers open it with :func:`open_dataset` (``datasets``, map-style or streaming) or :class:`ShardedSets`: random
+access to one set at a time straight from the shards (each set is its own parquet row group), so every
+process of a many-node run reads only the sets it trains on, from a shared folder, and nothing is copied.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def write_dataset(sets: Sequence[CharacterSet], folder: Path, info: DataSetInfo)
         shard = Dataset.from_list([s.row() for s in chunk], features=features())
         path = folder / SHARD_PATTERN.format(index=index, count=count)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shard.to_parquet(str(path))
+        shard.to_parquet(str(path), batch_size=1)  # one row group per set: readers fetch one set at a time
     (folder / MANIFEST_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
     (folder / CARD_FILE).write_text(dataset_card(info))
 
@@ -176,6 +177,16 @@ def open_dataset(folder: str | Path, *, streaming: bool = False) -> Any:
     from datasets import load_dataset
 
     folder = Path(folder).expanduser()
+    shards = _check_folder(folder)
+    dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", streaming=streaming)
+    missing = set(features()) - set(dataset.features or {})
+    if missing:
+        raise DataSetError(f"'{folder}': the shards lack the columns {sorted(missing)}. Fix: build it again.")
+    return dataset
+
+
+def _check_folder(folder: Path) -> list[Path]:
+    """The shards of a data set folder, after checking it is one (errors name the folder and the fix)."""
     manifest = folder / MANIFEST_FILE
     if not folder.is_dir():
         raise DataSetError(
@@ -196,11 +207,7 @@ def open_dataset(folder: str | Path, *, streaming: bool = False) -> Any:
     shards = sorted(folder.glob("data/train-*.parquet"))
     if not shards:
         raise DataSetError(f"'{folder}' has no data/train-*.parquet shards. Fix: build the data set again.")
-    dataset = load_dataset("parquet", data_files=[str(s) for s in shards], split="train", streaming=streaming)
-    missing = set(features()) - set(dataset.features or {})
-    if missing:
-        raise DataSetError(f"'{folder}': the shards lack the columns {sorted(missing)}. Fix: build it again.")
-    return dataset
+    return shards
 
 
 def iter_rows(dataset: Iterable[Mapping[str, Any]]) -> Iterable[CharacterSet]:
@@ -215,3 +222,68 @@ def iter_rows(dataset: Iterable[Mapping[str, Any]]) -> Iterable[CharacterSet]:
             [list(m) for m in row["masks"]],
             list(row["sources"]),
         )
+
+
+class ShardedSets:
+    """Random access to the character sets of a data set folder, one parquet row group (one set) at a time.
+
+    Nothing is converted or cached: processes on many nodes read the shards from a shared folder, each only
+    the sets it draws. Opening checks the folder as :func:`open_dataset` does.
+    """
+
+    def __init__(self, folder: str | Path):
+        import pyarrow.parquet as pq
+
+        self.folder = Path(folder).expanduser()
+        _check_folder(self.folder)
+        self._files: list[Any] = []
+        self._index: list[tuple[int, int]] = []
+        for number, shard in enumerate(sorted(self.folder.glob("data/train-*.parquet"))):
+            try:
+                handle = pq.ParquetFile(shard)
+            except (OSError, ValueError) as err:
+                raise DataSetError(
+                    f"{shard} is not a readable parquet shard ({err}). Fix: build the data set again."
+                ) from None
+            missing = set(features()) - set(handle.schema_arrow.names)
+            if missing:
+                raise DataSetError(f"{shard} lacks the columns {sorted(missing)}. Fix: build the data set again.")
+            self._files.append(handle)
+            self._index.extend((number, group) for group in range(handle.metadata.num_row_groups))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, position: int) -> CharacterSet:
+        import io
+
+        from PIL import Image
+
+        number, group = self._index[position]
+        rows = self._files[number].read_row_group(group).to_pylist()
+        if len(rows) != 1:
+            raise DataSetError(f"{self.folder}: a row group holds {len(rows)} sets, not one. Fix: build it again.")
+        row = rows[0]
+
+        def image(cell: Mapping[str, Any]) -> Any:
+            opened = Image.open(io.BytesIO(cell["bytes"]))
+            opened.load()
+            return opened
+
+        return CharacterSet(
+            row["set_id"],
+            [(c["id"], c["class_word"]) for c in row["characters"]],
+            [image(cell) for cell in row["images"]],
+            list(row["captions"]),
+            [list(c) for c in row["image_characters"]],
+            [[image(cell) for cell in masks] for masks in row["masks"]],
+            list(row["sources"]),
+        )
+
+    def sizes(self) -> list[int]:
+        """Images per set, read from the shards' ``captions`` column only (no image is decoded)."""
+        out = []
+        for handle in self._files:
+            for group in range(handle.metadata.num_row_groups):
+                out.append(len(handle.read_row_group(group, columns=["captions"]).column(0)[0]))
+        return out

@@ -16,6 +16,7 @@ an uninterrupted one would (tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -83,18 +84,23 @@ def train_storynizor(
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    from storycast.data.format import iter_rows, open_dataset
+    from storycast.data.format import ShardedSets
 
     out = Path(out).expanduser()
-    # 1. The data, checked before any model loads.
-    rows = list(iter_rows(open_dataset(data)))
-    usable = [r for r in rows if len(r.images) >= settings.frames] if settings.stage == 2 else rows
-    if not usable:
-        sizes = sorted({len(r.images) for r in rows})
+    # 1. The data, checked before any model loads; sets are read from the shards as steps need them.
+    sets = ShardedSets(data)
+    sizes = sets.sizes()
+    if settings.stage == 2:
+        items: list[Any] = [k for k, size in enumerate(sizes) if size >= settings.frames]
+    else:
+        items = [(k, i) for k, size in enumerate(sizes) for i in range(size)]
+    if not items:
         raise TrainingError(
-            f"the data set {data} has no set of {settings.frames} images for stage 2 (set sizes: {sizes}). Fix: --set "
-            f"frames={max(2, max(sizes))} if that is enough, or build the data set with more images per character."
+            f"the data set {data} has no set of {settings.frames} images for stage 2 (set sizes: {sorted(set(sizes))}). "
+            f"Fix: --set frames={max(2, max(sizes))} if that is enough, or build the data set with more images per "
+            f"character."
         )
+    read = functools.lru_cache(maxsize=16)(sets.__getitem__)
     start = _check_out(out, settings, resume)
 
     # 2. The processes, the models, the trained parts.
@@ -141,7 +147,6 @@ def train_storynizor(
     # 3. The loop.
     from storycast.training.storynizor import group_batch, image_batch, step_generator, training_loss
 
-    items = usable if settings.stage == 2 else [(r, i) for r in usable for i in range(len(r.images))]
     per_step = 1 if settings.stage == 2 else settings.batch_size
     result = TrainResult(out, step)
     bar = None
@@ -156,9 +161,9 @@ def train_storynizor(
             generator = step_generator(settings.seed, step, micro, accelerator.process_index)
             picked = _pick(items, per_step, settings, step, micro, accelerator)
             if settings.stage == 2:
-                batch = group_batch(picked[0], settings, generator)
+                batch = group_batch(read(picked[0]), settings, generator)
             else:
-                batch = image_batch(picked, settings, generator)
+                batch = image_batch([(read(k), i) for k, i in picked], settings, generator)
             with accelerator.accumulate(module):
                 loss, terms = training_loss(module, frozen, batch, settings, generator, accelerator.device)
                 accelerator.backward(loss)
@@ -184,7 +189,7 @@ def train_storynizor(
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             _save_checkpoint(out, step, module, optimizer, schedule, ema, settings, accelerator, parts)
         if settings.validation_every and step % settings.validation_every == 0 and accelerator.is_main_process:
-            _validate(out, step, parts, rows, accelerator)
+            _validate(out, step, parts, read(items[0] if settings.stage == 2 else items[0][0]), accelerator)
     if bar is not None:
         bar.close()
     accelerator.wait_for_everyone()
@@ -432,7 +437,7 @@ def _leaf_values(settings: Any) -> list[Any]:
     return values
 
 
-def _validate(out: Path, step: int, parts: dict[str, Any], rows: list[Any], accelerator: Any) -> None:
+def _validate(out: Path, step: int, parts: dict[str, Any], row: Any, accelerator: Any) -> None:
     """Draw the first set's captions as a story with the weights being trained; save the frames as one sheet."""
     import tempfile
 
@@ -444,7 +449,6 @@ def _validate(out: Path, step: int, parts: dict[str, Any], rows: list[Any], acce
     from storycast.story.parse import parse_story
 
     settings: StorynizorTrainSettings = parts["settings"]
-    row = rows[0]
     with tempfile.TemporaryDirectory() as folder:
         reference = Path(folder) / "reference.png"
         row.images[0].save(reference)
