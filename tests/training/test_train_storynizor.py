@@ -69,19 +69,22 @@ def test_a_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_stage_one_trains_the_injector_alone(data, tmp_path):
-    result = train_storynizor(data, tmp_path / "s1", settings(stage="1", batch_size="3", max_steps="2"), TINY)
+@pytest.mark.parametrize("init", ["ip-adapter-plus-face", "scratch"])
+def test_stage_one_trains_the_injector_alone(data, tmp_path, init):
+    run = settings(stage="1", batch_size="3", max_steps="2", init=init)
+    result = train_storynizor(data, tmp_path / "s1", run, TINY)
     state = trained_state(tmp_path / "s1")
     assert result.steps == 2 and set(result.losses[0]) == {"diffusion", "loss"}
     assert all(key.startswith("injector.") for key in state)  # no LoRA in stage 1
 
 
-def test_validation_frames_and_ema(data, tmp_path):
+def test_validation_frames_ema_and_the_tracker(data, tmp_path):
     from safetensors.torch import load_file
 
-    run = settings(max_steps="2", validation_every="2", ema_decay="0.5", checkpoint_every="2")
+    run = settings(max_steps="2", validation_every="2", ema_decay="0.5", checkpoint_every="2", log_with="tensorboard")
     train_storynizor(data, tmp_path / "run", run, TINY)
     assert (tmp_path / "run" / "validation" / "step-000002.png").is_file()
+    assert list((tmp_path / "run" / "storynizor").glob("events.out.tfevents.*"))  # the tracker's log
     checkpoint = checkpoint_dirs(tmp_path / "run")[-1]
     ema, live = load_file(str(checkpoint / "ema.safetensors")), load_file(str(checkpoint / "trainable.safetensors"))
     exported = load_file(str(tmp_path / "run" / "storynizor.safetensors"))

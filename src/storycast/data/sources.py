@@ -117,7 +117,11 @@ def scan_source(root: str | Path) -> SourceFolder:
         raise SourceError(f"source folder '{root}' does not exist. Fix: pass a folder of images and/or videos.")
     words, listed = read_sidecar(root)
     items: list[SourceItem] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    try:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    except OSError as err:
+        raise SourceError(f"source folder '{root}' cannot be read ({err}). Fix: check its permissions.") from None
+    for path in files:
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES or ".mask" in path.stem:
             continue
