@@ -41,6 +41,9 @@ class DataSetError(StorycastError):
 
 def features() -> Any:
     """The ``datasets.Features`` of a row."""
+    from storycast.utils.imports import require
+
+    require("datasets", extra="data", purpose="training data sets")
     from datasets import Features, Image, List, Value
 
     return Features(
@@ -232,6 +235,9 @@ class ShardedSets:
     """
 
     def __init__(self, folder: str | Path):
+        from storycast.utils.imports import require
+
+        require("pyarrow", extra="data", purpose="reading data sets")
         import pyarrow.parquet as pq
 
         self.folder = Path(folder).expanduser()

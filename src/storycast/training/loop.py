@@ -81,6 +81,11 @@ def train_storynizor(
         progress: Show a progress bar (main process).
         on_step: Called after every optimizer step with (step, loss terms) on every process.
     """
+    from storycast.utils.imports import require
+
+    require("accelerate", extra="train", purpose="training")
+    require("peft", extra="train", purpose="the stage-2 LoRA")
+    require("datasets", extra="train", purpose="reading data sets")
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 

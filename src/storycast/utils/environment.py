@@ -19,7 +19,7 @@ CORE_PACKAGES = (
     "numpy",
     "pillow",
 )
-OPTIONAL_PACKAGES = ("peft", "accelerate", "scipy", "onnxruntime", "gradio")
+OPTIONAL_PACKAGES = ("peft", "accelerate", "datasets", "av", "scipy", "onnxruntime", "gradio")
 
 
 def package_version(name: str) -> str | None:

@@ -14,6 +14,8 @@ EXTRA_OF_MODULE = {
     "scipy": "masks",
     "onnxruntime": "faces",
     "accelerate": "train",
+    "datasets": "data",
+    "av": "data",
     "gradio": "ui",
 }
 
