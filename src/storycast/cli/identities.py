@@ -41,10 +41,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"no identities in {library.root}")
             return 0
         for key in keys:
-            record = library.get(key)
-            if record is None:
+            info = library.info(key)
+            if info is None:
                 continue
-            info = record.info
             what = info.get("prompt") or ", ".join(info.get("photos", []))
             print(f"{key}  {info.get('character', '?'):<12} {info.get('source', '?'):<10} {what}")
         return 0

@@ -54,17 +54,14 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(level)
     root.propagate = False
     if not verbose:
-        # diffusers/transformers chatter (deprecations, hub retries) is noise for a CLI user.
+        # diffusers/transformers chatter (deprecations, hub retries) is noise for a CLI user. Their loggers read
+        # these variables when they are first configured, so nothing of theirs is imported here (light commands
+        # such as `validate` never import them at all).
         for name in ("diffusers", "transformers", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            from diffusers.utils import logging as diffusers_logging
-            from transformers.utils import logging as transformers_logging
-
-            diffusers_logging.set_verbosity_error()
-            transformers_logging.set_verbosity_error()
-        except ImportError:
-            pass
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

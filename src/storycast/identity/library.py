@@ -13,11 +13,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from storycast.utils.io import atomic_directory, sha256_json
+
+if TYPE_CHECKING:
+    import torch
 
 KEY_LENGTH = 24
 
@@ -58,6 +59,13 @@ class IdentityLibrary:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def info(self, key: str) -> dict[str, Any] | None:
+        """What made a stored identity (its ``info.json``), without loading the embedding; None when absent."""
+        info_file = self.path(key) / "info.json"
+        if not info_file.is_file():
+            return None
+        return json.loads(info_file.read_text(encoding="utf-8"))
+
     def get(self, key: str) -> IdentityRecord | None:
         folder = self.path(key)
         tensor_file, info_file = folder / "identity.safetensors", folder / "info.json"
@@ -72,6 +80,7 @@ class IdentityLibrary:
         self, key: str, embedding: torch.Tensor, info: Mapping[str, Any], preview: Any | None = None
     ) -> IdentityRecord:
         """Store an identity (replacing one with the same key)."""
+        import torch
         from safetensors.torch import save_file
 
         vector = embedding.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
