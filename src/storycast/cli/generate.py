@@ -23,7 +23,7 @@ EPILOG = """\
 examples:
   storycast generate examples/lighthouse.yaml --preset tiny --out runs/demo
   storycast generate story_000.json --method vanilla --preset sdxl --steps 30 --out runs/s0
-  storycast generate story.yaml --model ./my-sdxl-folder --set batch_size=2 --out runs/mine
+  storycast generate story.yaml --model ./my-sdxl-folder --batch-size 2 --out runs/mine
 
 Running the same command again skips the frames already drawn; --overwrite redraws them."""
 
