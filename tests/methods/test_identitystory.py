@@ -452,3 +452,23 @@ def test_attention_masks_are_found_in_non_square_frames(models, tmp_path):
     for cid in ("ana", "leo"):
         mask = np.asarray(result.extras[f"mask_{cid}"]) > 0
         assert mask.shape == (128, 192) and mask.any()
+
+
+def test_a_fallback_from_the_authors_detector_is_said_and_recorded(models, tmp_path, caplog, monkeypatch):
+    """mask_provider=auto with the detector allowed but not on this machine: the attention maps are used, a
+    warning says why and how to get the authors' masks, and the frame's metadata records the fall-back."""
+    import logging
+
+    monkeypatch.setattr("storycast.masks.registry.detector_available", lambda settings: False)
+    method = make_method(models, auto_detector=True)
+    story = story_of(two_character_data([{"text": "{ana} at the window"}]), models, method, steps=3)
+    context = RunContext(cache_dir=tmp_path)
+    method.prepare(story, context)
+    with caplog.at_level(logging.WARNING, logger="storycast"):
+        result = method.generate(story, (0,), context)[0]
+    assert result.metadata["mask_provider"] == "attention" and result.metadata["mask_fallback"] is True
+    said = [r.getMessage() for r in caplog.records if "GroundingDINO + SAM" in r.getMessage()]
+    assert len(said) == 1 and "storycast download grounding-dino sam" in said[0]
+    explicit = make_method(models, mask_provider="attention")
+    explicit.prepare(story, context)
+    assert explicit.generate(story, (0,), context)[0].metadata["mask_fallback"] is False

@@ -94,12 +94,17 @@ def add_generation_arguments(parser: argparse.ArgumentParser, title: str) -> Non
     gen.add_argument("--steps", type=int, help="denoising steps")
     gen.add_argument("--guidance-scale", type=float)
     gen.add_argument("--seed", type=int, help="base seed: frame i uses seed+i unless it sets its own")
+    gen.add_argument(
+        "--seed-policy",
+        choices=("per-frame", "same"),
+        help="per-frame: frame i from seed+i (default); same: every frame from seed (the IdentityStory authors')",
+    )
     gen.add_argument("--negative-prompt")
     gen.add_argument("--batch-size", type=int, help="frames drawn together by per-frame methods")
 
 
 def generation_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size")
+    keys = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy")
     return {key: getattr(args, key) for key in keys}
 
 

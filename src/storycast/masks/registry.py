@@ -96,6 +96,19 @@ def choose_provider(settings: MaskSettings, *, frame_has_user_masks: bool) -> st
     return "attention"
 
 
+def fallback_reason(settings: MaskSettings, chosen: str) -> str | None:
+    """Why 'auto' chose the attention maps instead of the authors' GroundingDINO + SAM, with the fix; None when
+    it did not fall back (another provider asked for, a user mask, or detector use not allowed: tiny models)."""
+    if settings.provider != "auto" or chosen != "attention" or not settings.auto_detector:
+        return None
+    return (
+        f"GroundingDINO + SAM ({settings.detector}, {settings.segmenter}) are not on this machine, so masks come from "
+        f"the class words' cross-attention maps, not from the authors' detector. Fix: `storycast download "
+        f"grounding-dino sam` (or hf download both) for the authors' masks, or --set mask_provider=attention to "
+        f"choose the maps and silence this."
+    )
+
+
 def build_provider(name: str, settings: MaskSettings, *, device: Any, local_files_only: bool) -> MaskProvider:
     """A mask provider by name, configured by ``settings``."""
     if name not in PROVIDERS:

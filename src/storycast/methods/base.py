@@ -146,6 +146,12 @@ class StoryMethod(abc.ABC):
         return {}
 
     @classmethod
+    def benchmark_protocol(cls) -> dict[str, Any]:
+        """Generation settings ``storycast benchmark`` uses by default with this method, so that its numbers are
+        comparable with its paper's (e.g. the seeds); the command line still wins. Empty: the story files'."""
+        return {}
+
+    @classmethod
     def default_negative_prompt(cls) -> str | None:
         """Negative prompt used when neither the story nor the command line sets one."""
         return None

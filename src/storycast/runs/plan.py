@@ -24,7 +24,7 @@ from storycast.methods.base import FrameGroup, StoryMethod
 from storycast.methods.registry import get_method, list_methods
 from storycast.methods.settings import MethodSettings, ResolveContext
 from storycast.models.facts import ModelFacts, model_facts
-from storycast.story.model import GenerationSettings, Story
+from storycast.story.model import SEED_POLICIES, GenerationSettings, Story
 from storycast.utils.io import sha256_file, sha256_json
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def resolve_generation(
     explicit = {k: v for k, v in story_values.items() if v is not None and v != getattr(GenerationSettings(), k)}
     values.update(explicit)
     values.update(overrides)
-    for key in ("seed", "batch_size"):
+    for key in ("seed", "batch_size", "seed_policy"):
         values.setdefault(key, story_values[key])
     resolved = GenerationSettings(**{k: values.get(k) for k in GENERATION_FIELDS})
     in_story = f"{story.source}: settings" if story.source else "the story's settings"
@@ -100,6 +100,8 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
         fail("guidance_scale", "must be a finite number of at least 0 (the papers use 5 to 7.5).")
     if not 0 <= settings.seed <= MAX_SEED:
         fail("seed", f"is out of range. Fix: use a whole number between 0 and {MAX_SEED}.")
+    if settings.seed_policy not in (None, *SEED_POLICIES):
+        fail("seed_policy", f"is not a seed policy. Fix: use {' or '.join(SEED_POLICIES)}.")
 
 
 def _character_record(story: Story, character_id: str) -> dict[str, Any]:
@@ -308,7 +310,10 @@ def plan_run(
         "method settings": settings.to_dict(),
         "model": dict(facts.identity),
         "generation settings": {
-            k: v for k, v in dataclasses.asdict(resolved).items() if k not in ("seed", "batch_size")
+            # Seeds reach each frame's own key (its seed), so a change redraws only the frames it moves.
+            k: v
+            for k, v in dataclasses.asdict(resolved).items()
+            if k not in ("seed", "batch_size", "seed_policy")
         },
     }
     run_key = sha256_json(summary)

@@ -81,9 +81,11 @@ class GenerationSettings:
         height: Image height in pixels (multiple of 8).
         steps: Denoising steps.
         guidance_scale: Classifier-free guidance scale.
-        seed: Base seed; frame i uses ``seed + i`` unless the frame sets its own.
+        seed: Base seed; frame i uses ``seed + i`` unless the frame sets its own (see ``seed_policy``).
         negative_prompt: Negative prompt for every frame (``None``: the method's default).
         batch_size: Frames drawn together by methods that draw frames independently.
+        seed_policy: "per-frame" (frame i uses ``seed + i``; the default) or "same" (every frame uses ``seed``,
+            as the IdentityStory authors draw each benchmark prompt from seed 0). A frame's own seed wins.
     """
 
     width: int | None = None
@@ -93,6 +95,10 @@ class GenerationSettings:
     seed: int = 0
     negative_prompt: str | None = None
     batch_size: int = 1
+    seed_policy: str | None = None
+
+
+SEED_POLICIES = ("per-frame", "same")
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,9 @@ class Story:
 
     def frame_seed(self, index: int) -> int:
         seed = self.frames[index].seed
-        return seed if seed is not None else self.settings.seed + index
+        if seed is not None:
+            return seed
+        return self.settings.seed if self.settings.seed_policy == "same" else self.settings.seed + index
 
     def caption(self, index: int) -> str:
         """Caption for the storyboard: the frame's own, or its text with characters called by name."""

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from storycast.errors import Problem, StoryError
-from storycast.story.model import PLACEHOLDER, Character, Frame, GenerationSettings, Story, contains_word
+from storycast.story.model import (
+    PLACEHOLDER,
+    SEED_POLICIES,
+    Character,
+    Frame,
+    GenerationSettings,
+    Story,
+    contains_word,
+)
 
 FORMAT_VERSION = 1
 ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -33,7 +41,7 @@ FRAME_KEYS = (
     "caption",
     "control_image",
 )
-SETTINGS_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size")
+SETTINGS_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy")
 
 
 class _Problems:
@@ -321,6 +329,16 @@ def _parse_settings(value: Any, problems: _Problems) -> GenerationSettings:
     negative = _get_text(value, "negative_prompt", "settings", problems, required=False)
     if negative is not None:
         out["negative_prompt"] = negative
+    policy = _get_text(value, "seed_policy", "settings", problems, required=False)
+    if policy is not None:
+        if policy in SEED_POLICIES:
+            out["seed_policy"] = policy
+        else:
+            problems.add(
+                "settings.seed_policy",
+                f"'{policy}' is not a seed policy",
+                "use per-frame (frame i from seed + i) or same (every frame from seed)",
+            )
     return GenerationSettings(**out)
 
 

@@ -16,7 +16,7 @@ from storycast.identity.library import IdentityLibrary, IdentityRecord, identity
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
-from storycast.masks.registry import build_provider, choose_provider
+from storycast.masks.registry import build_provider, choose_provider, fallback_reason
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory import discovery, injection, prompts
 from storycast.methods.identitystory.settings import (
@@ -79,8 +79,14 @@ class IdentityStoryMethod(StoryMethod):
         super().__init__(models, settings)
         self._identities: dict[str, IdentityRecord] = {}
         self._providers: dict[str, MaskProvider] = {}
+        self._fallback_said = False
 
     # -- asked before any model is loaded ---------------------------------------------------------
+
+    @classmethod
+    def benchmark_protocol(cls) -> dict[str, Any]:
+        # The authors' main.py re-seeds the generator with seed 0 for every prompt of a benchmark story.
+        return {"seed": 0, "seed_policy": "same"}
 
     @classmethod
     def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
@@ -292,6 +298,10 @@ class IdentityStoryMethod(StoryMethod):
         frame = story.frames[index]
         characters = story.frame_characters(index)
         name = choose_provider(settings.masks, frame_has_user_masks=bool(frame.masks)) if characters else None
+        fallback = fallback_reason(settings.masks, name) if name else None
+        if fallback and not self._fallback_said:
+            logger.warning("masks: %s", fallback)  # once per run: every frame falls back the same way
+            self._fallback_said = True
         provider = self.mask_provider(name) if name is not None else None
         control = self._control(frame, story, settings)
         failures: list[str] = []
@@ -444,6 +454,8 @@ class IdentityStoryMethod(StoryMethod):
             "seed_used": found.seed,
             "mask_attempts": found.attempt + 1,
             "mask_provider": found.provider,
+            # 'auto' fell back from the authors' detector to attention maps (said once, when the run began).
+            "mask_fallback": found.provider == "attention" and self._fallback_said,
         }
 
 
