@@ -79,7 +79,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.source:
-            raise SettingsError("model source is empty. Fix: pass --preset NAME or --model HUB_ID|FOLDER|FILE.")
+            raise SettingsError(
+                "model source is empty. Fix: pass --preset NAME or --model HUB_ID|FOLDER|FILE (in Python: "
+                "ModelSpec(source=...))."
+            )
         if self.family is not None and self.family not in FAMILIES:
             raise SettingsError(f"model family '{self.family}' is not known. Fix: use one of {', '.join(FAMILIES)}.")
         if self.dtype not in DTYPE_NAMES:

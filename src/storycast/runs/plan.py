@@ -201,7 +201,7 @@ class RunPlan:
         if self.conflict and not overwrite:
             raise RunFolderError(
                 f"'{self.out_dir}' holds a run drawn with different {', '.join(self.conflict)}. Fix: pass --overwrite "
-                f"to replace it, or choose another --out folder (nothing was changed)."
+                f"(overwrite=True in Python) to replace it, or choose another --out folder (nothing was changed)."
             )
 
 
