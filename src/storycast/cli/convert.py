@@ -6,14 +6,30 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storycast.errors import Problem
 
 HELP = "convert stories between the storycast format and the ConsiStory-Human benchmark format"
 EPILOG = """\
 examples:
   storycast convert story_000.json -o story_000.yaml          # benchmark -> storycast
   storycast convert mystory.yaml --to consistory-human -o s.json
-  storycast convert bench/single/ -o stories/                  # a whole folder"""
+  storycast convert examples/two_friends.yaml --to consistory-human --drop-frames -o s.json
+  storycast convert bench/single/ -o stories/                  # a whole folder
+
+to consistory-human:
+  The benchmark format holds the characters' descriptions and class words ('character', 'token'), the
+  style prefix ('style') and, per frame, the full prompt ('prompts'), the context ('settings'; a frame
+  without one gets its whole text) and the context type ('settings_types'). Every prompt shows every
+  character: a frame that shows only some of the characters, or none, cannot be written, so convert
+  refuses the story and names each such frame (exit status 2; that story's file is not written).
+  --drop-frames leaves such frames out instead, with a warning for each. Fields the format has no place
+  for are left out, each named in a warning on stderr: the title, generation and method settings,
+  character ids, names and references, and per-frame seeds, negative prompts, captions, masks and
+  control images; a style suffix stays at the end of every prompt. The file written always reads back
+  ('storycast validate' accepts it)."""
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -27,19 +43,28 @@ def add_parser(subparsers: Any, name: str) -> None:
         choices=("storycast", "consistory-human"),
         help="target format (default: the other one of the input's)",
     )
+    parser.add_argument(
+        "--drop-frames",
+        action="store_true",
+        help="to consistory-human: leave out frames that do not show every character (default: refuse the story)",
+    )
     parser.set_defaults(handler=run)
 
 
-def render(story: Any, target: str) -> str:
+def render(story: Any, target: str, *, drop_frames: bool = False) -> tuple[str, list[Problem]]:
+    """The story as text in ``target`` format, and the problems naming what that format could not hold."""
     import yaml
 
-    from storycast.story.benchmark import to_consistory_human
+    from storycast.story.benchmark import consistory_human_losses, to_consistory_human
     from storycast.story.parse import story_to_dict
 
     if target == "consistory-human":
-        return json.dumps(to_consistory_human(story), indent=4, ensure_ascii=False) + "\n"
+        document = to_consistory_human(story, drop_frames=drop_frames)
+        losses = consistory_human_losses(story, drop_frames=drop_frames)
+        return json.dumps(document, indent=4, ensure_ascii=False) + "\n", losses
     base = story.source.parent if story.source else None
-    return yaml.safe_dump(story_to_dict(story, relative_to=base), sort_keys=False, allow_unicode=True, width=100)
+    text = yaml.safe_dump(story_to_dict(story, relative_to=base), sort_keys=False, allow_unicode=True, width=100)
+    return text, []
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     for path in files:
         story = load_story(path)
         target = args.to or ("storycast" if story.source_format != "storycast" else "consistory-human")
-        text = render(story, target)
+        text, losses = render(story, target, drop_frames=args.drop_frames)
+        for problem in losses:
+            print(f"warning: {problem.format(path)}", file=sys.stderr)
         if args.output is None:
             sys.stdout.write(text)
             continue
@@ -66,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             destination = args.output
         atomic_write_text(destination, text)
-        print(f"{path} -> {destination} ({target})")
+        left_out = f", {len(losses)} field(s) not carried over" if losses else ""
+        print(f"{path} -> {destination} ({target}{left_out})")
     return 0
