@@ -19,16 +19,20 @@ _LAZY = {
     "load_story": "storycast.story.parse",
     "ModelSpec": "storycast.models.spec",
     "load_models": "storycast.models.loading",
+    "models_from_pipeline": "storycast.models.loading",
     "get_method": "storycast.methods.registry",
     "list_methods": "storycast.methods.registry",
     "generate_story": "storycast.runs.runner",
     "RunOptions": "storycast.runs.runner",
     "plan_run": "storycast.runs.plan",
     "RunPlan": "storycast.runs.plan",
+    "draw": "storycast.runs.draw",
+    "DrawResult": "storycast.runs.draw",
 }
 
 __all__ = [
     "Character",
+    "DrawResult",
     "Frame",
     "GenerationSettings",
     "ModelSpec",
@@ -36,18 +40,21 @@ __all__ = [
     "RunPlan",
     "Story",
     "__version__",
+    "draw",
     "generate_story",
     "get_method",
     "list_methods",
     "load_models",
     "load_story",
+    "models_from_pipeline",
     "plan_run",
 ]
 
 if TYPE_CHECKING:
     from storycast.methods.registry import get_method, list_methods
-    from storycast.models.loading import load_models
+    from storycast.models.loading import load_models, models_from_pipeline
     from storycast.models.spec import ModelSpec
+    from storycast.runs.draw import DrawResult, draw
     from storycast.runs.plan import RunPlan, plan_run
     from storycast.runs.runner import RunOptions, generate_story
     from storycast.story.model import Character, Frame, GenerationSettings, Story

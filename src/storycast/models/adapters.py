@@ -187,6 +187,8 @@ def attach_id_injector(
     loaded once. The tiny and random-weight presets resolve "auto" to random weights of the architecture: an
     IP-Adapter-Plus file in the official layout (tiny) or the full-size geometry (random), read by the same
     loader as real files."""
+    import torch
+
     from storycast.identity import image_encoder as encoders
     from storycast.identity.id_injector import InjectorConfig, build_injector, read_injector_weights
 
@@ -244,7 +246,7 @@ def attach_id_injector(
 
         geometry = loaded.config.extra["lora"]
         add_storynizor_lora(unet, int(geometry["rank"]), float(geometry["alpha"]), loaded.lora, source=source)
-        unet.to(device=models.device, dtype=unet.dtype)
+        torch.nn.Module.to(unet, device=models.device, dtype=unet.dtype)  # the new LoRA layers too, quietly
         _restore_adapters(models, {LORA_ADAPTER: 1.0})
     attached = AttachedInjector(
         injector.to(device=models.device, dtype=unet.dtype).eval(),

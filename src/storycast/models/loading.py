@@ -1,4 +1,5 @@
-"""Load a base text-to-image pipeline from a preset, Hub id, local folder or single checkpoint file.
+"""Load a base text-to-image pipeline from a preset, Hub id, local folder or single checkpoint file, or wrap one
+the caller already has (:func:`models_from_pipeline`).
 
 Errors are translated at this boundary: a user sees which weights are missing and how to point
 at a local copy, never a traceback from inside huggingface_hub or diffusers.
@@ -21,7 +22,7 @@ from storycast.models.presets import (
     FamilyDefaults,
 )
 from storycast.models.spec import ModelSpec
-from storycast.utils.torch_utils import dtype_name, resolve_device, resolve_dtype
+from storycast.utils.torch_utils import DTYPE_NAMES, dtype_name, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -185,7 +186,7 @@ def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype:
     if kind == "tiny":
         assert preset is not None
         info.update(tiny=True, seed=spec.seed)
-        return tiny_pipeline(preset.family, seed=spec.seed).to(dtype=dtype), preset.family, info
+        return cast_built_pipeline(tiny_pipeline(preset.family, seed=spec.seed), dtype), preset.family, info
 
     if kind == "random":
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -240,6 +241,21 @@ def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype:
             f"is complete (re-download it), or pass --family if the architecture was guessed wrong."
         ) from None
     return pipe, family, info
+
+
+def cast_built_pipeline(pipe: Any, dtype: torch.dtype) -> Any:
+    """Cast the models of a pipeline built in memory (the tiny presets) to ``dtype``, in place.
+
+    Pipelines read from weights get ``torch_dtype`` at load time instead. Models already in ``dtype`` are left
+    alone; the others are cast as torch modules, since diffusers' ``ModelMixin.to(dtype=...)`` warns that
+    modules to keep in float32 get cast too, even for models that declare none (as the tiny ones).
+    """
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component.dtype != dtype:
+            torch.nn.Module.to(component, dtype=dtype)
+    return pipe
 
 
 def place_pipeline(pipe: Any, device: str, offload: str, *, vae_tiling: bool, vae_slicing: bool) -> None:
@@ -317,4 +333,69 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     info.update(family=family, dtype=dtype_name(dtype), device=device, offload=offload)
     return LoadedModels(
         pipeline=pipe, family=family, spec=spec, device=device, dtype=dtype, defaults=defaults, info=info
+    )
+
+
+def models_from_pipeline(
+    pipeline: Any, *, source: str | None = None, device: str | None = None, local_files_only: bool = False
+) -> LoadedModels:
+    """Use a diffusers pipeline you already have (built, loaded and placed as you like) for storycast.
+
+    The family comes from the pipeline's class, its dtype and device from the pipeline; nothing is moved, cast
+    or loaded (an img2img pipeline is rewrapped as text-to-image over the same models). Its progress bar is
+    switched off: storycast reports progress through callbacks. Wrap a pipeline once and pass the result to
+    every call, so that the adapters methods attach (PhotoMaker...) are loaded once. LoRAs already in the
+    pipeline are unknown to storycast, and a method that switches adapters of its own (PhotoMaker's) leaves
+    them off; give LoRAs to :func:`load_models` (``ModelSpec.loras``) to keep them on in every pass.
+
+    Args:
+        pipeline: A ``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline`` (a subclass, or their img2img
+            pipelines).
+        source: The model's name in manifests and run keys (default: the pipeline's ``name_or_path``, else
+            "pipeline"). A frame in a run folder is kept on a rerun when source, family and dtype match, so
+            name a pipeline whose weights you changed.
+        device: Where the models run (default: the pipeline's device); give it for a pipeline with CPU offload,
+            whose weights wait on the CPU.
+        local_files_only: Adapters that methods load (PhotoMaker...) come from the local cache only.
+
+    Raises:
+        ModelLoadError: Not an SDXL or SD 1.5 pipeline.
+    """
+    classes = [cls.__name__ for cls in type(pipeline).__mro__]
+    family = next((PIPELINE_FAMILY[name] for name in classes if name in PIPELINE_FAMILY), None)
+    if family is None:
+        raise ModelLoadError(
+            f"a {type(pipeline).__name__} is not a pipeline storycast runs. Fix: pass a "
+            f"{' or '.join(sorted(PIPELINE_FAMILY))} (or load one with load_models(ModelSpec(...)))."
+        )
+    text_to_image = _pipeline_class(family)
+    if not isinstance(pipeline, text_to_image):
+        pipeline = text_to_image.from_pipe(pipeline)  # the same model objects, no copy
+    device = resolve_device(device) if device is not None else str(pipeline.device)
+    dtype = pipeline.dtype
+    name = source or str(pipeline.name_or_path or "pipeline")  # a Path when loaded from one
+    spec = ModelSpec(
+        source=name,
+        family=family,
+        dtype=dtype_name(dtype) if dtype_name(dtype) in DTYPE_NAMES else "auto",
+        device=device,
+        local_files_only=local_files_only,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    info = {
+        "source": name,
+        "kind": "pipeline",
+        "pipeline_class": classes[0],
+        "family": family,
+        "dtype": dtype_name(dtype),
+        "device": device,
+    }
+    return LoadedModels(
+        pipeline=pipeline,
+        family=family,
+        spec=spec,
+        device=device,
+        dtype=dtype,
+        defaults=FAMILY_DEFAULTS[family],
+        info=info,
     )

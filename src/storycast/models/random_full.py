@@ -109,5 +109,6 @@ def random_full_components(family: str, *, device: str = "cpu", dtype: Any = Non
     components.update(unet=unet, vae=vae, tokenizer=tokenizer)
     for module in components.values():
         if isinstance(module, torch.nn.Module):
-            module.to(dtype=dtype).eval()
+            # As torch modules: diffusers' ModelMixin.to(dtype=...) warns about float32 modules these have none of.
+            torch.nn.Module.to(module, dtype=dtype).eval()
     return components

@@ -18,7 +18,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from storycast.methods.base import FrameResult, ProgressCallback, ProgressEvent,
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
 from storycast.runs.folder import MANIFEST_FORMAT, STORY_NAME, STORYBOARD_NAME, RunFolder, frame_file
-from storycast.runs.plan import RunPlan, plan_run
+from storycast.runs.plan import PlannedGroup, RunPlan, plan_run
 from storycast.story.model import Story
 from storycast.story.parse import story_to_dict
 from storycast.utils.io import atomic_save_image, atomic_write_json, atomic_write_text, sha256_file
@@ -182,44 +182,21 @@ def execute_plan(
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
     drawn: list[int] = []
-    todo_frames = sum(len(g.frames) for g in todo)
-    import torch
-
-    # Drawing never needs gradients; without this a method's own loop would keep every step's graph.
-    with torch.no_grad():
-        try:
-            if todo:
-                assert loaded is not None
-                if method is None:
-                    method = plan.method(loaded, plan.settings)
-                logger.info("drawing %d of %d frames with %s", todo_frames, len(story), plan.method.name)
-                t0 = time.perf_counter()
-                method.prepare(story, context)
-                timings["prepare_s"] = round(time.perf_counter() - t0, 3)
-                progress(ProgressEvent("frames", 0, todo_frames, "frames"))
-                t0 = time.perf_counter()
-                for planned in todo:
-                    group_started = time.perf_counter()
-                    results = method.generate(story, planned.frames, context)
-                    seconds = (time.perf_counter() - group_started) / max(1, len(results))
-                    _check_results(plan.method.name, planned.frames, results)
-                    for result in results:
-                        records[result.index] = _save_frame(
-                            out_dir, story, result, planned.key, planned.frames, seconds
-                        )
-                        drawn.append(result.index)
-                    manifest["frames"] = records
-                    manifest["updated"] = _now()
-                    atomic_write_json(folder.manifest_path, manifest)
-                    progress(ProgressEvent("frames", len(drawn), todo_frames, "frames"))
-                timings["generate_s"] = round(time.perf_counter() - t0, 3)
-            else:
-                logger.info("all %d frames are already drawn in %s", len(story), out_dir)
-        except BaseException:
-            manifest["status"] = "interrupted"
+    try:
+        if not todo:
+            logger.info("all %d frames are already drawn in %s", len(story), out_dir)
+        for planned, results, seconds in draw_groups(plan, method, loaded, context, timings=timings):
+            for result in results:
+                records[result.index] = _save_frame(out_dir, story, result, planned.key, planned.frames, seconds)
+                drawn.append(result.index)
+            manifest["frames"] = records
             manifest["updated"] = _now()
             atomic_write_json(folder.manifest_path, manifest)
-            raise
+    except BaseException:
+        manifest["status"] = "interrupted"
+        manifest["updated"] = _now()
+        atomic_write_json(folder.manifest_path, manifest)
+        raise
 
     storyboard_path = None
     if options.storyboard:
@@ -239,6 +216,55 @@ def execute_plan(
     )
 
 
+def draw_groups(
+    plan: RunPlan,
+    method: StoryMethod | None,
+    models: LoadedModels | None,
+    context: RunContext,
+    *,
+    timings: dict[str, float] | None = None,
+) -> Iterator[tuple[PlannedGroup, list[FrameResult], float]]:
+    """Draw the groups ``plan`` has left to draw, in order: the loop that run folders and :func:`storycast.draw`
+    share.
+
+    ``method`` (default: the plan's method on ``models`` with the plan's settings) is prepared once, then each
+    group is drawn without gradients and yielded with its frames (checked against the group) and the seconds
+    per frame. A group's ``frames`` progress event goes out once the caller has taken the group, so a callback
+    that stops the run after N frames finds those N frames kept. ``timings`` receives ``prepare_s`` and
+    ``generate_s``.
+    """
+    import torch
+
+    todo = plan.todo
+    if not todo:
+        return
+    if method is None and models is None:
+        raise ValueError("draw_groups needs loaded models or a method instance when there are groups to draw")
+    timings = timings if timings is not None else {}
+    total = sum(len(g.frames) for g in todo)
+    logger.info("drawing %d of %d frames with %s", total, len(plan.story), plan.method.name)
+    t0 = time.perf_counter()
+    # Drawing never needs gradients; without this a method's own loop would keep every step's graph.
+    with torch.no_grad():
+        if method is None:
+            method = plan.method(models, plan.settings)
+        method.prepare(plan.story, context)
+    timings["prepare_s"] = round(time.perf_counter() - t0, 3)
+    context.progress(ProgressEvent("frames", 0, total, "frames"))
+    t0 = time.perf_counter()
+    done = 0
+    for planned in todo:
+        group_started = time.perf_counter()
+        with torch.no_grad():
+            results = method.generate(plan.story, planned.frames, context)
+        seconds = (time.perf_counter() - group_started) / max(1, len(results))
+        _check_results(plan.method.name, planned.frames, results)
+        yield planned, results, seconds
+        done += len(results)
+        context.progress(ProgressEvent("frames", done, total, "frames"))
+    timings["generate_s"] = round(time.perf_counter() - t0, 3)
+
+
 def _check_results(name: str, group: tuple[int, ...], results: list[FrameResult]) -> None:
     if [r.index for r in results] != list(group):
         raise RuntimeError(f"method '{name}' returned frames {[r.index for r in results]} for group {list(group)}")
@@ -254,9 +280,15 @@ def _save_frame(
         extra_file = name.replace(".png", f"_{extra_name}.png")
         atomic_save_image(out_dir / extra_file, image)
         extras[extra_name] = extra_file
+    return {"file": name, **frame_record(story, result, key, group, seconds), "extras": extras}
+
+
+def frame_record(
+    story: Story, result: FrameResult, key: str, group: tuple[int, ...], seconds: float
+) -> dict[str, Any]:
+    """What a manifest records of a drawn frame, besides its files: inputs, seed, group, key, time, metadata."""
     return {
         "index": result.index,
-        "file": name,
         "key": key,
         "group": list(group),
         "seed": result.seed,
@@ -265,7 +297,6 @@ def _save_frame(
         "characters": list(story.frames[result.index].characters),
         "seconds": round(seconds, 3),
         "metadata": result.metadata,
-        "extras": extras,
         "drawn": _now(),
     }
 
