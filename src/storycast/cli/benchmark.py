@@ -26,8 +26,9 @@ examples:
   storycast benchmark single multi-2 --method identitystory --out runs/is --skip qalign
   storycast benchmark my_stories/ --method vanilla --preset sd15 --out runs/mine --eval-preset 1prompt1story
 
-SUITE is a ConsiStory-Human split (single, multi-2; found under --bench-root, $STORYCAST_BENCH or
-../shared/bench/ConsiStory-Human) or a folder of story files. Each story goes to OUT/<suite>/<story>/.
+SUITE is a ConsiStory-Human split (single, multi-2, multi-3; found under --bench-root, $STORYCAST_BENCH,
+the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human)
+or a folder of story files. Each story goes to OUT/<suite>/<story>/.
 Running the same command again skips stories already drawn and scored, and finishes the others.
 With a tiny --preset the evaluation models are tiny too."""
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from storycast.models.presets import BASE_PRESETS
 
     log = logging.getLogger("storycast")
-    suites = [resolve_suite(name, args.bench_root) for name in args.suites]
+    suites = [resolve_suite(name, args.bench_root, args.cache_dir) for name in args.suites]
     spec = model_spec_from_args(args)
     tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
     generation = generation_from_args(args)

@@ -9,7 +9,19 @@ import sys
 from collections.abc import Sequence
 
 from storycast import __version__
-from storycast.cli import benchmark, convert, data, env, evaluate, generate, identities, methods, train, validate
+from storycast.cli import (
+    benchmark,
+    convert,
+    data,
+    download,
+    env,
+    evaluate,
+    generate,
+    identities,
+    methods,
+    train,
+    validate,
+)
 
 COMMANDS = {
     "generate": generate,
@@ -19,6 +31,7 @@ COMMANDS = {
     "env": env,
     "evaluate": evaluate,
     "benchmark": benchmark,
+    "download": download,
     "identities": identities,
     "data": data,
     "train": train,

@@ -2,8 +2,9 @@
 
 A suite is a folder of story files (ConsiStory-Human JSON or our YAML). The named ConsiStory-Human
 splits (``single``, ``multi-2``, ``multi-3``) are looked up under, in order: the ``bench_root`` given,
-``$STORYCAST_BENCH``, and ``shared/bench/ConsiStory-Human`` beside the current folder and beside the
-storycast checkout (``../shared/bench/ConsiStory-Human`` relative to the repository).
+``$STORYCAST_BENCH``, the storycast cache (``<cache>/bench/ConsiStory-Human``, filled by ``storycast download
+consistory-human``; a split there counts only when complete), and ``shared/bench/ConsiStory-Human`` beside the
+current folder and beside the storycast checkout (``../shared/bench/ConsiStory-Human`` relative to the repository).
 
 Layout: each story is drawn into ``OUT/<suite>/<story file stem>/`` by
 :func:`storycast.runs.runner.generate_story` and scored there (``scores.json``, ``scores.png``); then
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from storycast.errors import SettingsError
+from storycast.evaluation import bench_data
 from storycast.evaluation.evaluator import EvaluationResult, Evaluator
 from storycast.evaluation.runfolders import BENCHMARK_RECORD
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
@@ -57,13 +59,14 @@ class Suite:
     files: tuple[Path, ...]
 
 
-def bench_roots(bench_root: str | Path | None = None) -> list[Path]:
-    """Folders searched for the named ConsiStory-Human splits, in order."""
+def bench_roots(bench_root: str | Path | None = None, cache_dir: str | Path | None = None) -> list[Path]:
+    """Folders searched for the named ConsiStory-Human splits, in order (``cache_dir``: storycast's cache)."""
     roots: list[Path] = []
     if bench_root is not None:
         roots.append(Path(bench_root).expanduser())
     if os.environ.get(BENCH_ENV):
         roots.append(Path(os.environ[BENCH_ENV]).expanduser())
+    roots.append(bench_data.default_target(cache_dir))
     repo = Path(__file__).resolve().parents[3]
     for base in (Path.cwd(), Path.cwd().parent, repo.parent):
         roots.append(base / "shared" / "bench" / BENCH_NAME)
@@ -74,7 +77,9 @@ def _story_files(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STORY_SUFFIXES))
 
 
-def resolve_suite(name: str | Path, bench_root: str | Path | None = None) -> Suite:
+def resolve_suite(
+    name: str | Path, bench_root: str | Path | None = None, cache_dir: str | Path | None = None
+) -> Suite:
     """A named split ('single', 'multi-2', ...) or a folder of story files.
 
     Raises:
@@ -86,15 +91,32 @@ def resolve_suite(name: str | Path, bench_root: str | Path | None = None) -> Sui
         if not files:
             raise SettingsError(f"suite folder '{path}' has no story files ({', '.join(STORY_SUFFIXES)}).")
         return Suite(path.resolve().name, path, files)
-    roots = bench_roots(bench_root)
+    roots = bench_roots(bench_root, cache_dir)
+    downloaded = bench_data.default_target(cache_dir)
     for root in roots:
         for candidate in (root / str(name), root / f"{BENCH_NAME}-{name}"):
-            if candidate.is_dir() and _story_files(candidate):
-                return Suite(str(name), candidate, _story_files(candidate))
+            if not (candidate.is_dir() and _story_files(candidate)):
+                continue
+            if candidate == downloaded / str(name):
+                present, expected = bench_data.split_files(downloaded, str(name))
+                if present < expected:
+                    # An interrupted `storycast download`: finish it rather than score a part of the split.
+                    logger.warning(
+                        "%s holds %d of the %d files of split '%s'; skipped. Run `storycast download %s` to finish it.",
+                        candidate,
+                        present,
+                        expected,
+                        name,
+                        bench_data.NAME,
+                    )
+                    continue
+            return Suite(str(name), candidate, _story_files(candidate))
     searched = ", ".join(str(r) for r in roots)
     raise SettingsError(
-        f"suite '{name}' is neither a folder nor a split found under {searched}. Fix: pass a folder of story files, "
-        f"or point --bench-root (or ${BENCH_ENV}) at the {BENCH_NAME} folder that holds {', '.join(NAMED_SPLITS)}."
+        f"suite '{name}' is neither a folder nor a split found under {searched}. Fix: fetch the benchmark with "
+        f"`storycast download {bench_data.NAME}` (add --from FOLDER for a local copy), pass a folder of story "
+        f"files, or point --bench-root (or ${BENCH_ENV}) at the {BENCH_NAME} folder that holds "
+        f"{', '.join(NAMED_SPLITS)}."
     )
 
 

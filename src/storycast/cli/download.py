@@ -1,0 +1,259 @@
+"""``storycast download``: fetch the ConsiStory-Human benchmark, and model weights for later offline runs."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from storycast.evaluation import bench_data
+
+HELP = "fetch the ConsiStory-Human benchmark (checked against stored checksums) or model weights, for offline runs"
+EPILOG = f"""\
+examples:
+  storycast download consistory-human                  # into the storycast cache, where `storycast benchmark` looks
+  storycast download consistory-human --from IdentityStory/bench     # a local copy, checked the same way
+  storycast download consistory-human --split single --to data/bench # then: storycast benchmark single --bench-root data/bench
+  storycast download sdxl photomaker clip dino         # into the Hugging Face cache ($HF_HOME), for offline runs
+  storycast download --list
+
+{bench_data.NAME} is the bench/ folder of {bench_data.REPO} at commit {bench_data.COMMIT}, stored as single/,
+multi-2/ and multi-3/. Every file is checked against the SHA-256 stored in storycast before it is written; files
+already in place are kept, so the same command resumes an interrupted download."""
+
+HUB_ERROR_MODULES = ("huggingface_hub", "requests", "httpx", "urllib3")
+
+
+@dataclass(frozen=True)
+class HubItem:
+    """One thing fetched from the Hugging Face Hub.
+
+    Attributes:
+        kind: 'pipeline' (the files a diffusers pipeline loads), 'model' (a transformers checkpoint folder) or
+            'file' (one file).
+        repo_id: Hub repository.
+        path: The file ('file'), or the folder inside the repository ('model'; None for its top level).
+    """
+
+    kind: Literal["pipeline", "model", "file"]
+    repo_id: str
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id}:{self.path}" if self.path else self.repo_id
+
+
+@dataclass(frozen=True)
+class ModelDownload:
+    """Weights known by a short name (``storycast download NAME``)."""
+
+    name: str
+    description: str
+    items: tuple[HubItem, ...]
+
+
+def model_downloads() -> dict[str, ModelDownload]:
+    """The model names ``storycast download`` knows, built from the presets the rest of storycast loads."""
+    from storycast.evaluation.presets import EVAL_PRESETS
+    from storycast.models.presets import ADAPTERS, BASE_PRESETS, PLUS_FACE_WEIGHTS
+
+    def pipeline(name: str) -> ModelDownload:
+        preset = BASE_PRESETS[name]
+        assert preset.repo_id is not None
+        return ModelDownload(name, preset.description, (HubItem("pipeline", preset.repo_id),))
+
+    def adapter(name: str) -> ModelDownload:
+        ref = ADAPTERS[name]
+        item = (
+            HubItem("file", ref.repo_id, ref.filename)
+            if ref.filename
+            else HubItem("model", ref.repo_id, ref.subfolder)
+        )
+        return ModelDownload(name, ref.description, (item,))
+
+    clip = dict.fromkeys(m for p in EVAL_PRESETS.values() for m in (p.clip_model, p.clip_i_model) if m)
+    dino = dict.fromkeys(p.dino_model for p in EVAL_PRESETS.values())
+    entries = (
+        pipeline("sdxl"),
+        pipeline("sd15"),
+        adapter("photomaker"),
+        adapter("grounding-dino"),
+        adapter("sam"),
+        ModelDownload(
+            "clip",
+            "CLIP of the evaluation presets (CLIP-T, CLIP-T-C, CLIP-I)",
+            tuple(HubItem("model", m) for m in clip),
+        ),
+        ModelDownload("dino", "DINO of the evaluation presets (DINO-I)", tuple(HubItem("model", m) for m in dino)),
+        ModelDownload(
+            "ip-adapter-plus-face",
+            "IP-Adapter-Plus-Face for SD 1.5 and SDXL (Storynizor's ID-Injector before training)",
+            tuple(HubItem("file", *ref.split(":", 1)) for ref in PLUS_FACE_WEIGHTS.values()),
+        ),
+        adapter("clip-vit-h"),
+    )
+    return {entry.name: entry for entry in entries}
+
+
+MODEL_FILE_SUFFIXES = (".json", ".txt", ".model")
+"""Configs, tokenizer and processor files of a transformers checkpoint."""
+
+
+def model_files(files: list[str], folder: str | None = None) -> list[str]:
+    """The files ``from_pretrained`` reads from ``folder`` of a repository listing: configs, tokenizer and processor
+    files, and the weights in one format, safetensors when the folder has them, else PyTorch ``.bin`` (the order in
+    which transformers looks). Other formats (TensorFlow, Flax, ONNX) and other folders are left out."""
+    prefix = f"{folder.strip('/')}/" if folder else ""
+    here = [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
+    weights = [f for f in here if f.endswith(".safetensors")] or [f for f in here if f.endswith(".bin")]
+    return sorted({*weights, *(f for f in here if f.endswith(MODEL_FILE_SUFFIXES))})
+
+
+def fetch_item(item: HubItem, *, variant: str | None = None) -> Path:
+    """Download ``item`` into the Hugging Face cache (or find it there) and return its local path.
+
+    Raises:
+        MissingWeightsError: The Hub cannot be reached, or the repository has nothing to fetch.
+    """
+    from storycast.errors import MissingWeightsError
+
+    try:
+        if item.kind == "pipeline":
+            from diffusers import DiffusionPipeline
+
+            return Path(DiffusionPipeline.download(item.repo_id, variant=variant))
+        if item.kind == "file":
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(item.repo_id, str(item.path)))
+        from huggingface_hub import HfApi, snapshot_download
+
+        wanted = model_files(HfApi().list_repo_files(item.repo_id), item.path)
+        if not wanted:
+            raise MissingWeightsError(
+                f"Hub repository '{item.label}' has no config or weights files to fetch. Fix: check the repo id."
+            )
+        folder = Path(snapshot_download(item.repo_id, allow_patterns=wanted))
+        return folder / item.path if item.path else folder
+    except MissingWeightsError:
+        raise
+    except Exception as err:
+        if not isinstance(err, (OSError, ValueError)) and not type(err).__module__.startswith(HUB_ERROR_MODULES):
+            raise
+        import os
+
+        from storycast.models.checkpoints import first_line
+
+        offline = " unset HF_HUB_OFFLINE and" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        raise MissingWeightsError(
+            f"could not download '{item.label}' from the Hugging Face Hub ({first_line(err)}). Fix:{offline} run the "
+            f"same command where huggingface.co is reachable (or set HF_ENDPOINT to a mirror), or copy a Hugging Face "
+            f"cache that holds it here and point HF_HOME at it."
+        ) from None
+
+
+def add_parser(subparsers: Any, name: str) -> None:
+    parser = subparsers.add_parser(
+        name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"{bench_data.NAME} or a model (see --list)")
+    parser.add_argument("--list", action="store_true", help="list what can be downloaded")
+    bench = parser.add_argument_group(bench_data.NAME)
+    bench.add_argument(
+        "--to",
+        type=Path,
+        metavar="DIR",
+        help="benchmark folder to fill (default: <storycast cache>/bench/ConsiStory-Human)",
+    )
+    bench.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="PATH",
+        help="take the files from a local copy (offline): our layout (single/, ...) or the authors' bench/",
+    )
+    bench.add_argument(
+        "--split", dest="splits", action="append", choices=bench_data.SPLITS, help="only this split (repeatable)"
+    )
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar over the files (default: on a terminal)",
+    )
+    models = parser.add_argument_group("models")
+    models.add_argument("--variant", help="weight variant of sdxl / sd15, e.g. fp16 (what fp16 runs load)")
+    parser.set_defaults(handler=run)
+
+
+def _check_names(names: list[str], known: list[str]) -> None:
+    from storycast.errors import SettingsError
+
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SettingsError(f"nothing called '{name}' to download. Fix: {hint}known names: {', '.join(known)}.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from storycast.errors import SettingsError
+
+    models = model_downloads()
+    if args.list:
+        _print_list(models)
+        return 0
+    if not args.names:
+        raise SettingsError("name what to download. Fix: `storycast download --list` shows the names.")
+    names = list(dict.fromkeys(args.names))
+    _check_names(names, [bench_data.NAME, *models])
+    bench_flags = [
+        flag for flag, value in (("--to", args.to), ("--from", args.source), ("--split", args.splits)) if value
+    ]
+    if bench_flags and bench_data.NAME not in names:
+        raise SettingsError(f"{', '.join(bench_flags)} apply to {bench_data.NAME} only. Fix: name it, or drop them.")
+    if args.variant and not {"sdxl", "sd15"} & set(names):
+        raise SettingsError("--variant applies to sdxl and sd15 only. Fix: name one of them, or drop it.")
+    for name in names:
+        if name == bench_data.NAME:
+            _download_benchmark(args)
+        else:
+            for item in models[name].items:
+                path = fetch_item(item, variant=args.variant if item.kind == "pipeline" else None)
+                print(f"{name}: {item.label} -> {path}")
+    return 0
+
+
+def _download_benchmark(args: argparse.Namespace) -> None:
+    from storycast.cli.common import long_work
+
+    default = bench_data.default_target()
+    target = args.to if args.to is not None else default
+    with long_work(args.progress) as bars:
+        result = bench_data.install(target, source=args.source, splits=args.splits, progress=bars)
+    origin = f"'{args.source}'" if args.source is not None else f"{bench_data.REPO}@{bench_data.COMMIT[:7]}"
+    checked = len(result.written) + len(result.kept)
+    print(
+        f"{bench_data.BENCH_NAME}: {checked} files match their SHA-256 ({len(result.written)} written from {origin}, "
+        f"{len(result.kept)} already there) -> {result.target}"
+    )
+    if Path(target).expanduser().resolve() != default.resolve():
+        print(f"`storycast benchmark` finds it with --bench-root {target} (or STORYCAST_BENCH={target}).")
+
+
+def _print_list(models: dict[str, ModelDownload]) -> None:
+    counts = {split: 0 for split in bench_data.SPLITS}
+    for path in bench_data.CHECKSUMS:
+        counts[path.partition("/")[0]] += 1
+    splits = ", ".join(f"{split} ({count})" for split, count in counts.items())
+    width = max(len(name) for name in [bench_data.NAME, *models]) + 2
+    print(f"benchmark (into {bench_data.default_target()}):")
+    print(f"  {bench_data.NAME:<{width}}{bench_data.BENCH_NAME} stories: {splits}")
+    print(f"  {'':<{width}}{bench_data.REPO}@{bench_data.COMMIT[:7]}, checked against stored SHA-256")
+    print("models (into the Hugging Face cache, for offline runs):")
+    for entry in models.values():
+        print(f"  {entry.name:<{width}}{entry.description}")
+        print(f"  {'':<{width}}{', '.join(item.label for item in entry.items)}")
