@@ -18,3 +18,54 @@ def small_story_data(frames: int = 4) -> dict:
         "frames": [{"text": f"{{mara}} in scene number {i}"} for i in range(frames)],
         "settings": {"steps": 2, "seed": 3},
     }
+
+
+try:
+    import pytest
+
+    needs_shared_bench = pytest.mark.skipif(
+        not BENCH.is_dir(),
+        reason=f"the shared ConsiStory-Human copy ({BENCH}) is not beside this clone; these tests check those files",
+    )
+except ImportError:  # pragma: no cover - helpers imported outside pytest
+    needs_shared_bench = None
+
+BENCH_PEOPLE = {
+    "single": [("woman", "young woman with long, wavy red hair and freckled skin")],
+    "multi-2": [
+        ("boy", "young Middle Eastern boy with short, curly black hair and light brown skin"),
+        ("girl", "young South Asian girl with long, wavy black hair and tan skin"),
+    ],
+}
+BENCH_SETTINGS = [
+    ("playing video games on a shared screen", "action"),
+    ("painting abstract art on a large canvas", "background"),
+    ("studying books under a desk lamp", "action"),
+    ("discussing blueprints over a drafting table", "background"),
+    ("mixing paint colors on a palette", "action"),
+]
+
+
+def benchmark_document(kind: str = "multi-2", frames: int = 5) -> dict:
+    """A story in the ConsiStory-Human layout (the authors' bench/ files: prompts, token, character,
+    settings_types, settings, style), written here so that tests need no ../shared."""
+    people = BENCH_PEOPLE[kind]
+    style = "A close-up photo of"
+    settings = [BENCH_SETTINGS[i % len(BENCH_SETTINGS)] for i in range(frames)]
+    descriptions = ", ".join(description for _, description in people)
+    return {
+        "prompts": [f"{style} {descriptions}, {setting}" for setting, _ in settings],
+        "token": [token for token, _ in people],
+        "character": [description for _, description in people],
+        "settings_types": [kind_ for _, kind_ in settings],
+        "settings": [setting for setting, _ in settings],
+        "style": style,
+    }
+
+
+def write_benchmark_file(path: Path, kind: str = "multi-2", frames: int = 5) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(benchmark_document(kind, frames), indent=4) + "\n", encoding="utf-8")
+    return path

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from storycast.cli.main import build_parser, main
-from tests.helpers import BENCH, EXAMPLES, small_story_data
+from tests.helpers import BENCH, EXAMPLES, needs_shared_bench, small_story_data, write_benchmark_file
 
 
 def test_generate_end_to_end(tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_generate_end_to_end(tmp_path, capsys):
 
 
 def test_generate_benchmark_file_and_method_setting_errors(tmp_path, capsys):
-    story = BENCH / "single" / "story_000.json"
+    story = write_benchmark_file(tmp_path / "story_000.json", "single", frames=10)
     args = ["generate", str(story), "--preset", "tiny-sd15", "--out", str(tmp_path / "r"), "--steps", "1"]
     assert main([*args, "--batch-size", "5"]) == 0
     assert len(list((tmp_path / "r" / "frames").glob("*.png"))) == 10
@@ -74,13 +74,14 @@ def test_validate_reports_every_problem(write_story, capsys):
     assert "frames[0].characters[0]" in out and "settings.width" in out and "1 file(s) with problems" in out
 
 
+@needs_shared_bench
 def test_validate_the_whole_benchmark(capsys):
     assert main(["validate", str(BENCH)]) == 0
     assert capsys.readouterr().out.count("ok:") == 80
 
 
 def test_convert_both_ways(tmp_path):
-    source = BENCH / "multi-2" / "story_004.json"
+    source = write_benchmark_file(tmp_path / "story_004.json", "multi-2")
     ours = tmp_path / "story.yaml"
     assert main(["convert", str(source), "-o", str(ours)]) == 0
     document = yaml.safe_load(ours.read_text())
@@ -91,8 +92,10 @@ def test_convert_both_ways(tmp_path):
 
 
 def test_convert_a_folder(tmp_path):
-    assert main(["convert", str(BENCH / "multi-2"), "-o", str(tmp_path / "out")]) == 0
-    assert len(list((tmp_path / "out").glob("*.yaml"))) == 10
+    for number in range(3):
+        write_benchmark_file(tmp_path / "multi-2" / f"story_{number:03d}.json", "multi-2")
+    assert main(["convert", str(tmp_path / "multi-2"), "-o", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out").glob("*.yaml"))) == 3
 
 
 def test_env_and_methods(capsys):

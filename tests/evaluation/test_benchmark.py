@@ -14,7 +14,7 @@ from storycast.models.spec import LoraSpec, ModelSpec
 from storycast.runs.plan import plan_run
 from storycast.story.parse import load_story
 from tests.evaluation.fakes import write_suite
-from tests.helpers import BENCH
+from tests.helpers import BENCH, needs_shared_bench
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -29,6 +29,7 @@ def evaluator(tmp_path):
     )
 
 
+@needs_shared_bench
 def test_named_splits_and_folders(tmp_path, monkeypatch):
     single = B.resolve_suite("single", bench_root=BENCH)
     assert single.name == "single" and len(single.files) == 70 and single.files[0].name == "story_000.json"
@@ -137,3 +138,33 @@ def test_a_benchmark_over_runs_of_other_settings_is_refused_unless_overwrite(tin
     forced = B.BenchmarkOptions(out_dir=tmp_path / "bench", overwrite=True)
     again = B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator, forced, generation=other)
     assert again.drawn == [tmp_path / "bench" / "suite" / "story_000"] and frame.read_bytes() != before
+
+
+def test_the_benchmark_follows_the_methods_protocol_unless_told_otherwise(tiny_sd15, evaluator, tmp_path, monkeypatch):
+    from storycast.methods import registry
+
+    monkeypatch.setitem(registry._REGISTERED, "protocol-vanilla", "tests.evaluation.protocol_method:ProtocolVanilla")
+    suite = B.resolve_suite(write_suite(tmp_path / "suite"))
+    generation = {k: v for k, v in GENERATION.items() if k != "batch_size"}
+    B.run_benchmark([suite], "protocol-vanilla", tiny_sd15, evaluator, B.BenchmarkOptions(out_dir=tmp_path / "a"),
+                    generation=generation)  # fmt: skip
+    manifest = json.loads((tmp_path / "a" / "suite" / "story_000" / "manifest.json").read_text())
+    assert {frame["seed"] for frame in manifest["frames"]} == {0}
+    record = json.loads((tmp_path / "a" / "benchmark.json").read_text())
+    assert record["protocol"] == {"seed": 0, "seed_policy": "same"}
+    B.run_benchmark([suite], "protocol-vanilla", tiny_sd15, evaluator, B.BenchmarkOptions(out_dir=tmp_path / "b"),
+                    generation={**generation, "seed": 5})  # fmt: skip
+    manifest = json.loads((tmp_path / "b" / "suite" / "story_000" / "manifest.json").read_text())
+    assert {frame["seed"] for frame in manifest["frames"]} == {5}  # the command line's seed wins
+
+
+def test_identitystory_refuses_a_benchmark_without_the_authors_masks(monkeypatch):
+    from storycast.methods.identitystory.method import IdentityStoryMethod
+    from storycast.methods.identitystory.settings import IdentityStorySettings
+
+    monkeypatch.setattr("storycast.masks.registry.detector_available", lambda settings: False)
+    allowed = IdentityStorySettings.from_mapping({"auto_detector": True})
+    with pytest.raises(SettingsError, match=r"authors' masks come from GroundingDINO \+ SAM.*mask_provider=attention"):
+        IdentityStoryMethod.check_benchmark(allowed, "sdxl")
+    IdentityStoryMethod.check_benchmark(IdentityStorySettings.from_mapping({"mask_provider": "attention"}), "sdxl")
+    IdentityStoryMethod.check_benchmark(IdentityStorySettings.from_mapping({"auto_detector": False}), "sdxl")  # tiny

@@ -22,7 +22,7 @@ from storycast.runs.plan import resolve_generation
 from storycast.runs.runner import RunOptions, generate_story
 from storycast.story.parse import load_story, parse_story
 from storycast.utils.torch_utils import make_generator
-from tests.helpers import BENCH
+from tests.helpers import write_benchmark_file
 
 SMALL = {"discovery_candidates": 12, "svd_rank": 2, "preview_images": 1}
 
@@ -288,8 +288,8 @@ def test_class_word_missing_from_a_prompt_is_refused_before_drawing(models, tmp_
         method.prepare(story_of(data, models, method, steps=2), RunContext(cache_dir=tmp_path))
 
 
-def test_authors_multi_character_prompt_for_benchmark_stories():
-    story = load_story(BENCH / "multi-2" / "story_000.json")
+def test_authors_multi_character_prompt_for_benchmark_stories(tmp_path):
+    story = load_story(write_benchmark_file(tmp_path / "story_000.json", "multi-2"))
     expected = (
         "A close-up photo of a young Middle Eastern boy and a young South Asian girl "
         "playing video games on a shared screen"
@@ -304,7 +304,8 @@ def test_whole_story_through_the_runner_and_cli(tmp_path):
     from storycast.cli.main import main
 
     out = tmp_path / "run"
-    args = ["generate", str(BENCH / "single" / "story_001.json"), "--method", "identitystory", "--preset", "tiny"]
+    story = write_benchmark_file(tmp_path / "story_001.json", "single", frames=10)
+    args = ["generate", str(story), "--method", "identitystory", "--preset", "tiny"]
     args += ["--out", str(out), "--steps", "2", "--set", "discovery_candidates=12", "--set", "preview_images=1"]
     assert main(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -335,8 +336,7 @@ def test_generation_uses_the_authors_defaults_on_real_models(models):
 
 
 def test_storyboard_run_resumes_without_rediscovery(models, tmp_path):
-    story = load_story(BENCH / "single" / "story_002.json")
-    story = dataclasses.replace(story, frames=story.frames[:2])
+    story = load_story(write_benchmark_file(tmp_path / "story_002.json", "single", frames=2))
     options = RunOptions(out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     settings = {**SMALL}
     generate_story(story, "identitystory", models, options, method_settings=settings, generation={"steps": 2})

@@ -14,16 +14,18 @@ from storycast.story.benchmark import (
 )
 from storycast.story.model import Character, Frame, Story
 from storycast.story.parse import load_story, parse_story
-from tests.helpers import BENCH, EXAMPLES
+from tests.helpers import BENCH, EXAMPLES, needs_shared_bench
 
 BENCH_FILES = sorted(BENCH.glob("*/*.json"))
 
 
+@needs_shared_bench
 def test_benchmark_is_present():
     assert len(list(BENCH.glob("single/*.json"))) == 70
     assert len(list(BENCH.glob("multi-2/*.json"))) == 10
 
 
+@needs_shared_bench
 @pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_benchmark_file_loads_and_round_trips(path):
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -194,6 +194,11 @@ def run_benchmark(
         for story_file in suite.files[: options.limit]
     ]
     stories = [load_story(story_file) for _, story_file, _ in layout]  # every story file is checked before any work
+    # The method's own protocol (its paper's seeds...) unless the command line says otherwise.
+    from storycast.methods.registry import get_method
+
+    protocol = get_method(method).benchmark_protocol()
+    generation = {**protocol, **{k: v for k, v in (generation or {}).items() if v is not None}}
 
     # Every story is planned (settings, inputs, what is drawn) before any model loads.
     plans = [
@@ -210,6 +215,8 @@ def run_benchmark(
     ]
     for run_plan in plans:
         run_plan.check_folder(options.overwrite)
+    if plans:
+        plans[0].method.check_benchmark(plans[0].settings, plans[0].model.family)
     todo = {
         i
         for i, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True))
@@ -226,7 +233,8 @@ def run_benchmark(
             {"name": s.name, "folder": str(s.folder), "stories": len(s.files[: options.limit])} for s in suites
         ],
         "limit": options.limit,
-        "generation": {k: v for k, v in (generation or {}).items() if v is not None},
+        "generation": {k: v for k, v in generation.items() if v is not None},
+        "protocol": protocol,
         "method_settings": dict(method_settings or {}),
         "eval_preset": evaluator.preset.name,
         "command": options.command,

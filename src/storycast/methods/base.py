@@ -151,6 +151,11 @@ class StoryMethod(abc.ABC):
         comparable with its paper's (e.g. the seeds); the command line still wins. Empty: the story files'."""
         return {}
 
+    @classmethod  # noqa: B027 - an optional hook
+    def check_benchmark(cls, settings: MethodSettings, family: str | None = None) -> None:
+        """Refuse, before any drawing, a benchmark run whose numbers would not be comparable with the paper's
+        (e.g. a fall-back from the authors' detector); ``settings`` are resolved."""
+
     @classmethod
     def default_negative_prompt(cls) -> str | None:
         """Negative prompt used when neither the story nor the command line sets one."""

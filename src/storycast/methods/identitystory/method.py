@@ -89,6 +89,21 @@ class IdentityStoryMethod(StoryMethod):
         return {"seed": 0, "seed_policy": "same"}
 
     @classmethod
+    def check_benchmark(cls, settings: IdentityStorySettings, family: str | None = None) -> None:
+        # The authors' numbers come from GroundingDINO + SAM masks: a silent fall-back would not compare.
+        from storycast.errors import SettingsError
+        from storycast.masks.registry import detector_available
+
+        masks = settings.masks
+        if masks.provider == "auto" and masks.auto_detector and not detector_available(masks):
+            raise SettingsError(
+                f"the IdentityStory authors' masks come from GroundingDINO + SAM ({masks.detector}, "
+                f"{masks.segmenter}), which are not on this machine, and a benchmark compares with their numbers. "
+                f"Fix: `storycast download grounding-dino sam`, or --set mask_provider=attention to accept attention-map "
+                f"masks (recorded with the results)."
+            )
+
+    @classmethod
     def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
         # The authors' injection: 50 steps, guidance 7 (main.py of Correr-Zhou/IdentityStory).
         return {"steps": 50, "guidance_scale": 7.0}
