@@ -23,7 +23,7 @@ from PIL import Image
 
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod
 from storycast.models.spec import LoraSpec, ModelSpec
-from storycast.runs.folder import MANIFEST_NAME, frame_file
+from storycast.runs.folder import MANIFEST_FORMAT, MANIFEST_NAME, frame_file
 from storycast.runs.plan import RunPlan, plan_run
 from storycast.story.model import Story
 from storycast.story.parse import load_story, parse_story
@@ -60,6 +60,7 @@ def mark_drawn(plan: RunPlan) -> None:
     atomic_write_json(
         plan.out_dir / MANIFEST_NAME,
         {
+            "format": MANIFEST_FORMAT,
             "status": "complete",
             "run_key": plan.run_key,
             "run_summary": plan.summary,

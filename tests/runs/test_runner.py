@@ -118,9 +118,9 @@ def test_method_settings_from_the_story_file_are_validated(tiny_sdxl, write_stor
 
 
 def test_benchmark_story_runs(tiny_sdxl, tmp_path):
-    from tests.helpers import BENCH
+    from tests.helpers import write_benchmark_file
 
-    story = load_story(BENCH / "multi-2" / "story_000.json")
+    story = load_story(write_benchmark_file(tmp_path / "story_000.json", "multi-2", frames=10))
     result = run(story, tiny_sdxl, tmp_path / "run", generation={"batch_size": 5, "steps": 1})
     assert len(result.frame_paths) == 10
 

@@ -28,13 +28,51 @@ class RunFolder:
         self.out_dir = Path(out_dir)
         self.manifest_path = self.out_dir / MANIFEST_NAME
         self.previous: dict[str, Any] | None = None
-        if self.manifest_path.is_file():
+        self.foreign_manifest: str | None = None
+        """Why a ``manifest.json`` there is not a storycast run's (unreadable, not a run manifest), else None."""
+        if self.manifest_path.exists():
             try:
                 data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                logger.warning("%s is unreadable; frames will be redrawn", self.manifest_path)
+                self.foreign_manifest = "cannot be read as JSON"
             else:
-                self.previous = data if isinstance(data, dict) else None
+                if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT and "run_key" in data:
+                    self.previous = data
+                else:
+                    self.foreign_manifest = "is not a storycast run manifest"
+
+    def unsafe(self, story_source: Path | None, overwrite: bool) -> str | None:
+        """Why drawing into this folder could destroy something the run did not write (with the fix), or None.
+
+        A run writes ``manifest.json``, ``story.yaml``, ``storyboard.png`` and ``frames/``: a folder holding such
+        files of its own (the user's story file, another tool's manifest) is refused, as is an ``--out`` that is
+        a file or lies below one.
+        """
+        where = self.out_dir
+        if where.exists() and not where.is_dir():
+            return f"'{where}' is a file, not a folder. Fix: choose another --out folder."
+        for parent in where.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"'{where}' lies below '{parent}', which is a file. Fix: choose another --out folder."
+                break
+        copy = where / STORY_NAME
+        if story_source is not None and copy.exists() and copy.resolve() == Path(story_source).resolve():
+            return (
+                f"--out '{where}' would replace your story file {story_source} with the run's copy. Fix: choose "
+                f"another --out folder, e.g. {where / 'run'}."
+            )
+        if self.foreign_manifest and not overwrite:
+            return (
+                f"'{self.manifest_path}' {self.foreign_manifest}: the folder holds something else. Fix: choose another "
+                f"--out folder, or pass --overwrite (overwrite=True in Python) to replace it."
+            )
+        if self.previous is None and copy.exists() and not overwrite:
+            return (
+                f"'{where}' holds a {STORY_NAME} that no storycast run wrote. Fix: choose another --out folder, or pass "
+                f"--overwrite (overwrite=True in Python) to replace it."
+            )
+        return None
 
     @property
     def status(self) -> str | None:

@@ -165,6 +165,7 @@ class RunPlan:
         previous: The folder's previous frame records that are still valid, by frame index.
         status: The folder's previous manifest status ("complete", "running"...), None without one.
         out_dir: The run folder, when planned against one.
+        unsafe: Why drawing into ``out_dir`` would destroy files the run did not write, else None.
     """
 
     story: Story
@@ -179,6 +180,7 @@ class RunPlan:
     previous: dict[int, dict[str, Any]] = field(default_factory=dict)
     status: str | None = None
     out_dir: Path | None = None
+    unsafe: str | None = None
 
     @property
     def todo(self) -> list[PlannedGroup]:
@@ -198,6 +200,8 @@ class RunPlan:
         """Refuse to mix two different runs in one folder unless ``overwrite`` is set (nothing is changed)."""
         from storycast.errors import RunFolderError
 
+        if self.unsafe:
+            raise RunFolderError(self.unsafe)
         if self.conflict and not overwrite:
             raise RunFolderError(
                 f"'{self.out_dir}' holds a run drawn with different {', '.join(self.conflict)}. Fix: pass --overwrite "
@@ -339,6 +343,7 @@ def _mark_drawn(plan: RunPlan, overwrite: bool) -> None:
 
     assert plan.out_dir is not None
     folder: RunFolder = RunFolder(plan.out_dir)
+    plan.unsafe = folder.unsafe(plan.story.source, overwrite)
     plan.status = folder.status
     plan.conflict = folder.conflict(plan.run_key, plan.summary)
     if overwrite or plan.conflict:

@@ -27,7 +27,7 @@ from storycast import __version__
 from storycast.methods.base import FrameResult, ProgressCallback, ProgressEvent, RunContext, StoryMethod, no_progress
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
-from storycast.runs.folder import MANIFEST_FORMAT, STORY_NAME, STORYBOARD_NAME, RunFolder, frame_file
+from storycast.runs.folder import FRAMES_DIR, MANIFEST_FORMAT, STORY_NAME, STORYBOARD_NAME, RunFolder, frame_file
 from storycast.runs.plan import PlannedGroup, RunPlan, plan_run
 from storycast.story.model import Story
 from storycast.story.parse import story_to_dict
@@ -176,6 +176,7 @@ def execute_plan(
         "storyboard": None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out_dir)
     atomic_write_text(out_dir / STORY_NAME, _story_yaml(story))
     atomic_write_json(folder.manifest_path, manifest)
 
@@ -320,6 +321,14 @@ def write_storyboard(
         images, [story.caption(i) for i in range(len(story))], title=story.title, columns=columns
     )
     return atomic_save_image(out_dir / STORYBOARD_NAME, sheet)
+
+
+def _remove_stale_parts(out_dir: Path) -> None:
+    """Temporary files of atomic writes a killed run left behind (``.<name>.<random>.part``): no run writes them
+    in this folder now, so they are removed."""
+    for folder in (out_dir, out_dir / FRAMES_DIR):
+        for stale in folder.glob(".*.part") if folder.is_dir() else ():
+            stale.unlink(missing_ok=True)
 
 
 def _story_yaml(story: Story) -> str:

@@ -1,0 +1,76 @@
+"""The --out folder: a run never overwrites a file it did not write (the user's story file, another tool's
+manifest), an --out that is a file or below one is a clear error, and temporary files a killed run left behind
+are cleaned by the next run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from storycast.cli.main import main
+from tests.helpers import small_story_data
+
+
+@pytest.fixture
+def story_in(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    path = folder / "story.yaml"
+    path.write_text("# my notes, which a run must not erase\n" + yaml.safe_dump(small_story_data(2)))
+    return path
+
+
+def generate(story, out, *extra):
+    return main(["generate", str(story), "--preset", "tiny", "--steps", "1", "--out", str(out), *extra])
+
+
+def test_the_users_story_file_is_never_replaced_by_the_runs_copy(story_in, capsys):
+    before = story_in.read_text()
+    assert generate(story_in, story_in.parent) == 2
+    assert "would replace your story file" in capsys.readouterr().err
+    assert generate(story_in, story_in.parent, "--overwrite") == 2  # not even with --overwrite
+    assert story_in.read_text() == before and not (story_in.parent / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"hello": "world"}', "not json at all"])
+def test_another_tools_manifest_is_refused_unless_overwrite(story_in, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(content)
+    assert generate(story_in, out) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "manifest.json").read_text() == content
+    assert generate(story_in, out, "--overwrite") == 0
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_story_file_no_run_wrote_is_refused_unless_overwrite(story_in, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "story.yaml").write_text("# someone's own story\n")
+    assert generate(story_in, out) == 2
+    assert "that no storycast run wrote" in capsys.readouterr().err
+    assert generate(story_in, out, "--overwrite") == 0
+
+
+def test_an_out_that_is_a_file_or_below_one_is_a_clear_error(story_in, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert generate(story_in, a_file) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert generate(story_in, a_file / "run") == 2
+    assert "which is a file" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
+
+
+def test_temporary_files_of_a_killed_run_are_cleaned_by_the_next(story_in, tmp_path):
+    out = tmp_path / "out"
+    assert generate(story_in, out) == 0
+    stale = [out / ".manifest.json.abc123.part", out / "frames" / ".frame_000.png.xyz.part"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    assert generate(story_in, out) == 0  # the same run again: nothing to draw, the leftovers removed
+    assert not any(path.exists() for path in stale)
