@@ -74,3 +74,16 @@ def test_temporary_files_of_a_killed_run_are_cleaned_by_the_next(story_in, tmp_p
         path.write_bytes(b"half written")
     assert generate(story_in, out) == 0  # the same run again: nothing to draw, the leftovers removed
     assert not any(path.exists() for path in stale)
+
+
+def test_an_interrupt_while_the_storyboard_is_written_marks_the_run_interrupted(story_in, tmp_path, monkeypatch):
+    import storycast.runs.runner as runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_storyboard", interrupted)
+    out = tmp_path / "out"
+    assert generate(story_in, out) == 130  # the CLI's clean "interrupted; run it again" exit
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and all(manifest["frames"])  # the drawn frames are kept

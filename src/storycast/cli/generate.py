@@ -59,11 +59,16 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.runs.runner import RunOptions, generate_story
     from storycast.story.parse import load_story
 
     log = logging.getLogger("storycast")
-    story = load_story(args.story)
+    with long_work(args.progress) as bars:  # SIGTERM anywhere in the command is a clean interrupt
+        return _generate(args, bars, log, load_story(args.story))
+
+
+def _generate(args: argparse.Namespace, bars: Any, log: Any, story: Any) -> int:
+    from storycast.runs.runner import RunOptions, generate_story
+
     spec = model_spec_from_args(args)
     out_dir = args.out or Path("runs") / f"{args.story.stem}-{args.method}"
     options = RunOptions(
@@ -75,17 +80,16 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
     )
     generation = generation_from_args(args)
-    with long_work(args.progress) as bars:
-        # Planned and checked before the model loads; the model loads only if a frame needs drawing.
-        result = generate_story(
-            story,
-            args.method,
-            spec,
-            options,
-            method_settings=parse_assignments(args.settings),
-            generation=generation,
-            progress=bars,
-        )
+    # Planned and checked before the model loads; the model loads only if a frame needs drawing.
+    result = generate_story(
+        story,
+        args.method,
+        spec,
+        options,
+        method_settings=parse_assignments(args.settings),
+        generation=generation,
+        progress=bars,
+    )
     kept = f", {len(result.kept)} kept from before" if result.kept else ""
     log.info("drew %d frame(s)%s -> %s", len(result.drawn), kept, result.out_dir)
     if result.storyboard_path:

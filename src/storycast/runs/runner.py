@@ -193,16 +193,16 @@ def execute_plan(
             manifest["frames"] = records
             manifest["updated"] = _now()
             atomic_write_json(folder.manifest_path, manifest)
+        storyboard_path = None
+        if options.storyboard:
+            storyboard_path = write_storyboard(out_dir, story, records, columns=options.columns)
+            manifest["storyboard"] = STORYBOARD_NAME
     except BaseException:
+        # Stopped while drawing or while the storyboard was written: the manifest says so (the frames are kept).
         manifest["status"] = "interrupted"
         manifest["updated"] = _now()
         atomic_write_json(folder.manifest_path, manifest)
         raise
-
-    storyboard_path = None
-    if options.storyboard:
-        storyboard_path = write_storyboard(out_dir, story, records, columns=options.columns)
-        manifest["storyboard"] = STORYBOARD_NAME
     timings["total_s"] = round(time.perf_counter() - started, 3)
     manifest.update(status="complete", updated=_now(), timings=timings)
     atomic_write_json(folder.manifest_path, manifest)
