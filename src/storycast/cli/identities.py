@@ -28,42 +28,46 @@ def add_parser(subparsers: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import shutil
 
     from storycast.errors import StorycastError
     from storycast.identity.library import IdentityLibrary
     from storycast.runs.runner import default_cache_dir
 
     library = IdentityLibrary((args.cache_dir or default_cache_dir()) / "identities")
-    keys = library.keys()
     if args.action == "list":
-        if not keys:
+        contents = library.scan()
+        if not contents.infos and not contents.damaged:
             print(f"no identities in {library.root}")
             return 0
-        for key in keys:
-            info = library.info(key)
-            if info is None:
-                continue
-            what = info.get("prompt") or ", ".join(info.get("photos", []))
-            print(f"{key}  {info.get('character', '?'):<12} {info.get('source', '?'):<10} {what}")
+        for key, info in contents.infos.items():
+            what = info.get("prompt") or ", ".join(str(p) for p in info.get("photos", []))
+            print(f"{key}  {info.get('character', '?')!s:<12} {info.get('source', '?')!s:<10} {what}")
+        for damage in contents.damaged:
+            print(f"{damage.key}  damaged: {damage.describe()}")
         return 0
     if not args.key:
         raise StorycastError(
             f"'{args.action}' needs a key. Fix: storycast identities {args.action} KEY (see the list)."
         )
-    matches = [key for key in keys if key.startswith(args.key)]
+    stored = library.keys()
+    matches = [key for key in stored if key.startswith(args.key)]
     if len(matches) != 1:
         found = "no identity" if not matches else f"{len(matches)} identities"
         raise StorycastError(f"{found} in {library.root} start with '{args.key}'. Fix: give more of the key.")
     key = matches[0]
     if args.action == "remove":
-        shutil.rmtree(library.path(key))
+        library.remove(key)
         print(f"removed {key}")
         return 0
     record = library.get(key)
-    assert record is not None
+    if record is None:
+        raise StorycastError(
+            f"identity {key} in {library.root} is damaged or was removed meanwhile (see the warning above); it is no "
+            f"longer in the library. Fix: nothing to do, the next run that needs it discovers it again."
+        )
     print(json.dumps(record.info, indent=2, default=str))
     print(f"embedding: {tuple(record.embedding.shape)}, norm {float(record.embedding.norm()):.3f}")
+    print(f"sha256: {record.checksum} (verified)" if record.checksum else "sha256: none (stored before checksums)")
     if record.preview_path:
         print(f"preview: {record.preview_path}")
     return 0

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either absent or complete, even if the process is killed mid-write."""
+"""Atomic file writes (a file is either absent or complete, even if the process is killed mid-write), and a file
+lock for readers and writers of one folder."""
 
 from __future__ import annotations
 
@@ -84,3 +85,36 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, shared: bool = False) -> Iterator[bool]:
+    """Hold an advisory lock on ``path`` (created if absent) for the block: shared for readers, exclusive for
+    writers. POSIX ``flock``; yields True when locked, False (locking nothing) where there is no ``fcntl``
+    (Windows), the lock file cannot be opened (a read-only folder) or the filesystem refuses locks."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    fd = None
+    if fcntl is not None:
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                fd = os.open(path, flags, 0o666)
+                break
+            except OSError:
+                continue
+    locked = False
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                locked = False
+        yield locked
+    finally:
+        if fd is not None:
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
