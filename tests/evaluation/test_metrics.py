@@ -179,13 +179,31 @@ def test_assign_faces_is_not_greedy():
     assert M.assign_faces(sim) == [1, 0]
 
 
-def test_exact_and_hungarian_assignments_agree():
-    pytest.importorskip("scipy")
+def _enumerated_assignment(sim: torch.Tensor) -> list[int | None]:
+    """Naive optimum, per character: the first permutation (lexicographic order) with the best total."""
+    c, k = sim.shape
+    best: list[int | None] = [None] * c
+    best_total = -math.inf
+    for rows in itertools.permutations(range(c), min(c, k)):
+        for cols in itertools.permutations(range(k), min(c, k)):
+            total = sum(float(sim[r, q]) for r, q in zip(rows, cols, strict=True))
+            if total > best_total:
+                best_total, best = total, [None] * c
+                for r, q in zip(rows, cols, strict=True):
+                    best[r] = q
+    return best
+
+
+@pytest.mark.parametrize(("c", "k"), [(3, 4), (4, 3), (2, 2)])
+def test_assign_faces_equals_enumeration(c, k):
     for seed in range(10):
-        sim = torch.rand(3, 4, generator=torch.Generator().manual_seed(seed))
-        exact = dict(M._exact_assignment(sim))
-        hungarian = dict(M._hungarian_assignment(sim))
-        assert exact == hungarian
+        sim = torch.rand(c, k, generator=torch.Generator().manual_seed(seed))
+        assert M.assign_faces(sim) == _enumerated_assignment(sim)
+
+
+@pytest.mark.parametrize(("c", "k"), [(1, 3), (2, 2), (3, 2), (4, 6), (6, 4)])
+def test_assign_faces_with_all_similarities_equal_pairs_character_i_with_face_i(c, k):
+    assert M.assign_faces(torch.full((c, k), 0.5)) == [i if i < k else None for i in range(c)]
 
 
 def test_assign_faces_min_similarity_and_no_faces():

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from storycast.masks.ops import (
     area_order,
@@ -78,9 +80,6 @@ def test_dilate_matches_naive_square_window(pixels, seed):
 
 
 def test_dilate_matches_scipy_binary_dilation_with_square_structure():
-    ndimage = pytest.importorskip("scipy.ndimage")
-    import numpy as np
-
     mask = _random_mask(64, 48, 0.02, 3)
     for pixels in (1, 4, 10):
         expected = ndimage.binary_dilation(mask.numpy(), structure=np.ones((2 * pixels + 1,) * 2, dtype=bool))
@@ -137,10 +136,15 @@ def test_largest_component_batched_matches_per_image_and_keeps_empty():
     assert torch.equal(out[2], masks[2])
 
 
-def test_largest_component_matches_scipy_on_a_large_mask():
-    ndimage = pytest.importorskip("scipy.ndimage")
-    import numpy as np
+def test_largest_component_takes_float_masks_and_several_leading_dims():
+    masks = torch.stack([_random_mask(12, 14, 0.55, seed) for seed in range(6)]).reshape(2, 3, 12, 14)
+    out = largest_component(masks.float())
+    assert out.dtype == torch.bool and out.device == masks.device and out.shape == masks.shape
+    for index in range(6):
+        assert torch.equal(out.reshape(6, 12, 14)[index], _naive_largest_component(masks.reshape(6, 12, 14)[index]))
 
+
+def test_largest_component_matches_scipy_on_a_large_mask():
     mask = _random_mask(256, 256, 0.58, 11)
     labels, _ = ndimage.label(mask.numpy())
     sizes = np.bincount(labels.ravel())

@@ -194,6 +194,18 @@ def test_identity_library_hit_skips_discovery(models, tmp_path):
     assert third.evaluations > 0 and len(library.keys()) == 2
 
 
+def test_preview_sheet_puts_the_previews_side_by_side():
+    from PIL import Image
+
+    from storycast.methods.identitystory.method import _sheet
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    sheet = _sheet([Image.new("RGB", (8, 6), colour) for colour in colours])
+    assert sheet.mode == "RGB" and sheet.size == (24, 6)
+    assert [sheet.getpixel((8 * i + 4, 3)) for i in range(3)] == colours
+    assert _sheet([]) is None
+
+
 def test_identity_from_reference_photos(models, tmp_path):
     from PIL import Image
 

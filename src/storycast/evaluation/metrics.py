@@ -24,7 +24,6 @@ input return tensors; functions that also count (faces, aggregates) return small
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from typing import Literal
 import torch
 
 from storycast.errors import StorycastError
-from storycast.utils.imports import require
 
 MissingFacePolicy = Literal["skip", "zero"]
 MISSING_FACE_POLICIES: tuple[str, ...] = ("skip", "zero")
@@ -47,9 +45,6 @@ QALIGN_LEVELS: tuple[str, ...] = ("excellent", "good", "fair", "poor", "bad")
 """The five level words whose next-token logits Q-Align reads, in this order."""
 QALIGN_LEVEL_WEIGHTS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
 """Q-Align ``scorer.py`` weights (0-1 scale); OneAlign's ``score`` uses 5, 4, 3, 2, 1 = 4 * w + 1."""
-
-EXACT_ASSIGNMENT_MAX_CHARACTERS = 3
-"""Up to this many characters the face assignment is solved by enumeration (no scipy needed)."""
 
 
 class MetricInputError(StorycastError, ValueError):
@@ -253,50 +248,25 @@ def face_similarity_to_reference(
 # Multi-character face matching
 
 
-def _exact_assignment(similarity: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximum-total-similarity matching of min(c, k) (row, column) pairs, by enumeration."""
-    c, k = similarity.shape
-    best: list[tuple[int, int]] = []
-    best_total = -math.inf
-    if c <= k:
-        for cols in itertools.permutations(range(k), c):
-            total = float(sum(similarity[r, col] for r, col in enumerate(cols)))
-            if total > best_total:
-                best_total, best = total, list(enumerate(cols))
-    else:
-        for rows in itertools.permutations(range(c), k):
-            total = float(sum(similarity[r, col] for col, r in enumerate(rows)))
-            if total > best_total:
-                best_total, best = total, [(r, col) for col, r in enumerate(rows)]
-    return best
-
-
-def _hungarian_assignment(similarity: torch.Tensor) -> list[tuple[int, int]]:
-    optimize = require("scipy.optimize", extra="faces", purpose="matching faces to more than 3 characters")
-    rows, cols = optimize.linear_sum_assignment(similarity.double().numpy(), maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
-
-
 def assign_faces(similarity: torch.Tensor, *, min_similarity: float | None = None) -> list[int | None]:
     """Assign detected faces to characters, each face to at most one character.
 
     ``similarity`` is (characters, faces), e.g. ``cosine_matrix(references, frame_faces)``. The
-    assignment maximises the total similarity (Hungarian matching, as ViStoryBench CIDS v1.3);
-    up to 3 characters it is solved exactly by enumeration, beyond that with
-    ``scipy.optimize.linear_sum_assignment``. Returns, per character, the face index or None (more
-    characters than faces, or the match is below ``min_similarity``).
+    assignment maximises the total similarity (Hungarian matching, as ViStoryBench CIDS v1.3), solved
+    by ``scipy.optimize.linear_sum_assignment`` for every size. When several assignments reach the same
+    total (exact ties, as with identical faces) the one scipy's solver returns is kept: with all
+    similarities equal that is character i to face i, but in general it need not be the first in
+    lexicographic order. Returns, per character, the face index or None (more characters than faces,
+    or the match is below ``min_similarity``).
     """
+    from scipy.optimize import linear_sum_assignment
+
     similarity = similarity.detach().float().cpu()
     if similarity.ndim != 2:
         raise MetricInputError(f"similarity must be (characters, faces), got shape {tuple(similarity.shape)}.")
-    c, k = similarity.shape
-    result: list[int | None] = [None] * c
-    if c == 0 or k == 0:
-        return result
-    pairs = (
-        _exact_assignment(similarity) if c <= EXACT_ASSIGNMENT_MAX_CHARACTERS else _hungarian_assignment(similarity)
-    )
-    for row, col in pairs:
+    result: list[int | None] = [None] * similarity.shape[0]
+    rows, cols = linear_sum_assignment(similarity.double().numpy(), maximize=True)
+    for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
         if min_similarity is None or float(similarity[row, col]) >= min_similarity:
             result[row] = col
     return result

@@ -33,13 +33,19 @@ class ControlInput:
 
 
 def control_image_tensor(image: Any, width: int, height: int, *, device: Any, dtype: torch.dtype) -> torch.Tensor:
-    """A PIL condition image as ControlNets take it: RGB, resized to the frame, (1, 3, H, W) in [0, 1]."""
-    import numpy as np
-    from PIL import Image
+    """A PIL condition image as ControlNets take it: (1, 3, H, W) in [0, 1], resized to the frame.
 
-    resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    array = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    return array.to(device=device, dtype=dtype)
+    Prepared as diffusers' ControlNet pipelines do (``control_image_processor.preprocess``): a
+    ``VaeImageProcessor(do_convert_rgb=True, do_normalize=False)`` resizes with its default Lanczos
+    filter, then converts to RGB. ``width`` and ``height`` must be multiples of 8, which that
+    processor would otherwise round down.
+    """
+    from diffusers.image_processor import VaeImageProcessor
+
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise ValueError(f"width and height must be positive multiples of 8, got {width} x {height}.")
+    processor = VaeImageProcessor(do_convert_rgb=True, do_normalize=False)
+    return processor.preprocess(image, height=height, width=width).to(device=device, dtype=dtype)
 
 
 def predict_noise(

@@ -514,15 +514,10 @@ def _mask_image(mask: torch.Tensor) -> Any:
 
 
 def _sheet(images: list[Any]) -> Any:
-    from PIL import Image
+    """The identity's preview images side by side in one row (None when there are none)."""
+    from diffusers.utils import make_image_grid
 
-    if not images:
-        return None
-    width, height = images[0].size
-    sheet = Image.new("RGB", (width * len(images), height))
-    for position, image in enumerate(images):
-        sheet.paste(image, (position * width, 0))
-    return sheet
+    return make_image_grid(images, rows=1, cols=len(images)) if images else None
 
 
 def _default_cache() -> Any:
