@@ -281,3 +281,53 @@ def test_a_face_pack_url_that_cannot_be_fetched_names_the_flag(tmp_path):
     with pytest.raises(MissingWeightsError, match="--face-models"):
         fetch_zip((tmp_path / "missing.zip").as_uri(), cache)
     assert not list((cache / "downloads").iterdir())  # nothing half-downloaded is left behind
+
+
+def _damage(run, kind):
+    manifest_path = run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    frame = run / manifest["frames"][1]["file"]
+    if kind == "truncated frame":
+        frame.write_bytes(frame.read_bytes()[:60])
+    elif kind == "empty frame":
+        frame.write_bytes(b"")
+    elif kind == "random bytes":
+        frame.write_bytes(bytes(range(256)) * 4)
+    elif kind == "frames is a string":
+        manifest["frames"] = "frames/frame_000.png"
+        manifest_path.write_text(json.dumps(manifest))
+    elif kind == "path outside the run":
+        manifest["frames"][1]["file"] = "../../outside.png"
+        (run.parent.parent / "outside.png").write_bytes(frame.read_bytes())
+        manifest_path.write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated frame", "empty frame", "random bytes", "frames is a string", "path outside the run"]
+)
+def test_a_damaged_run_in_a_tree_is_skipped_and_the_others_are_scored(cache_dir, tmp_path, kind):
+    tree = tmp_path / "tree"
+    good = single_run(tree / "split" / "good")
+    bad = single_run(tree / "split" / "bad")
+    _damage(bad, kind)
+    result = make_evaluator(cache_dir, tmp_path / "features").evaluate(tree)
+    assert result.scored == [good]
+    assert [s["run"] for s in result.skipped] == ["split/bad"]
+    with pytest.raises(RunFolderError, match="Fix"):
+        make_evaluator(cache_dir, tmp_path / "features").score_run(bad)
+
+
+@pytest.mark.parametrize("content", ["", "{}", '{"eval_key": "x"}', "[1, 2]", "not json"])
+def test_an_emptied_or_mangled_scores_file_is_not_reused(cache_dir, tmp_path, content):
+    run = single_run(tmp_path / "run")
+    evaluator = make_evaluator(cache_dir, tmp_path / "features")
+    evaluator.score_run(run)
+    scores = json.loads((run / "scores.json").read_text())
+    (run / "scores.json").write_text(content)
+    assert not evaluator.is_scored(run)
+    again = evaluator.score_run(run)
+    assert not again.reused and json.loads((run / "scores.json").read_text())["values"] == scores["values"]
+    mangled = {**scores, "values": "nonsense", "frames": 3}
+    (run / "scores.json").write_text(json.dumps(mangled))
+    assert not evaluator.score_run(run).reused  # right keys, broken fields: scored again

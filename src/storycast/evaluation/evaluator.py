@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from storycast import __version__
-from storycast.errors import RunFolderError, SettingsError
+from storycast.errors import RunFolderError, SettingsError, StoryError
 from storycast.evaluation.cache import FeatureCache, namespace_of
 from storycast.evaluation.presets import QALIGN_TASKS, EvalPreset, template_fields
 from storycast.evaluation.runfolders import (
@@ -184,10 +184,16 @@ class _Images:
 
     def __getitem__(self, index: int) -> Image.Image:
         if index not in self._images:
-            from PIL import Image
+            from PIL import Image, UnidentifiedImageError
 
-            with Image.open(self.paths[index]) as image:
-                self._images[index] = image.convert("RGB")
+            try:
+                with Image.open(self.paths[index]) as image:
+                    self._images[index] = image.convert("RGB")
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                raise RunFolderError(
+                    f"frame file {self.paths[index]} cannot be read as an image ({type(err).__name__}). Fix: delete it "
+                    f"and run the same `storycast generate` command again to redraw it."
+                ) from None
         return self._images[index]
 
     def all(self) -> list[Image.Image]:
@@ -643,10 +649,14 @@ class Evaluator:
             and existing.get("eval_key") == self.eval_key
             and existing.get("inputs_sha256") == key
         ):
-            scores = StoryScores.from_dict(existing)
-            if self.pictures and not (run.path / CONTACT_SHEET_NAME).is_file():
-                self._write_contact_sheet(run, scores)
-            return ScoredRun(run, scores, reused=True)
+            try:
+                scores = StoryScores.from_dict(existing)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                logger.warning("%s is damaged; scoring the run again", run.path / SCORES_NAME)
+            else:
+                if self.pictures and not (run.path / CONTACT_SHEET_NAME).is_file():
+                    self._write_contact_sheet(run, scores)
+                return ScoredRun(run, scores, reused=True)
         scores = score_story(self.story_inputs(run, references), self.preset)
         record = {
             "format": SCORES_FORMAT,
@@ -709,9 +719,14 @@ class Evaluator:
                 logger.warning("skipping %s: not a finished run (%s)", run_dir, problem)
                 result.skipped.append({"run": run_dir.relative_to(root).as_posix(), "reason": problem})
             else:
-                item = self.score_run(run_dir, split=split, force=force)
-                scored.append(item)
-                (result.reused if item.reused else result.scored).append(run_dir)
+                try:
+                    item = self.score_run(run_dir, split=split, force=force)
+                except (RunFolderError, StoryError) as err:  # one damaged run does not stop the others
+                    logger.warning("skipping %s: %s", run_dir, err)
+                    result.skipped.append({"run": run_dir.relative_to(root).as_posix(), "reason": str(err)})
+                else:
+                    scored.append(item)
+                    (result.reused if item.reused else result.scored).append(run_dir)
             self.progress(ProgressEvent("scoring", done, len(found), "scoring"))
         if not scored:
             raise RunFolderError(f"no finished run under '{root}'. Fix: finish the runs with `storycast generate`.")

@@ -92,8 +92,16 @@ def run_status(path: str | Path) -> str | None:
     if manifest.get("status") != "complete":
         return f"status '{manifest.get('status')}'"
     frames = manifest.get("frames") or []
+    if not isinstance(frames, list):
+        return "its manifest's 'frames' is not a list"
+    inside = path.resolve()
     for index, record in enumerate(frames):
-        if not record or not (path / str(record.get("file", ""))).is_file():
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+            return f"frame {index} has no record"
+        file = (path / record["file"]).resolve()
+        if not file.is_relative_to(inside):
+            return f"frame {index} points outside the run ({record['file']})"
+        if not file.is_file():
             return f"frame {index} is missing"
     if not frames:
         return "no frames"
