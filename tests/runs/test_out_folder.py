@@ -87,3 +87,44 @@ def test_an_interrupt_while_the_storyboard_is_written_marks_the_run_interrupted(
     assert generate(story_in, out) == 130  # the CLI's clean "interrupted; run it again" exit
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and all(manifest["frames"])  # the drawn frames are kept
+
+
+def test_a_long_story_does_not_rewrite_its_manifest_after_every_frame(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import storycast.runs.runner as runner
+    from storycast.methods.base import FrameResult, StoryMethod
+    from storycast.runs.runner import RunOptions, generate_story
+    from storycast.story.parse import parse_story
+
+    class Instant(StoryMethod):
+        """Draws a flat grey image instantly: the runner's bookkeeping is what is measured."""
+
+        name = "instant"
+
+        def generate(self, story, group, context):
+            return [FrameResult(i, Image.new("RGB", (8, 8), "grey"), story.frame_seed(i)) for i in group]
+
+    writes = []
+    original = runner.atomic_write_json
+    monkeypatch.setattr(runner, "atomic_write_json", lambda path, data: (writes.append(path), original(path, data)))
+    monkeypatch.setattr(runner, "MANIFEST_INTERVAL_S", 3600.0)  # a run shorter than the interval
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
+
+    models = load_models(ModelSpec(source="tiny", device="cpu"))
+    long = parse_story(small_story_data(600))
+    generate_story(long, Instant(models), models, RunOptions(out_dir=tmp_path / "long", storyboard=False))
+    assert len(writes) == 2  # the start and the end: not one write per frame
+    manifest = json.loads((tmp_path / "long" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and all(manifest["frames"])
+    writes.clear()
+    short = parse_story(small_story_data(5))
+    generate_story(short, Instant(models), models, RunOptions(out_dir=tmp_path / "short", storyboard=False))
+    assert len(writes) == 5 + 2  # short stories: after every frame, plus the start and the end
+
+
+def test_absurd_batch_sizes_are_refused_up_front(story_in, capsys):
+    assert main(["generate", str(story_in), "--preset", "tiny", "--out", str(story_in.parent / "o"),
+                 "--batch-size", "10000"]) == 2  # fmt: skip
+    assert "batch_size 10000 (from the command line) is out of range" in capsys.readouterr().err

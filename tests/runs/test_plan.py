@@ -477,7 +477,7 @@ def test_the_runner_redraws_only_the_edited_frame_and_loads_nothing_when_all_is_
         ({"seed": 2**64}, r"seed 18446744073709551616 .*out of range"),
         ({"guidance_scale": float("nan")}, "guidance_scale nan .*finite"),
         ({"guidance_scale": -2.0}, "guidance_scale -2.0 .*at least 0"),
-        ({"batch_size": 0}, "batch_size 0 .*at least 1"),
+        ({"batch_size": 0}, "batch_size 0 .*between 1 and 64"),
     ],
 )
 def test_generation_values_out_of_range_are_refused_naming_where_they_came_from(generation, message):

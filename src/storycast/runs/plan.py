@@ -36,6 +36,8 @@ GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationSettings)
 MAX_SIDE = 4096
 """Largest width or height accepted (SDXL is trained at about 1 megapixel; 4096 px is 16 of those)."""
 MAX_STEPS = 1000
+MAX_BATCH = 64
+"""Frames drawn together by per-frame methods: beyond this a batch only trades memory for nothing."""
 """Most denoising steps accepted (the schedulers' training timesteps)."""
 MAX_SEED = 2**64 - 1
 """Seeds are unsigned 64-bit integers (``torch.Generator.manual_seed``)."""
@@ -94,8 +96,8 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
             fail(key, "is not a multiple of 8. Fix: use e.g. 512 or 1024.")
     if not 1 <= settings.steps <= MAX_STEPS:
         fail("steps", f"is out of range. Fix: use between 1 and {MAX_STEPS} steps (the papers use 30 to 50).")
-    if settings.batch_size < 1:
-        fail("batch_size", "must be at least 1.")
+    if not 1 <= settings.batch_size <= MAX_BATCH:
+        fail("batch_size", f"is out of range. Fix: use between 1 and {MAX_BATCH} frames per batch.")
     if not (math.isfinite(settings.guidance_scale) and settings.guidance_scale >= 0):
         fail("guidance_scale", "must be a finite number of at least 0 (the papers use 5 to 7.5).")
     if not 0 <= settings.seed <= MAX_SEED:

@@ -186,13 +186,19 @@ def execute_plan(
     try:
         if not todo:
             logger.info("all %d frames are already drawn in %s", len(story), out_dir)
+        written = time.perf_counter()
         for planned, results, seconds in draw_groups(plan, method, loaded, context, timings=timings):
             for result in results:
                 records[result.index] = _save_frame(out_dir, story, result, planned.key, planned.frames, seconds)
                 drawn.append(result.index)
             manifest["frames"] = records
-            manifest["updated"] = _now()
-            atomic_write_json(folder.manifest_path, manifest)
+            # After every group for ordinary stories; for long ones at most every few seconds, so that the
+            # manifest (which grows with the story) is not rewritten thousands of times. A killed run then
+            # redraws at most those seconds of frames, to the same pixels.
+            if len(story) <= MANIFEST_EVERY_GROUP_UP_TO or time.perf_counter() - written >= MANIFEST_INTERVAL_S:
+                manifest["updated"] = _now()
+                atomic_write_json(folder.manifest_path, manifest)
+                written = time.perf_counter()
         storyboard_path = None
         if options.storyboard:
             storyboard_path = write_storyboard(out_dir, story, records, columns=options.columns)
@@ -321,6 +327,12 @@ def write_storyboard(
         images, [story.caption(i) for i in range(len(story))], title=story.title, columns=columns
     )
     return atomic_save_image(out_dir / STORYBOARD_NAME, sheet)
+
+
+MANIFEST_EVERY_GROUP_UP_TO = 200
+"""Stories up to this many frames rewrite their manifest after every group."""
+MANIFEST_INTERVAL_S = 5.0
+"""Longer stories rewrite it at most this often (and when the run ends or stops)."""
 
 
 def _remove_stale_parts(out_dir: Path) -> None:
