@@ -185,7 +185,9 @@ def test_round_trip_keeps_what_the_format_holds_and_names_the_rest(tmp_path):
 
 
 def test_every_frame_field_the_format_cannot_hold_is_named(tmp_path):
-    (tmp_path / "kai.png").write_bytes(b"not read")
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "kai.png")
     data = {
         "characters": [
             {"id": "man", "description": "a tall man", "class_word": "man", "references": ["kai.png"]},

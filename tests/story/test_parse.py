@@ -158,7 +158,9 @@ def test_missing_reference_photo(write_story):
 
 def test_reference_photo_resolved_relative_to_story(write_story, tmp_path):
     (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "mara.jpg").write_bytes(b"x")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "mara.jpg")
     data = small_story_data()
     data["characters"][0]["references"] = "photos/mara.jpg"
     story = load_story(write_story(data))

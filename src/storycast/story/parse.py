@@ -6,14 +6,23 @@ Validation collects every problem before raising, and each problem names the fie
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import errno
+import functools
 import json
+import math
+import os
 import re
+import reprlib
+import stat
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from storycast.errors import Problem, StoryError
+from storycast.runs.plan import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS
 from storycast.story.model import (
     PLACEHOLDER,
     SEED_POLICIES,
@@ -42,6 +51,23 @@ FRAME_KEYS = (
     "control_image",
 )
 SETTINGS_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy")
+
+MAX_STORY_BYTES = 10 * 1024 * 1024
+"""Largest story file read (10 MiB; a story of a thousand frames takes well under 1 MiB)."""
+MAX_DEPTH = 32
+"""Deepest nesting of lists and mappings accepted (a story uses five levels; method settings a few more)."""
+MAX_ALIASES = 1000
+"""Most YAML aliases (``*name``) in one file."""
+MAX_VALUES = 100_000
+"""Most values (texts, numbers, lists, mappings) in one document, counting every alias as a copy of what it
+names: this caps a "billion laughs" file, whose aliases would expand to more than memory holds."""
+MAX_INT_DIGITS = 100
+"""Longest whole number accepted anywhere in a story (seeds, the largest settings, have at most 20 digits)."""
+MIN_SIDE = 64
+"""Smallest width or height accepted, as the run planner's check; ``MAX_SIDE``, ``MAX_STEPS``, ``MAX_BATCH`` and
+``MAX_SEED`` are the planner's own (:mod:`storycast.runs.plan`), so a story that parses also plans."""
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+"""Image formats a story may name (reference photos, masks, control images), by PIL's names (JPEG covers MPO)."""
 
 
 class _Problems:
@@ -89,8 +115,45 @@ def _check_type(value: Any, expected: type | tuple[type, ...], path: str, proble
         ok = True
     if not ok:
         wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-        problems.add(path, f"must be {wanted}, got {type(value).__name__} {value!r}", f"write {wanted} here")
+        fix = f"write {wanted} here"
+        if int in types and isinstance(value, str) and _BASE_60.match(value):
+            fix += f" ('{value}' is text, not the YAML 1.1 base-60 number it once meant)"
+        problems.add(path, f"must be {wanted}, got {type(value).__name__} {_describe(value)}", fix)
     return ok
+
+
+_BASE_60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def _digits(number: int) -> int:
+    """How many decimal digits ``number`` has, without ``str()`` (which refuses more than 4,300)."""
+    number = abs(number)
+    if number < 10:
+        return 1
+    digits = int(number.bit_length() * math.log10(2)) + 1
+    return digits - 1 if 10 ** (digits - 1) > number else digits
+
+
+def _show_int(number: int) -> str:
+    """The number itself, or its digit count when it is too long to read (or to print at all)."""
+    digits = _digits(number)
+    return str(number) if digits <= 20 else f"a whole number of {digits:,} digits"
+
+
+def _describe(value: Any) -> str:
+    """A short, always printable ``repr`` for messages (huge numbers and texts are summarised)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _show_int(value)
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):  # a huge int deep inside a list
+        return f"<{type(value).__name__}>"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _get_text(data: Mapping[str, Any], key: str, path: str, problems: _Problems, *, required: bool) -> str | None:
@@ -107,51 +170,424 @@ def _get_text(data: Mapping[str, Any], key: str, path: str, problems: _Problems,
     return value
 
 
-def _line_index(text: str) -> dict[str, int]:
-    """Map field paths to 1-based line numbers, using the YAML composer (JSON parses as YAML too)."""
+class _Refused(Exception):
+    """A document over one of the reading budgets (depth, aliases, values): one problem, at a line."""
+
+    def __init__(self, line: int | None, message: str, fix: str):
+        super().__init__(message)
+        self.problem = Problem("", f"(line {line}) {message}" if line else message, fix)
+
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_DEPTH_FIX = f"a story needs about five levels (frames, a frame, its masks); keep it under {MAX_DEPTH}"
+
+
+@functools.cache
+def _story_loader() -> type:
+    """A ``yaml.SafeLoader`` with budgets, built on first use (``import yaml`` stays out of ``import storycast``).
+
+    It reads ``1:30`` as text, not as the YAML 1.1 base-60 number 90; it refuses nesting deeper than
+    :data:`MAX_DEPTH`, more than :data:`MAX_ALIASES` aliases, a document of more than :data:`MAX_VALUES` values
+    (aliases counted as copies) and recursive aliases while composing, before anything walks the document; and a
+    value its constructor cannot build (``!!int abc``, the date ``2023-02-30``) is a YAML error at its line.
+    """
     import yaml
 
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
+    resolvers = {}
+    for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items():
+        resolvers[first] = [
+            # The same patterns, minus any value with a ':' (the base-60 forms).
+            (
+                tag,
+                re.compile(r"(?!.*:)" + pattern.pattern, pattern.flags) if tag in (_INT_TAG, _FLOAT_TAG) else pattern,
+            )
+            for tag, pattern in entries
+        ]
+
+    class StoryLoader(yaml.SafeLoader):
+        yaml_implicit_resolvers = resolvers
+
+        def __init__(self, stream: str):
+            super().__init__(stream)
+            self.depth = 0
+            self.aliases = 0
+            self.values = 0
+            self.sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise _Refused(line, f"more than {MAX_ALIASES} aliases (*name)", "write the values out")
+                node = super().compose_node(parent, index)
+                if id(node) not in self.sizes:
+                    raise _Refused(
+                        line, f"the alias *{event.anchor} refers to the list or mapping that holds it", "remove it"
+                    )
+                return node
+            collection = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+            self.values += 1
+            if self.values > MAX_VALUES:
+                raise _Refused(line, f"the document holds more than {MAX_VALUES:,} values", "split it into stories")
+            if collection:
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    raise _Refused(line, f"lists and mappings are nested more than {MAX_DEPTH} deep", _DEPTH_FIX)
+            node = super().compose_node(parent, index)
+            if not collection:
+                self.sizes[id(node)] = (1, 0)
+                return node
+            self.depth -= 1
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            values, depth = 1, 1
+            for child in children:
+                child_values, child_depth = self.sizes[id(child)]
+                values, depth = values + child_values, max(depth, child_depth + 1)
+            if values > MAX_VALUES:
+                raise _Refused(
+                    line,
+                    f"the aliases (*name) here expand to more than {MAX_VALUES:,} values",
+                    "write the values out instead of repeating aliases of aliases",
+                )
+            if depth > MAX_DEPTH:
+                raise _Refused(line, f"the aliases (*name) here nest more than {MAX_DEPTH} deep", _DEPTH_FIX)
+            self.sizes[id(node)] = (values, depth)
+            return node
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ValueError, TypeError, OverflowError) as err:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"cannot read {_describe(node.value)} as {node.tag.rsplit(':', 1)[-1]} ({err})",
+                    node.start_mark,
+                ) from None
+
+    return StoryLoader
+
+
+def _int_digits(text: str) -> int:
+    """Digits of an integer literal ('-1_000' has 4; '0x' and '0b' prefixes do not count)."""
+    text = text.lstrip("+-").replace("_", "")
+    if text[:2].lower() in ("0x", "0b", "0o"):
+        text = text[2:]
+    return len(text)
+
+
+def _check_nodes(root: Any) -> tuple[dict[str, int], list[Problem]]:
+    """Field path -> line of a composed YAML document, and what composing lets through: keys written twice,
+    whole numbers too long to read, base-60 numbers forced by a tag. The composer has bounded the walk."""
+    import yaml
+
     lines: dict[str, int] = {}
+    problems: list[Problem] = []
+
+    def scalar_ok(node: Any, path: str) -> bool:
+        line = node.start_mark.line + 1
+        if node.tag == _INT_TAG and _int_digits(node.value) > MAX_INT_DIGITS:
+            problems.append(
+                Problem(
+                    path,
+                    f"(line {line}) a whole number of {_int_digits(node.value):,} digits is too long",
+                    f"write at most {MAX_INT_DIGITS} digits (seeds, the largest numbers a story takes, have 20)",
+                )
+            )
+            return False
+        if node.tag in (_INT_TAG, _FLOAT_TAG) and ":" in node.value:
+            problems.append(
+                Problem(
+                    path,
+                    f"(line {line}) '{_short(node.value)}' is a base-60 number (YAML 1.1 reads 1:30 as 90)",
+                    "write the number in the usual way, or quote it if it is text",
+                )
+            )
+            return False
+        return True
 
     def walk(node: Any, path: str) -> None:
         if path:
             lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.ScalarNode):
+            scalar_ok(node, path)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                walk(value_node, _join(path, str(key_node.value)))
+                key_path = _join(path, _short(str(key_node.value), 200))
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG and scalar_ok(key_node, path):
+                    key = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if key in seen:
+                        problems.append(
+                            Problem(
+                                key_path,
+                                f"(line {line}) the field '{_short(key_node.value)}' is written twice "
+                                f"(first at line {seen[key]}); YAML would keep only the last",
+                                "keep one of them",
+                            )
+                        )
+                    seen.setdefault(key, line)
+                walk(value_node, key_path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 walk(item, _join(path, index))
 
-    if root is not None:
-        walk(root, "")
-    return lines
+    walk(root, "")
+    return lines, problems
 
 
-def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
-    """Read a YAML or JSON file; syntax errors become a :class:`StoryError` with the line."""
+def _load_yaml(text: str, source: Path) -> tuple[Any, dict[str, int]]:
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise StoryError([Problem("", "file not found", "check the path")], source=path)
-    text = path.read_text(encoding="utf-8")
+    loader = _story_loader()(text)
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as err:
-        raise StoryError(
-            [Problem("", f"(line {err.lineno}) invalid JSON: {err.msg}", "fix the syntax")], path
-        ) from None
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        lines, problems = _check_nodes(root)
+        if problems:
+            raise StoryError(problems, source)
+        return loader.construct_document(root), lines
+    except _Refused as refused:
+        raise StoryError([refused.problem], source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"(line {mark.line + 1}) " if mark is not None else ""
         reason = getattr(err, "problem", None) or str(err)
-        raise StoryError([Problem("", f"{where}invalid YAML: {reason}", "fix the syntax")], path) from None
-    return data, _line_index(text)
+        fix = (
+            "quote the value if it is text" if isinstance(err, yaml.constructor.ConstructorError) else "fix the syntax"
+        )
+        raise StoryError([Problem("", f"{where}invalid YAML: {reason}", fix)], source) from None
+    finally:
+        loader.dispose()
+
+
+class _JsonObject(dict):
+    """A JSON object that remembers the keys written twice in it (``json`` keeps the last silently)."""
+
+    duplicates: list[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        out = cls(pairs)
+        out.duplicates = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+        return out
+
+
+class _LongInt:
+    """A JSON whole number too long to read; replaced by a problem before the document is used."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _json_int(text: str) -> int | _LongInt:
+    digits = _int_digits(text)
+    return _LongInt(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"]')
+_JSON_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _json_too_deep(text: str) -> int | None:
+    """The line where a JSON text nests deeper than :data:`MAX_DEPTH` (``None``: it does not), found by
+    scanning brackets outside strings, before ``json`` recurses into them."""
+    depth, position = 0, 0
+    while match := _JSON_STRUCTURE.search(text, position):
+        char, position = match.group(), match.end()
+        if char == '"':
+            rest = _JSON_STRING_REST.match(text, position)
+            if rest is None:
+                return None  # an unclosed string: json says where
+            position = rest.end()
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, match.start()) + 1
+        else:
+            depth -= 1
+    return None
+
+
+def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int]]:
+    line = _json_too_deep(text)
+    if line is not None:
+        problem = Problem("", f"(line {line}) lists and objects are nested more than {MAX_DEPTH} deep", _DEPTH_FIX)
+        raise StoryError([problem], source)
+    try:
+        data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs, parse_int=_json_int)
+    except json.JSONDecodeError as err:
+        raise StoryError(
+            [Problem("", f"(line {err.lineno}) invalid JSON: {err.msg}", "fix the syntax")], source
+        ) from None
+    found: list[tuple[str, str, str]] = []
+    count = 0
+
+    def plain(value: Any, path: str) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise StoryError([Problem("", f"the document holds more than {MAX_VALUES:,} values", "split it")], source)
+        if isinstance(value, _LongInt):
+            found.append(
+                (
+                    path,
+                    f"a whole number of {value.digits:,} digits is too long",
+                    f"write at most {MAX_INT_DIGITS} digits (seeds, the largest numbers a story takes, have 20)",
+                )
+            )
+            return None
+        if isinstance(value, list):
+            return [plain(item, _join(path, index)) for index, item in enumerate(value)]
+        if isinstance(value, _JsonObject):
+            count += len(value)  # keys count as values, as YAML's composer counts them
+            for key in value.duplicates:
+                found.append(
+                    (
+                        _join(path, key),
+                        f"the field '{_short(key)}' is written twice; JSON would keep only the last",
+                        "keep one of them",
+                    )
+                )
+            return {key: plain(item, _join(path, key)) for key, item in value.items()}
+        return value
+
+    data = plain(data, "")
+    lines = _yaml_lines(text)
+    if found:
+        problems = _Problems(lines)
+        for path, message, fix in found:
+            problems.add(path, message, fix)
+        raise StoryError(problems.items, source)
+    return data, lines
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """Field path -> line for a JSON text, read as the YAML it nearly always also is ({} where it is not)."""
+    import yaml
+
+    loader = _story_loader()(text)
+    try:
+        root = loader.get_single_node()
+        return _check_nodes(root)[0] if root is not None else {}
+    except (yaml.YAMLError, _Refused):
+        return {}
+    finally:
+        loader.dispose()
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE, whose BOM begins it
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+_ENCODING_FIX = "save the file as UTF-8 (any editor's 'Save as' offers it)"
+
+
+def _file_kind_problem(path: Path, *, empty_ok: bool = False) -> tuple[str, str] | None:
+    """What makes ``path`` unfit to read, found before opening it (``None``: nothing): the end of a sentence
+    that starts with the file's name ("... is a folder"), and the fix.
+
+    Refused: a path with a NUL byte or too long for the file system, a missing file, a folder, a device, pipe
+    or socket, a file under /proc, /sys or /dev, and (unless ``empty_ok``) an empty file.
+    """
+    if "\0" in str(path):
+        return "has a NUL byte in its path", "remove it from the path"
+    try:
+        info = os.stat(path)
+        real = os.path.realpath(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "not found", "check the path"
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            return (
+                f"has a path too long for the file system ({len(str(path)):,} characters)",
+                "use a shorter path (each folder or file name at most 255 bytes)",
+            )
+        return f"cannot be read ({err.strerror})", "check the path and its permissions"
+    except ValueError as err:  # a path the system cannot encode
+        return f"has a path the system cannot use ({err})", "check the path"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not a file", "name a file inside it"
+    if not stat.S_ISREG(info.st_mode):
+        return "is a device, pipe or socket, not a regular file", "name a regular file"
+    system = next((f for f in _SYSTEM_FOLDERS if real == f or real.startswith(f + "/")), None)
+    if system is not None:
+        return f"is a system file under {system}", "name a file of your own"
+    if info.st_size == 0 and not empty_ok:
+        return "is empty (0 bytes)", "name a file with something in it"
+    return None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8 with or without a BOM, or UTF-16/UTF-32 when a BOM says so."""
+    problem = _file_kind_problem(path, empty_ok=True)  # an empty story is parse_story's to name
+    if problem is not None:
+        raise StoryError([Problem("", f"story file {problem[0]}", problem[1])], source=path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_STORY_BYTES + 1)
+    except OSError as err:
+        raise StoryError(
+            [Problem("", f"story file cannot be read ({err.strerror})", "check its permissions")], path
+        ) from None
+    if len(raw) > MAX_STORY_BYTES:
+        raise StoryError(
+            [Problem("", f"the file is larger than {MAX_STORY_BYTES // 2**20} MiB", "split it into several stories")],
+            path,
+        )
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise StoryError(
+            [
+                Problem(
+                    "",
+                    f"(line {line}) is not {encoding.upper()} text (byte {err.start:,}: {err.reason})",
+                    _ENCODING_FIX,
+                )
+            ],
+            path,
+        ) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise StoryError(
+            [
+                Problem(
+                    "",
+                    f"(line {line}) holds NUL characters: a binary file, or UTF-16/UTF-32 without a BOM",
+                    _ENCODING_FIX,
+                )
+            ],
+            path,
+        )
+    return text.removeprefix("\ufeff")
+
+
+def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """Read a YAML or JSON file into plain data and a field path -> line map.
+
+    Every way a file can be unreadable is a :class:`StoryError` naming the file and, where there is one, the
+    line: a missing or special file, one over :data:`MAX_STORY_BYTES`, text in no encoding we read, a syntax
+    error, keys written twice, whole numbers over :data:`MAX_INT_DIGITS` digits, and documents over the
+    budgets (:data:`MAX_DEPTH`, :data:`MAX_ALIASES`, :data:`MAX_VALUES`).
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if path.suffix.lower() == ".json":
+        return _load_json(text, path)
+    return _load_yaml(text, path)
 
 
 def load_story(path: str | Path) -> Story:
@@ -191,6 +627,9 @@ def parse_story(
     """
     problems = _Problems(lines)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    _check_document(data, problems)
+    if problems.items:
+        raise StoryError(problems.items, source)
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         problems.add("", f"the file is {kind}, not a story", "write a mapping with 'title', 'characters' and 'frames'")
@@ -199,7 +638,9 @@ def parse_story(
 
     version = data.get("version", FORMAT_VERSION)
     if _check_type(version, int, "version", problems) and version != FORMAT_VERSION:
-        problems.add("version", f"format version {version} is not supported", f"use version: {FORMAT_VERSION}")
+        problems.add(
+            "version", f"format version {_show_int(version)} is not supported", f"use version: {FORMAT_VERSION}"
+        )
 
     title = _get_text(data, "title", "", problems, required=False)
     if title is None:
@@ -209,6 +650,14 @@ def parse_story(
     settings = _parse_settings(data.get("settings"), problems)
     methods = _parse_methods(data.get("methods"), problems)
     frames = _parse_frames(data.get("frames"), characters, problems, base)
+    drawn_from_base = [i for i, frame in enumerate(frames) if frame.seed is None]
+    if settings.seed_policy != "same" and drawn_from_base and settings.seed + drawn_from_base[-1] > MAX_SEED:
+        problems.add(
+            "settings.seed",
+            f"frame {drawn_from_base[-1]} would draw from seed {settings.seed} + {drawn_from_base[-1]}, "
+            f"beyond the largest seed {MAX_SEED}",
+            f"use a seed of at most {MAX_SEED - drawn_from_base[-1]}, or seed_policy: same",
+        )
 
     if problems.items:
         raise StoryError(problems.items, source)
@@ -222,6 +671,40 @@ def parse_story(
         methods=methods,
         source=Path(source) if source is not None else None,
     )
+
+
+def _check_document(data: Any, problems: _Problems) -> None:
+    """Refuse, before anything walks it, a document nested deeper than :data:`MAX_DEPTH`, holding more than
+    :data:`MAX_VALUES` values (shared or recursive parts counted as copies), or whole numbers (values or keys)
+    longer than :data:`MAX_INT_DIGITS` digits. Files are checked as they are read; this guards documents built
+    in code. The walk keeps its own stack, so no depth makes it recurse."""
+    limit = 10**MAX_INT_DIGITS
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    values = 0
+    while stack:
+        value, path, depth = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            problems.add("", f"the document holds more than {MAX_VALUES:,} values", "split it into several stories")
+            return
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= limit:
+            problems.add(
+                path,
+                f"{_show_int(value)} is too long",
+                f"write at most {MAX_INT_DIGITS} digits (seeds, the largest numbers a story takes, have 20)",
+            )
+        elif isinstance(value, (Mapping, list, tuple)):
+            if depth >= MAX_DEPTH:
+                problems.add(path, f"lists and mappings are nested more than {MAX_DEPTH} deep", _DEPTH_FIX)
+                return
+            if isinstance(value, Mapping):
+                children = []
+                for key, item in value.items():
+                    key_path = _join(path, _short(key, 200) if isinstance(key, str) else _describe(key))
+                    children += [(key, key_path, depth + 1), (item, key_path, depth + 1)]
+            else:
+                children = [(item, _join(path, index), depth + 1) for index, item in enumerate(value)]
+            stack.extend(reversed(children))  # popped in the document's order
 
 
 def _parse_style(value: Any, problems: _Problems) -> tuple[str, str]:
@@ -269,13 +752,14 @@ def _parse_characters(value: Any, problems: _Problems, base: Path) -> list[Chara
                 f"class word '{class_word}' does not occur in the description '{description}'",
                 f"put the word '{class_word}' in the description, or choose a class word that is in it",
             )
-        references = _parse_paths(item.get("references"), _join(path, "references"), problems, base)
+        references = _parse_paths(item.get("references"), _join(path, "references"), problems, base, "reference photo")
         if None not in (character_id, description, class_word):
             characters.append(Character(character_id, description, class_word, name, tuple(references)))
     return characters
 
 
-def _parse_paths(value: Any, path: str, problems: _Problems, base: Path) -> list[Path]:
+def _parse_paths(value: Any, path: str, problems: _Problems, base: Path, what: str) -> list[Path]:
+    """The image files a field names (one path or a list), each checked as :func:`_image_problem` does."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else value
@@ -286,16 +770,63 @@ def _parse_paths(value: Any, path: str, problems: _Problems, base: Path) -> list
         item_path = _join(path, index) if not isinstance(value, str) else path
         if not _check_type(item, str, item_path, problems):
             continue
-        resolved = (base / item).resolve() if not Path(item).is_absolute() else Path(item)
-        if not resolved.is_file():
-            problems.add(
-                item_path,
-                f"file '{item}' not found (looked at {resolved})",
+        name = _short(item.replace("\0", "\\0"))
+        resolved = Path(item)
+        if "\0" not in item and not resolved.is_absolute():
+            try:
+                resolved = (base / item).resolve()
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13); stat names it below
+                resolved = base / item
+        problem = _file_kind_problem(resolved) or _image_problem(resolved)
+        if problem is None:
+            paths.append(resolved)
+            continue
+        message, fix = problem
+        if message == "not found":
+            message, fix = (
+                f"not found (looked at {_short(str(resolved), 200)})",
                 "fix the path (relative paths start at the story file's folder)",
             )
-            continue
-        paths.append(resolved)
+        problems.add(item_path, f"{what} '{name}' {message}", fix)
     return paths
+
+
+def _image_problem(path: Path) -> tuple[str, str] | None:
+    """What makes a regular file unfit as an image (``None``: it is one), read from its header and checksums.
+
+    PIL reads the header only; an image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression
+    bomb) is refused there, before anything is decoded. ``verify()`` then checks a PNG's chunks and checksums
+    to its end (a truncated or damaged file), and other formats are decoded (JPEG at 1/8 scale) to find theirs.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    fix = "name a PNG or JPEG image, or export this one again"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                kind, size = image.format, image.size
+                image.verify()
+            if kind != "PNG":
+                with Image.open(path, formats=IMAGE_FORMATS) as image:
+                    image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                    image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        return (
+            f"is too large to open safely ({f'{int(pixels[1]):,} pixels' if pixels else err}): a possible "
+            "decompression bomb",
+            f"use an image of at most {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)",
+        )
+    except UnidentifiedImageError:
+        return f"is not an image in a format we read ({', '.join(IMAGE_FORMATS)})", fix
+    except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error...) on bad data
+        return f"is damaged or truncated ({type(err).__name__}: {_short(str(err))})", fix
+    if 0 in size:
+        return f"is an image of {size[0]}x{size[1]} pixels, with nothing in it", fix
+    return None
 
 
 def _parse_settings(value: Any, problems: _Problems) -> GenerationSettings:
@@ -310,20 +841,39 @@ def _parse_settings(value: Any, problems: _Problems) -> GenerationSettings:
             if value[key] <= 0 or value[key] % 8:
                 problems.add(
                     _join("settings", key),
-                    f"{value[key]} is not a positive multiple of 8",
+                    f"{_show_int(value[key])} is not a positive multiple of 8",
                     "use e.g. 512, 768 or 1024",
+                )
+            elif not MIN_SIDE <= value[key] <= MAX_SIDE:
+                problems.add(
+                    _join("settings", key),
+                    f"{_show_int(value[key])} pixels is out of range",
+                    f"use a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, e.g. 512 or 1024",
                 )
             else:
                 out[key] = value[key]
-    for key, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0)):
+    ranges = (
+        ("steps", 1, MAX_STEPS, "steps (the papers use 30 to 50)"),
+        ("batch_size", 1, MAX_BATCH, "frames per batch"),
+        ("seed", 0, MAX_SEED, "(seeds are unsigned 64-bit numbers)"),
+    )
+    for key, minimum, maximum, unit in ranges:
         if key in value and _check_type(value[key], int, _join("settings", key), problems):
-            if value[key] < minimum:
-                problems.add(_join("settings", key), f"{value[key]} is below {minimum}", f"use {minimum} or more")
+            if not minimum <= value[key] <= maximum:
+                problems.add(
+                    _join("settings", key),
+                    f"{_show_int(value[key])} is out of range",
+                    f"use a whole number between {minimum} and {maximum} {unit}",
+                )
             else:
                 out[key] = value[key]
     if "guidance_scale" in value and _check_type(value["guidance_scale"], float, "settings.guidance_scale", problems):
-        if value["guidance_scale"] < 0:
-            problems.add("settings.guidance_scale", "must not be negative", "use e.g. 5.0 (1.0 turns guidance off)")
+        if not (math.isfinite(value["guidance_scale"]) and value["guidance_scale"] >= 0):
+            problems.add(
+                "settings.guidance_scale",
+                f"{_describe(value['guidance_scale'])} is not a finite number of at least 0",
+                "use e.g. 5.0 (1.0 turns guidance off)",
+            )
         else:
             out["guidance_scale"] = float(value["guidance_scale"])
     negative = _get_text(value, "negative_prompt", "settings", problems, required=False)
@@ -422,19 +972,27 @@ def _parse_frames(value: Any, characters: list[Character], problems: _Problems, 
                         f"add '{character_id}' to the list, or leave the list out to take it from the text",
                     )
         seed = item.get("seed")
-        if seed is not None and _check_type(seed, int, _join(path, "seed"), problems) and seed < 0:
-            problems.add(_join(path, "seed"), f"{seed} is negative", "use a seed of 0 or more")
+        if seed is not None and _check_type(seed, int, _join(path, "seed"), problems):
+            if not 0 <= seed <= MAX_SEED:
+                problems.add(
+                    _join(path, "seed"),
+                    f"{_show_int(seed)} is out of range",
+                    f"use a seed between 0 and {MAX_SEED} (seeds are unsigned 64-bit numbers)",
+                )
+                seed = None
+        else:
+            seed = None
         masks = _parse_masks(item.get("masks"), _join(path, "masks"), ids, problems, base)
         control = item.get("control_image")
         if control is not None and not isinstance(control, str):
             _check_type(control, str, _join(path, "control_image"), problems)
             control = None
-        control_paths = _parse_paths(control, _join(path, "control_image"), problems, base)
+        control_paths = _parse_paths(control, _join(path, "control_image"), problems, base, "control image")
         frames.append(
             Frame(
                 text=text,
                 characters=tuple(ids),
-                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None,
+                seed=seed,
                 negative_prompt=_get_text(item, "negative_prompt", path, problems, required=False),
                 context=_get_text(item, "context", path, problems, required=False),
                 context_type=_get_text(item, "context_type", path, problems, required=False),
@@ -459,7 +1017,7 @@ def _parse_masks(value: Any, path: str, ids: list[str], problems: _Problems, bas
                 item_path, f"'{character_id}' is not in this frame", "give masks only for the frame's characters"
             )
             continue
-        found = _parse_paths(file_name, item_path, problems, base)
+        found = _parse_paths(file_name, item_path, problems, base, "mask image")
         if found:
             masks[str(character_id)] = found[0]
     return masks
