@@ -152,6 +152,10 @@ def test_the_benchmark_follows_the_methods_protocol_unless_told_otherwise(tiny_s
     assert {frame["seed"] for frame in manifest["frames"]} == {0}
     record = json.loads((tmp_path / "a" / "benchmark.json").read_text())
     assert record["protocol"] == {"seed": 0, "seed_policy": "same"}
+    assert (
+        "Seeds: same (every frame from the story seed); story seed(s) 0."
+        in (tmp_path / "a" / "results.md").read_text()
+    )
     B.run_benchmark([suite], "protocol-vanilla", tiny_sd15, evaluator, B.BenchmarkOptions(out_dir=tmp_path / "b"),
                     generation={**generation, "seed": 5})  # fmt: skip
     manifest = json.loads((tmp_path / "b" / "suite" / "story_000" / "manifest.json").read_text())

@@ -331,3 +331,15 @@ def test_an_emptied_or_mangled_scores_file_is_not_reused(cache_dir, tmp_path, co
     mangled = {**scores, "values": "nonsense", "frames": 3}
     (run / "scores.json").write_text(json.dumps(mangled))
     assert not evaluator.score_run(run).reused  # right keys, broken fields: scored again
+
+
+def test_a_fallback_from_the_authors_masks_is_noted_under_the_results(cache_dir, tmp_path):
+    tree = tmp_path / "tree"
+    fell_back = single_run(tree / "split" / "a")
+    single_run(tree / "split" / "b")
+    manifest = json.loads((fell_back / "manifest.json").read_text())
+    manifest["frames"][0]["metadata"] = {"mask_provider": "attention", "mask_fallback": True}
+    (fell_back / "manifest.json").write_text(json.dumps(manifest))
+    result = make_evaluator(cache_dir, tmp_path / "features").evaluate(tree)
+    assert result.results["drawn_with"]["mask_fallback_runs"] == 1
+    assert "Masks: 1 of 2 run(s) used the class words' attention maps" in (tree / "results.md").read_text()

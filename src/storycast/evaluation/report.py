@@ -139,9 +139,30 @@ def build_results(
         "published": [r.to_dict() for r in published_rows(preset.name)],
         "evaluation": dict(info),
     }
+    results["drawn_with"] = drawn_with(scored)
     if extra:
         results["benchmark"] = dict(extra)
     return results
+
+
+def drawn_with(scored: Sequence[ScoredRun]) -> dict[str, Any]:
+    """How the runs were drawn where it changes what the numbers mean: their seeds, and whether masks fell back
+    from the authors' detector to attention maps (from each run's manifest)."""
+    policies, seeds, fallback = set(), set(), 0
+    for item in scored:
+        generation = item.run.manifest.get("generation") or {}
+        policies.add(generation.get("seed_policy") or "per-frame")
+        if isinstance(generation.get("seed"), int):
+            seeds.add(generation["seed"])
+        frames = item.run.manifest.get("frames") or []
+        if any(isinstance(f, dict) and (f.get("metadata") or {}).get("mask_fallback") for f in frames):
+            fallback += 1
+    return {
+        "seed_policies": sorted(policies),
+        "seeds": sorted(seeds),
+        "mask_fallback_runs": fallback,
+        "runs": len(scored),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +231,18 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
         sources = sorted({p["source"] for p in published})
         notes = sorted({p["note"] for p in published if p.get("note")})
         lines += ["Published rows: " + "; ".join(sources) + (f" ({'; '.join(notes)})" if notes else "") + ".", ""]
+    drawn = results.get("drawn_with") or {}
+    if drawn.get("seed_policies"):
+        seeds = ", ".join(str(s) for s in drawn.get("seeds", [])) or "?"
+        rule = {"same": "every frame from the story seed", "per-frame": "frame i from seed + i"}
+        policies = "; ".join(f"{p} ({rule.get(p, p)})" for p in drawn["seed_policies"])
+        lines += [f"Seeds: {policies}; story seed(s) {seeds}.", ""]
+    if drawn.get("mask_fallback_runs"):
+        lines += [
+            f"Masks: {drawn['mask_fallback_runs']} of {drawn['runs']} run(s) used the class words' attention maps "
+            "because GroundingDINO + SAM were not on the machine (`mask_provider=auto`): not the authors' masks.",
+            "",
+        ]
     caveats = preset.get("caveats") or []
     if caveats:
         lines += ["Caveats of this protocol:", ""] + [f"- {c}" for c in caveats] + [""]
