@@ -273,6 +273,23 @@ def test_a_face_pack_url_is_downloaded_once_into_the_cache(cache_dir, tmp_path):
     assert fetch_zip(url, cache_dir) == unpacked
 
 
+def test_a_face_pack_url_with_a_checksum_is_verified_before_unpacking(tmp_path):
+    import zipfile
+
+    from storycast.errors import ModelLoadError
+    from storycast.evaluation.downloads import fetch_zip
+    from storycast.utils.io import sha256_file
+
+    archive = tmp_path / "pack.zip"
+    with zipfile.ZipFile(archive, "w") as pack:
+        pack.writestr("pack/det_10g.onnx", b"model bytes")
+    wrong = archive.as_uri() + "#sha256=" + "0" * 64
+    with pytest.raises(ModelLoadError, match=r"not the file its checksum names.*not unpacked"):
+        fetch_zip(wrong, tmp_path / "cache")
+    right = archive.as_uri() + "#sha256=" + sha256_file(archive)
+    assert (fetch_zip(right, tmp_path / "cache") / "pack" / "det_10g.onnx").read_bytes() == b"model bytes"
+
+
 def test_a_face_pack_url_that_cannot_be_fetched_names_the_flag(tmp_path):
     from storycast.errors import MissingWeightsError
     from storycast.evaluation.downloads import fetch_zip

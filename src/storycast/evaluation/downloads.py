@@ -31,10 +31,15 @@ def is_url(source: str | Path | None) -> bool:
 def fetch_zip(url: str, cache_dir: str | Path, *, setting: str = "--face-models", timeout: float = 60.0) -> Path:
     """The folder holding the unpacked zip at ``url``, downloading and unpacking it on first use.
 
+    A ``#sha256=HEX`` fragment (pip's syntax) makes the download checked against that checksum before anything is
+    unpacked; the fragment is not sent.
+
     Raises:
         MissingWeightsError: The URL cannot be fetched (the message names it and the local-folder fix).
-        ModelLoadError: What was fetched is not a zip file.
+        ModelLoadError: What was fetched is not a zip file, or not the one the checksum names.
     """
+    url, _, fragment = url.partition("#")
+    expected = fragment[len("sha256=") :].lower() if fragment.startswith("sha256=") else None
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     target = Path(cache_dir) / "downloads" / key
     if (target / ".complete").is_file():
@@ -51,6 +56,15 @@ def fetch_zip(url: str, cache_dir: str | Path, *, setting: str = "--face-models"
                 f"could not download '{url}' ({err}). Fix: download and unzip it yourself, then pass {setting} "
                 f"/path/to/the/folder."
             ) from None
+        if expected is not None:
+            from storycast.utils.io import sha256_file
+
+            found = sha256_file(archive)
+            if found != expected:
+                raise ModelLoadError(
+                    f"'{url}' is not the file its checksum names (sha256 {found}, expected {expected}); not unpacked. "
+                    f"Fix: check the URL and the #sha256= value, or download the pack yourself and pass {setting} FOLDER."
+                )
         if not zipfile.is_zipfile(archive):
             raise ModelLoadError(
                 f"'{url}' is not a zip file. Fix: give the URL of the pack's .zip, or {setting} FOLDER."
