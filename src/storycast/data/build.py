@@ -372,7 +372,9 @@ def build_dataset(
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         what = "a data set" if (out / MANIFEST_FILE).is_file() else "files"
-        raise StorycastError(f"'{out}' already holds {what}. Fix: pass --overwrite to replace it, or another --out.")
+        raise StorycastError(
+            f"'{out}' already holds {what}. Fix: pass --overwrite (overwrite=True in Python) to replace it, or another --out."
+        )
     scanned = scan_source(source)
     builder = Builder(settings, tiny=tiny, device=device, local_files_only=local_files_only)
     work = out.with_name(out.name + ".partial")

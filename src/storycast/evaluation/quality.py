@@ -60,8 +60,8 @@ class OneAlignScorer:
         """
         if not str(device).startswith("cuda"):
             raise SettingsError(
-                f"Q-Align (OneAlign, ~8 B parameters) runs on a CUDA GPU, not on '{device}'. Fix: pass --device cuda, "
-                "or leave it out with --skip qalign."
+                f"Q-Align (OneAlign, ~8 B parameters) runs on a CUDA GPU, not on '{device}'. Fix: pass --device cuda "
+                "(device='cuda' in Python), or leave it out with --skip qalign."
             )
         from transformers import AutoModelForCausalLM
 

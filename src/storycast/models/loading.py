@@ -238,7 +238,7 @@ def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype:
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"could not load a {family} pipeline from '{folder}': {_short_reason(err)}. Fix: check that the folder "
-            f"is complete (re-download it), or pass --family if the architecture was guessed wrong."
+            f"is complete (re-download it), or pass --family (ModelSpec(family=...) in Python) if the architecture was guessed wrong."
         ) from None
     return pipe, family, info
 
