@@ -80,10 +80,11 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from storycast.errors import StorycastError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
     try:
+        # Inside the handler: an interrupt while the command starts is as clean as one while it works.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _configure_logging(args.verbose, args.quiet)
         return int(args.handler(args) or 0)
     except StorycastError as err:
         print(f"error: {err}", file=sys.stderr)
