@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +31,16 @@ SUITE is a ConsiStory-Human split (single, multi-2, multi-3; found under --bench
 the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human)
 or a folder of story files. Each story goes to OUT/<suite>/<story>/.
 Running the same command again skips stories already drawn and scored, and finishes the others.
-With a tiny --preset the evaluation models are tiny too."""
+With a tiny --preset the evaluation models are tiny too.
+
+many GPUs or nodes (the stories are dealt to the processes; the main one writes the tables):
+  torchrun --nproc_per_node 8 -m storycast benchmark single --method identitystory --out runs/is
+  accelerate launch --num_processes 8 -m storycast benchmark single --method identitystory --out runs/is
+  accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST --num_processes 16 \
+      -m storycast benchmark single --method identitystory --out /shared/runs/is
+job arrays without communication (SLURM):
+  storycast benchmark single --method vanilla --out runs/v --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+  storycast benchmark single --method vanilla --out runs/v --merge       # once every shard is done"""
 
 
 def add_parser(subparsers: Any, name: str) -> None:
@@ -49,6 +59,14 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="redraw every story (and replace runs of other settings)"
     )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="draw and score only this share of the stories (a job array's task, 0 <= I < N); no tables",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="draw nothing: the tables of the runs the shards finished"
+    )
     add_eval_arguments(parser, standalone=False)
     parser.set_defaults(handler=run)
 
@@ -59,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark
     from storycast.evaluation.report import summary_table
     from storycast.models.presets import BASE_PRESETS
+    from storycast.runs.shards import launched_processes, parse_shard
 
     log = logging.getLogger("storycast")
+    helper = launched_processes() > 1 and os.environ.get("RANK", "0") != "0"
+    if helper:  # logs and progress bars from the main process only
+        log.setLevel(logging.WARNING)
+        args.progress = False
     suites = [resolve_suite(name, args.bench_root, args.cache_dir) for name in args.suites]
     spec = model_spec_from_args(args)
     tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
@@ -72,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
         storyboard=not args.no_storyboard,
         overwrite=args.overwrite,
+        shard=parse_shard(args.shard),
+        merge=args.merge,
     )
     with long_work(args.progress) as bars:
         evaluator = evaluator_from_args(args, tiny=tiny, device=spec.device, progress=bars)
@@ -85,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
             generation=generation,
             progress=bars,
         )
+    if helper or options.shard != (0, 1):
+        if options.shard != (0, 1) and not helper:
+            log.info("shard %s done; when every shard is, build the tables with --merge", args.shard)
+        return 0
     print("\n".join(summary_table(result.evaluation.results)))
     log.info(
         "%d stor(ies) drawn, %d scored, %d already finished -> %s",

@@ -18,6 +18,7 @@ not even loaded when every story is done.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,10 @@ class BenchmarkOptions:
     command: str | None = None
     storyboard: bool = True
     overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    """(I, N): draw and score only stories i with i % N == I (a job array's task), write no tables."""
+    merge: bool = False
+    """Draw nothing: build the tables from the runs the shards finished."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -217,16 +222,27 @@ def run_benchmark(
         run_plan.check_folder(options.overwrite)
     if plans:
         plans[0].method.check_benchmark(plans[0].settings, plans[0].model.family)
+    if options.merge:
+        result = BenchmarkResult(evaluation=evaluator.evaluate(out_dir))
+        result.finished = [run_dir for _, _, run_dir in layout]
+        return result
+    # This process's stories: its shard of a job array, split again over the processes torchrun started.
+    from storycast.runs.shards import current_share
+
+    share, state = current_share(options.shard)
+    mine = set(share.mine(len(layout)))
     todo = {
         i
         for i, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True))
-        if not (run_plan.finished and evaluator.is_scored(run_dir))
+        if i in mine and not (run_plan.finished and evaluator.is_scored(run_dir))
     }
+    if state is not None and isinstance(models, ModelSpec) and models.device in ("auto", "cuda"):
+        models = dataclasses.replace(models, device=str(state.device))  # each process on its own GPU
     source = models.spec.source if isinstance(models, LoadedModels) else models.source
     if todo:
         evaluator.load()  # a missing extractor is reported before hours of drawing
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {
+    record: dict[str, Any] = {
         "method": method,
         "model": source,
         "suites": [
@@ -239,12 +255,15 @@ def run_benchmark(
         "eval_preset": evaluator.preset.name,
         "command": options.command,
     }
-    atomic_write_json(out_dir / BENCHMARK_RECORD, record)
+    if share.main and options.shard == (0, 1):
+        atomic_write_json(out_dir / BENCHMARK_RECORD, record)
 
     result = BenchmarkResult(evaluation=EvaluationResult(results={}))
     loaded = models if isinstance(models, LoadedModels) else None
     progress(ProgressEvent("stories", 0, len(layout), "stories"))
     for number, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True), start=1):
+        if number - 1 not in mine:
+            continue
         if number - 1 not in todo:
             result.finished.append(run_dir)
         else:
@@ -269,5 +288,10 @@ def run_benchmark(
             evaluator.score_run(run_dir, split=run_dir.parent.relative_to(out_dir).as_posix())
             result.scored.append(run_dir)
         progress(ProgressEvent("stories", number, len(layout), "stories"))
+    if state is not None:
+        state.wait_for_everyone()  # every process has scored its runs: the main one writes the tables
+    if options.shard != (0, 1) or not share.main:
+        # A shard of a job array (or a helper process) writes no tables: `--merge` builds them from every shard.
+        return result
     result.evaluation = evaluator.evaluate(out_dir, extra=record)
     return result

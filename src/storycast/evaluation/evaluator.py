@@ -443,13 +443,16 @@ class Evaluator:
     def _write_tiny_face_pack(self) -> Path:
         from storycast.evaluation.faces import FACE_PACKS
         from storycast.evaluation.tiny_faces import write_tiny_face_pack
+        from storycast.utils.io import file_lock
 
         folder = self._tiny_face_folder()
         spec = FACE_PACKS[self.preset.face_pack]
-        if all((folder / name).is_file() for name in (spec.detector, spec.recognizer)):
-            return folder
-        with atomic_directory(folder) as staging:
-            write_tiny_face_pack(staging, self.preset.face_pack, seed=TINY_SEED)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(folder.parent / f".{folder.name}.lock"):  # processes of one run share the cache
+            if all((folder / name).is_file() for name in (spec.detector, spec.recognizer)):
+                return folder
+            with atomic_directory(folder) as staging:
+                write_tiny_face_pack(staging, self.preset.face_pack, seed=TINY_SEED)
         return folder
 
     # ------------------------------------------------------------------------------------------

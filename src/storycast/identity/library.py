@@ -18,6 +18,7 @@ damaged entry (unreadable, wrong shape, NaN, a changed byte) is reported, moved 
 from __future__ import annotations
 
 import array
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +144,17 @@ class IdentityLibrary:
         if not self._root_exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[None]:
+        """Held while the identity ``key`` is made: another process that needs it waits, then finds it stored,
+        so a character is discovered once however many processes draw it (a file lock in the library)."""
+        from storycast.utils.io import file_lock
+
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with file_lock(locks / f"{key}.lock"):
+            yield
 
     def info(self, key: str) -> dict[str, Any] | None:
         """What made a stored identity (its ``info.json``) without importing torch; None when absent or damaged."""

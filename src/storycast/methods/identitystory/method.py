@@ -205,10 +205,17 @@ class IdentityStoryMethod(StoryMethod):
         budget = self.discovery_budget(story)
         search = prompts.search_prompt(character)
         key = identity_key({"prompt": search, "model": model, "adapter": adapter_id, "budget": budget.__dict__})
-        record = library.get(key)
-        if record is not None:
-            logger.info("identity of '%s' found in the library (%s)", character.id, key)
-            return record
+        with library.claim(key):  # one process discovers it; the others wait here, then find it stored
+            record = library.get(key)
+            if record is not None:
+                logger.info("identity of '%s' found in the library (%s)", character.id, key)
+                return record
+            return self._discover(character, search, budget, key, library, context)
+
+    def _discover(
+        self, character: Character, search: str, budget: Any, key: str, library: IdentityLibrary, context: RunContext
+    ) -> IdentityRecord:
+        """Discover ``character``'s identity (the authors' iterative SVD discovery) and store it under ``key``."""
         total = budget.candidates * budget.loops
         done = 0
         label = f"identity of {character.display_name}"
