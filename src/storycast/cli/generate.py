@@ -25,14 +25,21 @@ examples:
   storycast generate story_000.json --method vanilla --preset sdxl --steps 30 --out runs/s0
   storycast generate story.yaml --model ./my-sdxl-folder --batch-size 2 --out runs/mine
 
-Running the same command again skips the frames already drawn; --overwrite redraws them."""
+Running the same command again skips the frames already drawn; --overwrite redraws them.
+
+a folder of stories (each into OUT/<story>/), over many GPUs or job-array tasks:
+  storycast generate stories/ --method storydiffusion --out runs/all
+  torchrun --nproc_per_node 8 -m storycast generate stories/ --method storydiffusion --out runs/all
+  storycast generate stories/ --out runs/all --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"""
 
 
 def add_parser(subparsers: Any, name: str) -> None:
     parser = subparsers.add_parser(
         name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("story", type=Path, help="story file (.yaml/.json, ours or ConsiStory-Human)")
+    parser.add_argument(
+        "story", type=Path, help="story file (.yaml/.json, ours or ConsiStory-Human), or a folder of them"
+    )
     parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
     parser.add_argument("-o", "--out", type=Path, help="run folder (default: runs/<story name>-<method>)")
     add_method_settings_argument(parser)
@@ -43,6 +50,7 @@ def add_parser(subparsers: Any, name: str) -> None:
         "--overwrite", action="store_true", help="redraw every frame (and replace a run of other settings)"
     )
     out.add_argument("--no-storyboard", action="store_true", help="do not write storyboard.png")
+    out.add_argument("--shard", metavar="I/N", help="with a folder: only this share of its stories (0 <= I < N)")
     out.add_argument("--columns", type=int, help="frames per storyboard row")
     out.add_argument(
         "--cache-dir", type=Path, help="storycast cache (default: $STORYCAST_CACHE or ~/.cache/storycast)"
@@ -62,8 +70,66 @@ def run(args: argparse.Namespace) -> int:
     from storycast.story.parse import load_story
 
     log = logging.getLogger("storycast")
+    if args.story.is_dir():
+        return _generate_folder(args, log)
     with long_work(args.progress) as bars:  # SIGTERM anywhere in the command is a clean interrupt
         return _generate(args, bars, log, load_story(args.story))
+
+
+def _generate_folder(args: argparse.Namespace, log: Any) -> int:
+    """Every story file of a folder into OUT/<relative path>/, dealt over the launched processes and shards;
+    every story is read and planned before any model loads."""
+    import dataclasses
+    import logging
+    import os
+
+    from storycast.errors import SettingsError
+    from storycast.runs.plan import plan_run
+    from storycast.runs.runner import RunOptions, execute_plan
+    from storycast.runs.shards import current_share, launched_processes, parse_shard
+    from storycast.story.parse import load_story
+
+    folder: Path = args.story
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".yaml", ".yml", ".json") and p.is_file())
+    if not files:
+        raise SettingsError(
+            f"'{folder}' holds no story files (.yaml, .yml, .json). Fix: point at a story or a folder."
+        )
+    out_root = args.out or Path("runs") / f"{folder.name}-{args.method}"
+    if launched_processes() > 1 and os.environ.get("RANK", "0") != "0":
+        log.setLevel(logging.WARNING)  # logs and progress bars from the main process only
+        args.progress = False
+    stories = [load_story(path) for path in files]  # every file checked before any work
+    spec = model_spec_from_args(args)
+    settings, generation = parse_assignments(args.settings), generation_from_args(args)
+    plans = [
+        plan_run(
+            story, args.method, model=spec, method_settings=settings, generation=generation,
+            out_dir=out_root / path.relative_to(folder).with_suffix(""), overwrite=args.overwrite,
+        )
+        for story, path in zip(stories, files, strict=True)
+    ]  # fmt: skip
+    for plan in plans:
+        plan.check_folder(args.overwrite)
+    share, state = current_share(parse_shard(args.shard))
+    if state is not None and spec.device in ("auto", "cuda"):
+        spec = dataclasses.replace(spec, device=str(state.device))  # each process on its own GPU
+    models: Any = spec
+    command = shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None
+    with long_work(args.progress) as bars:
+        for number in share.mine(len(plans)):
+            plan = plans[number]
+            assert plan.out_dir is not None
+            options = RunOptions(
+                out_dir=plan.out_dir, overwrite=args.overwrite, storyboard=not args.no_storyboard,
+                columns=args.columns, cache_dir=args.cache_dir, command=command,
+            )  # fmt: skip
+            result = execute_plan(plan, None, models, options, progress=bars)
+            models = result.loaded_models or models  # loaded once, for the first story with frames to draw
+            log.info("%s: drew %d frame(s) -> %s", files[number].name, len(result.drawn), result.out_dir)
+    if state is not None:
+        state.wait_for_everyone()
+    return 0
 
 
 def _generate(args: argparse.Namespace, bars: Any, log: Any, story: Any) -> int:
