@@ -144,3 +144,28 @@ def memory_growth(rows: Sequence[dict[str, Any]], method: str) -> str | None:
         return None
     growth = runs[-1]["peak_memory_mb"] / runs[0]["peak_memory_mb"]
     return f"{method} peak memory, {runs[-1]['frames']} vs {runs[0]['frames']} frames: {growth:.3f}x"
+
+
+def compare_with_vanilla(
+    script: str, args: argparse.Namespace, method: str, extra: Sequence[tuple[str, str, str]] = ()
+) -> None:
+    """Run vanilla and ``method`` for every story length of ``args.frames``, each in a fresh worker process of
+    ``script``, and print the table with ratios to vanilla and the memory growth of ``method``."""
+    rows = []
+    for frames in args.frames:
+        for name in ("vanilla", method):
+            arguments = [
+                "--method", name, "--frames", str(frames), "--preset", args.preset, "--device", args.device,
+                "--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads),
+                "--method-settings", args.method_settings,
+            ]  # fmt: skip
+            if args.size:
+                arguments += ["--size", str(args.size)]
+            rows.append(run_worker(script, arguments))
+    print(
+        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} size={args.size or 'preset'}"
+    )
+    print_table(rows, "vanilla", extra=extra)
+    growth = memory_growth(rows, method)
+    if growth:
+        print(growth)

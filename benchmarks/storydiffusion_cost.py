@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness import cost_parser, measure, memory_growth, one_character_story, print_table, run_worker
+from harness import compare_with_vanilla, cost_parser, measure, one_character_story
 
 
 def full_bank_bytes(models, story, identity_frames: int) -> int:
@@ -54,24 +54,12 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    rows = []
-    for frames in args.frames:
-        for method in ("vanilla", "storydiffusion"):
-            arguments = [
-                "--method", method, "--frames", str(frames), "--preset", args.preset, "--device", args.device,
-                "--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads),
-                "--method-settings", args.method_settings,
-            ]  # fmt: skip
-            if args.size:
-                arguments += ["--size", str(args.size)]
-            rows.append(run_worker(__file__, arguments))
-    print(
-        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} size={args.size or 'preset'}"
+    compare_with_vanilla(
+        __file__,
+        args,
+        "storydiffusion",
+        extra=[("bank_mb", "bank MB", ".2f"), ("full_bank_mb", "all-token bank MB", ".2f")],
     )
-    print_table(rows, "vanilla", extra=[("bank_mb", "bank MB", ".2f"), ("full_bank_mb", "all-token bank MB", ".2f")])
-    growth = memory_growth(rows, "storydiffusion")
-    if growth:
-        print(growth)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness import cost_parser, measure, memory_growth, one_character_story, print_table, run_worker
+from harness import compare_with_vanilla, cost_parser, measure, one_character_story
 
 
 def full_anchor_bytes(models, story, anchors: int) -> int:
@@ -65,26 +65,12 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    rows = []
-    for frames in args.frames:
-        for method in ("vanilla", "storynizor"):
-            arguments = [
-                "--method", method, "--frames", str(frames), "--preset", args.preset, "--device", args.device,
-                "--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads),
-                "--method-settings", args.method_settings,
-            ]  # fmt: skip
-            if args.size:
-                arguments += ["--size", str(args.size)]
-            rows.append(run_worker(__file__, arguments))
-    print(
-        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} size={args.size or 'preset'}"
+    compare_with_vanilla(
+        __file__,
+        args,
+        "storynizor",
+        extra=[("anchor_mb", "anchors MB", ".2f"), ("full_anchor_mb", "all-token anchors MB", ".2f")],
     )
-    print_table(
-        rows, "vanilla", extra=[("anchor_mb", "anchors MB", ".2f"), ("full_anchor_mb", "all-token anchors MB", ".2f")]
-    )
-    growth = memory_growth(rows, "storynizor")
-    if growth:
-        print(growth)
 
 
 if __name__ == "__main__":
