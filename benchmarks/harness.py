@@ -169,3 +169,37 @@ def compare_with_vanilla(
     growth = memory_growth(rows, method)
     if growth:
         print(growth)
+
+
+def all_token_bytes(models: Any, story: Any, frames: int) -> int:
+    """What a -inf-masked formulation would keep of ``frames`` frames: every token, both guidance halves, every
+    step and up-block self-attention layer, in the model's dtype."""
+    from storycast.attention.layers import select_layers
+
+    pipe = models.pipeline
+    gen = story.settings
+    height, width = gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor
+    per_step = sum(
+        (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
+        for layer in select_layers(pipe.unet, kind="self", blocks=["up"])
+    )
+    return per_step * 2 * frames * gen.steps * pipe.unet.dtype.itemsize
+
+
+def cost_main(
+    doc: str,
+    script: str,
+    method: str,
+    presets: str,
+    worker: Any,
+    extra: Sequence[tuple[str, str, str]],
+    **defaults: Any,
+) -> None:
+    """The command line of a cost benchmark: the comparison, or (``--worker``) one measured configuration."""
+    parser = cost_parser(doc, method, presets)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    compare_with_vanilla(script, args, method, extra=extra)

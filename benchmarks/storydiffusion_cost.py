@@ -19,22 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness import compare_with_vanilla, cost_parser, measure, one_character_story
-
-
-def full_bank_bytes(models, story, identity_frames: int) -> int:
-    """The bank of the authors' mask variant: every token of every identity frame, both guidance halves, every
-    step and up-block self-attention layer, in the model's dtype."""
-    from storycast.attention.layers import select_layers
-
-    pipe = models.pipeline
-    gen = story.settings
-    height, width = gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor
-    per_step = sum(
-        (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
-        for layer in select_layers(pipe.unet, kind="self", blocks=["up"])
-    )
-    return per_step * 2 * identity_frames * gen.steps * pipe.unet.dtype.itemsize
+from harness import all_token_bytes, cost_main, measure, one_character_story
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -43,22 +28,18 @@ def worker(args: argparse.Namespace) -> dict:
     bank = getattr(method, "bank", None)
     identity = sum(len(g.frames) for g in plan.groups if g.group.role.startswith("identity"))
     row["bank_mb"] = bank.nbytes / 2**20 if bank is not None else 0.0
-    row["full_bank_mb"] = full_bank_bytes(models, plan.story, identity) / 2**20 if bank is not None else 0.0
+    row["full_bank_mb"] = all_token_bytes(models, plan.story, identity) / 2**20 if bank is not None else 0.0
     return row
 
 
 def main() -> None:
-    parser = cost_parser(__doc__, "storydiffusion", "tiny, tiny-sd15, sdxl-random, sd15-random")
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-
-    compare_with_vanilla(
+    cost_main(
+        __doc__,
         __file__,
-        args,
         "storydiffusion",
-        extra=[("bank_mb", "bank MB", ".2f"), ("full_bank_mb", "all-token bank MB", ".2f")],
+        "tiny, tiny-sd15, sdxl-random, sd15-random",
+        worker,
+        [("bank_mb", "bank MB", ".2f"), ("full_bank_mb", "all-token bank MB", ".2f")],
     )
 
 

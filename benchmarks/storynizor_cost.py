@@ -21,22 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness import compare_with_vanilla, cost_parser, measure, one_character_story
-
-
-def full_anchor_bytes(models, story, anchors: int) -> int:
-    """The cache of the masked formulation: every token of every anchor frame, both halves, every step and
-    up-block self-attention layer, in the model's dtype."""
-    from storycast.attention.layers import select_layers
-
-    pipe = models.pipeline
-    gen = story.settings
-    height, width = gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor
-    per_step = sum(
-        (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
-        for layer in select_layers(pipe.unet, kind="self", blocks=["up"])
-    )
-    return per_step * 2 * anchors * gen.steps * pipe.unet.dtype.itemsize
+from harness import all_token_bytes, cost_main, measure, one_character_story
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -51,25 +36,20 @@ def worker(args: argparse.Namespace) -> dict:
     anchors = getattr(method, "anchors", None)
     anchor_frames = len(plan.groups[0].frames) if anchors is not None else 0
     row["anchor_mb"] = anchors.nbytes / 2**20 if anchors is not None else 0.0
-    row["full_anchor_mb"] = (
-        full_anchor_bytes(models, plan.story, anchor_frames) / 2**20 if anchors is not None else 0.0
-    )
+    row["full_anchor_mb"] = all_token_bytes(models, plan.story, anchor_frames) / 2**20 if anchors is not None else 0.0
     return row
 
 
 def main() -> None:
-    parser = cost_parser(__doc__, "storynizor", "tiny-sd15, sd15-random, tiny, sdxl-random")
-    parser.set_defaults(preset="tiny-sd15", frames=[8, 64])
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
-
-    compare_with_vanilla(
+    cost_main(
+        __doc__,
         __file__,
-        args,
         "storynizor",
-        extra=[("anchor_mb", "anchors MB", ".2f"), ("full_anchor_mb", "all-token anchors MB", ".2f")],
+        "tiny-sd15, sd15-random, tiny, sdxl-random",
+        worker,
+        [("anchor_mb", "anchors MB", ".2f"), ("full_anchor_mb", "all-token anchors MB", ".2f")],
+        preset="tiny-sd15",
+        frames=[8, 64],
     )
 
 
