@@ -484,3 +484,13 @@ def test_a_fallback_from_the_authors_detector_is_said_and_recorded(models, tmp_p
     explicit = make_method(models, mask_provider="attention")
     explicit.prepare(story, context)
     assert explicit.generate(story, (0,), context)[0].metadata["mask_fallback"] is False
+
+
+def test_a_discovery_budget_too_small_for_the_svd_filter_is_refused_before_drawing():
+    from storycast.errors import SettingsError
+    from storycast.runs.plan import plan_run
+
+    data = two_character_data([{"text": "{ana} at the window"}])
+    with pytest.raises(SettingsError, match=r"discovery_candidates=4 leave 2 candidate\(s\) in SVD round 2.*Fix"):
+        plan_run(parse_story(data), "identitystory", model=ModelSpec(source="tiny"), method_settings={
+            "discovery_candidates": "4"}, generation={"steps": 2})  # fmt: skip

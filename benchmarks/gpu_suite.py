@@ -1,0 +1,161 @@
+"""The GPU suite: every method against vanilla at the real sizes, in one command, with random weights.
+
+For each family (SDXL at 1024 px, SD 1.5 at 512 px; random weights of the real architectures, fp16) and each
+method that runs on it, a fresh process draws a one-character story and reports seconds per frame, peak memory,
+UNet evaluations per frame, and the share of the compute floor reached: the FLOPs of the frame's UNet
+evaluations (one evaluation counted with torch's FLOP counter) divided by seconds x the device's measured
+matmul rate in the same dtype. Preparation (identity discovery, reference encoding) is paid once per
+character and is not in the per-frame numbers. Writes ``suite.json`` and ``suite.md`` into ``--out``.
+
+    python benchmarks/gpu_suite.py --out runs/gpu-suite                          # an NVIDIA GPU, ~8 minutes
+    python benchmarks/gpu_suite.py --out /tmp/suite --device cpu --tiny --steps 2  # the CPU smoke run (CI)
+
+Who gets a GPU runs the first command and puts the table in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness import measure, one_character_story, run_worker
+
+FAMILIES = {
+    "sdxl": {"real": ("sdxl-random", 1024), "tiny": ("tiny", 128)},
+    "sd15": {"real": ("sd15-random", 512), "tiny": ("tiny-sd15", 128)},
+}
+METHODS = ("vanilla", "identitystory", "storydiffusion", "storynizor")
+SUITE_SETTINGS = {
+    # Discovery is paid once per character, before the timed frames: a small budget keeps the suite short.
+    "identitystory": {"discovery_candidates": 12, "preview_images": 1},
+}
+
+
+def matmul_rate(device: str, dtype: str, side: int) -> float:
+    """FLOP/s of a square matmul of ``side`` in ``dtype`` on ``device`` (the best of a few runs)."""
+    import torch
+
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    if device == "cpu" and torch_dtype == torch.float16:
+        torch_dtype = torch.float32  # CPUs have no fast fp16 matmul: the floor is measured in what runs
+    a = torch.randn(side, side, device=device, dtype=torch_dtype)
+    b = torch.randn(side, side, device=device, dtype=torch_dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    (a @ b).sum().item()
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        started = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return 2 * side**3 / best
+
+
+def unet_flops(models, width: int, height: int) -> int:
+    """FLOPs of one UNet evaluation (one batch row) at ``width`` x ``height``, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from storycast.pipelines.conditioning import prompt_encoder
+
+    pipe = models.pipeline
+    pair = prompt_encoder(pipe, models.family, models.device)(["a photo"], [""], width=width, height=height)
+    latents = torch.zeros(
+        1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor,
+        device=models.device, dtype=pipe.unet.dtype,
+    )  # fmt: skip
+    inputs = pair.cond.unet_inputs()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        pipe.unet(latents, torch.tensor(500, device=models.device), return_dict=False, **inputs)
+    return int(counter.get_total_flops())
+
+
+def worker(args: argparse.Namespace) -> dict:
+    preset, size = FAMILIES[args.family]["tiny" if args.tiny else "real"]
+    args.preset, args.size, args.frames = preset, size, [args.story_frames]
+    args.method_settings = json.dumps(SUITE_SETTINGS.get(args.method, {}))
+    settings = SUITE_SETTINGS.get(args.method, {})
+    row, (_, models, plan) = measure(args, one_character_story(args.story_frames), settings)
+    flops = unet_flops(models, plan.story.settings.width, plan.story.settings.height)
+    rate = matmul_rate(args.device, args.dtype, 512 if args.tiny or args.device == "cpu" else 8192)
+    frame_flops = flops * row["evaluations_per_frame"]
+    return {
+        **row,
+        "family": args.family,
+        "preset": preset,
+        "size": plan.story.settings.width,
+        "unet_gflops_per_evaluation": flops / 1e9,
+        "matmul_tflops": rate / 1e12,
+        "compute_floor_share": frame_flops / (row["seconds_per_frame"] * rate) if row["seconds_per_frame"] else 0.0,
+    }
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"device={args.device} dtype={args.dtype} steps={args.steps} frames={args.story_frames} "
+        f"{'tiny models' if args.tiny else 'random weights at the real sizes'}",
+        "",
+        "| family | method | px | UNet evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | mem x |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        base = next(r for r in rows if r["family"] == row["family"] and r["method"] == "vanilla")
+        lines.append(
+            f"| {row['family']} | {row['method']} | {row['size']} | {row['evaluations_per_frame']:.1f} | "
+            f"{row['seconds_per_frame']:.3f} | {row['peak_memory_mb']:.0f} | {row['unet_gflops_per_evaluation']:.1f} | "
+            f"{row['compute_floor_share']:.1%} | {row['seconds_per_frame'] / base['seconds_per_frame']:.2f} | "
+            f"{row['peak_memory_mb'] / base['peak_memory_mb']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--tiny", action="store_true", help="tiny models (the CPU smoke run)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--story-frames", type=int, default=4, help="frames of the measured story")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--family", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device == "cpu" and args.dtype == "fp16":
+        args.dtype = "fp32"  # CPU runs in fp32
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    from storycast.methods.registry import get_method
+
+    rows = []
+    for family in args.families:
+        for method in ["vanilla", *[m for m in args.methods if m != "vanilla"]]:
+            if family not in get_method(method).families:
+                continue
+            arguments = [
+                "--family", family, "--method", method, "--device", args.device, "--dtype", args.dtype,
+                "--steps", str(args.steps), "--story-frames", str(args.story_frames), "--threads", str(args.threads),
+                "--out", str(args.out),
+            ]  # fmt: skip
+            if args.tiny:
+                arguments.append("--tiny")
+            rows.append(run_worker(__file__, arguments))
+            print(f"{family} {method}: {rows[-1]['seconds_per_frame']:.3f} s/frame", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suite.json").write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2, default=str) + "\n")
+    table = markdown(rows, args)
+    (args.out / "suite.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
