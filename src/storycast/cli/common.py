@@ -41,6 +41,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
     group.add_argument(
+        "--channels-last", action="store_true", help="UNet in channels-last layout (speed; same output)"
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the UNet's repeated blocks (speed; same output; first frame slower)",
+    )
+    group.add_argument(
         "--lora",
         action="append",
         metavar="SOURCE[@SCALE]",
@@ -62,6 +70,8 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         vae_slicing=args.vae_slicing,
         local_files_only=args.local_files_only,
         loras=tuple(LoraSpec.parse(text) for text in args.lora or ()),
+        channels_last=getattr(args, "channels_last", False),
+        compile=getattr(args, "compile", False),
     )
 
 

@@ -328,6 +328,10 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     place_pipeline(pipe, device, offload, vae_tiling=spec.vae_tiling, vae_slicing=spec.vae_slicing)
     if spec.loras:
         info["loras"] = load_loras(pipe, spec.loras, local_files_only=spec.local_files_only)
+    if spec.channels_last or spec.compile:
+        from storycast.models.speed import apply_speed_options
+
+        info["speed"] = apply_speed_options(pipe, device, channels_last=spec.channels_last, compile=spec.compile)
     pipe.set_progress_bar_config(disable=True)
     defaults = preset.defaults if preset is not None else FAMILY_DEFAULTS[family]
     info.update(family=family, dtype=dtype_name(dtype), device=device, offload=offload)

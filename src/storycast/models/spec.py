@@ -61,6 +61,9 @@ class ModelSpec:
         local_files_only: Never contact the Hub; use the local cache only.
         seed: Seed of the random weights of tiny presets.
         loras: LoRAs loaded into the base model and active in every pass.
+        channels_last: The UNet in channels-last memory layout (a speed option; same output).
+        compile: Compile the UNet's repeated blocks (a speed option; same output; falls back with a warning where
+            torch cannot compile).
     """
 
     source: str = "sdxl"
@@ -76,6 +79,8 @@ class ModelSpec:
     local_files_only: bool = False
     seed: int = 0
     loras: tuple[LoraSpec, ...] = ()
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.source:
