@@ -180,6 +180,40 @@ class PhotoMakerAdapter:
         cleaned = [remove_trigger_word(p, self.trigger_word) for p in prompts_with_trigger]
         return self.prompts(cleaned, negative_prompts, width=width, height=height), positions
 
+    def fuse_identities(
+        self,
+        plain: GuidancePair,
+        triggered: Sequence[Mapping[str, str]],
+        identities: Mapping[str, torch.Tensor],
+    ) -> GuidancePair | None:
+        """``plain``'s cond embeddings with each named character's identity fused into its class token.
+
+        Args:
+            plain: The text-only conditioning of the rows (trigger words removed).
+            triggered: Per row, character id -> the row's prompt with the trigger after that character's class
+                word (which locates its class token).
+            identities: Character id -> its (2048,) ID embedding.
+
+        Returns None when no row names a character with an identity (the plain conditioning serves).
+        """
+        from storycast.errors import StorycastError
+
+        if not any(triggered):
+            return None
+        embeds = plain.cond.embeds.clone()
+        for number, row in enumerate(triggered):
+            for character, prompt in row.items():
+                try:
+                    position = self.class_token_position(prompt)
+                except ValueError:
+                    raise StorycastError(
+                        f"the class word of '{character}' must come within the tokenizer's 77 tokens for PhotoMaker "
+                        f"to attach its identity: '{prompt}'. Fix: shorten the frame's text or the description."
+                    ) from None
+                identity = identities[character].to(embeds.device)[None]
+                embeds[number : number + 1] = self.fuse(embeds[number : number + 1], [position], identity)
+        return GuidancePair(plain.uncond, plain.cond.replace(embeds=embeds))
+
     @torch.no_grad()
     def fuse(
         self, embeds: torch.Tensor, positions: Sequence[int], identities: torch.Tensor, strength: float = 1.0

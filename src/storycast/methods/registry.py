@@ -22,6 +22,7 @@ _BUILTIN: dict[str, str] = {
     "identitystory": "storycast.methods.identitystory.method:IdentityStoryMethod",
     "storydiffusion": "storycast.methods.storydiffusion.method:StoryDiffusionMethod",
     "storynizor": "storycast.methods.storynizor.method:StorynizorMethod",
+    "photomaker": "storycast.methods.photomaker.method:PhotoMakerMethod",
 }
 _REGISTERED: dict[str, str] = {}
 

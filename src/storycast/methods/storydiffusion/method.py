@@ -30,7 +30,7 @@ from storycast.identity.photomaker_prompt import insert_trigger_word
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.models.adapters import attach_photomaker
-from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
+from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
 from storycast.pipelines.freeu import FREEU, freeu
@@ -298,7 +298,11 @@ class StoryDiffusionMethod(StoryMethod):
         plain = prompt_encoder(pipe, self.models.family, device)(
             [r.prompt for r in rows], [r.negative for r in rows], width=gen.width, height=gen.height
         )
-        merged = self._with_references(plain, rows)
+        merged = (
+            self.adapter.fuse_identities(plain, [r.triggered for r in rows], self._references)
+            if any(r.triggered for r in rows)
+            else None
+        )
         merge_step = settings.merge_step(gen.steps)
         scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
         latents = initial_latents(
@@ -352,21 +356,3 @@ class StoryDiffusionMethod(StoryMethod):
             {layer.level for layer in select_layers(self.models.pipeline.unet, kind="self", blocks=["up"])}
         )
         return {level: settings.attention.rate(rank) for rank, level in enumerate(levels)}
-
-    def _with_references(self, plain: GuidancePair, rows: Sequence[_Row]) -> GuidancePair | None:
-        """The rows' cond embeddings with each referenced character's identity fused into its class token."""
-        if not any(row.triggered for row in rows):
-            return None
-        embeds = plain.cond.embeds.clone()
-        for number, row in enumerate(rows):
-            for character, triggered in row.triggered.items():
-                try:
-                    position = self.adapter.class_token_position(triggered)
-                except ValueError:
-                    raise StorycastError(
-                        f"the class word of '{character}' must come within the tokenizer's 77 tokens for PhotoMaker "
-                        f"to attach its photos: '{triggered}'. Fix: shorten the frame's text or the description."
-                    ) from None
-                identity = self._references[character].to(embeds.device)[None]
-                embeds[number : number + 1] = self.adapter.fuse(embeds[number : number + 1], [position], identity)
-        return GuidancePair(plain.uncond, plain.cond.replace(embeds=embeds))
