@@ -7,9 +7,14 @@ before text encoding, and the class token's embedding is then replaced by the fu
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storycast.story.model import Story
 
 TRIGGER_WORD = "img"
 
@@ -100,3 +105,18 @@ def find_class_tokens(
                 raise ValueError("pad_token_id is needed to pad the ids to max_length.")
             clean = clean + [pad_token_id] * (max_length - len(clean))
     return ClassTokens(input_ids=clean, positions=positions)
+
+
+def triggered_prompts(story: Story, index: int, characters: Container[str]) -> dict[str, str]:
+    """Character id -> frame ``index``'s prompt with the trigger word after that character's class word, for
+    each character the frame names among ``characters`` (those with an identity): one prompt per character, so
+    that each one's class token is found on its own."""
+    prompts = {}
+    for character in story.frame_characters(index):
+        if character.id in characters:
+            marked = dataclasses.replace(
+                character, description=insert_trigger_word(character.description, character.class_word)
+            )
+            others = tuple(marked if c.id == character.id else c for c in story.characters)
+            prompts[character.id] = dataclasses.replace(story, characters=others).prompt(index)
+    return prompts

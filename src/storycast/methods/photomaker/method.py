@@ -148,21 +148,14 @@ class PhotoMakerMethod(StoryMethod):
         return [self._draw(story, index, context) for index in group]
 
     def _draw(self, story: Story, index: int, context: RunContext) -> FrameResult:
-        from storycast.identity.photomaker_prompt import insert_trigger_word
+        from storycast.identity.photomaker_prompt import triggered_prompts
 
         settings = self.resolved_settings(story)
         gen = story.settings
         pipe, device = self.models.pipeline, self.models.device
         # 1. The prompt, and per named character the prompt with the trigger after its class word.
         prompt, negative = story.prompt(index), story.negative_prompt(index) or ""
-        triggered = {}
-        for character in story.frame_characters(index):
-            if character.id in self._identities:
-                marked = dataclasses.replace(
-                    character, description=insert_trigger_word(character.description, character.class_word)
-                )
-                others = tuple(marked if c.id == character.id else c for c in story.characters)
-                triggered[character.id] = dataclasses.replace(story, characters=others).prompt(index)
+        triggered = triggered_prompts(story, index, self._identities)
         plain = prompt_encoder(pipe, self.models.family, device)(
             [prompt], [negative], width=gen.width, height=gen.height
         )

@@ -16,7 +16,6 @@ not, its bank is rebuilt by drawing the identity frames again (the same seeds gi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 
 from storycast.attention.consistent import ConsistentAttentionState, TokenBank, install_consistent_attention
 from storycast.errors import SettingsError, StorycastError
-from storycast.identity.photomaker_prompt import insert_trigger_word
+from storycast.identity.photomaker_prompt import insert_trigger_word, triggered_prompts
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.models.adapters import attach_photomaker
@@ -197,14 +196,7 @@ class StoryDiffusionMethod(StoryMethod):
         return attach_photomaker(self.models, self.settings.photomaker)
 
     def _frame_row(self, story: Story, index: int) -> _Row:
-        triggered = {}
-        for character in story.frame_characters(index):
-            if character.id in self._references:
-                marked = dataclasses.replace(
-                    character, description=insert_trigger_word(character.description, character.class_word)
-                )
-                others = tuple(marked if c.id == character.id else c for c in story.characters)
-                triggered[character.id] = dataclasses.replace(story, characters=others).prompt(index)
+        triggered = triggered_prompts(story, index, self._references)
         negative = story.negative_prompt(index) or ""
         return _Row(story.prompt(index), negative, story.frame_seed(index), triggered)
 
