@@ -27,10 +27,11 @@ FAMILIES = {
     "sdxl": {"real": ("sdxl-random", 1024), "tiny": ("tiny", 128)},
     "sd15": {"real": ("sd15-random", 512), "tiny": ("tiny-sd15", 128)},
 }
-METHODS = ("vanilla", "identitystory", "storydiffusion", "storynizor")
+METHODS = ("vanilla", "identitystory", "storydiffusion", "storynizor", "photomaker")
 SUITE_SETTINGS = {
     # Discovery is paid once per character, before the timed frames: a small budget keeps the suite short.
     "identitystory": {"discovery_candidates": 12, "preview_images": 1},
+    "photomaker": {"discovery_candidates": 12, "preview_images": 1},
 }
 
 
