@@ -144,11 +144,13 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
     def key_tokens(self, attn: Any, hidden: torch.Tensor, context: torch.Tensor) -> KeyTokens:
         state = self.state
         by_frame = self.by_frame(hidden)  # [half, frame, token, channel]
+        if state.anchor_mode == "write":
+            # Every layer and step is written, empty where no mask exists yet (the first step, anchors naming
+            # nobody): a reader whose own masks are ready finds what there is to read, even if it is nothing.
+            self._write_anchors(by_frame)
         if not state.character_masks.ready:
             return context
         halves, frames, tokens = state.halves, state.frames, hidden.shape[1]
-        if state.anchor_mode == "write":
-            self._write_anchors(by_frame)
         extra: list[list[torch.Tensor]] = [[] for _ in range(frames)]
         for viewer in range(frames):
             for frame in range(frames):

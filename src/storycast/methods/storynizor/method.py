@@ -66,6 +66,7 @@ class StorynizorMethod(StoryMethod):
         self._identity: dict[str, torch.Tensor] = {}
         self._identity_source: dict[str, str] = {}
         self._detector: Any = None
+        self._anchors_drawn = False
         self._segmenter: Any = None
 
     # -- asked before any model is loaded ---------------------------------------------------------
@@ -143,6 +144,7 @@ class StorynizorMethod(StoryMethod):
     def prepare(self, story: Story, context: RunContext) -> None:
         settings = self.resolved_settings(story)
         self.anchors.clear()
+        self._anchors_drawn = False
         self._identity, self._identity_source = {}, {}
         self._check_mask_level(settings)
         appearing = story.appearing_characters()
@@ -166,7 +168,10 @@ class StorynizorMethod(StoryMethod):
         if found.role == ANCHOR_ROLE:
             later = len(plan) > 1
             return self._draw_anchors(story, found.frames, context, cache=later)
-        if has_anchors and self.anchors.empty:
+        # Later groups read what the anchors left: their tokens (AMSA) and first-frame identities. Anchors drawn in
+        # an earlier run are drawn again (the same seeds give the same tokens); without either, nothing is needed.
+        needs_anchors = settings.synchronizer.enabled or settings.identity == "first-frame"
+        if has_anchors and needs_anchors and not self._anchors_drawn:
             logger.info(
                 "rebuilding the anchors' tokens from frames %s (drawn in an earlier run)", list(plan[0].frames)
             )
@@ -290,6 +295,7 @@ class StorynizorMethod(StoryMethod):
     ) -> list[FrameResult]:
         self.anchors.clear()
         results = self._draw(story, frames, context, mode="write" if cache else None)
+        self._anchors_drawn = True
         settings = self.resolved_settings(story)
         if settings.identity == "first-frame":
             self._identity_from_anchors(story, results)
