@@ -51,6 +51,7 @@ def apply_speed_options(pipe: Any, device: str, *, channels_last: bool, compile:
             unet.compile_repeated_blocks(fullgraph=False)
             applied["compile"] = "repeated blocks"
         else:
-            pipe.unet = torch.compile(unet)
-            applied["compile"] = "whole UNet"
+            # Compiling the whole UNet would wrap it, hiding the processors methods install: not done.
+            logger.warning("--compile: this UNet declares no repeated blocks to compile; it runs uncompiled")
+            applied["compile"] = "off (no repeated blocks)"
     return applied
