@@ -73,6 +73,8 @@ def test_shards_merged_equal_the_unsharded_run_and_a_lost_shard_is_finished_by_a
     B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator(tmp_path / "c"),
                     B.BenchmarkOptions(out_dir=sharded, merge=True), generation=GENERATION)  # fmt: skip
     assert tables(sharded) == tables(whole)
+    merged = json.loads((sharded / "results.json").read_text())["benchmark"]
+    assert merged["method"] == "vanilla" and merged["generation"] == GENERATION  # the shards' record
     a, b = frames_of(whole), frames_of(sharded)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 

@@ -220,12 +220,12 @@ def run_benchmark(
     ]
     for run_plan in plans:
         run_plan.check_folder(options.overwrite)
-    if plans:
-        plans[0].method.check_benchmark(plans[0].settings, plans[0].model.family)
-    if options.merge:
+    if options.merge:  # nothing is drawn: the tables of what the shards drew (and the record they wrote)
         result = BenchmarkResult(evaluation=evaluator.evaluate(out_dir))
         result.finished = [run_dir for _, _, run_dir in layout]
         return result
+    if plans:
+        plans[0].method.check_benchmark(plans[0].settings, plans[0].model.family)
     # This process's stories: its shard of a job array, split again over the processes torchrun started.
     from storycast.runs.shards import current_share
 
@@ -255,7 +255,7 @@ def run_benchmark(
         "eval_preset": evaluator.preset.name,
         "command": options.command,
     }
-    if share.main and options.shard == (0, 1):
+    if share.main:  # every shard asks the same (suites, method, settings): any one's record serves --merge
         atomic_write_json(out_dir / BENCHMARK_RECORD, record)
 
     result = BenchmarkResult(evaluation=EvaluationResult(results={}))
