@@ -20,12 +20,13 @@ stopped; the data set replaces nothing until it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storycast.data.format import CharacterSet, DataSetInfo, write_dataset
-from storycast.data.sources import SourceFolder, SourceItem, scan_source, video_frames
+from storycast.data.sources import SourceItem, scan_source, video_frames
 from storycast.errors import StorycastError
 from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.presets import ADAPTERS
@@ -155,29 +156,29 @@ class Builder:
         self.local_files_only = local_files_only
         self._segmenter: Any = None
         self._captioner: Any = None
+        self._embedder: Any = None
 
     # -- steps ---------------------------------------------------------------------------------------
 
-    def images(self, source: SourceFolder) -> list[tuple[SourceItem, int | None, Any]]:
-        """Every image of the source, video frames expanded, shrunk to ``max_side``."""
+    def frames_of(self, item: SourceItem) -> Iterator[tuple[int | None, Any]]:
+        """(video frame index or None, image) of one source item, one at a time, shrunk to ``max_side``."""
         from PIL import Image, UnidentifiedImageError
 
-        out = []
-        for item in source.items:
-            if item.frame is not None:
-                frames = video_frames(item.path, self.settings.video_every_seconds, self.settings.video_max_frames)
-                out.extend((item, index, self._shrink(image)) for index, image in frames)
-                continue
-            try:
-                with Image.open(item.path) as opened:
-                    image = opened.convert("RGB")
-            except (UnidentifiedImageError, OSError) as err:
-                raise StorycastError(
-                    f"{item.path} is not a readable image ({type(err).__name__}). Fix: replace or remove it; the build "
-                    f"resumes where it stopped."
-                ) from None
-            out.append((item, None, self._shrink(image)))
-        return out
+        if item.frame is not None:
+            for index, image in video_frames(
+                item.path, self.settings.video_every_seconds, self.settings.video_max_frames
+            ):
+                yield index, self._shrink(image)
+            return
+        try:
+            with Image.open(item.path) as opened:
+                image = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise StorycastError(
+                f"{item.path} is not a readable image ({type(err).__name__}). Fix: replace or remove it; the build "
+                f"resumes where it stopped."
+            ) from None
+        yield None, self._shrink(image)
 
     def _shrink(self, image: Any) -> Any:
         side = max(image.size)
@@ -188,21 +189,9 @@ class Builder:
 
         return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
 
-    def identities(self, images: Sequence[tuple[SourceItem, int | None, Any]]) -> list[tuple[str, ...] | None]:
-        """Per image, its characters: known ones, or a found identity ``person_000`` (None: no face to cluster)."""
-        from storycast.data.ops import cluster_embeddings
-
-        known = [item.characters for item, _, _ in images]
-        unknown = [i for i, characters in enumerate(known) if characters is None]
-        if not unknown:
-            return known
-        embeddings, usable = self._embed([images[i][2] for i in unknown])
-        threshold = self.settings.face_threshold if self._embedder_kind() == "faces" else self.settings.dino_threshold
-        labels = cluster_embeddings(embeddings, threshold) if len(embeddings) else []
-        found = list(known)
-        for position, label in zip(usable, labels, strict=True):
-            found[unknown[position]] = (f"{self.settings.class_word}_{label:03d}",)
-        return found
+    @property
+    def cluster_threshold(self) -> float:
+        return self.settings.face_threshold if self._embedder_kind() == "faces" else self.settings.dino_threshold
 
     def _embedder_kind(self) -> str:
         if self.settings.identities != "auto":
@@ -216,27 +205,27 @@ class Builder:
         except MissingWeightsError:
             return "dino"
 
-    def _embed(self, images: Sequence[Any]) -> tuple[Any, list[int]]:
-        import torch
+    def embed(self, image: Any) -> Any:
+        """The identity embedding (d,) of one image of an unknown character, or None (no face); the embedder
+        is loaded on first use."""
+        if self._embedder is None:
+            if self._embedder_kind() == "faces":
+                from storycast.evaluation.faces import FaceAnalyzer
 
+                self._embedder = FaceAnalyzer.from_folder(self.settings.face_models, setting="--set face_models=")
+            else:
+                from storycast.evaluation.extractors import DEFAULT_DINO_CHECKPOINT, DinoFeatures
+
+                self._embedder = (
+                    DinoFeatures.tiny()
+                    if self.tiny
+                    else DinoFeatures.from_pretrained(
+                        DEFAULT_DINO_CHECKPOINT, device=self.device, local_files_only=self.local_files_only
+                    )
+                )
         if self._embedder_kind() == "faces":
-            from storycast.evaluation.faces import FaceAnalyzer
-
-            analyzer = FaceAnalyzer.from_folder(self.settings.face_models, setting="--set face_models=")
-            faces = analyzer.main_faces(list(images))
-            usable = [i for i, face in enumerate(faces) if face is not None]
-            vectors = [faces[i] for i in usable]
-            return (torch.stack(vectors) if vectors else torch.zeros(0, 1)), usable
-        from storycast.evaluation.extractors import DEFAULT_DINO_CHECKPOINT, DinoFeatures
-
-        dino = (
-            DinoFeatures.tiny()
-            if self.tiny
-            else DinoFeatures.from_pretrained(
-                DEFAULT_DINO_CHECKPOINT, device=self.device, local_files_only=self.local_files_only
-            )
-        )
-        return dino.encode_images(list(images)), list(range(len(images)))
+            return self._embedder.main_faces([image])[0]
+        return self._embedder.encode_images([image])[0]
 
     def masks(
         self, item: SourceItem, image: Any, characters: Sequence[str], class_words: dict[str, str]
@@ -345,6 +334,21 @@ class Builder:
         return processor.decode(ids[0], skip_special_tokens=True).strip()
 
 
+def _cached_embedding(builder: Builder, image: Any, stem: Path) -> Any:
+    """The identity embedding of an image of an unknown character, kept beside its source image in the work
+    folder (``<key>.source.png``, ``<key>.embedding.pt``; a resumed build reads both back); None without a face."""
+    import torch
+
+    source, cached = stem.with_name(stem.name + ".source.png"), stem.with_name(stem.name + ".embedding.pt")
+    if not source.is_file():
+        image.save(source)
+    if cached.is_file():
+        return torch.load(cached, weights_only=True)
+    embedding = builder.embed(image)
+    torch.save(embedding, cached)
+    return embedding
+
+
 def build_dataset(
     source: str | Path,
     out: str | Path,
@@ -379,103 +383,135 @@ def build_dataset(
     builder = Builder(settings, tiny=tiny, device=device, local_files_only=local_files_only)
     work = out.with_name(out.name + ".partial")
     (work / "items").mkdir(parents=True, exist_ok=True)
-    images = builder.images(scanned)
-    identities = builder.identities(images)
     words = {name: word or settings.class_word for name, word in scanned.class_words.items()}
     dropped: dict[str, int] = {}
-    analysed: list[Analysed] = []
-    for done, ((item, frame, image), characters) in enumerate(zip(images, identities, strict=True)):
-        if progress is not None:
-            progress(done, len(images))
-        if characters is None:
-            dropped["no face to cluster"] = dropped.get("no face to cluster", 0) + 1
-            continue
+
+    def drop(reason: str, count: int = 1) -> None:
+        dropped[reason] = dropped.get(reason, 0) + count
+
+    def analyse(
+        item: SourceItem, frame: int | None, image: Any, characters: Sequence[str], key: str
+    ) -> Analysed | None:
+        """Masks and caption of one image, kept in the work folder (a resumed build reads them back)."""
         for name in characters:
             words.setdefault(name, settings.class_word)
-        record = work / "items" / f"{_key(item, scanned.root, frame, settings)}.json"
+        record = work / "items" / f"{key}.json"
         if record.is_file():  # analysed by an earlier, interrupted build
-            analysed.append(Analysed(**json.loads(record.read_text())))
-            continue
+            entry = Analysed(**json.loads(record.read_text()))
+            return dataclasses.replace(entry, characters=list(characters))  # found identities are renumbered
         masks = builder.masks(item, image, characters, words)
         if masks is None:
-            dropped["characters not found"] = dropped.get("characters not found", 0) + 1
-            continue
+            drop("characters not found")
+            return None
         caption = builder.caption(item, image, [words[c] for c in characters])
-        stem = record.stem
-        image.save(work / "items" / f"{stem}.png")
+        image.save(work / "items" / f"{key}.png")
         mask_files = []
         for number, mask in enumerate(masks):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(work / "items" / f"{stem}.mask{number}.png")
-            mask_files.append(f"{stem}.mask{number}.png")
-        entry = Analysed(
-            item.name(scanned.root) if frame is None else f"{item.path.relative_to(scanned.root).as_posix()}#{frame}",
-            list(characters),
-            caption,
-            mask_files,
-            f"{stem}.png",
+            Image.fromarray(mask.astype(np.uint8) * 255).save(work / "items" / f"{key}.mask{number}.png")
+            mask_files.append(f"{key}.mask{number}.png")
+        name = (
+            item.name(scanned.root) if frame is None else f"{item.path.relative_to(scanned.root).as_posix()}#{frame}"
         )
+        entry = Analysed(name, list(characters), caption, mask_files, f"{key}.png")
         record.write_text(json.dumps(asdict(entry)))
-        analysed.append(entry)
-    if progress is not None:
-        progress(len(images), len(images))
+        return entry
 
-    # Sets by the characters they show; filters inside each set.
+    # 1. Every image, one at a time: known characters analysed now; the others embedded for clustering.
+    analysed: list[Analysed] = []
+    unknown: list[tuple[str, SourceItem, int | None, Any]] = []
+    for done, item in enumerate(scanned.items):
+        if progress is not None:
+            progress(done, len(scanned.items))
+        for frame, image in builder.frames_of(item):
+            key = _key(item, scanned.root, frame, settings)
+            if item.characters is None:
+                unknown.append((key, item, frame, _cached_embedding(builder, image, work / "items" / key)))
+            elif (entry := analyse(item, frame, image, item.characters, key)) is not None:
+                analysed.append(entry)
+    if progress is not None:
+        progress(len(scanned.items), len(scanned.items))
+    # 2. Identities of the rest: clusters of their embeddings (all of them, so a resumed build numbers alike).
+    usable = [u for u in unknown if u[3] is not None]
+    if len(unknown) > len(usable):
+        drop("no face to cluster", len(unknown) - len(usable))
+    if usable:
+        import torch
+
+        from storycast.data.ops import cluster_embeddings
+
+        labels = cluster_embeddings(torch.stack([u[3] for u in usable]), builder.cluster_threshold)
+        for (key, item, frame, _), label in zip(usable, labels, strict=True):
+            image = Image.open(work / "items" / f"{key}.source.png").convert("RGB")
+            if (entry := analyse(item, frame, image, (f"{settings.class_word}_{label:03d}",), key)) is not None:
+                analysed.append(entry)
+
+    # 3. Sets by the characters they show; filters inside each set (hashes only: one image open at a time).
+    def load(file: str, mode: str = "RGB") -> Any:
+        with Image.open(work / "items" / file) as opened:
+            return opened.convert(mode)
+
     by_set: dict[tuple[str, ...], list[Analysed]] = {}
     for entry in analysed:
         by_set.setdefault(tuple(sorted(entry.characters)), []).append(entry)
-    sets: list[CharacterSet] = []
+    planned: list[tuple[tuple[str, ...], list[Analysed]]] = []
     for names, entries in sorted(by_set.items()):
-        loaded = [(e, Image.open(work / "items" / e.image_file).convert("RGB")) for e in entries]
-        duplicates = set(near_duplicates([average_hash(img) for _, img in loaded], settings.near_duplicate_bits))
-        kept = [pair for i, pair in enumerate(loaded) if i not in duplicates]
-        dropped["near duplicates"] = dropped.get("near duplicates", 0) + len(duplicates)
+        duplicates = set(
+            near_duplicates([average_hash(load(e.image_file)) for e in entries], settings.near_duplicate_bits)
+        )
+        kept = [e for i, e in enumerate(entries) if i not in duplicates]
+        drop("near duplicates", len(duplicates))
         if settings.background_bits >= 0:
-            union = [
-                np.any([np.asarray(Image.open(work / "items" / m)) > 127 for m in e.mask_files], axis=0)
-                for e, _ in kept
-            ]
-            repeated = set(
-                near_duplicates(
-                    [background_hash(img, m) for (_, img), m in zip(kept, union, strict=True)],
-                    settings.background_bits,
+            hashes = [
+                background_hash(
+                    load(e.image_file), np.any([np.asarray(load(m, "L")) > 127 for m in e.mask_files], axis=0)
                 )
-            )
-            dropped["repeated backgrounds"] = dropped.get("repeated backgrounds", 0) + len(repeated)
-            kept = [pair for i, pair in enumerate(kept) if i not in repeated]
+                for e in kept
+            ]
+            repeated = set(near_duplicates(hashes, settings.background_bits))
+            drop("repeated backgrounds", len(repeated))
+            kept = [e for i, e in enumerate(kept) if i not in repeated]
         kept = kept[: settings.max_images]
         if len(kept) < settings.min_images:
-            dropped[f"sets under {settings.min_images} images"] = dropped.get(
-                f"sets under {settings.min_images} images", 0
-            ) + len(kept)
+            drop(f"sets under {settings.min_images} images", len(kept))
             continue
-        sets.append(
-            CharacterSet(
-                "+".join(names),
-                [(n, words[n]) for n in names],
-                [img for _, img in kept],
-                [e.caption for e, _ in kept],
-                [e.characters for e, _ in kept],
-                [[Image.open(work / "items" / m).convert("L") for m in e.mask_files] for e, _ in kept],
-                [e.name for e, _ in kept],
-            )
-        )
-    if not sets:
+        planned.append((names, kept))
+    if not planned:
         raise StorycastError(
             f"no character set of '{scanned.root}' has {settings.min_images} or more usable images ({dropped or 'none'} "
             f"left out). Fix: add images per character, or --set min_images=N; what was analysed is kept in {work}."
         )
+
+    def character_set(names: tuple[str, ...], kept: list[Analysed]) -> CharacterSet:
+        return CharacterSet(
+            "+".join(names),
+            [(n, words[n]) for n in names],
+            [load(e.image_file) for e in kept],
+            [e.caption for e in kept],
+            [e.characters for e in kept],
+            [[load(m, "L") for m in e.mask_files] for e in kept],
+            [e.name for e in kept],
+        )
+
     info = DataSetInfo(
-        sets=len(sets),
-        images=sum(len(s.images) for s in sets),
-        characters=len({c for s in sets for c, _ in s.characters}),
-        multi_character_sets=sum(len(s.characters) > 1 for s in sets),
+        sets=len(planned),
+        images=sum(len(kept) for _, kept in planned),
+        characters=len({c for names, _ in planned for c in names}),
+        multi_character_sets=sum(len(names) > 1 for names, _ in planned),
         source=str(scanned.root),
         built_with={**asdict(settings), "tiny": tiny},
         dropped=dropped,
     )
     with atomic_directory(out) as staging:
-        write_dataset(sets, staging, info)
-        write_contact_sheets(sets, staging / "contact_sheets")
+
+        def make(names: tuple[str, ...], kept: list[Analysed]) -> Callable[[], CharacterSet]:
+            def one() -> CharacterSet:  # a set's images are loaded when it is written, its sheet drawn then
+                made = character_set(names, kept)
+                write_contact_sheets([made], staging / "contact_sheets")
+                return made
+
+            return one
+
+        write_dataset([make(names, kept) for names, kept in planned], staging, info)
     shutil.rmtree(work, ignore_errors=True)
     return info
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,18 +109,22 @@ class DataSetInfo:
         return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
 
 
-def write_dataset(sets: Sequence[CharacterSet], folder: Path, info: DataSetInfo) -> None:
-    """Write ``sets`` as parquet shards, the manifest and the card into ``folder`` (an existing, empty staging
-    folder: the caller renames it into place, so a half-written data set never replaces a good one)."""
-    from datasets import Dataset
+def write_dataset(sets: Sequence[Callable[[], CharacterSet]], folder: Path, info: DataSetInfo) -> None:
+    """Write the character sets that ``sets`` make, one at a time, as parquet shards (one row group per set),
+    the manifest and the card into ``folder`` (an existing, empty staging folder: the caller renames it into
+    place, so a half-written data set never replaces a good one). Only one set's images are in memory at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    schema = features()
     count = max(1, math.ceil(len(sets) / SETS_PER_SHARD))
     for index in range(count):
-        chunk = sets[index * SETS_PER_SHARD : (index + 1) * SETS_PER_SHARD]
-        shard = Dataset.from_list([s.row() for s in chunk], features=features())
         path = folder / SHARD_PATTERN.format(index=index, count=count)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shard.to_parquet(str(path), batch_size=1)  # one row group per set: readers fetch one set at a time
+        with pq.ParquetWriter(str(path), schema.arrow_schema) as writer:
+            for make in sets[index * SETS_PER_SHARD : (index + 1) * SETS_PER_SHARD]:
+                row = schema.encode_example(make().row())
+                writer.write_table(pa.Table.from_pylist([row], schema=schema.arrow_schema))
     (folder / MANIFEST_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
     (folder / CARD_FILE).write_text(dataset_card(info))
 
