@@ -245,9 +245,14 @@ def _pick(
     picked = []
     for position in range(first, first + count):
         epoch, index = divmod(position, len(items))
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(settings.seed * 7919 + epoch))
-        picked.append(items[int(order[index])])
+        picked.append(items[int(_epoch_order(len(items), settings.seed, epoch)[index])])
     return picked
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch (drawn once per epoch, not once per sample)."""
+    return torch.randperm(items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
 
 
 def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> dict[str, Any]:
