@@ -47,6 +47,9 @@ def test_a_folder_of_stories_is_drawn_story_by_story_and_shards_split_it(tmp_pat
     assert main(["generate", str(folder), "--out", str(sharded), "--shard", "0/2", *ARGS]) == 0
     a, b = frames(whole), frames(sharded)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    one_story = folder / "s0.yaml"
+    assert main(["generate", str(one_story), "--out", str(tmp_path / "x"), "--shard", "0/2", *ARGS]) == 2
+    assert main(["generate", str(folder), "--out", str(tmp_path / "y"), "--shard", "2/2", *ARGS]) == 2
 
 
 def test_two_gloo_processes_draw_a_folder_as_one_does(tmp_path):

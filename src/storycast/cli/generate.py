@@ -72,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("storycast")
     if args.story.is_dir():
         return _generate_folder(args, log)
+    if args.shard is not None:
+        from storycast.errors import SettingsError
+
+        raise SettingsError(
+            f"--shard {args.shard} splits a folder of stories, but {args.story} is one story. Fix: pass the folder, "
+            f"or leave --shard out."
+        )
     with long_work(args.progress) as bars:  # SIGTERM anywhere in the command is a clean interrupt
         return _generate(args, bars, log, load_story(args.story))
 
