@@ -4,13 +4,16 @@ Storynizor's auto-masks (``docs/methods/storynizor.md``, ID-Synchronizer): the c
 character's class word, averaged over heads and the layers of one resolution, normalised, bilinearly
 upsampled to the grid a layer needs and cut at its Otsu threshold (ConsiStory's ``attn_map_to_binary``).
 The maps recorded during step s give the masks of step s + 1 (ConsiStory refreshes its masks at the end
-of every step); before the first step has been recorded there is no mask.
+of every step); before the first step has been recorded there is no mask. With a window of W steps the maps
+are the mean of the last W steps' (ConsiStory's ``aggregate_last_steps_attention`` keeps the last 20);
+Storynizor's are the last step's alone (W = 1).
 
 Fixed masks (tests, user masks) use the same interface.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,12 +52,16 @@ class CharacterMasks:
     Args:
         characters: Per frame of the batch (one guidance half), the ids of the characters it names.
         latent_size: (height, width) of the latents; every layer's token grid follows from it.
+        window: Steps whose recorded maps are averaged into the masks (the last ones).
     """
 
-    def __init__(self, characters: Sequence[Sequence[str]], latent_size: tuple[int, int]):
+    def __init__(self, characters: Sequence[Sequence[str]], latent_size: tuple[int, int], window: int = 1):
+        if window < 1:
+            raise ValueError(f"the mask window must be at least one step, got {window}")
         self.characters = [tuple(c) for c in characters]
         self.latent_size = tuple(latent_size)
         self.recorder: TokenMapStore | None = None
+        self._steps: deque[torch.Tensor] = deque(maxlen=window)
         self._columns: dict[FrameCharacter, list[int]] = {}
         self._maps: dict[FrameCharacter, torch.Tensor] = {}
         self._thresholds: dict[FrameCharacter, float] = {}
@@ -68,6 +75,7 @@ class CharacterMasks:
         the frame's prompt; a character whose word is missing gets no mask."""
         columns: list[list[int]] = []
         self._columns = {}
+        self._steps.clear()
         for frame, positions in enumerate(token_positions):
             row: list[int] = []
             for character in self.characters[frame]:
@@ -92,6 +100,7 @@ class CharacterMasks:
     def set_fixed(self, masks: Mapping[FrameCharacter, torch.Tensor]) -> None:
         """Use these boolean (h, w) masks (any size) from now on, instead of recorded maps."""
         self.recorder = None
+        self._steps.clear()
         self._maps = {key: mask.float() for key, mask in masks.items()}
         self._thresholds = dict.fromkeys(masks, 0.5)
         self._at_grid.clear()
@@ -101,7 +110,8 @@ class CharacterMasks:
         recorded keeps the masks as they were."""
         if self.recorder is None or self.recorder.count == 0:
             return
-        maps = self.recorder.mean_maps()  # (frames, columns, h, w)
+        self._steps.append(self.recorder.mean_maps())  # (frames, columns, h, w): this step's mean over layers
+        maps = torch.stack(list(self._steps)).mean(dim=0)
         self._maps, self._thresholds = {}, {}
         for (frame, character), columns in self._columns.items():
             normalised = normalise_map(maps[frame, columns].amax(dim=0))  # union of the word's tokens

@@ -8,7 +8,9 @@ Every attention change a method makes is a subclass that overrides one or two of
 - :meth:`StoryAttnProcessor.output_branch`: a term added to the attention output before ``to_out``
   (decoupled image attention);
 - :meth:`StoryAttnProcessor.observe_probabilities`: sees the attention probabilities (map recorders),
-  computed explicitly only for processors that set ``needs_probabilities``.
+  computed explicitly only for processors that set ``needs_probabilities``;
+- :meth:`StoryAttnProcessor.edit_query` and :meth:`StoryAttnProcessor.edit_output`: the projected query, and
+  the layer's output after ``to_out`` (query blending, feature injection).
 
 With none overridden the processor computes exactly what ``AttnProcessor2_0`` does (a parity test holds
 it to that): the projections are ``attn.to_q/to_k/to_v/to_out``, so LoRAs loaded through peft still
@@ -74,6 +76,15 @@ class StoryAttnProcessor:
     def observe_probabilities(self, attn: Any, probabilities: torch.Tensor) -> None:
         """Sees the (B, heads, N, M) attention probabilities when ``needs_probabilities`` is set."""
 
+    def edit_query(self, attn: Any, query: torch.Tensor) -> torch.Tensor:
+        """The (B, N, heads x head_dim) query after ``to_q``, as attention will use it. Default: unchanged."""
+        return query
+
+    def edit_output(self, attn: Any, output: torch.Tensor) -> torch.Tensor:
+        """The (B, N, C) output after ``to_out``, before the residual and the reshape to an image. Default:
+        unchanged."""
+        return output
+
     # -- the stock computation ---------------------------------------------------------------------
 
     def __call__(
@@ -102,7 +113,7 @@ class StoryAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
+        query = self.edit_query(attn, attn.to_q(hidden_states))
         if encoder_hidden_states is None:
             context = hidden_states
         elif attn.norm_cross:
@@ -116,7 +127,7 @@ class StoryAttnProcessor:
             attended = attended + branch
 
         out = attn.to_out[0](attended)
-        out = attn.to_out[1](out)
+        out = self.edit_output(attn, attn.to_out[1](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch_size, channel, height, width)
         if attn.residual_connection:

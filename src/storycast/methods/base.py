@@ -173,6 +173,14 @@ class StoryMethod(abc.ABC):
         indices = list(range(len(story)))
         return [FrameGroup(tuple(indices[i : i + size])) for i in range(0, len(indices), size)]
 
+    @classmethod
+    def planned_group(cls, story: Story, settings: MethodSettings, frames: Sequence[int]) -> FrameGroup:
+        """The group of the plan holding exactly ``frames`` (what ``generate`` is asked to draw)."""
+        found = next((g for g in cls.plan(story, settings) if g.frames == tuple(frames)), None)
+        if found is None:
+            raise ValueError(f"frames {list(frames)} are not a group of this story's plan")
+        return found
+
     # -- with the models loaded -----------------------------------------------------------------------
 
     def resolved_settings(self, story: Story) -> MethodSettings:

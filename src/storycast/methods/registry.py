@@ -23,6 +23,7 @@ _BUILTIN: dict[str, str] = {
     "storydiffusion": "storycast.methods.storydiffusion.method:StoryDiffusionMethod",
     "storynizor": "storycast.methods.storynizor.method:StorynizorMethod",
     "photomaker": "storycast.methods.photomaker.method:PhotoMakerMethod",
+    "consistory": "storycast.methods.consistory.method:ConsiStoryMethod",
 }
 _REGISTERED: dict[str, str] = {}
 

@@ -178,11 +178,7 @@ class StoryDiffusionMethod(StoryMethod):
             self.adapter.park_vision_tower()  # drawing needs only the fuse module, as in identitystory
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
-        settings = self.resolved_settings(story)
-        planned = {g.frames: g for g in self.plan(story, settings)}
-        found = planned.get(tuple(group))
-        if found is None:
-            raise ValueError(f"frames {list(group)} are not a group of this story's plan")
+        found = self.planned_group(story, self.resolved_settings(story), group)
         if found.role.startswith(IDENTITY_ROLE):
             character = found.role[len(IDENTITY_ROLE) :]
             return self._draw_identity_frames(story, character, found.frames, context)

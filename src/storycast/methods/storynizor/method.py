@@ -26,18 +26,19 @@ from typing import Any
 import torch
 
 from storycast.attention.automask import AnchorCache, AutoMaskState, install_automask_attention
-from storycast.attention.character_masks import CharacterMasks, word_token_positions
+from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.injection import IdentityInjectionState, install_identity_injection
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StorycastError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
 from storycast.models.presets import PLUS_FACE_WEIGHTS
 from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
 from storycast.pipelines.noise import count_unet_evaluations, guided_noise
-from storycast.story.model import Character, Story, contains_word
+from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ class StorynizorMethod(StoryMethod):
 
     @classmethod
     def check(cls, story: Story, settings: StorynizorSettings, family: str | None = None) -> None:
-        where = f"{story.source}: " if story.source else ""
         appearing = story.appearing_characters()
         numbers = {c.id: number for number, c in enumerate(story.characters)}
         if settings.identity == "photos":
@@ -112,21 +112,7 @@ class StorynizorMethod(StoryMethod):
             from storycast.evaluation.faces import find_face_models
 
             find_face_models(settings.injector.face_models, settings.injector.face_pack, setting="--set face_models=")
-        for index, frame in enumerate(story.frames):
-            prompt = story.prompt(index)
-            for cid in frame.characters:
-                word = story.character(cid).class_word
-                if not contains_word(prompt, word):
-                    logger.warning(
-                        "%sframes[%d]: the class word '%s' of '%s' is not in the prompt, so storynizor cannot locate "
-                        "the character there: it shares and injects nothing for it in that frame. Fix: write {%s} in "
-                        "the frame's text.",
-                        where,
-                        index,
-                        word,
-                        cid,
-                        cid,
-                    )
+        warn_unnamed_class_words(story, cls.name)
 
     @classmethod
     def plan(cls, story: Story, settings: StorynizorSettings) -> list[FrameGroup]:
@@ -161,9 +147,7 @@ class StorynizorMethod(StoryMethod):
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         settings = self.resolved_settings(story)
         plan = self.plan(story, settings)
-        found = next((g for g in plan if g.frames == tuple(group)), None)
-        if found is None:
-            raise ValueError(f"frames {list(group)} are not a group of this story's plan")
+        found = self.planned_group(story, settings, group)
         has_anchors = bool(plan) and plan[0].role == ANCHOR_ROLE
         if found.role == ANCHOR_ROLE:
             later = len(plan) > 1
@@ -339,21 +323,7 @@ class StorynizorMethod(StoryMethod):
         _, latent_h, latent_w = latent_shape(pipe, gen.height, gen.width)
         level = settings.synchronizer.mask_level
         masks = CharacterMasks(characters, (latent_h, latent_w))
-        words = [[story.character(c).class_word for c in names] for names in characters]
-        positions = [
-            dict(zip(names, word_token_positions(pipe.tokenizer, prompt, frame_words), strict=True))
-            for names, prompt, frame_words in zip(characters, prompts, words, strict=True)
-        ]
-        for index, found in zip(frames, positions, strict=True):
-            for character, tokens in found.items():
-                if not tokens and contains_word(story.prompt(index), story.character(character).class_word):
-                    logger.warning(
-                        "frames[%d]: the class word of '%s' comes after the text encoder's %d tokens, so the character "
-                        "cannot be located there (no sharing, no identity). Fix: shorten the frame's text or style.",
-                        index,
-                        character,
-                        pipe.tokenizer.model_max_length,
-                    )
+        positions = class_word_positions(pipe.tokenizer, story, frames)
         store = masks.record(positions, (latent_h >> level, latent_w >> level))
         # 2. The attention changes: AMSA on the shared self-attention layers, identity on cross-attention.
         amsa = AutoMaskState(
@@ -427,14 +397,7 @@ class StorynizorMethod(StoryMethod):
         evaluations: int,
         mode: str | None,
     ) -> FrameResult:
-        from PIL import Image
-
-        extras, areas = {}, {}
-        for character in story.frames[index].characters:
-            mask = masks.image_mask(number, character, (image.height, image.width))
-            if mask is not None:
-                extras[f"mask-{character}"] = Image.fromarray(mask.numpy().astype("uint8") * 255)
-                areas[character] = round(float(mask.float().mean()), 4)
+        extras, areas = mask_extras(masks, number, story.frames[index].characters, (image.height, image.width))
         role = {"write": "anchor", "read": "reads the anchors"}.get(mode or "", "frame")
         return FrameResult(
             index,
