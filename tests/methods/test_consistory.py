@@ -195,3 +195,18 @@ def test_levels_without_layers_are_refused_before_drawing(sdxl):
         plan = planned(DOG, model=sdxl, settings=settings)
         with pytest.raises(SettingsError, match=message):
             ConsiStoryMethod(sdxl, plan.settings).prepare(plan.story, RunContext())
+
+
+def test_the_benchmark_command_runs_consistory_with_the_papers_rows_beside(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from storycast.cli.main import main
+    from tests.evaluation.fakes import write_suite
+
+    suite = write_suite(tmp_path / "suite", stories=1, frames=3)
+    out = tmp_path / "bench"
+    run = ["--method", "consistory", "--preset", "tiny", "--steps", "2", "--width", "64", "--height", "64"]
+    assert main(["benchmark", str(suite), *run, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| consistory | suite | 1 |" in table and "ConsiStory" in table and "SIGGRAPH'24" in table
+    manifest = json.loads((out / "suite" / "story_000" / "manifest.json").read_text())
+    assert manifest["method"]["settings"]["anchors"] == 2 and len(manifest["frames"]) == 3
