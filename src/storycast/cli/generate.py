@@ -27,6 +27,9 @@ examples:
 
 Running the same command again skips the frames already drawn; --overwrite redraws them.
 
+one long story over the GPUs of a machine (its groups split when none reads another's output):
+  torchrun --nproc_per_node 8 -m storycast generate long_story.yaml --method vanilla --out runs/long
+
 a folder of stories (each into OUT/<story>/), over many GPUs or job-array tasks:
   storycast generate stories/ --method storydiffusion --out runs/all
   torchrun --nproc_per_node 8 -m storycast generate stories/ --method storydiffusion --out runs/all
@@ -79,8 +82,64 @@ def run(args: argparse.Namespace) -> int:
             f"--shard {args.shard} splits a folder of stories, but {args.story} is one story. Fix: pass the folder, "
             f"or leave --shard out."
         )
+    from storycast.runs.shards import launched_processes
+
+    story = load_story(args.story)
+    if launched_processes() > 1:
+        return _generate_split(args, log, story)
     with long_work(args.progress) as bars:  # SIGTERM anywhere in the command is a clean interrupt
-        return _generate(args, bars, log, load_story(args.story))
+        return _generate(args, bars, log, story)
+
+
+def _generate_split(args: argparse.Namespace, log: Any, story: Any) -> int:
+    """One story over the processes ``torchrun`` / ``accelerate launch`` started: each draws its share of the
+    groups (when no group reads another's output), then the main process writes the manifest and storyboard."""
+    import dataclasses
+    import logging
+
+    from storycast.runs.plan import plan_run
+    from storycast.runs.runner import RunOptions, execute_plan, independent_groups
+    from storycast.runs.shards import current_share
+
+    share, state = current_share()
+    if not share.main:
+        log.setLevel(logging.WARNING)  # logs and progress bars from the main process only
+        args.progress = False
+    spec = model_spec_from_args(args)
+    if state is not None and spec.device in ("auto", "cuda"):
+        spec = dataclasses.replace(spec, device=str(state.device))  # each process on its own GPU
+    out_dir = args.out or Path("runs") / f"{args.story.stem}-{args.method}"
+    settings, generation = parse_assignments(args.settings), generation_from_args(args)
+
+    def planned(overwrite: bool) -> Any:
+        return plan_run(story, args.method, model=spec, method_settings=settings, generation=generation,
+                        out_dir=out_dir, overwrite=overwrite)  # fmt: skip
+
+    plan = planned(args.overwrite)
+    plan.check_folder(args.overwrite)
+    options = RunOptions(
+        out_dir=out_dir, overwrite=args.overwrite, storyboard=not args.no_storyboard, columns=args.columns,
+        cache_dir=args.cache_dir, command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
+    )  # fmt: skip
+    models: Any = spec
+    with long_work(args.progress) as bars:
+        if independent_groups(plan):
+            models = execute_plan(plan, None, spec, options, progress=bars, share=share).loaded_models or spec
+        elif share.main:
+            log.warning(
+                "the groups of '%s' with %s read each other's output (anchors, identity frames), so the main "
+                "process draws them all; the story's groups are split only for methods whose groups are independent",
+                args.story, args.method,
+            )  # fmt: skip
+        assert state is not None
+        state.wait_for_everyone()
+        if share.main:
+            # Planned again: the frames every process drew are found, and the manifest gets all their records.
+            result = execute_plan(planned(False), None, models, dataclasses.replace(options, overwrite=False),
+                                  progress=bars)  # fmt: skip
+            log.info("drew %d frame(s) over %d processes -> %s", len(plan.frames_to_draw), share.processes,
+                     result.out_dir)  # fmt: skip
+    return 0
 
 
 def _generate_folder(args: argparse.Namespace, log: Any) -> int:

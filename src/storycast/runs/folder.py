@@ -14,6 +14,9 @@ MANIFEST_NAME = "manifest.json"
 STORY_NAME = "story.yaml"
 STORYBOARD_NAME = "storyboard.png"
 FRAMES_DIR = "frames"
+WORKERS_DIR = ".workers"
+"""Where the processes of one story split over processes keep the records of the frames each drew, until the
+main process writes them into the manifest (a rerun after a crash reads them too)."""
 MANIFEST_FORMAT = 1
 
 
@@ -40,6 +43,23 @@ class RunFolder:
                     self.previous = data
                 else:
                     self.foreign_manifest = "is not a storycast run manifest"
+        self.worker_records = self._read_worker_records()
+
+    def _read_worker_records(self) -> dict[int, list[dict[str, Any]]]:
+        """Frame index -> the records the processes of a split run wrote (unreadable files are skipped: their
+        frames are drawn again)."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        folder = self.out_dir / WORKERS_DIR
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                records = json.loads(path.read_text(encoding="utf-8")).get("frames", [])
+            except (OSError, ValueError, AttributeError):
+                logger.warning("%s cannot be read; the frames it records will be drawn again", path)
+                continue
+            for record in records if isinstance(records, list) else ():
+                if isinstance(record, dict) and isinstance(record.get("index"), int):
+                    found.setdefault(record["index"], []).append(record)
+        return found
 
     def unsafe(self, story_source: Path | None, overwrite: bool) -> str | None:
         """Why drawing into this folder could destroy something the run did not write (with the fix), or None.
@@ -88,13 +108,16 @@ class RunFolder:
         return sorted(k for k in set(old) | set(summary) if old.get(k) != summary.get(k)) or ["settings"]
 
     def finished_record(self, index: int, key: str) -> dict[str, Any] | None:
-        """The previous record of frame ``index`` if it was drawn from the same inputs and its file exists."""
-        if self.previous is None:
-            return None
-        frames = self.previous.get("frames") or []
-        record = frames[index] if isinstance(frames, list) and index < len(frames) else None
-        if not isinstance(record, dict) or record.get("key") != key:
-            return None
-        if not (self.out_dir / str(record.get("file", ""))).is_file():
-            return None
-        return record
+        """The previous record of frame ``index`` if it was drawn from the same inputs and its file exists: the
+        manifest's, or one a process of a split run wrote."""
+        frames = (self.previous or {}).get("frames") or []
+        candidates = [frames[index] if isinstance(frames, list) and index < len(frames) else None]
+        candidates += self.worker_records.get(index, [])
+        for record in candidates:
+            if (
+                isinstance(record, dict)
+                and record.get("key") == key
+                and (self.out_dir / str(record.get("file", ""))).is_file()
+            ):
+                return record
+        return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +28,18 @@ from storycast import __version__
 from storycast.methods.base import FrameResult, ProgressCallback, ProgressEvent, RunContext, StoryMethod, no_progress
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
-from storycast.runs.folder import FRAMES_DIR, MANIFEST_FORMAT, STORY_NAME, STORYBOARD_NAME, RunFolder, frame_file
+from storycast.runs.folder import (
+    FRAMES_DIR,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    STORY_NAME,
+    STORYBOARD_NAME,
+    WORKERS_DIR,
+    RunFolder,
+    frame_file,
+)
 from storycast.runs.plan import PlannedGroup, RunPlan, plan_run
+from storycast.runs.shards import Share
 from storycast.story.model import Story
 from storycast.story.parse import story_to_dict
 from storycast.utils.io import atomic_save_image, atomic_write_json, atomic_write_text, sha256_file
@@ -131,13 +142,20 @@ def execute_plan(
     options: RunOptions,
     *,
     progress: ProgressCallback = no_progress,
+    share: Share | None = None,
 ) -> RunResult:
     """Draw what ``plan`` says is left (loading ``models`` first when they are a spec and something is left),
-    then write the storyboard and the manifest."""
+    then write the storyboard and the manifest.
+
+    With a ``share`` of several processes (one story split over them, :func:`split_groups`), this process draws
+    its share of the groups left and records its frames in the folder's workers file; the main process then
+    plans again and runs this without a share, which writes every record into the manifest.
+    """
     started = time.perf_counter()
     timings: dict[str, float] = {}
     story = plan.story
-    todo = plan.todo
+    split = share is not None and share.processes > 1
+    todo = split_groups(plan.todo, share) if split else plan.todo
     out_dir = Path(options.out_dir)
     loaded = models if isinstance(models, LoadedModels) else None
     if todo and isinstance(models, ModelSpec):
@@ -176,9 +194,15 @@ def execute_plan(
         "storyboard": None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(out_dir)
-    atomic_write_text(out_dir / STORY_NAME, _story_yaml(story))
-    atomic_write_json(folder.manifest_path, manifest)
+    main = share is None or share.main
+    if not split:
+        _remove_stale_parts(out_dir)  # never while other processes write into the folder
+    if main:
+        atomic_write_text(out_dir / STORY_NAME, _story_yaml(story))
+        atomic_write_json(folder.manifest_path, manifest)
+    if split:
+        assert share is not None
+        return _draw_share(plan, method, loaded, todo, share, options, progress, started)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
@@ -212,6 +236,7 @@ def execute_plan(
     timings["total_s"] = round(time.perf_counter() - started, 3)
     manifest.update(status="complete", updated=_now(), timings=timings)
     atomic_write_json(folder.manifest_path, manifest)
+    shutil.rmtree(out_dir / WORKERS_DIR, ignore_errors=True)  # the processes' records are in the manifest now
     return RunResult(
         out_dir=out_dir,
         manifest_path=folder.manifest_path,
@@ -223,6 +248,47 @@ def execute_plan(
     )
 
 
+def split_groups(groups: list[PlannedGroup], share: Share) -> list[PlannedGroup]:
+    """This process's share of a story's groups (round-robin over the processes of its job)."""
+    return [g for number, g in enumerate(groups) if number % share.processes == share.process]
+
+
+def independent_groups(plan: RunPlan) -> bool:
+    """Whether the groups left can be drawn by different processes: none reads another's output."""
+    return not any(planned.group.depends_on for planned in plan.groups)
+
+
+def _draw_share(
+    plan: RunPlan,
+    method: StoryMethod | None,
+    models: LoadedModels | None,
+    todo: list[PlannedGroup],
+    share: Share,
+    options: RunOptions,
+    progress: ProgressCallback,
+    started: float,
+) -> RunResult:
+    """Draw this process's share of the groups, keeping its frames' records in ``.workers/<process>.json``
+    (written after every group, so that a rerun after a crash keeps them)."""
+    out_dir = Path(options.out_dir)
+    workers = out_dir / WORKERS_DIR / f"process-{share.process}.json"
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
+    records: list[dict[str, Any]] = []
+    for planned, results, seconds in draw_groups(plan, method, models, context, groups=todo):
+        for result in results:
+            records.append(_save_frame(out_dir, plan.story, result, planned.key, planned.frames, seconds))
+        atomic_write_json(workers, {"run_key": plan.run_key, "process": share.process, "frames": records})
+    return RunResult(
+        out_dir=out_dir,
+        manifest_path=out_dir / MANIFEST_NAME,
+        storyboard_path=None,
+        frame_paths=[out_dir / r["file"] for r in records],
+        drawn=sorted(r["index"] for r in records),
+        loaded_models=models,
+    )
+
+
 def draw_groups(
     plan: RunPlan,
     method: StoryMethod | None,
@@ -230,6 +296,7 @@ def draw_groups(
     context: RunContext,
     *,
     timings: dict[str, float] | None = None,
+    groups: list[PlannedGroup] | None = None,
 ) -> Iterator[tuple[PlannedGroup, list[FrameResult], float]]:
     """Draw the groups ``plan`` has left to draw, in order: the loop that run folders and :func:`storycast.draw`
     share.
@@ -238,11 +305,11 @@ def draw_groups(
     group is drawn without gradients and yielded with its frames (checked against the group) and the seconds
     per frame. A group's ``frames`` progress event goes out once the caller has taken the group, so a callback
     that stops the run after N frames finds those N frames kept. ``timings`` receives ``prepare_s`` and
-    ``generate_s``.
+    ``generate_s``. ``groups``: a subset of the groups left (this process's share), default all of them.
     """
     import torch
 
-    todo = plan.todo
+    todo = plan.todo if groups is None else groups
     if not todo:
         return
     if method is None and models is None:
