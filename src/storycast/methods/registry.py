@@ -23,6 +23,7 @@ _BUILTIN: dict[str, str] = {
     "storydiffusion": "storycast.methods.storydiffusion.method:StoryDiffusionMethod",
     "storynizor": "storycast.methods.storynizor.method:StorynizorMethod",
     "photomaker": "storycast.methods.photomaker.method:PhotoMakerMethod",
+    "1prompt1story": "storycast.methods.oneprompt.method:OnePromptOneStoryMethod",
     "consistory": "storycast.methods.consistory.method:ConsiStoryMethod",
 }
 _REGISTERED: dict[str, str] = {}
