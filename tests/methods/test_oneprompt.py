@@ -415,7 +415,7 @@ def test_the_settings_are_listed_with_their_sources(capsys):
         assert text in out
 
 
-def test_a_benchmark_run_uses_the_authors_seed(tmp_path):
+def test_a_benchmark_run_uses_the_authors_seed_and_svr_mode(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from storycast.cli.main import main
@@ -431,4 +431,5 @@ def test_a_benchmark_run_uses_the_authors_seed(tmp_path):
         "A close-up photo of young woman with short red hair standing in place number 0 standing in place number 1"
     )
     assert json.loads((out / "benchmark.json").read_text())["protocol"] == {"seed": 42, "seed_policy": "same"}
+    assert manifest["method"]["settings"]["svr"]["mode"] == "svr-eot"  # gen_benchmark.py's, not the demo's "svr"
     assert (out / "results.json").is_file()

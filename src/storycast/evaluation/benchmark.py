@@ -204,6 +204,7 @@ def run_benchmark(
 
     protocol = get_method(method).benchmark_protocol()
     generation = {**protocol, **{k: v for k, v in (generation or {}).items() if v is not None}}
+    method_settings = {**get_method(method).benchmark_settings(), **(method_settings or {})}
 
     # Every story is planned (settings, inputs, what is drawn) before any model loads.
     plans = [

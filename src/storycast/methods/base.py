@@ -151,6 +151,12 @@ class StoryMethod(abc.ABC):
         comparable with its paper's (e.g. the seeds); the command line still wins. Empty: the story files'."""
         return {}
 
+    @classmethod
+    def benchmark_settings(cls) -> dict[str, Any]:
+        """Method settings (flat names) ``storycast benchmark`` uses by default, as the authors' benchmark script
+        sets them where it differs from their demo (e.g. 1Prompt1Story's ``svr-eot``); ``--set`` still wins."""
+        return {}
+
     @classmethod  # noqa: B027 - an optional hook
     def check_benchmark(cls, settings: MethodSettings, family: str | None = None) -> None:
         """Refuse, before any drawing, a benchmark run whose numbers would not be comparable with the paper's

@@ -67,6 +67,11 @@ class OnePromptOneStoryMethod(StoryMethod):
         return {"seed": 42, "seed_policy": "same"}
 
     @classmethod
+    def benchmark_settings(cls) -> dict[str, Any]:
+        # resource/gen_benchmark.py runs prompt-embeds mode "svr-eot" (main.py, the demo, runs "svr").
+        return {"svr_mode": "svr-eot"}
+
+    @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:
         # Frames are drawn one by one; a frame's prompt holds the other phrases of its cast, so they are part of
         # its key: editing one frame redraws the frames whose prompts hold its phrase.
