@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         merge=args.merge,
     )
     with long_work(args.progress) as bars:
-        evaluator = evaluator_from_args(args, tiny=tiny, device=spec.device, progress=bars)
+        evaluator = evaluator_from_args(args, tiny=tiny, device=spec.aux_device or spec.device, progress=bars)
         result = run_benchmark(
             suites,
             args.method,

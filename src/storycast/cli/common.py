@@ -36,6 +36,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=DTYPE_NAMES, default="auto", help="weights dtype (auto: fp16 on CUDA, else fp32)"
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument(
+        "--aux-device",
+        metavar="DEVICE",
+        help="where GroundingDINO, SAM, PhotoMaker's vision tower and a benchmark's metric extractors run, e.g. "
+        "cuda:1 or cpu (default: --device)",
+    )
     group.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload for small GPUs")
     group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
@@ -65,6 +71,7 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         config=args.model_config,
         dtype=args.dtype,
         device=args.device,
+        aux_device=getattr(args, "aux_device", None),
         offload=args.offload,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,

@@ -72,7 +72,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
         default=None,
         metavar="DEVICE",
         help="where the evaluation models run: auto, cpu, cuda, cuda:N, mps"
-        + (" (default: auto)" if standalone else " (default: the generator's --device)"),
+        + (" (default: auto)" if standalone else " (default: --aux-device, else the generator's --device)"),
     )
     models.add_argument(
         f"--{prefix}dtype",

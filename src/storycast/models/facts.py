@@ -92,6 +92,9 @@ def model_facts(model: ModelSpec | LoadedModels) -> ModelFacts:
     from storycast.models.loading import LoadedModels, classify_source, family_of_checkpoint, family_of_index
     from storycast.utils.torch_utils import dtype_name, resolve_device, resolve_dtype
 
+    spec_asked = model.spec if isinstance(model, LoadedModels) else model
+    if getattr(spec_asked, "aux_device", None):
+        resolve_device(spec_asked.aux_device)  # a device that is not there fails before anything loads
     if isinstance(model, LoadedModels):
         return ModelFacts(
             family=model.family,

@@ -69,6 +69,12 @@ class LoadedModels:
         return bool(self.info.get("tiny"))
 
     @property
+    def aux_device(self) -> str:
+        """Where auxiliary models run (detectors, segmenters, image encoders): ``spec.aux_device``, else the
+        models' own device."""
+        return resolve_device(self.spec.aux_device) if self.spec.aux_device else self.device
+
+    @property
     def facts(self) -> Any:
         """:class:`storycast.models.facts.ModelFacts` of these models."""
         from storycast.models.facts import model_facts

@@ -54,6 +54,8 @@ class ModelSpec:
             (default: the family's reference repository).
         dtype: "auto" (fp16 on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
         device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
+        aux_device: Where the auxiliary models run (GroundingDINO, SAM, PhotoMaker's vision tower, the metric
+            extractors of a benchmark): a device as above; None: the base model's.
         offload: "none", "model" (whole models moved to the GPU when used) or "sequential"
             (layer by layer: least memory, slowest).
         vae_tiling: Decode large images tile by tile.
@@ -73,6 +75,7 @@ class ModelSpec:
     config: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    aux_device: str | None = None
     offload: str = "none"
     vae_tiling: bool = False
     vae_slicing: bool = False

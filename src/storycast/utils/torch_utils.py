@@ -28,6 +28,13 @@ def resolve_device(name: str = "auto") -> str:
         raise SettingsError(f"device '{name}' is not known. Fix: use one of auto, cpu, cuda, cuda:N, mps.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise SettingsError(f"device '{name}' was asked for but CUDA is not available. Fix: use --device cpu.")
+    if kind == "cuda" and ":" in name:
+        index, count = name.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise SettingsError(
+                f"device '{name}' does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}. "
+                f"Fix: pick one of them."
+            )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise SettingsError(f"device '{name}' was asked for but MPS is not available. Fix: use --device cpu.")
     return name

@@ -260,7 +260,7 @@ class IdentityStoryMethod(StoryMethod):
             self._providers[name] = build_provider(
                 name,
                 self.settings.masks,
-                device=self.models.device,
+                device=self.models.aux_device,
                 local_files_only=self.models.spec.local_files_only,
             )
         return self._providers[name]

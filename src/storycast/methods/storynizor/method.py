@@ -248,7 +248,10 @@ class StorynizorMethod(StoryMethod):
             return None
         if self._segmenter is None:
             self._segmenter = build_provider(
-                "grounded-sam", masks, device=self.models.device, local_files_only=self.models.spec.local_files_only
+                "grounded-sam",
+                masks,
+                device=self.models.aux_device,
+                local_files_only=self.models.spec.local_files_only,
             )
         try:
             found = self._segmenter(MaskInputs(photo, [CharacterQuery(character.id, character.class_word)]))
