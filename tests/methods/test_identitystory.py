@@ -120,6 +120,26 @@ def test_optimised_injection_equals_the_authors_formulation(models, fuse_mode, c
     assert (fast - stage1.latents).abs().max() > 1e-3
 
 
+def test_lora_fused_for_stage_two_draws_the_same_and_leaves_the_weights_exactly_as_they_were(models):
+    method = make_method(models)
+    story = story_of(two_character_data([{"text": "{ana} and {leo} in a garden"}]), models, method, steps=5)
+    conditioning, regions, initial = frame_inputs(models, method, story, 0)
+    schedule = injection.InjectionSchedule(5, 2, 7.0, 12)
+    masks = square_masks(2)
+    unet = models.pipeline.unet
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
+    switched = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
+    fused = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, fuse_lora=True)
+    torch.testing.assert_close(fused, switched, rtol=1e-4, atol=1e-4)
+    assert (fused - stage1.latents).abs().max() > 1e-3  # the identity passes ran with the LoRA
+    after = dict(unet.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in before)  # put back bit for bit
+    assert not any(getattr(m, "merged_adapters", []) for m in unet.modules())
+    again = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
+    assert torch.equal(again, switched)  # and the LoRA is switched as before
+
+
 def test_latents_outside_every_mask_equal_stage_one_exactly(models):
     method = make_method(models)
     story = story_of(two_character_data([{"text": "{ana} and {leo} talking"}]), models, method, steps=5)

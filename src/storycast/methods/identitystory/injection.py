@@ -160,6 +160,7 @@ def stage_two(
     schedule: InjectionSchedule,
     *,
     on_step: StepCallback | None = None,
+    fuse_lora: bool = False,
 ) -> torch.Tensor:
     """Re-denoise from step s - 1 with the characters' identity passes inside their masks.
 
@@ -171,6 +172,7 @@ def stage_two(
         clean_masks: (K, H, W) bool cleaned masks at image size.
         schedule: The frame's numbers.
         on_step: Called with each 0-based step index.
+        fuse_lora: Merge the LoRA into the weights for the stage instead of running it beside them (speed).
 
     Returns:
         The final latents (1, C, h, w).
@@ -193,7 +195,7 @@ def stage_two(
         return kept * (1 - union) + (region_noise * masks).sum(dim=0, keepdim=True)
 
     scheduler = make_scheduler(pipe.scheduler, schedule.num_steps, latents.device)
-    with adapter.lora(True):
+    with adapter.fused_lora() if fuse_lora else adapter.lora(True):
         return denoise(
             scheduler,
             latents,

@@ -307,6 +307,7 @@ class IdentityStoryMethod(StoryMethod):
                 found.masks,
                 schedule,
                 on_step=lambda i: progress.at(i + offset),
+                fuse_lora=settings.injection.fuse_lora,
             )
             image = decode_latents(self.models.pipeline, latents)[0]
         extras = {"stage1": found.image}

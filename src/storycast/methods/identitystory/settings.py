@@ -107,6 +107,12 @@ class InjectionSettings(MethodSettings):
         "'repeated': the fuse is applied again at every injection step, as the authors' code does (their reported "
         "numbers come from it); 'once': applied once per frame.",
     )
+    fuse_lora: bool = setting(
+        False,
+        "Speed option: PhotoMaker's LoRA merged into the UNet's weights for the whole of stage 2 (one matrix product "
+        "per LoRA layer instead of three) and the weights put back after each frame; the same frames within the "
+        "dtype's rounding (tested; benchmarks/speed_options.py measures it).",
+    )
     prompt_style: Literal["auto", "story", "authors"] = setting(
         "auto",
         "Frame prompt of stage 1: 'story' (the story's prompt), 'authors' (style + 'a <description up to the class "
