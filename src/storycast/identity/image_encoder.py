@@ -57,8 +57,15 @@ def vit_h14_random(seed: int = 0) -> Any:
     )
 
 
-def load_image_encoder(source: str, *, local_files_only: bool = False) -> Any:
-    """A CLIP vision tower from a Hub id (``owner/name`` or ``owner/name:subfolder``) or a folder."""
+def load_image_encoder(
+    source: str,
+    *,
+    local_files_only: bool = False,
+    what: str = "CLIP image encoder",
+    point_at: str = "set image_encoder (--set injector.image_encoder=...) to",
+) -> Any:
+    """A CLIP vision tower from a Hub id (``owner/name`` or ``owner/name:subfolder``) or a folder; ``what`` and
+    ``point_at`` name it and its setting in the error when it is missing."""
     from transformers import CLIPVisionModelWithProjection
 
     from storycast.models.checkpoints import load_checkpoint
@@ -69,13 +76,7 @@ def load_image_encoder(source: str, *, local_files_only: bool = False) -> Any:
         kwargs = {"subfolder": subfolder} if subfolder else {}
         return CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=offline, **kwargs)
 
-    return load_checkpoint(
-        load,
-        repo,
-        what="CLIP image encoder",
-        point_at="set image_encoder (--set injector.image_encoder=...) to",
-        local_files_only=local_files_only,
-    ).eval()
+    return load_checkpoint(load, repo, what=what, point_at=point_at, local_files_only=local_files_only).eval()
 
 
 @torch.no_grad()

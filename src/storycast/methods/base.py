@@ -104,11 +104,14 @@ class RunContext:
         progress: Callback for progress events.
         run_dir: The run's output folder (methods may write artefacts under it).
         cache_dir: storycast's cache folder (identity library, downloaded auxiliaries).
+        overwrite: Redraw everything: what a method keeps of its own in ``run_dir`` (intermediate rounds) is not
+            read back either.
     """
 
     progress: ProgressCallback = no_progress
     run_dir: Path | None = None
     cache_dir: Path | None = None
+    overwrite: bool = False
 
 
 class StoryMethod(abc.ABC):

@@ -246,3 +246,52 @@ def tiny_ip_adapter_plus_weights(unet: Any, embedding_dim: int, seed: int = 0) -
             for part in ("to_k_ip", "to_v_ip"):
                 layers[f"{2 * number + 1}.{part}.weight"] = torch.randn(hidden, context) / context**0.5
     return {"image_proj": resampler.state_dict(), "ip_adapter": layers}
+
+
+def tiny_ip_adapter_weights(unet: Any, embedding_dim: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Random IP-Adapter weights (the global-embedding "ip-adapter_sdxl" kind, not Plus) for ``unet`` in the
+    official file layout: ``{"image_proj": {"proj.weight", "proj.bias", "norm.weight", "norm.bias"},
+    "ip_adapter": {"<id>.to_{k,v}_ip.weight"}}``, ids 1, 3, 5... over the cross-attention layers in
+    ``unet.attn_processors`` order (as ``h94/IP-Adapter``'s ``ip-adapter_sdxl.bin``). The projection maps one
+    ``embedding_dim``-wide image embedding to 4 tokens of the UNet's cross-attention width (IP-Adapter's
+    ``ImageProjModel``; diffusers reads it as ``ImageProjection``), so diffusers' ``load_ip_adapter`` reads it as it
+    reads the real file."""
+    import torch
+
+    from storycast.identity.id_injector import cross_attention_layers
+
+    width = unet.config.cross_attention_dim
+    tokens = 4  # IP-Adapter's clip_extra_context_tokens
+    with _seeded(seed + 50):
+        proj = torch.nn.Linear(embedding_dim, tokens * width)
+        norm = torch.nn.LayerNorm(width)
+        torch.nn.init.normal_(norm.weight, mean=1.0, std=0.1)  # not the identity, so the norm's weights matter
+        torch.nn.init.normal_(norm.bias, std=0.1)
+        image_proj = {f"proj.{k}": v for k, v in proj.state_dict().items()}
+        image_proj.update({f"norm.{k}": v for k, v in norm.state_dict().items()})
+        layers: dict[str, torch.Tensor] = {}
+        for number, (_, hidden, context) in enumerate(cross_attention_layers(unet)):
+            for part in ("to_k_ip", "to_v_ip"):
+                layers[f"{2 * number + 1}.{part}.weight"] = torch.randn(hidden, context) / context**0.5
+    return {"image_proj": image_proj, "ip_adapter": layers}
+
+
+def random_vit_bigg_image_encoder(seed: int = 0) -> Any:
+    """OpenCLIP ViT-bigG/14's vision tower with random weights (the geometry of ``h94/IP-Adapter``'s
+    ``sdxl_models/image_encoder``: width 1664, 48 layers, 16 heads, 224 px, patch 14, a 1280-d projection), for
+    the full-size random-weight presets that benchmarks time."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=1664,
+        intermediate_size=8192,
+        num_attention_heads=16,
+        num_hidden_layers=48,
+        image_size=224,
+        patch_size=14,
+        projection_dim=1280,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+    )
+    with _seeded(seed + 60):
+        return CLIPVisionModelWithProjection(config).eval()

@@ -205,7 +205,7 @@ def execute_plan(
         return _draw_share(plan, method, loaded, todo, share, options, progress, started)
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
+    context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir, overwrite=options.overwrite)
     drawn: list[int] = []
     try:
         if not todo:
@@ -273,7 +273,7 @@ def _draw_share(
     out_dir = Path(options.out_dir)
     workers = out_dir / WORKERS_DIR / f"process-{share.process}.json"
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir)
+    context = RunContext(progress=progress, run_dir=out_dir, cache_dir=cache_dir, overwrite=options.overwrite)
     records: list[dict[str, Any]] = []
     for planned, results, seconds in draw_groups(plan, method, models, context, groups=todo):
         for result in results:
