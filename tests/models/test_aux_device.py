@@ -55,3 +55,19 @@ def test_auxiliary_models_are_built_on_the_aux_device(monkeypatch):
     monkeypatch.setattr(identitystory, "build_provider", build_provider)
     identitystory.IdentityStoryMethod(models).mask_provider("grounded-sam")
     assert asked == {"grounded-sam": "the-aux-device"}
+
+
+def test_image_encoders_live_on_the_aux_device_and_give_embeddings_on_the_models_device():
+    from PIL import Image
+
+    from storycast.models.adapters import IPAdapterSettings, PhotoMakerSettings, attach_ip_adapter, attach_photomaker
+
+    models = load_models(ModelSpec(source="tiny", device="cpu", aux_device="cpu"))
+    photomaker = attach_photomaker(models, PhotoMakerSettings())
+    assert photomaker.vision_device == models.aux_device
+    assert next(photomaker.encoder.vision_model.parameters()).device.type == "cpu"
+    image = Image.new("RGB", (64, 64), (90, 40, 200))
+    assert photomaker.embed([image]).device.type == torch.device(models.device).type
+    ip_adapter = attach_ip_adapter(models, IPAdapterSettings())
+    assert next(ip_adapter.image_encoder.parameters()).device.type == "cpu"
+    assert ip_adapter.embed([image]).device.type == torch.device(models.device).type

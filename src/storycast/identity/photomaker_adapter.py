@@ -43,7 +43,8 @@ class PhotoMakerAdapter:
         has_lora: Whether the LoRA named ``photomaker`` was loaded into the UNet.
         trigger_word: PhotoMaker's trigger word.
         base_adapters: Other LoRAs (adapter name -> scale) that stay active in every pass, e.g. a style.
-        device: Where prompts are encoded and images embedded (the models' device).
+        device: Where prompts are encoded and identities fused (the models' device).
+        vision_device: Where the CLIP vision tower embeds images (``--aux-device``; default ``device``).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class PhotoMakerAdapter:
         trigger_word: str = TRIGGER_WORD,
         base_adapters: Mapping[str, float] | None = None,
         device: Any = None,
+        vision_device: Any = None,
     ):
         self.pipe = pipe
         self.encoder = encoder
@@ -62,6 +64,7 @@ class PhotoMakerAdapter:
         self.trigger_word = trigger_word
         self.base_adapters = dict(base_adapters or {})
         self.device = device if device is not None else pipe.unet.device
+        self.vision_device = vision_device if vision_device is not None else self.device
         self.prompts = SDXLPromptEncoder(pipe, self.device)
         # The adapter's own tokenizer with the trigger word; the pipeline's stay as they are.
         self.trigger_tokenizer = copy.deepcopy(pipe.tokenizer)
@@ -82,6 +85,7 @@ class PhotoMakerAdapter:
         local_files_only: bool = False,
         base_adapters: Mapping[str, float] | None = None,
         device: Any = None,
+        vision_device: Any = None,
     ) -> PhotoMakerAdapter:
         """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``; :meth:`detach` undoes it."""
         device = device if device is not None else pipe.unet.device
@@ -100,7 +104,11 @@ class PhotoMakerAdapter:
                 pipe.load_lora_weights(dict(weights.lora_weights), adapter_name=ADAPTER_NAME)
             finally:
                 diffusers_logging.set_verbosity(verbosity)
-        return cls(pipe, encoder, has_lora=has_lora, base_adapters=base_adapters, device=device)
+        adapter = cls(
+            pipe, encoder, has_lora=has_lora, base_adapters=base_adapters, device=device, vision_device=vision_device
+        )
+        adapter._vision_to(adapter.vision_device)
+        return adapter
 
     def detach(self) -> None:
         """Remove the LoRA from the UNet (the other LoRAs stay active) and drop the encoder."""
@@ -172,9 +180,10 @@ class PhotoMakerAdapter:
 
     @torch.no_grad()
     def embed(self, images: Sequence[Any]) -> torch.Tensor:
-        """ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user photos)."""
-        self._vision_to(self.device)
-        return embed_images(self.encoder, images)
+        """ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user photos), computed
+        on the vision tower's device and returned on the models'."""
+        self._vision_to(self.vision_device)
+        return embed_images(self.encoder, images).to(self.device)
 
     def park_vision_tower(self) -> None:
         """Move the CLIP vision tower to the CPU until images are embedded again.

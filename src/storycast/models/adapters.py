@@ -81,8 +81,9 @@ def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> Pho
         rank = 4 if facts.tiny else 64
         weights = tiny_photomaker_weights(pipe.unet, seed=models.spec.seed, rank=rank, config=config)
         adapter = PhotoMakerAdapter.load(
-            pipe, weights, config=config, base_adapters=_active_loras(models), device=models.device
-        )
+            pipe, weights, config=config, base_adapters=_active_loras(models), device=models.device,
+            vision_device=models.aux_device,
+        )  # fmt: skip
     else:
         adapter = PhotoMakerAdapter.load(
             pipe,
@@ -91,6 +92,7 @@ def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> Pho
             local_files_only=models.spec.local_files_only,
             base_adapters=_active_loras(models),
             device=models.device,
+            vision_device=models.aux_device,
         )
     models.attachments[key] = adapter
     return adapter
@@ -372,7 +374,8 @@ class AttachedIPAdapter:
 
     def embed(self, images: list[Any], batch_size: int = 16) -> Any:
         """Global CLIP image embeddings (n, D) of PIL images (the encoder's ``image_embeds``, after the
-        ``CLIPImageProcessor`` defaults IP-Adapter uses), in the encoder's dtype on its device."""
+        ``CLIPImageProcessor`` defaults IP-Adapter uses), computed where the encoder is (``--aux-device``) and
+        returned on the models' device, in the encoder's dtype."""
         import torch
 
         from storycast.identity.image_embedding import clip_preprocess
@@ -384,7 +387,7 @@ class AttachedIPAdapter:
                 self.image_encoder(chunk.to(parameter.device, parameter.dtype)).image_embeds
                 for chunk in pixels.split(batch_size)
             ]
-        return torch.cat(chunks)
+        return torch.cat(chunks).to(self.models.device)
 
     def enabled(self, scale: float) -> Any:
         """A context manager: inside it the UNet has IP-Adapter's processors at ``scale`` (through diffusers'
@@ -463,7 +466,7 @@ def attach_ip_adapter(models: LoadedModels, settings: IPAdapterSettings) -> Atta
         encoder = tiny_image_encoder(seed) if facts.tiny else random_vit_bigg_image_encoder(seed)
     else:
         encoder = _load_clip_vision(settings.encoder_source(), local_files_only=models.spec.local_files_only)
-    encoder = encoder.to(device=models.device, dtype=unet.dtype)
+    encoder = encoder.to(device=models.aux_device, dtype=unet.dtype)  # --aux-device
     if synthetic:
         from storycast.models.tiny import tiny_ip_adapter_weights
 
