@@ -67,3 +67,7 @@ class UnknownMethodError(StorycastError, KeyError):
 
 class RunFolderError(StorycastError):
     """The output folder holds a different run, or cannot be written."""
+
+
+class ExportError(StorycastError):
+    """A run folder cannot be exported as asked: not a run, frames missing, or an output that cannot be written."""

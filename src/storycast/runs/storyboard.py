@@ -54,6 +54,7 @@ def render_storyboard(
     columns: int | None = None,
     cell_width: int | None = None,
     caption_lines: int = 4,
+    start: int = 1,
 ) -> Image.Image:
     """Lay frames out in a grid with numbered captions; a missing frame (``None``) leaves a grey box.
 
@@ -64,6 +65,7 @@ def render_storyboard(
         columns: Frames per row (default: about square, at most 5).
         cell_width: Width of a frame on the sheet (default: the frame width, clamped to 256..512).
         caption_lines: Lines of caption text kept under each frame.
+        start: Number of the first frame (a sheet that goes on from another starts past 1).
     """
     if len(images) != len(captions):
         raise ValueError(f"got {len(images)} images but {len(captions)} captions")
@@ -102,7 +104,7 @@ def render_storyboard(
         else:
             resample = Image.Resampling.NEAREST if image.width * 2 <= cell_width else Image.Resampling.LANCZOS
             sheet.paste(image.convert("RGB").resize((cell_width, cell_height), resample), (x, y))
-        label = f"{index + 1}. {caption}"
+        label = f"{start + index}. {caption}"
         for line_number, line in enumerate(wrap_text(label, font, cell_width, caption_lines)):
             draw.text((x, y + cell_height + 4 + line_number * line_height), line, fill=TEXT, font=font)
     return sheet
