@@ -28,11 +28,14 @@ _LAZY = {
     "RunPlan": "storycast.runs.plan",
     "draw": "storycast.runs.draw",
     "DrawResult": "storycast.runs.draw",
+    "export_run": "storycast.export.api",
+    "ExportSettings": "storycast.export.settings",
 }
 
 __all__ = [
     "Character",
     "DrawResult",
+    "ExportSettings",
     "Frame",
     "GenerationSettings",
     "ModelSpec",
@@ -41,6 +44,7 @@ __all__ = [
     "Story",
     "__version__",
     "draw",
+    "export_run",
     "generate_story",
     "get_method",
     "list_methods",
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from storycast.export.api import export_run
+    from storycast.export.settings import ExportSettings
     from storycast.methods.registry import get_method, list_methods
     from storycast.models.loading import load_models, models_from_pipeline
     from storycast.models.spec import ModelSpec
