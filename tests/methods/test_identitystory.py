@@ -140,6 +140,33 @@ def test_lora_fused_for_stage_two_draws_the_same_and_leaves_the_weights_exactly_
     assert torch.equal(again, switched)  # and the LoRA is switched as before
 
 
+def test_stage_one_of_several_frames_batched_draws_the_frames_of_one_by_one(models, tmp_path):
+    frames = [{"text": "{ana} in a garden"}, {"text": "an empty street"}, {"text": "{ana} and {leo} talking"}]
+    method = make_method(models)
+    one_by_one = story_of(two_character_data(frames), models, method, steps=4, batch_size=1)
+    batched = story_of(two_character_data(frames), models, method, steps=4, batch_size=2)
+    assert [g.frames for g in IdentityStoryMethod.plan(batched, method.settings)] == [(0, 1), (2,)]
+    context = RunContext(cache_dir=tmp_path)
+    method.prepare(one_by_one, context)
+    alone = [r for i in range(3) for r in method.generate(one_by_one, (i,), context)]
+    unet = models.pipeline.unet
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with count_unet_evaluations(unet) as counter:
+            together = method.generate(batched, (0, 1), context)
+    finally:
+        hook.remove()
+    # Stage 1 of both frames in one call per step, then frame 0's stage 2 (frame 1 names nobody): not 4 + 4 + ...
+    stage_two = method._schedule(batched, method.resolved_settings(batched)).injection_steps
+    assert len(calls) == 4 + stage_two
+    for a, b in zip(alone[:2], together, strict=True):
+        assert np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16)).max() <= 1
+        assert a.metadata["unet_evaluations"] == b.metadata["unet_evaluations"]
+        assert a.seed == b.seed
+    assert counter.evaluations == sum(r.metadata["unet_evaluations"] for r in together)
+
+
 def test_latents_outside_every_mask_equal_stage_one_exactly(models):
     method = make_method(models)
     story = story_of(two_character_data([{"text": "{ana} and {leo} talking"}]), models, method, steps=5)

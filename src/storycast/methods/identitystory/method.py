@@ -50,6 +50,16 @@ class _StageOneAttempt:
     provider: str | None
 
 
+@dataclass
+class _FirstStageOne:
+    """Stage 1 of a frame's first attempt, drawn in a batch with other frames (``batch_size``)."""
+
+    stage1: injection.StageOne
+    image: Any
+    token_maps: dict[str, torch.Tensor]
+    evaluations: int
+
+
 class _Progress:
     """The frame's denoising progress: stage 1's steps, then stage 2's, as one bar."""
 
@@ -144,8 +154,9 @@ class IdentityStoryMethod(StoryMethod):
 
     @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:
-        # Frames are drawn one by one: memory stays constant however long the story is.
-        return [FrameGroup((i,)) for i in range(len(story))]
+        # One frame at a time by default (memory stays constant however long the story is); with batch_size B,
+        # groups of B frames whose stage 1 is drawn as one batch.
+        return super().plan(story, settings)
 
     # -- run interface ----------------------------------------------------------------------------
 
@@ -160,7 +171,14 @@ class IdentityStoryMethod(StoryMethod):
             self.adapter.park_vision_tower()
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
-        return [self.draw_frame(story, index, context) for index in group]
+        first = self._batched_stage_one(story, group, context) if self._batchable(story, group) else {}
+        return [self.draw_frame(story, index, context, first=first.get(index)) for index in group]
+
+    def _batchable(self, story: Story, group: Sequence[int]) -> bool:
+        """Stage 1 of several frames runs as one batch, unless a frame has a control image (a ControlNet
+        conditions one image at a time)."""
+        frames = [story.frames[i] for i in group]
+        return len(group) > 1 and not any(f.control_image is not None for f in frames)
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -266,7 +284,9 @@ class IdentityStoryMethod(StoryMethod):
         return self._providers[name]
 
     @torch.no_grad()
-    def draw_frame(self, story: Story, index: int, context: RunContext) -> FrameResult:
+    def draw_frame(
+        self, story: Story, index: int, context: RunContext, first: _FirstStageOne | None = None
+    ) -> FrameResult:
         """Both stages of one frame:
 
         1. the frame's numbers, prompt and conditioning;
@@ -274,26 +294,24 @@ class IdentityStoryMethod(StoryMethod):
            number of times, while a character is not found);
         3. stage 2: re-denoising from the sweet-spot step with each character's identity inside its mask;
         4. decode, keeping stage 1 and the masks as side images.
+
+        ``first``: the frame's first stage 1, already drawn in a batch with other frames.
         """
         settings = self.resolved_settings(story)
         gen = story.settings
         characters = story.frame_characters(index)
-        schedule = injection.InjectionSchedule(
-            num_steps=gen.steps,
-            sweet_spot_step=settings.injection.sweet_spot_step,
-            guidance_scale=gen.guidance_scale,
-            max_dilation=scale_pixels(settings.injection.max_dilation, (gen.height, gen.width)),
-            identity_strength=settings.injection.identity_strength,
-            fuse_mode=settings.injection.fuse_mode,
-        )
+        schedule = self._schedule(story, settings)
         negative = story.negative_prompt(index) or INJECTION_NEGATIVE_PROMPT
         prompt = prompts.global_prompt(story, index, settings.injection.prompt_style)
         progress = _Progress(context, gen.steps + (schedule.injection_steps if characters else 0))
         with count_unet_evaluations(self.models.pipeline.unet) as counter:
+            counter.evaluations += first.evaluations if first is not None else 0
             conditioning = prompt_encoder(self.models.pipeline, self.models.family, self.models.device)(
                 [prompt], [negative], width=gen.width, height=gen.height
             )
-            found = self._stage_one_and_masks(story, index, prompt, conditioning, schedule, settings, progress)
+            found = self._stage_one_and_masks(
+                story, index, prompt, conditioning, schedule, settings, progress, first=first
+            )
             if found.masks is None:
                 metadata = self._metadata(prompt, negative, [], counter.evaluations, schedule, found)
                 return FrameResult(index, found.image, found.seed, metadata=metadata)
@@ -327,9 +345,10 @@ class IdentityStoryMethod(StoryMethod):
         schedule: injection.InjectionSchedule,
         settings: IdentityStorySettings,
         progress: _Progress,
+        first: _FirstStageOne | None = None,
     ) -> _StageOneAttempt:
         """Stage 1, then the characters' cleaned masks from its image; on a miss, again with the authors' next
-        seed, at most ``mask_retries`` more times."""
+        seed, at most ``mask_retries`` more times. ``first``: attempt 0's stage 1, drawn in a batch."""
         pipe = self.models.pipeline
         frame = story.frames[index]
         characters = story.frame_characters(index)
@@ -343,13 +362,18 @@ class IdentityStoryMethod(StoryMethod):
         failures: list[str] = []
         for attempt in range(settings.masks.retries + 1):
             seed = story.frame_seed(index) + attempt * RETRY_SEED_OFFSET
-            initial = self._initial_latents(story, seed)
-            with _recording_maps(pipe.unet, pipe.tokenizer, prompt, characters, name == "attention", initial) as maps:
-                stage1 = injection.stage_one(
-                    pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1), control=control
-                )
-                token_maps = maps.character_maps() if maps is not None else {}
-            image = decode_latents(pipe, stage1.latents)[0]
+            if attempt == 0 and first is not None:
+                stage1, image, token_maps = first.stage1, first.image, first.token_maps
+                progress.at(schedule.num_steps)
+            else:
+                initial = self._initial_latents(story, seed)
+                rows = [(prompt, characters)]
+                with _recording_maps(pipe.unet, pipe.tokenizer, rows, name == "attention", initial) as maps:
+                    stage1 = injection.stage_one(
+                        pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1), control=control
+                    )
+                    token_maps = maps.character_maps(0) if maps is not None else {}
+                image = decode_latents(pipe, stage1.latents)[0]
             if provider is None:
                 return _StageOneAttempt(stage1, image, None, seed, attempt, None)
             try:
@@ -370,6 +394,58 @@ class IdentityStoryMethod(StoryMethod):
             f"mask_provider={other}.",
             frame_index=index,
         )
+
+    def _schedule(self, story: Story, settings: IdentityStorySettings) -> injection.InjectionSchedule:
+        gen = story.settings
+        return injection.InjectionSchedule(
+            num_steps=gen.steps,
+            sweet_spot_step=settings.injection.sweet_spot_step,
+            guidance_scale=gen.guidance_scale,
+            max_dilation=scale_pixels(settings.injection.max_dilation, (gen.height, gen.width)),
+            identity_strength=settings.injection.identity_strength,
+            fuse_mode=settings.injection.fuse_mode,
+        )
+
+    @torch.no_grad()
+    def _batched_stage_one(self, story: Story, group: Sequence[int], context: RunContext) -> dict[int, _FirstStageOne]:
+        """The first stage 1 of every frame of ``group`` as one batch (each row from its frame's own seed and
+        prompt, as one by one); masks, retries and stage 2 then go frame by frame."""
+        settings = self.resolved_settings(story)
+        gen = story.settings
+        pipe = self.models.pipeline
+        schedule = self._schedule(story, settings)
+        frame_prompts = [prompts.global_prompt(story, i, settings.injection.prompt_style) for i in group]
+        negatives = [story.negative_prompt(i) or INJECTION_NEGATIVE_PROMPT for i in group]
+        conditioning = prompt_encoder(pipe, self.models.family, self.models.device)(
+            frame_prompts, negatives, width=gen.width, height=gen.height
+        )
+        initial = torch.cat([self._initial_latents(story, story.frame_seed(i)) for i in group])
+        rows = [(prompt, story.frame_characters(i)) for prompt, i in zip(frame_prompts, group, strict=True)]
+        attention = any(
+            characters
+            and choose_provider(settings.masks, frame_has_user_masks=bool(story.frames[i].masks)) == "attention"
+            for (_, characters), i in zip(rows, group, strict=True)
+        )
+        progress = _Progress(context, gen.steps)
+        with (
+            count_unet_evaluations(pipe.unet) as counter,
+            _recording_maps(pipe.unet, pipe.tokenizer, rows, attention, initial) as maps,
+        ):
+            batch = injection.stage_one(pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1))
+        images = decode_latents(pipe, batch.latents)
+        return {
+            index: _FirstStageOne(
+                injection.StageOne(
+                    batch.latents[k : k + 1],
+                    batch.start_latents[k : k + 1],
+                    [noise[k : k + 1] for noise in batch.guided],
+                ),
+                images[k],
+                maps.character_maps(k) if maps is not None else {},
+                counter.evaluations // len(group),
+            )
+            for k, index in enumerate(group)
+        }
 
     def _initial_latents(self, story: Story, seed: int) -> torch.Tensor:
         pipe, device = self.models.pipeline, self.models.device
@@ -498,34 +574,45 @@ class IdentityStoryMethod(StoryMethod):
 class _MapRecorder:
     """Records the class words' attention maps during stage 1 (for the attention mask provider)."""
 
-    def __init__(self, store: Any, characters: Sequence[Character]):
+    def __init__(self, store: Any, characters: Sequence[Sequence[Character]]):
         self.store = store
         self.characters = characters
 
-    def character_maps(self) -> dict[str, torch.Tensor]:
-        maps = self.store.mean_maps()[0]
-        return {c.id: maps[k] for k, c in enumerate(self.characters)}
+    def character_maps(self, row: int) -> dict[str, torch.Tensor]:
+        """The maps of row ``row``'s characters (one row per frame of the batch)."""
+        maps = self.store.mean_maps()[row]
+        return {c.id: maps[k] for k, c in enumerate(self.characters[row])}
 
 
 @contextlib.contextmanager
 def _recording_maps(
-    unet: Any, tokenizer: Any, prompt: str, characters: Sequence[Character], enabled: bool, latents: torch.Tensor
+    unet: Any,
+    tokenizer: Any,
+    rows: Sequence[tuple[str, Sequence[Character]]],
+    enabled: bool,
+    latents: torch.Tensor,
 ) -> Iterator[_MapRecorder | None]:
-    """Record the class words' attention maps during stage 1 when the attention mask provider needs them."""
-    if not (enabled and characters):
+    """Record the class words' attention maps during stage 1 when the attention mask provider needs them;
+    ``rows``: each frame of the batch's prompt and characters."""
+    if not (enabled and any(characters for _, characters in rows)):
         yield None
         return
     from storycast.attention.layers import select_layers
     from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
-    positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
+    positions = [
+        [p or 0 for p in prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])]
+        for prompt, characters in rows
+    ]
+    width = max([len(row) for row in positions] + [1])
+    indices = [row + [0] * (width - len(row)) for row in positions]  # column 0 (start token) pads unused slots
     latent_size = (latents.shape[-2], latents.shape[-1])
     half = (latent_size[0] // 2, latent_size[1] // 2)
-    store = TokenMapStore([[p or 0 for p in positions]], size=half, rows=1, latent_size=latent_size)
+    store = TokenMapStore(indices, size=half, rows=len(rows), latent_size=latent_size)
     # Every cross-attention level but the full-resolution one, whose maps are the noisiest.
     levels = sorted({layer.level for layer in select_layers(unet, kind="cross")} - {0}) or [0]
     with record_token_maps(unet, store, levels):
-        yield _MapRecorder(store, characters)
+        yield _MapRecorder(store, [characters for _, characters in rows])
 
 
 def _mask_image(mask: torch.Tensor) -> Any:
