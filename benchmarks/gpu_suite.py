@@ -9,6 +9,11 @@ character and is not in the per-frame numbers. Writes ``suite.json`` and ``suite
 
     python benchmarks/gpu_suite.py --out runs/gpu-suite                          # an NVIDIA GPU, ~8 minutes
     python benchmarks/gpu_suite.py --out /tmp/suite --device cpu --tiny --steps 2  # the CPU smoke run (CI)
+    python benchmarks/gpu_suite.py --out /tmp/suite --device cpu --families sdxl --size 128 --steps 2 \
+        --story-frames 2 --threads 2                                             # SDXL-size weights on a CPU
+
+Story-Adapter runs ``rounds=1`` here (its 10 rounds cost (1 + 10) / (1 + 1) = 5.5x the row), so that the suite
+stays within its minutes; every other method runs its defaults.
 
 Who gets a GPU runs the first command and puts the table in benchmarks/RESULTS.md.
 """
@@ -27,11 +32,16 @@ FAMILIES = {
     "sdxl": {"real": ("sdxl-random", 1024), "tiny": ("tiny", 128)},
     "sd15": {"real": ("sd15-random", 512), "tiny": ("tiny-sd15", 128)},
 }
-METHODS = ("vanilla", "identitystory", "storydiffusion", "storynizor", "photomaker")
+METHODS = (
+    "vanilla", "identitystory", "storydiffusion", "storynizor", "photomaker", "consistory", "1prompt1story",
+    "story-adapter",
+)  # fmt: skip
 SUITE_SETTINGS = {
     # Discovery is paid once per character, before the timed frames: a small budget keeps the suite short.
     "identitystory": {"discovery_candidates": 12, "preview_images": 1},
     "photomaker": {"discovery_candidates": 12, "preview_images": 1},
+    # One round of the ten: the per-frame cost of R rounds is (1 + R) / 2 times this row's.
+    "story-adapter": {"rounds": 1},
 }
 
 
@@ -78,7 +88,7 @@ def unet_flops(models, width: int, height: int) -> int:
 
 def worker(args: argparse.Namespace) -> dict:
     preset, size = FAMILIES[args.family]["tiny" if args.tiny else "real"]
-    args.preset, args.size, args.frames = preset, size, [args.story_frames]
+    args.preset, args.size, args.frames = preset, args.size or size, [args.story_frames]
     args.method_settings = json.dumps(SUITE_SETTINGS.get(args.method, {}))
     settings = SUITE_SETTINGS.get(args.method, {})
     row, (_, models, plan) = measure(args, one_character_story(args.story_frames), settings)
@@ -99,7 +109,12 @@ def worker(args: argparse.Namespace) -> dict:
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"device={args.device} dtype={args.dtype} steps={args.steps} frames={args.story_frames} "
-        f"{'tiny models' if args.tiny else 'random weights at the real sizes'}",
+        f"{'tiny models' if args.tiny else 'random weights at the real sizes' if not args.size else 'random weights'}"
+        + "".join(
+            f"; {m}: {', '.join(f'{k}={v}' for k, v in s.items())}"
+            for m, s in SUITE_SETTINGS.items()
+            if m in args.methods
+        ),
         "",
         "| family | method | px | UNet evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | mem x |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -123,6 +138,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models (the CPU smoke run)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--story-frames", type=int, default=4, help="frames of the measured story")
+    parser.add_argument("--size", type=int, help="image side instead of the family's (a CPU run of the real weights)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=1)
@@ -149,6 +165,8 @@ def main() -> None:
             ]  # fmt: skip
             if args.tiny:
                 arguments.append("--tiny")
+            if args.size:
+                arguments += ["--size", str(args.size)]
             rows.append(run_worker(__file__, arguments))
             print(f"{family} {method}: {rows[-1]['seconds_per_frame']:.3f} s/frame", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
