@@ -70,7 +70,7 @@ def test_settings_defaults_are_the_authors():
         ("dtype", "fp8", "dtype 'fp8' is not known"),
         ("device", "tpu", "device 'tpu' is not known"),
         ("detector", "", "detector must be a Hub id"),
-        ("multimask", "yes", "multimask and local_files_only"),
+        ("multimask", "yes", "multimask, local_files_only and offload_idle"),
     ],
 )
 def test_settings_reject_bad_values(field, value, needle):
@@ -396,3 +396,28 @@ def test_missing_folder_and_broken_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match=r"could not be loaded.*the detector setting"):
         GroundedSamMasks(GroundedSamSettings(detector=str(tmp_path / "empty"), device="cpu")).models  # noqa: B018
+
+
+def test_offloaded_models_run_on_their_device_and_wait_in_cpu_memory(tiny_parts, image, monkeypatch):
+    from types import SimpleNamespace
+
+    from storycast.masks.registry import shares_the_gpu
+
+    plain = _provider(tiny_parts)(MaskInputs(image=image, characters=CHARACTERS, frame_index=2))
+    provider = _provider(tiny_parts, offload_idle=True, device="cpu")
+    moves = []
+    for model in (provider.models.detector, provider.models.segmenter):
+        original = model.to
+
+        def to(*args, _original=original, _model=model, **kwargs):
+            moves.append((type(_model).__name__, str(args[0]) if args else str(kwargs.get("device"))))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "to", to)
+    masks = provider(MaskInputs(image=image, characters=CHARACTERS, frame_index=2))
+    assert all(torch.equal(masks[c], plain[c]) for c in plain)
+    # Each model to its device for the call, and back to the CPU after it.
+    assert [device for _, device in moves] == ["cpu", "cpu", "cpu", "cpu"] and len({name for name, _ in moves}) == 2
+    assert shares_the_gpu(SimpleNamespace(device="cuda", aux_device="cuda"))
+    assert not shares_the_gpu(SimpleNamespace(device="cuda:0", aux_device="cuda:1"))
+    assert not shares_the_gpu(SimpleNamespace(device="cpu", aux_device="cpu"))

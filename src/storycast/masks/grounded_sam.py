@@ -31,8 +31,9 @@ authors' pipelines do (PIL bilinear: shorter side 800 / longer side at most 1333
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,6 +82,8 @@ class GroundedSamSettings:
         device: "auto", "cpu", "cuda", "cuda:N" or "mps".
         dtype: "fp32" (official), "fp16", "bf16" or "auto" (fp16 on CUDA).
         local_files_only: Never reach the network for Hub ids (the Hugging Face cache still counts).
+        offload_idle: Keep the models in CPU memory between frames and on ``device`` only while they run (frees
+            about 3.4 GB of GPU memory in fp32 for the UNet's passes when they share its GPU).
     """
 
     detector: str = DETECTOR_ID
@@ -93,6 +96,7 @@ class GroundedSamSettings:
     device: str = "auto"
     dtype: str = "fp32"
     local_files_only: bool = False
+    offload_idle: bool = False
 
     def __post_init__(self) -> None:
         for name in ("detector", "segmenter"):
@@ -118,8 +122,8 @@ class GroundedSamSettings:
                 )
         if not isinstance(self.device, str) or self.device.split(":")[0] not in DEVICE_NAMES:
             raise SettingsError(f"device '{self.device}' is not known. Fix: use one of auto, cpu, cuda, cuda:N, mps.")
-        if not isinstance(self.multimask, bool) or not isinstance(self.local_files_only, bool):
-            raise SettingsError("multimask and local_files_only must be true or false.")
+        if not all(isinstance(v, bool) for v in (self.multimask, self.local_files_only, self.offload_idle)):
+            raise SettingsError("multimask, local_files_only and offload_idle must be true or false.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -481,6 +485,26 @@ class GroundedSamMasks:
         characters = list(inputs.characters)
         if not characters:
             return {}
+        with self._resident():
+            return self._masks(inputs, characters)
+
+    @contextlib.contextmanager
+    def _resident(self) -> Iterator[None]:
+        """The models on their device inside the block; with ``offload_idle``, in CPU memory again after it."""
+        if not self.settings.offload_idle:
+            yield
+            return
+        device = resolve_device(self.settings.device)
+        models = self.models
+        for model in (models.detector, models.segmenter):
+            model.to(device)
+        try:
+            yield
+        finally:
+            for model in (models.detector, models.segmenter):
+                model.to("cpu")
+
+    def _masks(self, inputs: MaskInputs, characters: list[CharacterQuery]) -> dict[str, torch.Tensor]:
         image = inputs.image.convert("RGB")
         detections = self.detect(image, class_words(characters))
         logger.debug(

@@ -109,8 +109,16 @@ def fallback_reason(settings: MaskSettings, chosen: str) -> str | None:
     )
 
 
-def build_provider(name: str, settings: MaskSettings, *, device: Any, local_files_only: bool) -> MaskProvider:
-    """A mask provider by name, configured by ``settings``."""
+def shares_the_gpu(models: Any) -> bool:
+    """Whether auxiliary models would sit on the UNet's own CUDA device (then they are offloaded when idle)."""
+    return str(models.aux_device).startswith("cuda") and str(models.aux_device) == str(models.device)
+
+
+def build_provider(
+    name: str, settings: MaskSettings, *, device: Any, local_files_only: bool, offload_idle: bool = False
+) -> MaskProvider:
+    """A mask provider by name, configured by ``settings``; ``offload_idle`` keeps a detector's models in CPU memory
+    between frames (for a detector sharing the UNet's GPU)."""
     if name not in PROVIDERS:
         raise SettingsError(f"mask_provider '{name}' is not known. Fix: use auto or one of {', '.join(PROVIDERS)}.")
     module_name, _, class_name = PROVIDERS[name].partition(":")
@@ -127,5 +135,6 @@ def build_provider(name: str, settings: MaskSettings, *, device: Any, local_file
             text_threshold=settings.text_threshold,
             device=str(device),
             local_files_only=local_files_only,
+            offload_idle=offload_idle,
         )
     )

@@ -16,7 +16,7 @@ from storycast.identity.library import IdentityLibrary, IdentityRecord, identity
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
-from storycast.masks.registry import build_provider, choose_provider, fallback_reason
+from storycast.masks.registry import build_provider, choose_provider, fallback_reason, shares_the_gpu
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory import discovery, injection, prompts
 from storycast.methods.identitystory.settings import (
@@ -280,6 +280,7 @@ class IdentityStoryMethod(StoryMethod):
                 self.settings.masks,
                 device=self.models.aux_device,
                 local_files_only=self.models.spec.local_files_only,
+                offload_idle=shares_the_gpu(self.models),
             )
         return self._providers[name]
 

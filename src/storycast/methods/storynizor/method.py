@@ -241,7 +241,7 @@ class StorynizorMethod(StoryMethod):
         """The character alone in ``photo`` (GroundingDINO + SAM on its class word); None when 'auto' cannot."""
         from storycast.identity.reference_crops import mask_crop
         from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError
-        from storycast.masks.registry import build_provider, detector_available
+        from storycast.masks.registry import build_provider, detector_available, shares_the_gpu
 
         masks = settings.injector.segmentation()
         if not required and not detector_available(masks):
@@ -252,6 +252,7 @@ class StorynizorMethod(StoryMethod):
                 masks,
                 device=self.models.aux_device,
                 local_files_only=self.models.spec.local_files_only,
+                offload_idle=shares_the_gpu(self.models),
             )
         try:
             found = self._segmenter(MaskInputs(photo, [CharacterQuery(character.id, character.class_word)]))
