@@ -5,6 +5,10 @@ Each configuration runs in a fresh process and draws a one-character story twice
 
     python benchmarks/speed_options.py --preset tiny-sd15 --steps 4 --frames 4                  # CPU
     python benchmarks/speed_options.py --preset sdxl-random --device cuda --dtype fp16 --steps 30 --frames 4
+    python benchmarks/speed_options.py --preset tiny --method identitystory --steps 10 --frames 4  # its options
+
+Options of the model (every method): channels-last, compile. Options of a method, measured with it:
+identitystory's batched stage 1 (``--batch-size``) and PhotoMaker's LoRA fused for stage 2 (``fuse_lora``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,16 @@ import time
 from harness import one_character_story, peak_memory_mb, run_worker
 
 OPTIONS = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}
+"""Model options: ModelSpec fields."""
+METHOD_OPTIONS = {
+    "identitystory": {
+        "batch-size-4": ({}, {"batch_size": 4}),
+        "fuse-lora": ({"fuse_lora": True}, {}),
+    },
+}
+"""Method options: (method settings, generation settings) per option name."""
+SMALL_DISCOVERY = {"identitystory": {"discovery_candidates": 12, "preview_images": 1}}
+"""Discovery runs once per character before the timed passes: a small budget keeps the benchmark short."""
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -27,18 +41,21 @@ def worker(args: argparse.Namespace) -> dict:
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype, **OPTIONS[args.option]))
+    spec_options = OPTIONS.get(args.option, {})
+    option_settings, extra = METHOD_OPTIONS.get(args.method, {}).get(args.option, ({}, {}))
+    settings = {**SMALL_DISCOVERY.get(args.method, {}), **option_settings}
+    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype, **spec_options))
     story = one_character_story(args.frames)
-    generation = {"steps": args.steps, "width": args.size, "height": args.size}
-    draw(story, args.method, models, generation=generation)  # warm-up (compilation happens here)
+    generation = {"steps": args.steps, "width": args.size, "height": args.size, **extra}
+    draw(story, args.method, models, generation=generation, method_settings=settings)  # warm-up (compilation)
     sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
     sync()
     started = time.perf_counter()
-    draw(story, args.method, models, generation=generation)
+    draw(story, args.method, models, generation=generation, method_settings=settings)
     sync()
     return {
         "option": args.option,
-        "applied": models.info.get("speed", {}),
+        "applied": models.info.get("speed", {}) or {**option_settings, **extra},
         "seconds_per_frame": (time.perf_counter() - started) / args.frames,
         "peak_memory_mb": peak_memory_mb(models.device),
     }
@@ -61,7 +78,7 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     rows = []
-    for option in OPTIONS:
+    for option in [*OPTIONS, *METHOD_OPTIONS.get(args.method, {})]:
         arguments = [
             "--option", option, "--preset", args.preset, "--method", args.method, "--device", args.device,
             "--dtype", args.dtype, "--steps", str(args.steps), "--frames", str(args.frames),
