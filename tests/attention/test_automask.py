@@ -212,6 +212,28 @@ def test_reading_anchors_equals_drawing_jointly_with_them(attention):
     assert cache.nbytes == 2 * kept * CHANNELS * 4  # two halves of float32 tokens inside the anchors' masks
 
 
+@torch.no_grad()
+def test_anchors_dropped_by_the_writer_are_kept_as_the_anchors_saw_each_other(attention):
+    characters = [("mara",), ("mara",)]
+    masks = {key: torch.ones(SIDE, SIDE, dtype=torch.bool) for key in random_masks(characters)}
+    hidden = tokens(2)
+    cache = AnchorCache()
+    state, writer = amsa(characters, masks, dropout=0.5, anchors=cache, mode="write")
+    state.anchor_dropout = "writer"
+    writer(attention, hidden)
+    stored = cache.get("layer", 1)
+    for frame, anchor in enumerate(stored):
+        seen = state.kept((0, "frame", frame), TOKENS, "cpu")  # what the other anchor attended to of this one
+        assert 0 < int(seen.sum()) < TOKENS and anchor.tokens.shape[1] == int(seen.sum())
+        assert torch.equal(anchor.tokens, hidden.reshape(2, 2, TOKENS, CHANNELS)[:, frame, seen])
+    # A reader adds exactly those tokens: no second draw.
+    reader_state, reader = amsa([("mara",)], {(0, "mara"): torch.ones(SIDE, SIDE, dtype=torch.bool)}, dropout=0.5,
+                                anchors=cache, mode="read")  # fmt: skip
+    reader_state.anchor_dropout = "writer"
+    keys = reader.key_tokens(attention, tokens(1, seed=4), tokens(1, seed=4))
+    assert keys.shape[1] == TOKENS + sum(a.tokens.shape[1] for a in stored)
+
+
 def test_word_token_positions_find_each_occurrence_and_every_token():
     from storycast.models.tiny import tiny_tokenizer
 

@@ -156,7 +156,8 @@ def test_the_identity_reaches_only_the_frames_naming_its_character(sd15, tmp_pat
 
 
 def test_memory_stays_flat_however_long_the_story_is(sd15):
-    """The anchors' cache is as large for 6 frames as for 14, and no layer call attends to more tokens."""
+    """The anchors' cache is as large for 6 frames as for 14, and no layer call attends to more tokens than a
+    frame's own, its group's and the anchors' (what one group can hold, whatever the story's length)."""
     from storycast.attention import automask
 
     def draw(length):
@@ -169,7 +170,7 @@ def test_memory_stays_flat_however_long_the_story_is(sd15):
         def measured(self, attn, hidden, context):
             nonlocal longest
             tokens = original(self, attn, hidden, context)
-            longest = max(longest, *(row.shape[0] for row in tokens))
+            longest = max(longest, max(row.shape[0] for row in tokens) / hidden.shape[1])  # in frames' worth
             return tokens
 
         automask.AutoMaskSelfAttention.key_tokens = measured
@@ -183,7 +184,8 @@ def test_memory_stays_flat_however_long_the_story_is(sd15):
     short_cache, short_keys = draw(6)
     long_cache, long_keys = draw(14)
     assert short_cache > 0 and long_cache == short_cache
-    assert long_keys == short_keys
+    group, anchors = 2, 2
+    assert 1 < short_keys <= group + anchors and 1 < long_keys <= group + anchors
 
 
 def test_resuming_rebuilds_the_anchors_and_editing_an_anchor_redraws_everything(sd15, tmp_path):

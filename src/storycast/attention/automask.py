@@ -16,8 +16,11 @@ result is the same (a test holds the two equal) and memory grows with the tokens
   guidance halves, from the call's generator.
 - Guidance halves never mix: uncond rows gather uncond tokens, cond rows cond tokens.
 - Anchors: an anchor group (mode "write") keeps, per layer and step, its frames' tokens inside their
-  characters' masks (before dropout); later groups (mode "read") attend to them as to other frames of their
-  own, so memory stays flat however long the story is.
+  characters' masks; later groups (mode "read") attend to them as to other frames of their own, so memory stays
+  flat however long the story is. Mask dropout of the anchors' tokens is drawn by each reader (Storynizor: the
+  cache holds whole masks), or once by the writer, whose dropped tokens are then not kept at all (ConsiStory's
+  ``input_h_cache``, which caches ``last_mask_dropout``: half the memory at dropout 0.5, and every reader sees
+  the tokens the anchors saw of each other).
 """
 
 from __future__ import annotations
@@ -90,12 +93,15 @@ class AutoMaskState(AttentionState):
         dropout: Share of another frame's mask tokens dropped at each step (0: all kept).
         anchors: The anchor cache written or read.
         anchor_mode: "write" (this call draws the anchors), "read" (it attends to them) or None.
+        anchor_dropout: Who draws the anchors' mask dropout: "reader" (every reading call, from the whole masks
+            kept) or "writer" (the anchors' own call, keeping only the tokens it did not drop).
     """
 
     character_masks: CharacterMasks = field(default_factory=lambda: CharacterMasks([], (1, 1)))
     dropout: float = 0.5
     anchors: AnchorCache | None = None
     anchor_mode: Literal["write", "read"] | None = None
+    anchor_dropout: Literal["reader", "writer"] = "reader"
     _kept: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def begin_step(self, index: int, timestep: torch.Tensor) -> None:
@@ -144,6 +150,11 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
     def key_tokens(self, attn: Any, hidden: torch.Tensor, context: torch.Tensor) -> KeyTokens:
         state = self.state
         by_frame = self.by_frame(hidden)  # [half, frame, token, channel]
+        if state.character_masks.ready and state.dropout > 0:
+            # Each frame's draw of this step and level, in frame order, whoever reads it first: the anchors get the
+            # same draws whether they are cached or not.
+            for frame in range(state.frames):
+                state.kept((self.level, "frame", frame), hidden.shape[1], hidden.device)
         if state.anchor_mode == "write":
             # Every layer and step is written, empty where no mask exists yet (the first step, anchors naming
             # nobody): a reader whose own masks are ready finds what there is to read, even if it is nothing.
@@ -181,6 +192,9 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
             union = (
                 torch.stack(list(masks.values())).any(dim=0) if masks else by_frame.new_zeros(tokens, dtype=torch.bool)
             )
+            if state.anchor_dropout == "writer" and masks:
+                # The draw the other anchors see this frame with at this step (the same key): kept as they saw it.
+                union = union & state.kept((self.level, "frame", frame), tokens, by_frame.device)
             stored.append(AnchorFrame(by_frame[:, frame, union], {c: m[union] for c, m in masks.items()}))
         assert state.anchors is not None
         state.anchors.put(self.layer, state.step, stored)
@@ -195,7 +209,8 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
                 continue
             size = anchor.tokens.shape[1]
             visible = torch.stack(members).any(dim=0).to(hidden.device)
-            visible = visible & state.kept((self.level, "anchor", number), size, hidden.device)
+            if state.anchor_dropout == "reader":
+                visible = visible & state.kept((self.level, "anchor", number), size, hidden.device)
             parts.append(
                 anchor.tokens[:, visible.to(anchor.tokens.device)].to(device=hidden.device, dtype=hidden.dtype)
             )

@@ -407,6 +407,7 @@ class _PassRunner:
             dropout=settings.mask_dropout,
             anchors=cache,
             anchor_mode=mode if cache is not None else None,  # type: ignore[arg-type]
+            anchor_dropout="writer",  # the anchors' tokens cached after their own dropout, as input_h_cache is
             query_strengths=strengths,
             injection=injection,
         )
