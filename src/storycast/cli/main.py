@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from storycast import __version__
 from storycast.cli import (
+    app,
     benchmark,
     convert,
     data,
@@ -37,6 +38,7 @@ COMMANDS = {
     "identities": identities,
     "data": data,
     "train": train,
+    "app": app,
 }
 
 DESCRIPTION = """\
