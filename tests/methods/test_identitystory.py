@@ -241,6 +241,28 @@ def test_identity_library_hit_skips_discovery(models, tmp_path):
     assert third.evaluations > 0 and len(library.keys()) == 2
 
 
+def test_a_character_naming_a_library_identity_takes_it_without_discovering(models, tmp_path):
+    from storycast.errors import StorycastError
+
+    library = IdentityLibrary(tmp_path / "identities")
+    stored = library.put("another-story-ana", torch.linspace(-1, 1, 64), {"character": "someone", "source": "test"})
+    data = two_character_data([{"text": "{ana} reading"}])
+    data["characters"][0]["identity"] = "another-story-ana"
+    method = make_method(models)
+    story = story_of(data, models, method, steps=2)
+    with count_unet_evaluations(models.pipeline.unet) as counter:
+        method.prepare(story, RunContext(cache_dir=tmp_path))
+    assert counter.evaluations == 0 and library.keys() == ["another-story-ana"]
+    assert torch.equal(method._identities["ana"].embedding, stored.embedding)
+    data["characters"][0]["identity"] = "not-there"
+    with pytest.raises(StorycastError, match=r"character 'ana': identity 'not-there' is not in the identity library"):
+        make_method(models).prepare(story_of(data, models, method, steps=2), RunContext(cache_dir=tmp_path))
+    library.put("too-short", torch.zeros(8), {"character": "x"})
+    data["characters"][0]["identity"] = "too-short"
+    with pytest.raises(StorycastError, match="has 8 values, but this PhotoMaker's ID embeddings have 64"):
+        make_method(models).prepare(story_of(data, models, method, steps=2), RunContext(cache_dir=tmp_path))
+
+
 def test_preview_sheet_puts_the_previews_side_by_side():
     from PIL import Image
 

@@ -167,6 +167,18 @@ def test_reference_photo_resolved_relative_to_story(write_story, tmp_path):
     assert story.characters[0].references == ((tmp_path / "photos" / "mara.jpg").resolve(),)
 
 
+def test_a_character_may_name_a_library_identity(write_story):
+    data = small_story_data()
+    data["characters"][0]["identity"] = "3f2a9c0d1e"
+    story = load_story(write_story(data))
+    assert story.characters[0].identity == "3f2a9c0d1e"
+    assert story_to_dict(story)["characters"][0]["identity"] == "3f2a9c0d1e"
+    assert parse_story(story_to_dict(story)).characters[0].identity == "3f2a9c0d1e"
+    data["characters"][0]["identity"] = "../../etc/passwd"
+    problem = problems_of(write_story(data))["characters[0].identity"]
+    assert "not a key of the identity library" in problem.message and "storycast identities list" in problem.fix
+
+
 def test_every_problem_is_reported_with_line_numbers(write_story):
     text = """title: x
 characters:

@@ -31,6 +31,10 @@ class Character:
             description. Identity methods attach the identity to this word's token.
         name: Display name for captions (defaults to ``id``).
         references: Photos of the person, for methods that take identity from images.
+        identity: A key of the identity library (``storycast identities list``): the identity stored under it
+            (discovered for a character of another story, or made from photos) is this character's, for the
+            methods that read identities from the library (identitystory, photomaker), instead of its photos or a
+            new discovery.
     """
 
     id: str
@@ -38,6 +42,7 @@ class Character:
     class_word: str
     name: str | None = None
     references: tuple[Path, ...] = ()
+    identity: str | None = None
 
     @property
     def display_name(self) -> str:

@@ -38,7 +38,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 TOP_KEYS = ("version", "title", "style", "characters", "frames", "settings", "methods")
 STYLE_KEYS = ("prefix", "suffix")
-CHARACTER_KEYS = ("id", "description", "class_word", "name", "references")
+IDENTITY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+"""What an identity library key may look like (keys are hex digests; a path or a URL is refused)."""
+CHARACTER_KEYS = ("id", "description", "class_word", "name", "references", "identity")
 FRAME_KEYS = (
     "text",
     "characters",
@@ -753,8 +755,16 @@ def _parse_characters(value: Any, problems: _Problems, base: Path) -> list[Chara
                 f"put the word '{class_word}' in the description, or choose a class word that is in it",
             )
         references = _parse_paths(item.get("references"), _join(path, "references"), problems, base, "reference photo")
+        identity = _get_text(item, "identity", path, problems, required=False)
+        if identity is not None and not IDENTITY_KEY_PATTERN.match(identity):
+            problems.add(
+                _join(path, "identity"),
+                f"'{identity}' is not a key of the identity library",
+                "copy a key from `storycast identities list` (letters, digits, '-' and '_')",
+            )
+            identity = None
         if None not in (character_id, description, class_word):
-            characters.append(Character(character_id, description, class_word, name, tuple(references)))
+            characters.append(Character(character_id, description, class_word, name, tuple(references), identity))
     return characters
 
 
@@ -1059,6 +1069,8 @@ def story_to_dict(story: Story, *, relative_to: str | Path | None = None) -> dic
             entry["name"] = character.name
         if character.references:
             entry["references"] = [path_text(p) for p in character.references]
+        if character.identity:
+            entry["identity"] = character.identity
         data["characters"].append(entry)
     data["frames"] = []
     for frame in story.frames:

@@ -210,7 +210,10 @@ class IdentityStoryMethod(StoryMethod):
     def identity(
         self, character: Character, story: Story, library: IdentityLibrary, context: RunContext
     ) -> IdentityRecord:
-        """The character's identity: from its photos, or from the library, or discovered and stored."""
+        """The character's identity: the library entry it names, or from its photos, or from the library, or
+        discovered and stored."""
+        if character.identity:
+            return named_identity(character, library, self.adapter)
         model = {k: self.models.info.get(k) for k in MODEL_KEYS}
         adapter_id = {"photomaker": self.settings.photomaker.source, "file": self.settings.photomaker.file}
         if character.references:
@@ -583,6 +586,28 @@ class _MapRecorder:
         """The maps of row ``row``'s characters (one row per frame of the batch)."""
         maps = self.store.mean_maps()[row]
         return {c.id: maps[k] for k, c in enumerate(self.characters[row])}
+
+
+def named_identity(character: Character, library: IdentityLibrary, adapter: PhotoMakerAdapter) -> IdentityRecord:
+    """The library entry ``character.identity`` names, checked against the adapter's ID embedding size."""
+    assert character.identity
+    record = library.get(character.identity)
+    if record is None:
+        raise StorycastError(
+            f"character '{character.id}': identity '{character.identity}' is not in the identity library at "
+            f"{library.root}. Fix: copy a key from `storycast identities list` (with the same --cache-dir), or remove "
+            f"the character's identity to discover or embed one."
+        )
+    config = adapter.encoder.config
+    size = config.projection_dim + config.projection_dim_2
+    if record.embedding.numel() != size:
+        raise StorycastError(
+            f"character '{character.id}': identity '{character.identity}' has {record.embedding.numel()} values, but "
+            f"this PhotoMaker's ID embeddings have {size} (it was made with another encoder). Fix: pick an identity "
+            f"made with this model and PhotoMaker, or remove the character's identity."
+        )
+    logger.info("identity of '%s' taken from the library entry it names (%s)", character.id, character.identity)
+    return record
 
 
 @contextlib.contextmanager
