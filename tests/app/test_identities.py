@@ -1,4 +1,4 @@
-"""The identity library in the app: listed with previews; an identity's inputs given to a new character."""
+"""The identity library in the app: listed with previews; an identity given to a new character by its key."""
 
 from __future__ import annotations
 
@@ -27,36 +27,29 @@ def test_the_library_is_listed_with_previews(tmp_path):
     assert len(damaged) == 1 and damaged[0].startswith(other)
 
 
-def test_a_discovered_identity_gives_back_the_description_that_keys_it(tmp_path):
+def test_a_discovered_identity_is_named_by_its_key_with_the_description_it_was_made_for(tmp_path):
     folders = AppFolders.create(tmp_path)
     character = Character("mara", "an old woman with short silver hair, a yellow raincoat", "woman")
     info = {"character": "mara", "source": "discovered", "prompt": search_prompt(character)}
-    reuse = reuse_identity(info, folders)
-    assert reuse.problem is None
+    reuse = reuse_identity("k1", info, folders)
+    assert reuse.problem is None and reuse.identity == "k1"
     assert (reuse.id, reuse.description, reuse.class_word) == ("mara", character.description, "woman")
-    # The new character's search prompt, hence its library key, is the stored one's.
     assert insert_trigger_word(reuse.description, reuse.class_word) == info["prompt"]
 
 
-def test_photo_identities_are_reused_only_from_the_app_s_uploads(tmp_path):
+def test_photo_identities_are_named_by_their_key_alone(tmp_path):
     folders = AppFolders.create(tmp_path / "app")
-    uploaded = folders.uploads / "abc.png"
-    Image.new("RGB", (8, 8)).save(uploaded)
-    inside = reuse_identity({"character": "leo", "source": "photos", "photos": [str(uploaded)]}, folders)
-    assert inside.problem is None and inside.photos == (str(uploaded),)
-    outside = reuse_identity({"character": "leo", "source": "photos", "photos": ["/etc/passwd"]}, folders)
-    assert outside.problem and "not files uploaded" in outside.problem and outside.photos == ()
-    assert reuse_identity(None, folders).problem
-    assert reuse_identity({"source": "discovered", "prompt": "no trigger here"}, folders).problem
-    assert (
-        reuse_identity({"character": "9 lives", "source": "discovered", "prompt": "a cat img"}, folders).id
-        == "c_9_lives"
-    )
+    reuse = reuse_identity("k2", {"character": "leo", "source": "photos", "photos": ["/etc/passwd"]}, folders)
+    assert reuse.problem is None and (reuse.id, reuse.identity, reuse.description) == ("leo", "k2", "")
+    assert reuse_identity("k3", None, folders).problem
+    assert reuse_identity(
+        "k4", {"character": "9 lives", "source": "discovered", "prompt": "a cat img"}, folders
+    ).id == ("c_9_lives")
 
 
-def test_a_character_given_a_discovered_identity_s_inputs_is_drawn_with_it(tmp_path, tiny_sdxl, caplog):
+def test_a_character_naming_a_discovered_identity_is_drawn_with_it(tmp_path, tiny_sdxl, caplog):
     """End to end on the tiny model: identitystory discovers Mara's identity; a new character of another story,
-    filled from that library entry, is drawn with it (found in the library, nothing discovered again)."""
+    with another description, names that library entry and is drawn with it (nothing discovered again)."""
     from storycast.app.drawing import Drawer
     from storycast.app.story_form import CharacterFields, StoryFields, build_document, check_document
 
@@ -78,13 +71,13 @@ def test_a_character_given_a_discovered_identity_s_inputs_is_drawn_with_it(tmp_p
         "{mara} reading",
     )
     (key,) = library.keys()
-    reuse = reuse_identity(library.info(key), folders)
+    reuse = reuse_identity(key, library.info(key), folders)
     caplog.set_level("INFO", logger="storycast")
     draw(
         "Second",
-        CharacterFields(id="zoe", description=reuse.description, class_word=reuse.class_word),
+        CharacterFields(id="zoe", description="a tall man with a hat", class_word="man", identity=reuse.identity),
         "{zoe} swimming",
     )
     assert library.keys() == [key]
-    assert f"identity of 'zoe' found in the library ({key})" in caplog.text
+    assert f"identity of 'zoe' taken from the library entry it names ({key})" in caplog.text
     assert "discovering" not in caplog.text

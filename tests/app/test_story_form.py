@@ -211,3 +211,17 @@ def test_redrawing_an_identity_frame_redraws_the_frames_that_read_it(folders):
     settings = {"id_length": 1}
     assert _to_draw(folders, doc, set_frame(doc, 1, seed=99), "storydiffusion", settings) == [0, 1, 3]
     assert _to_draw(folders, doc, set_frame(doc, 4, seed=99), "storydiffusion", settings) == [3]
+
+
+def test_a_character_s_library_identity_goes_into_the_story_and_back():
+    from storycast.app.story_form import CharacterFields, StoryFields, build_document, document_to_fields
+
+    fields = StoryFields(
+        title="t",
+        characters=[CharacterFields(id="zoe", description="a tall man", class_word="man", identity="abc123")],
+        frames="{zoe} swimming",
+    )
+    doc = build_document(fields)
+    assert doc["characters"][0]["identity"] == "abc123"
+    assert document_to_fields(doc).characters[0].identity == "abc123"
+    assert CharacterFields(identity="abc123").blank is False

@@ -1,11 +1,9 @@
 """The identity library as the app shows it, and an identity reused for a new character.
 
-A story has no field that names a library entry: an identity is found again by its key, the hash of what made
-it (:mod:`storycast.identity.library`). So reusing one means giving a character the inputs that key it: for a
-*discovered* identity, the description and class word its search prompt was made of (the method then finds the
-entry when the model and discovery settings are those it was discovered with, and discovers a new one
-otherwise); for one embedded from *photos*, those photos, when they are files the app stored (others are not
-read).
+A character reuses a stored identity by naming its key (``characters[i].identity``): the methods that read
+identities from the library (identitystory, photomaker) take that entry, whatever the character's description or
+photos. For a *discovered* identity the app also fills in the description and class word its search prompt was
+made of, so that the new character is described as the one it was discovered for.
 """
 
 from __future__ import annotations
@@ -60,33 +58,30 @@ def list_identities(library: IdentityLibrary) -> tuple[list[IdentityEntry], list
 
 @dataclass(frozen=True)
 class Reuse:
-    """The character fields that find an identity again, or why it cannot be reused here."""
+    """The character fields that draw a character with a stored identity, or why it cannot be reused.
+
+    ``identity`` is the library key the character names; ``description`` and ``class_word`` are filled in for a
+    discovered identity (empty: keep what the form has).
+    """
 
     id: str = ""
+    identity: str = ""
     description: str = ""
     class_word: str = ""
-    photos: tuple[str, ...] = ()
     problem: str | None = None
 
 
-def reuse_identity(info: dict[str, Any] | None, folders: AppFolders) -> Reuse:
-    """What a character needs to be drawn with the identity whose ``info.json`` is ``info``."""
+def reuse_identity(key: str, info: dict[str, Any] | None, folders: AppFolders) -> Reuse:
+    """What a character needs to be drawn with the identity stored under ``key`` (whose ``info.json`` is
+    ``info``)."""
     if info is None:
         return Reuse(problem="the identity is no longer in the library (removed or damaged)")
     character = re.sub(r"[^A-Za-z0-9_\-]", "_", str(info.get("character") or "hero")) or "hero"
     if not re.match(r"[A-Za-z_]", character):
         character = f"c_{character}"
-    if info.get("source") == "photos":
-        photos = tuple(str(p) for p in info.get("photos", []))
-        if not photos or not all(folders.is_upload(p) for p in photos):
-            return Reuse(
-                problem="its photos are not files uploaded to this app; upload the same photos to the character "
-                "(the same photos find the same identity)"
-            )
-        return Reuse(id=character, photos=photos)
     prompt = str(info.get("prompt") or "")
     words = prompt.split()
-    if TRIGGER_WORD not in words or words.index(TRIGGER_WORD) == 0:
-        return Reuse(problem=f"its search prompt {prompt!r} does not hold the trigger word after a class word")
+    if info.get("source") == "photos" or TRIGGER_WORD not in words or words.index(TRIGGER_WORD) == 0:
+        return Reuse(id=character, identity=key)  # the description stays the form's: the key carries the identity
     class_word = re.sub(r"\W+$", "", words[words.index(TRIGGER_WORD) - 1])
-    return Reuse(id=character, description=remove_trigger_word(prompt), class_word=class_word)
+    return Reuse(id=character, identity=key, description=remove_trigger_word(prompt), class_word=class_word)

@@ -40,10 +40,13 @@ class CharacterFields:
     description: str = ""
     class_word: str = ""
     photos: tuple[str, ...] = ()
+    identity: str = ""
+    """A key of the identity library the character takes its identity from (empty: its photos, or discovered)."""
 
     @property
     def blank(self) -> bool:
-        return not any(s.strip() for s in (self.id, self.name, self.description, self.class_word)) and not self.photos
+        texts = (self.id, self.name, self.description, self.class_word, self.identity)
+        return not any(s.strip() for s in texts) and not self.photos
 
 
 @dataclass
@@ -145,6 +148,8 @@ def build_document(fields: StoryFields, base: Mapping[str, Any] | None = None) -
             entry["name"] = slot.name.strip()
         if slot.photos:
             entry["references"] = list(slot.photos)
+        if slot.identity.strip():
+            entry["identity"] = slot.identity.strip()
         characters.append(entry)
     doc["characters"] = characters
     doc["frames"] = merge_frames(frame_lines(fields.frames), base.get("frames"))
@@ -187,6 +192,7 @@ def document_to_fields(doc: Mapping[str, Any]) -> StoryFields:
                 description=str(item.get("description") or ""),
                 class_word=str(item.get("class_word") or ""),
                 photos=tuple(str(p) for p in references),
+                identity=str(item.get("identity") or ""),
             )
         )
     slots += [CharacterFields() for _ in range(MAX_CHARACTERS - len(slots))]

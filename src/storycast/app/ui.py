@@ -117,7 +117,7 @@ def build(app: App) -> gr.Blocks:
                 with gr.Row():
                     style = gr.Textbox(label="Style (before each frame)", placeholder="A watercolor illustration of")
                     style_suffix = gr.Textbox(label="Style (after each frame)", placeholder=", storybook, soft light")
-                slot_fields: list[tuple[gr.Textbox, gr.Textbox, gr.Textbox, gr.Textbox]] = []
+                slot_fields: list[tuple[gr.Textbox, gr.Textbox, gr.Textbox, gr.Textbox, gr.Textbox]] = []
                 slot_photos: list[tuple[gr.File, gr.Markdown]] = []
                 with gr.Tabs():
                     for number in range(1, SLOTS + 1):
@@ -139,7 +139,11 @@ def build(app: App) -> gr.Blocks:
                                 file_types=["image"],
                             )
                             photos_note = gr.Markdown(elem_classes="storycast-note")
-                            slot_fields.append((cid, name, class_word, description))
+                            identity = gr.Textbox(
+                                label="identity (optional: a key of the identity library, below)",
+                                elem_id=f"char{number}-identity",
+                            )
+                            slot_fields.append((cid, name, class_word, description, identity))
                             slot_photos.append((photos, photos_note))
                 frames = gr.Textbox(
                     label="Frames, one a line ({id} names a character)",
@@ -247,8 +251,9 @@ def build(app: App) -> gr.Blocks:
                     class_word=data[class_word] or "",
                     description=data[description] or "",
                     photos=tuple(photos[number]),
+                    identity=data[identity] or "",
                 )
-                for number, (cid, name, class_word, description) in enumerate(slot_fields)
+                for number, (cid, name, class_word, description, identity) in enumerate(slot_fields)
             ]
             values = (width, height, steps, guidance, seed, negative)
             settings = {key: data[c] for key, c in zip(story_form.FORM_SETTINGS, values, strict=True)}
@@ -259,7 +264,7 @@ def build(app: App) -> gr.Blocks:
         def form_values(fields: story_form.StoryFields) -> list[Any]:
             values: list[Any] = [fields.title, fields.style, fields.style_suffix]
             for slot in fields.characters:
-                values += [slot.id, slot.name, slot.class_word, slot.description]
+                values += [slot.id, slot.name, slot.class_word, slot.description, slot.identity]
             values.append(fields.frames)
             shown = [fields.settings.get(name) for name in story_form.FORM_SETTINGS]
             values += ["" if value is None else str(value) for value in shown]
@@ -459,37 +464,34 @@ def build(app: App) -> gr.Blocks:
             on_library, None, [library_gallery, library_table, library_key, library_note], api_visibility="private"
         )
 
-        def on_reuse(key: str | None, slot: str, photos: list[list[str]]) -> Any:
+        def on_reuse(key: str | None, slot: str) -> Any:
             if not key:
                 raise gr.Error("Pick an identity first.")
             try:
                 info = app.library.info(key)
             except (StorycastError, ValueError) as err:
                 raise gr.Error(str(err)) from None
-            reuse = identities.reuse_identity(info, folders)
+            reuse = identities.reuse_identity(key, info, folders)
             if reuse.problem:
                 raise gr.Error(f"identity {key[:8]} cannot be reused here: {reuse.problem}.")
             number = int(slot) - 1
-            outputs: list[Any] = [gr.update()] * (4 * SLOTS)
-            outputs[4 * number] = reuse.id
-            outputs[4 * number + 2] = reuse.class_word or gr.update()
-            outputs[4 * number + 3] = reuse.description or gr.update()
-            photos = [list(p) for p in photos]
-            if reuse.photos:
-                photos[number] = list(reuse.photos)
+            width = len(slot_fields[0])
+            outputs: list[Any] = [gr.update()] * (width * SLOTS)
+            outputs[width * number] = reuse.id
+            outputs[width * number + 2] = reuse.class_word or gr.update()
+            outputs[width * number + 3] = reuse.description or gr.update()
+            outputs[width * number + 4] = reuse.identity
             note = (
-                f"Character {slot} now has the inputs of identity {key[:8]}: drawn with the same model and "
-                f"settings, the method finds it in the library instead of making it again."
+                f"Character {slot} now names identity {key[:8]}: identitystory and photomaker draw it with that "
+                f"identity, whatever its description or photos."
             )
-            notes: list[Any] = [gr.update()] * SLOTS
-            notes[number] = _photos_note(photos[number])
-            return [*outputs, photos, note, *notes]
+            return [*outputs, note]
 
         slot_components = [c for slot in slot_fields for c in slot]
         reuse_button.click(
             on_reuse,
-            [library_key, library_slot, photos_state],
-            [*slot_components, photos_state, library_note, *[n for _, n in slot_photos]],
+            [library_key, library_slot],
+            [*slot_components, library_note],
             api_visibility="private",
         )
 
