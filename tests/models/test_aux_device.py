@@ -48,7 +48,7 @@ def test_auxiliary_models_are_built_on_the_aux_device(monkeypatch):
     monkeypatch.setattr(type(models), "aux_device", property(lambda self: "the-aux-device"))
     asked = {}
 
-    def build_provider(name, settings, *, device, local_files_only):
+    def build_provider(name, settings, *, device, local_files_only, offload_idle=False):
         asked[name] = device
         return object()
 
