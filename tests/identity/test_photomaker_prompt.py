@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from storycast.identity.photomaker_prompt import find_class_tokens, insert_trigger_word, remove_trigger_word
+from storycast.identity.photomaker_prompt import (
+    expand_class_tokens,
+    find_class_tokens,
+    insert_trigger_word,
+    remove_trigger_word,
+)
 
 TINY_TOKENIZER = Path(__file__).parents[2] / "src" / "storycast" / "models" / "tiny_tokenizer"
 BOS, EOS, TRIGGER, PAD = 100, 101, 7, 0
@@ -75,3 +80,37 @@ def test_with_a_clip_tokenizer_and_the_trigger_as_special_token():
     assert found.input_ids == clean
     up_to_class = tokenizer("a young woman").input_ids[:-1]  # without EOS
     assert found.positions == [len(up_to_class) - 1]
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 4])
+def test_expand_class_tokens_of_one_class_word_is_the_official_repeat(repeats):
+    """PhotoMaker v2 repeats the class token num_images x num_tokens times: find_class_tokens(repeats=...)."""
+    with_trigger = [BOS, 11, 12, 13, TRIGGER, 14, EOS]
+    official = find_class_tokens(with_trigger, TRIGGER, repeats=repeats, max_length=12, pad_token_id=PAD)
+    expanded = expand_class_tokens([BOS, 11, 12, 13, 14, EOS], [3], [repeats], max_length=12, pad_token_id=PAD)
+    assert expanded.input_ids == official.input_ids
+    assert expanded.positions == [official.positions]
+
+
+def test_expand_class_tokens_of_several_characters_keeps_their_order():
+    ids = [BOS, 11, 21, 12, 22, 13, EOS]  # 21 and 22: two characters' class tokens
+    expanded = expand_class_tokens(ids, [4, 2], [2, 4])  # given out of order
+    assert expanded.input_ids == [BOS, 11, 21, 21, 21, 21, 12, 22, 22, 13, EOS]
+    assert expanded.positions == [[7, 8], [2, 3, 4, 5]]
+    truncated = expand_class_tokens(ids, [2], [6], max_length=10)
+    assert truncated.input_ids == [BOS, 11, *[21] * 6, 12, 22]  # cut to the length, as the official code cuts
+
+
+@pytest.mark.parametrize(
+    ("positions", "repeats", "message"),
+    [
+        ([2, 2], [2, 2], "share a class token"),
+        ([9], [2], "indices into the 5 ids"),
+        ([2], [0], "integers >= 1"),
+        ([2, 3], [2], "2 class positions but 1 repeat"),
+        ([3], [4], "reach position 6, beyond max_length=6"),
+    ],
+)
+def test_expand_class_tokens_errors(positions, repeats, message):
+    with pytest.raises(ValueError, match=message):
+        expand_class_tokens([BOS, 11, 12, 13, EOS], positions, repeats, max_length=6, pad_token_id=PAD)

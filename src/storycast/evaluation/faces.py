@@ -271,7 +271,7 @@ class ScrfdDetector:
 
 
 class ArcFaceEmbedder:
-    """ArcFace recogniser on 112 x 112 aligned RGB crops; embeddings are L2-normalised."""
+    """ArcFace recogniser on 112 x 112 aligned RGB crops; embeddings are L2-normalised unless asked otherwise."""
 
     def __init__(
         self,
@@ -307,8 +307,9 @@ class ArcFaceEmbedder:
             source=str(path),
         )
 
-    def embed(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        """Embeddings (n, d) float32 of aligned crops (``face_geometry.align_face``)."""
+    def embed(self, crops: Sequence[Image.Image], *, normalize: bool = True) -> torch.Tensor:
+        """Embeddings (n, d) float32 of aligned crops (``face_geometry.align_face``): L2-normalised (insightface's
+        ``normed_embedding``), or with ``normalize=False`` the recogniser's raw output (``embedding``)."""
         chunks = []
         for start in range(0, len(crops), self.batch_size):
             batch = [np.asarray(c.convert("RGB"), dtype=np.float32) for c in crops[start : start + self.batch_size]]
@@ -316,7 +317,8 @@ class ArcFaceEmbedder:
             chunks.append(self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(blob)})[0])
         if not chunks:
             return torch.zeros(0, 0)
-        return torch.nn.functional.normalize(torch.from_numpy(np.concatenate(chunks)).float(), dim=-1)
+        raw = torch.from_numpy(np.concatenate(chunks)).float()
+        return torch.nn.functional.normalize(raw, dim=-1) if normalize else raw
 
 
 # ----------------------------------------------------------------------------------------------

@@ -163,6 +163,8 @@ def build_clip_vision_tower(config: PhotoMakerConfig) -> nn.Module:
 class PhotoMakerIDEncoder(nn.Module):
     """PhotoMaker v1 ID encoder: CLIP vision tower, two projections, fuse module (see module docstring)."""
 
+    version = "v1"
+
     def __init__(self, config: PhotoMakerConfig | None = None):
         super().__init__()
         self.config = config or PhotoMakerConfig.vit_l14()

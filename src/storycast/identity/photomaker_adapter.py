@@ -1,4 +1,4 @@
-"""PhotoMaker v1 attached to an SDXL pipeline: ID encoder, switchable UNet LoRA and the trigger word.
+"""PhotoMaker (v1 or v2) attached to an SDXL pipeline: ID encoder, switchable UNet LoRA and the trigger word.
 
 One UNet serves both the plain passes (LoRA off) and the identity passes (LoRA on): the LoRA is loaded
 unfused through diffusers/peft and switched per call, so no second SDXL UNet is held in memory.
@@ -8,6 +8,11 @@ tokenizer 1, used only to find the class token of identity prompts (whose trigge
 encoding). Base passes, and other methods on the same loaded models, never see the trigger token, so
 "img" in a prompt ("an img badge", "imgur") is ordinary text everywhere. :meth:`PhotoMakerAdapter.detach`
 removes the LoRA and the encoder again.
+
+The version is the loaded file's (read from its keys): v1 gives one 2048-d ID embedding per photo
+(:meth:`PhotoMakerAdapter.embed`, fused with :meth:`~PhotoMakerAdapter.fuse_identities`); v2 gives two ID tokens
+per photo from its pixels and its ArcFace embedding (:meth:`~PhotoMakerAdapter.id_tokens`, fused with
+:meth:`~PhotoMakerAdapter.fuse_identity_tokens`, one copy of the class token per ID token).
 """
 
 from __future__ import annotations
@@ -20,14 +25,21 @@ from typing import Any
 
 import torch
 
-from storycast.identity.image_embedding import embed_images
+from storycast.errors import StorycastError
+from storycast.identity.image_embedding import clip_preprocess, embed_images
 from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
 from storycast.identity.photomaker_loading import (
     PHOTOMAKER_V1_FILE,
-    build_id_encoder_from_state_dict,
+    build_photomaker_encoder,
     load_photomaker_state_dict,
 )
-from storycast.identity.photomaker_prompt import TRIGGER_WORD, find_class_tokens, remove_trigger_word
+from storycast.identity.photomaker_prompt import (
+    TRIGGER_WORD,
+    expand_class_tokens,
+    find_class_tokens,
+    remove_trigger_word,
+)
+from storycast.identity.photomaker_v2 import PhotoMakerV2IDEncoder
 from storycast.pipelines.conditioning import GuidancePair, SDXLPromptEncoder
 from storycast.utils.imports import require
 
@@ -39,7 +51,7 @@ class PhotoMakerAdapter:
 
     Args:
         pipe: The SDXL pipeline (its UNet gets the LoRA).
-        encoder: The ID encoder, already on ``device``.
+        encoder: The ID encoder (v1 or v2), already on ``device``.
         has_lora: Whether the LoRA named ``photomaker`` was loaded into the UNet.
         trigger_word: PhotoMaker's trigger word.
         base_adapters: Other LoRAs (adapter name -> scale) that stay active in every pass, e.g. a style.
@@ -50,7 +62,7 @@ class PhotoMakerAdapter:
     def __init__(
         self,
         pipe: Any,
-        encoder: PhotoMakerIDEncoder,
+        encoder: PhotoMakerIDEncoder | PhotoMakerV2IDEncoder,
         *,
         has_lora: bool,
         trigger_word: str = TRIGGER_WORD,
@@ -87,10 +99,14 @@ class PhotoMakerAdapter:
         device: Any = None,
         vision_device: Any = None,
     ) -> PhotoMakerAdapter:
-        """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``; :meth:`detach` undoes it."""
+        """Load a PhotoMaker file (path, folder, Hub id or state dict) into ``pipe``; :meth:`detach` undoes it.
+
+        The version (v1 or v2) is the file's, read from its keys; ``config`` is the encoder's geometry (default: the
+        official one of that version; a :class:`~storycast.identity.photomaker_v2.PhotoMakerV2Config` for v2).
+        """
         device = device if device is not None else pipe.unet.device
         weights = load_photomaker_state_dict(source, weight_name, local_files_only=local_files_only)
-        encoder = build_id_encoder_from_state_dict(weights.id_encoder, config, dtype=pipe.unet.dtype)
+        encoder = build_photomaker_encoder(weights.id_encoder, config, dtype=pipe.unet.dtype)
         encoder.to(device=device)
         has_lora = bool(weights.lora_weights)
         if has_lora:
@@ -109,6 +125,11 @@ class PhotoMakerAdapter:
         )
         adapter._vision_to(adapter.vision_device)
         return adapter
+
+    @property
+    def version(self) -> str:
+        """The loaded file's PhotoMaker version: "v1" or "v2"."""
+        return self.encoder.version
 
     def detach(self) -> None:
         """Remove the LoRA from the UNet (the other LoRAs stay active) and drop the encoder."""
@@ -180,21 +201,54 @@ class PhotoMakerAdapter:
 
     @torch.no_grad()
     def embed(self, images: Sequence[Any]) -> torch.Tensor:
-        """ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user photos), computed
-        on the vision tower's device and returned on the models'."""
+        """PhotoMaker v1: ID embeddings (n, D) of images, float32 (the candidates of identity discovery, or user
+        photos), computed on the vision tower's device and returned on the models'."""
+        if not isinstance(self.encoder, PhotoMakerIDEncoder):
+            raise StorycastError(
+                "these PhotoMaker weights are v2, whose ID embedding of a photo needs its ArcFace embedding too "
+                "(PhotoMakerAdapter.id_tokens); this step reads v1 embeddings. Fix: use PhotoMaker v1 "
+                "(--set photomaker_file=photomaker-v1.bin --set photomaker=TencentARC/PhotoMaker)."
+            )
         self._vision_to(self.vision_device)
         return embed_images(self.encoder, images).to(self.device)
+
+    @torch.no_grad()
+    def id_tokens(self, images: Sequence[Any], face_embeddings: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """PhotoMaker v2: ID tokens (n, num_tokens, D), float32 on the models' device, of n photos (PIL) and their
+        raw ArcFace embeddings (n, 512) (:meth:`storycast.identity.photomaker_faces.PhotoMakerFaces.embed`).
+
+        The photos are CLIP-preprocessed whole (``CLIPImageProcessor()``, as the official pipeline), not cut to
+        the face; the vision tower runs on its device (``--aux-device``).
+        """
+        if not isinstance(self.encoder, PhotoMakerV2IDEncoder):
+            raise StorycastError(
+                "id_tokens needs PhotoMaker v2 weights; these are v1. Fix: --set photomaker_file=photomaker-v2.bin "
+                "--set photomaker=TencentARC/PhotoMaker-V2, or use embed() for v1."
+            )
+        if len(images) != len(face_embeddings):
+            raise ValueError(f"got {len(images)} photos but {len(face_embeddings)} ArcFace embeddings.")
+        self._vision_to(self.vision_device)
+        pixels = clip_preprocess(images, self.encoder.config.image_size)
+        chunks = [
+            self.encoder.embed(p, f).float()
+            for p, f in zip(pixels.split(batch_size), face_embeddings.split(batch_size), strict=True)
+        ]
+        return torch.cat(chunks).to(self.device)
 
     def park_vision_tower(self) -> None:
         """Move the CLIP vision tower to the CPU until images are embedded again.
 
         Once the identities are known, drawing frames needs only the small fuse module; parking the
-        0.3 B-parameter tower keeps PhotoMaker's GPU memory to its LoRA and fuse MLP.
+        0.3 B-parameter tower (and v2's 0.2 B-parameter ArcFace branch) keeps PhotoMaker's GPU memory to its LoRA
+        and fuse MLP.
         """
         self._vision_to(torch.device("cpu"))
 
     def _vision_to(self, device: torch.device) -> None:
-        for module in (self.encoder.vision_model, self.encoder.visual_projection, self.encoder.visual_projection_2):
+        modules = [self.encoder.vision_model, self.encoder.visual_projection, self.encoder.visual_projection_2]
+        if isinstance(self.encoder, PhotoMakerV2IDEncoder):
+            modules.append(self.encoder.qformer_perceiver)
+        for module in modules:
             module.to(device)
 
     def class_token_position(self, prompt_with_trigger: str) -> int:
@@ -235,23 +289,96 @@ class PhotoMakerAdapter:
 
         Returns None when no row names a character with an identity (the plain conditioning serves).
         """
-        from storycast.errors import StorycastError
-
         if not any(triggered):
             return None
         embeds = plain.cond.embeds.clone()
         for number, row in enumerate(triggered):
             for character, prompt in row.items():
-                try:
-                    position = self.class_token_position(prompt)
-                except ValueError:
-                    raise StorycastError(
-                        f"the class word of '{character}' must come within the tokenizer's 77 tokens for PhotoMaker "
-                        f"to attach its identity: '{prompt}'. Fix: shorten the frame's text or the description."
-                    ) from None
+                position = self._character_position(character, prompt)
                 identity = identities[character].to(embeds.device)[None]
                 embeds[number : number + 1] = self.fuse(embeds[number : number + 1], [position], identity)
         return GuidancePair(plain.uncond, plain.cond.replace(embeds=embeds))
+
+    def _character_position(self, character: str, prompt_with_trigger: str) -> int:
+        try:
+            return self.class_token_position(prompt_with_trigger)
+        except ValueError:
+            raise StorycastError(
+                f"the class word of '{character}' must come within the tokenizer's 77 tokens for PhotoMaker "
+                f"to attach its identity: '{prompt_with_trigger}'. Fix: shorten the frame's text or the description."
+            ) from None
+
+    @torch.no_grad()
+    def fuse_identity_tokens(
+        self,
+        plain: GuidancePair,
+        prompt: str,
+        triggered: Mapping[str, str],
+        identities: Mapping[str, torch.Tensor],
+    ) -> GuidancePair | None:
+        """PhotoMaker v2's conditioning of one row: ``plain`` (the text-only conditioning of ``prompt``) with a cond
+        half encoded from ``prompt`` with each named character's class token repeated once per ID token of its
+        identity, each copy fused with its own token (the official ``encode_prompt_with_trigger_word`` followed by
+        the ID encoder's fuse). The cond's pooled embedding is that prompt's, as the official pipeline uses after
+        the merge step; the uncond half is ``plain``'s.
+
+        Args:
+            plain: The text-only conditioning of ``prompt`` (one row).
+            prompt: The frame's prompt, without trigger words.
+            triggered: Character id -> ``prompt`` with the trigger after that character's class word.
+            identities: Character id -> its ID tokens (K, D): 2 per reference photo, photo by photo.
+
+        Returns None when ``triggered`` names nobody.
+        """
+        if not triggered:
+            return None
+        characters = list(triggered)
+        positions = [self._character_position(c, triggered[c]) for c in characters]
+        tokens = [identities[c].reshape(-1, identities[c].shape[-1]) for c in characters]
+        try:
+            embeds, pooled, spans = self._encode_expanded(prompt, positions, [len(t) for t in tokens])
+        except ValueError as err:
+            raise StorycastError(f"PhotoMaker v2 cannot attach the identities to '{prompt}': {err}") from None
+        mask = torch.zeros(1, embeds.shape[1], dtype=torch.bool)
+        for span in spans:
+            mask[0, span] = True
+        order = sorted(range(len(characters)), key=lambda k: spans[k][0])  # fuse_class_tokens reads tokens in order
+        id_embeds = torch.cat([tokens[k] for k in order]).unsqueeze(0).to(embeds.device)
+        fused = self.encoder.fuse(embeds, id_embeds, mask)
+        cond = plain.cond.replace(embeds=fused.to(plain.cond.embeds.dtype), pooled=pooled.to(plain.cond.pooled.dtype))
+        return GuidancePair(plain.uncond, cond)
+
+    @torch.no_grad()
+    def _encode_expanded(
+        self, prompt: str, positions: Sequence[int], repeats: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Per-token embeddings (1, 77, D) and pooled embedding (1, P) of ``prompt`` with the class tokens at
+        ``positions`` repeated (:func:`expand_class_tokens`), encoded as diffusers' SDXL ``encode_prompt`` encodes
+        ids (penultimate hidden states of both encoders, pooled output of encoder 2); and the copies' positions.
+
+        The positions are found with tokenizer 1; SDXL's two tokenizers share CLIP's BPE, so they hold for both.
+        """
+        pipe = self.pipe
+        pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+        hidden, pooled, spans = [], None, None
+        for tokenizer, text_encoder in pairs:
+            if tokenizer is None or text_encoder is None:
+                continue
+            ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+            expanded = expand_class_tokens(
+                ids, positions, repeats, max_length=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id
+            )
+            spans = spans if spans is not None else expanded.positions
+            input_ids = torch.tensor([expanded.input_ids], device=_execution_device(text_encoder))
+            out = text_encoder(input_ids, output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        if pooled is None or spans is None:
+            raise StorycastError("PhotoMaker needs an SDXL pipeline with its second text encoder (the pooled one).")
+        dtype = pipe.text_encoder_2.dtype
+        embeds = torch.cat([h.to(self.device) for h in hidden], dim=-1).to(dtype)
+        return embeds, pooled.to(self.device, dtype), spans
 
     @torch.no_grad()
     def fuse(
@@ -269,3 +396,12 @@ class PhotoMakerAdapter:
                 fused = embeds[row : row + 1] + strength * (fused - embeds[row : row + 1])
             out[row : row + 1] = fused
         return out
+
+
+def _execution_device(module: Any) -> torch.device:
+    """Where ``module`` runs (diffusers' offload hooks move it there), as diffusers' ``encode_prompt`` asks."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+    except ImportError:  # older diffusers
+        return next(module.parameters()).device
+    return get_module_execution_device(module)

@@ -2,7 +2,8 @@
 
 The trigger word (official ``"img"``, added to both SDXL tokenizers as a special token) stands right after
 the class word: "a young woman img with long black hair". It marks the class word's token; it is removed
-before text encoding, and the class token's embedding is then replaced by the fused one.
+before text encoding, and the class token's embedding is then replaced by the fused one (v1 here: one copy;
+v2: one copy per ID token, :func:`expand_class_tokens`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,72 @@ def find_class_tokens(
                 raise ValueError("pad_token_id is needed to pad the ids to max_length.")
             clean = clean + [pad_token_id] * (max_length - len(clean))
     return ClassTokens(input_ids=clean, positions=positions)
+
+
+@dataclass(frozen=True)
+class ExpandedTokens:
+    """Token ids with some class tokens repeated, and where each one's copies stand.
+
+    Attributes:
+        input_ids: The ids, padded or truncated to ``max_length`` when given.
+        positions: Per class token, in the order they were given, the positions of its copies.
+    """
+
+    input_ids: list[int]
+    positions: list[list[int]]
+
+
+def expand_class_tokens(
+    input_ids: Sequence[int],
+    class_positions: Sequence[int],
+    repeats: Sequence[int],
+    *,
+    max_length: int | None = None,
+    pad_token_id: int | None = None,
+) -> ExpandedTokens:
+    """The class token at each of ``class_positions`` (in trigger-free ids) repeated ``repeats`` times.
+
+    PhotoMaker v2's ``encode_prompt_with_trigger_word`` repeats the class token ``num_id_images x num_tokens``
+    times (one copy per ID token), then truncates or pads to the tokenizer's length; each copy is text-encoded
+    and then fused with its own ID token. This is the same for several class tokens of one prompt (one per
+    character), each with its own count; ``find_class_tokens(..., repeats=r)`` is the case of one.
+
+    Raises:
+        ValueError: Bad positions or counts, or a copy would stand at or beyond ``max_length``.
+    """
+    positions, counts = list(class_positions), list(repeats)
+    if len(positions) != len(counts):
+        raise ValueError(f"got {len(positions)} class positions but {len(counts)} repeat counts.")
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < len(input_ids) for p in positions):
+        raise ValueError(f"class positions must be indices into the {len(input_ids)} ids, got {positions}.")
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"two characters share a class token at {positions}. Fix: give each its own class word.")
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in counts):
+        raise ValueError(f"repeats must be integers >= 1, got {counts}.")
+    ids: list[int] = []
+    spans: list[list[int]] = [[] for _ in positions]
+    cursor = 0
+    for k in sorted(range(len(positions)), key=positions.__getitem__):
+        ids.extend(input_ids[cursor : positions[k]])
+        spans[k] = list(range(len(ids), len(ids) + counts[k]))
+        ids.extend([input_ids[positions[k]]] * counts[k])
+        cursor = positions[k] + 1
+    ids.extend(input_ids[cursor:])
+    if max_length is not None:
+        last = max(span[-1] for span in spans) if spans else -1
+        if last >= max_length:
+            raise ValueError(
+                f"with its identity's {max(counts)} copies the class token would reach position {last}, beyond "
+                f"max_length={max_length}. Fix: move the class word nearer the start of the prompt, or give fewer "
+                "reference photos."
+            )
+        if len(ids) > max_length:
+            ids = ids[:max_length]
+        elif len(ids) < max_length:
+            if pad_token_id is None:
+                raise ValueError("pad_token_id is needed to pad the ids to max_length.")
+            ids = ids + [pad_token_id] * (max_length - len(ids))
+    return ExpandedTokens(input_ids=ids, positions=spans)
 
 
 def triggered_prompts(story: Story, index: int, characters: Container[str]) -> dict[str, str]:

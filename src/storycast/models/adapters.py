@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from storycast.models.loading import LoadedModels
 
 PHOTOMAKER_REPO = "TencentARC/PhotoMaker"
+PHOTOMAKER_V2_REPO = "TencentARC/PhotoMaker-V2"
+PHOTOMAKER_V1_FILE = "photomaker-v1.bin"
+PHOTOMAKER_V2_FILE = "photomaker-v2.bin"
 
 
 class Attachment(Protocol):
@@ -27,15 +30,50 @@ class Attachment(Protocol):
 
 @dataclass(frozen=True)
 class PhotoMakerSettings(MethodSettings):
-    """PhotoMaker v1 (identity conditioning through the class word's token)."""
+    """PhotoMaker (identity conditioning through the class word's token): v1, or v2 where a method reads it."""
 
     source: str = setting(
         "auto",
-        f"PhotoMaker v1 weights: a Hub id, folder or file. 'auto': {PHOTOMAKER_REPO}, or random weights of the same "
-        "architecture for the tiny and random-weight presets.",
+        f"PhotoMaker weights: a Hub id, folder or file. 'auto': {PHOTOMAKER_REPO} ({PHOTOMAKER_V2_REPO} when the "
+        f"file is {PHOTOMAKER_V2_FILE}), or random weights of the same architecture for the tiny and random-weight "
+        "presets.",
         flat="photomaker",
     )
-    file: str = setting("photomaker-v1.bin", "File name inside a Hub repo or folder.", flat="photomaker_file")
+    file: str = setting(
+        PHOTOMAKER_V1_FILE,
+        f"File name inside a Hub repo or folder: {PHOTOMAKER_V1_FILE} (v1) or {PHOTOMAKER_V2_FILE} (v2; with "
+        f"photomaker={PHOTOMAKER_V2_REPO} or auto). The version used is the file's, read from its keys.",
+        flat="photomaker_file",
+    )
+
+    def validate(self) -> None:
+        from storycast.errors import SettingsError
+
+        official = {PHOTOMAKER_REPO.lower(): PHOTOMAKER_V1_FILE, PHOTOMAKER_V2_REPO.lower(): PHOTOMAKER_V2_FILE}
+        expected = official.get(self.source.lower())
+        if expected is not None and self.file in (PHOTOMAKER_V1_FILE, PHOTOMAKER_V2_FILE) and self.file != expected:
+            right_repo = PHOTOMAKER_V2_REPO if self.file == PHOTOMAKER_V2_FILE else PHOTOMAKER_REPO
+            raise SettingsError(
+                f"photomaker={self.source} holds {expected}, not {self.file}. Fix: --set photomaker={right_repo} "
+                f"(or auto) for {self.file}, or --set photomaker_file={expected}."
+            )
+
+    def expected_version(self) -> str:
+        """The version these settings name, before anything is loaded: "v2" when the file (or a file given as
+        ``source``) is named like ``photomaker-v2``, else "v1". What loads decides (its keys); methods check
+        again then."""
+        import re
+        from pathlib import PurePath
+
+        source = PurePath(self.source)
+        name = source.name if source.suffix in (".bin", ".safetensors") else self.file
+        return "v2" if re.search(r"v2", PurePath(name).stem, flags=re.IGNORECASE) else "v1"
+
+    def location(self) -> str:
+        """Where the weights come from for real presets: ``source``, or for 'auto' the official repo of the file."""
+        if self.source != "auto":
+            return self.source
+        return PHOTOMAKER_V2_REPO if self.expected_version() == "v2" else PHOTOMAKER_REPO
 
 
 @dataclass(frozen=True)
@@ -62,24 +100,38 @@ def _active_loras(models: LoadedModels) -> dict[str, float]:
     return active_loras(models)
 
 
-def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> PhotoMakerAdapter:
-    """PhotoMaker on ``models`` (SDXL), loaded on first use and shared by every method on these models."""
+def attach_photomaker(
+    models: LoadedModels, settings: PhotoMakerSettings, *, versions: tuple[str, ...] = ("v1",)
+) -> PhotoMakerAdapter:
+    """PhotoMaker on ``models`` (SDXL), loaded on first use and shared by every method on these models.
+
+    ``versions`` are the PhotoMaker versions the calling method reads (only ``photomaker`` reads v2); the tiny and
+    random-weight presets get random weights of the version the settings name (:meth:`PhotoMakerSettings.
+    expected_version`).
+
+    Raises:
+        ModelLoadError: The loaded weights are of a version the method does not read.
+    """
     from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 
     key = ("photomaker", f"{settings.source}:{settings.file}")
     if key in models.attachments:
-        return models.attachments[key]
+        return _check_version(models.attachments[key], settings, versions)
     pipe = models.pipeline
     facts = models.facts
     if settings.source == "auto" and (facts.tiny or facts.random):
         from storycast.identity.photomaker import PhotoMakerConfig
-        from storycast.models.tiny import tiny_photomaker_weights
+        from storycast.identity.photomaker_v2 import PhotoMakerV2Config
+        from storycast.models.tiny import tiny_photomaker_v2_weights, tiny_photomaker_weights
 
         # Random weights for random models: the tiny encoder, or the full-size one for the full-size random
         # presets that benchmarks measure (LoRA rank 64: the official file's size fits that rank).
-        config = PhotoMakerConfig.tiny() if facts.tiny else PhotoMakerConfig.vit_l14()
+        v2 = settings.expected_version() == "v2"
+        kind = PhotoMakerV2Config if v2 else PhotoMakerConfig
+        config = kind.tiny() if facts.tiny else kind.vit_l14()
         rank = 4 if facts.tiny else 64
-        weights = tiny_photomaker_weights(pipe.unet, seed=models.spec.seed, rank=rank, config=config)
+        build = tiny_photomaker_v2_weights if v2 else tiny_photomaker_weights
+        weights = build(pipe.unet, seed=models.spec.seed, rank=rank, config=config)
         adapter = PhotoMakerAdapter.load(
             pipe, weights, config=config, base_adapters=_active_loras(models), device=models.device,
             vision_device=models.aux_device,
@@ -87,7 +139,7 @@ def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> Pho
     else:
         adapter = PhotoMakerAdapter.load(
             pipe,
-            PHOTOMAKER_REPO if settings.source == "auto" else settings.source,
+            settings.location(),
             weight_name=settings.file,
             local_files_only=models.spec.local_files_only,
             base_adapters=_active_loras(models),
@@ -95,7 +147,19 @@ def attach_photomaker(models: LoadedModels, settings: PhotoMakerSettings) -> Pho
             vision_device=models.aux_device,
         )
     models.attachments[key] = adapter
-    return adapter
+    return _check_version(adapter, settings, versions)
+
+
+def _check_version(adapter: PhotoMakerAdapter, settings: PhotoMakerSettings, versions: tuple[str, ...]) -> Any:
+    if adapter.version in versions:
+        return adapter
+    from storycast.errors import ModelLoadError
+
+    raise ModelLoadError(
+        f"the PhotoMaker weights '{settings.location()}' ({settings.file}) are PhotoMaker {adapter.version}, and this "
+        f"method reads PhotoMaker {' or '.join(versions)} only. Fix: --set photomaker_file={PHOTOMAKER_V1_FILE} "
+        f"--set photomaker=auto (or {PHOTOMAKER_REPO}); PhotoMaker v2 is read by --method photomaker."
+    )
 
 
 @dataclass

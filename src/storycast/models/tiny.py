@@ -202,27 +202,35 @@ def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4, config: Any
     ``vit_l14()`` for full-size random models) and a LoRA of ``rank`` on every attention projection under
     the official key names (``unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``).
     """
-    import torch
-
-    from storycast.attention.layers import attention_layers
     from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
 
     with _seeded(seed + 10):
         encoder = PhotoMakerIDEncoder(config or PhotoMakerConfig.tiny())
-        lora: dict[str, torch.Tensor] = {}
-        for layer in attention_layers(unet):
-            module = layer.module
-            projections = {
-                "q": module.to_q,
-                "k": module.to_k,
-                "v": module.to_v,
-                "out": module.to_out[0],
-            }
-            for short, linear in projections.items():
-                prefix = f"unet.{layer.name}.processor.to_{short}_lora"
-                lora[f"{prefix}.down.weight"] = torch.randn(rank, linear.in_features) * 0.1
-                lora[f"{prefix}.up.weight"] = torch.randn(linear.out_features, rank) * 0.1
+        lora = _random_photomaker_lora(unet, rank)
     return {"id_encoder": encoder.state_dict(), "lora_weights": lora}
+
+
+def _random_photomaker_lora(unet: Any, rank: int) -> dict[str, Any]:
+    """A random LoRA of ``rank`` on every attention projection of ``unet``, under the key names of PhotoMaker's
+    files (``unet.<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``), drawn from torch's global RNG."""
+    import torch
+
+    from storycast.attention.layers import attention_layers
+
+    lora: dict[str, torch.Tensor] = {}
+    for layer in attention_layers(unet):
+        module = layer.module
+        projections = {
+            "q": module.to_q,
+            "k": module.to_k,
+            "v": module.to_v,
+            "out": module.to_out[0],
+        }
+        for short, linear in projections.items():
+            prefix = f"unet.{layer.name}.processor.to_{short}_lora"
+            lora[f"{prefix}.down.weight"] = torch.randn(rank, linear.in_features) * 0.1
+            lora[f"{prefix}.up.weight"] = torch.randn(linear.out_features, rank) * 0.1
+    return lora
 
 
 def tiny_ip_adapter_plus_weights(unet: Any, embedding_dim: int, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -295,3 +303,21 @@ def random_vit_bigg_image_encoder(seed: int = 0) -> Any:
     )
     with _seeded(seed + 60):
         return CLIPVisionModelWithProjection(config).eval()
+
+
+def tiny_photomaker_v2_weights(
+    unet: Any, seed: int = 0, rank: int = 4, config: Any = None
+) -> dict[str, dict[str, Any]]:
+    """A random PhotoMaker v2 adapter for an SDXL UNet, in the official file layout of ``photomaker-v2.bin``.
+
+    ``{"id_encoder": ..., "lora_weights": ...}`` with a v2 ID encoder of ``config`` (default
+    ``PhotoMakerV2Config.tiny()``: the tiny tower and 64-d ID width of the tiny SDXL, a 512-d ArcFace input; the
+    full-size ``vit_l14()`` for full-size random models), so its keys are v1's plus ``qformer_perceiver.*``, and
+    the same LoRA layout as :func:`tiny_photomaker_weights`.
+    """
+    from storycast.identity.photomaker_v2 import PhotoMakerV2Config, PhotoMakerV2IDEncoder
+
+    with _seeded(seed + 11):
+        encoder = PhotoMakerV2IDEncoder(config or PhotoMakerV2Config.tiny())
+        lora = _random_photomaker_lora(unet, rank)
+    return {"id_encoder": encoder.state_dict(), "lora_weights": lora}

@@ -1,11 +1,20 @@
-"""``photomaker``: PhotoMaker v1 alone, frame by frame (the baseline of IdentityStory's comparison).
+"""``photomaker``: PhotoMaker alone, frame by frame (the baseline of IdentityStory's comparison): v1, or v2 where
+its weights are given.
 
-Each character's identity is the mean ID embedding of its reference photos, or, for a character without photos,
-the identity IdentityStory's discovery finds from its description (shared through the identity library, so a
-character discovered by an ``identitystory`` run is reused). Every frame is then drawn as the PhotoMaker
-pipeline draws (TencentARC/PhotoMaker ``pipeline.py``): the text-only prompt (trigger removed) up to the merge
-step, ``int(style_strength x T)`` capped at 30, then the prompt with each named character's identity fused into
-its class token; pooled embeddings stay text-only; the LoRA is on throughout. 2T UNet evaluations per frame.
+v1: each character's identity is the mean ID embedding of its reference photos, or, for a character without
+photos, the identity IdentityStory's discovery finds from its description (shared through the identity library,
+so a character discovered by an ``identitystory`` run is reused); it is fused into the class token; the pooled
+embeddings stay text-only.
+
+v2 (the weights' keys say which): each character's identity is its photos' ID tokens, 2 per photo, from the CLIP
+tower and each photo's ArcFace embedding (the insightface pack's ONNX files, run with onnxruntime); the class
+token is repeated once per token and each copy fused with its own (TencentARC/PhotoMaker v2 ``pipeline.py``);
+after the merge step the pooled embedding is that prompt's, as theirs. v2 has no identity without photos:
+discovery gives v1 embeddings, so a character without photos is refused before anything is drawn.
+
+Every frame is drawn as the PhotoMaker pipeline draws: the text-only prompt (trigger removed) up to the merge
+step, ``int(style_strength x T)`` capped at 30, then the identity prompt; the LoRA is on throughout. 2T UNet
+evaluations per frame.
 """
 
 from __future__ import annotations
@@ -17,11 +26,11 @@ from typing import Any, Literal
 
 import torch
 
-from storycast.errors import SettingsError, StoryError
+from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory.settings import DiscoverySettings
 from storycast.methods.settings import MethodSettings, check_range, setting
-from storycast.models.adapters import PhotoMakerSettings, attach_photomaker
+from storycast.models.adapters import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
@@ -41,7 +50,7 @@ class PhotoMakerMethodSettings(MethodSettings):
         "auto",
         "Where identities come from: 'photos' (each character's reference photos, required), 'discovered' "
         "(IdentityStory's discovery from the description, through the identity library), 'auto' (photos when a "
-        "character has them, else discovered).",
+        "character has them, else discovered). PhotoMaker v2 reads photos only: every character needs them.",
     )
     style_strength: float = setting(
         0.2,
@@ -51,9 +60,17 @@ class PhotoMakerMethodSettings(MethodSettings):
     scheduler: Literal["model", "ddim", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
         "model", "Sampler: the model's own (Euler on SDXL base, the PhotoMaker demos')."
     )
-    photomaker: PhotoMakerSettings = setting(factory=PhotoMakerSettings, help="PhotoMaker v1 weights.")
+    photomaker: PhotoMakerSettings = setting(factory=PhotoMakerSettings, help="PhotoMaker v1 or v2 weights.")
     discovery: DiscoverySettings = setting(
-        factory=DiscoverySettings, help="IdentityStory's discovery, for characters without photos."
+        factory=DiscoverySettings, help="IdentityStory's discovery, for characters without photos (v1 only)."
+    )
+    face_models: str | None = setting(
+        None,
+        "PhotoMaker v2 only: folder of the insightface pack whose detector and ArcFace embed each reference photo "
+        "(default: ~/.insightface/models/<face_pack>).",
+    )
+    face_pack: Literal["buffalo_l", "antelopev2"] = setting(
+        "buffalo_l", "PhotoMaker v2 only: the insightface pack (the authors' FaceAnalysis default, buffalo_l)."
     )
 
     def validate(self) -> None:
@@ -64,18 +81,21 @@ class PhotoMakerMethodSettings(MethodSettings):
 
 
 class PhotoMakerMethod(StoryMethod):
-    """PhotoMaker v1 on SDXL, each frame on its own (see the module docstring)."""
+    """PhotoMaker (v1 or v2, as the weights are) on SDXL, each frame on its own (see the module docstring)."""
 
     name = "photomaker"
     settings_class = PhotoMakerMethodSettings
     families = ("sdxl",)
-    summary = "PhotoMaker v1 (CVPR 2024) alone: identities from photos or discovered, merged from the demos' step"
+    summary = (
+        "PhotoMaker v1 or v2 (CVPR 2024) alone: identities from photos or (v1) discovered, merged from the demos' step"
+    )
 
     settings: PhotoMakerMethodSettings
 
     def __init__(self, models: Any, settings: PhotoMakerMethodSettings | None = None):
         super().__init__(models, settings)
         self._identities: dict[str, torch.Tensor] = {}
+        """v1: character id -> (D,) ID embedding; v2: character id -> (2 x photos, D) ID tokens."""
         self._sources: dict[str, str] = {}
 
     @classmethod
@@ -86,36 +106,27 @@ class PhotoMakerMethod(StoryMethod):
     @classmethod
     def check(cls, story: Story, settings: PhotoMakerMethodSettings, family: str | None = None) -> None:
         if settings.identity == "photos":
-            numbers = {c.id: n for n, c in enumerate(story.characters)}
             missing = [c for c in story.appearing_characters() if not c.references]
             if missing:
-                from storycast.errors import Problem
-
                 raise StoryError(
-                    [
-                        Problem(
-                            f"characters[{numbers[c.id]}].references",
-                            f"identity=photos needs reference photos, but '{c.id}' has none",
-                            "add photos, or --set identity=auto (discovered from the description)",
-                        )
-                        for c in missing
-                    ],
+                    _no_photos(story, missing, "identity=photos needs reference photos", "--set identity=auto "
+                               "(discovered from the description)"),
                     story.source,
-                )
-        if settings.photomaker.file != "photomaker-v1.bin" and "v2" in settings.photomaker.file:
-            raise SettingsError(
-                f"photomaker_file={settings.photomaker.file}: only PhotoMaker v1 is supported so far. Fix: "
-                f"--set photomaker_file=photomaker-v1.bin."
-            )
+                )  # fmt: skip
+        if settings.photomaker.expected_version() == "v2":
+            check_v2(story, settings)
 
     # -- run interface ----------------------------------------------------------------------------
 
     @property
     def adapter(self) -> Any:
-        return attach_photomaker(self.models, self.settings.photomaker)
+        return attach_photomaker(self.models, self.settings.photomaker, versions=("v1", "v2"))
 
     def prepare(self, story: Story, context: RunContext) -> None:
         settings = self.resolved_settings(story)
+        if self.adapter.version == "v2":
+            self._prepare_v2(story, settings)
+            return
         discoverer = None
         for character in story.appearing_characters():
             if character.references and settings.identity != "discovered":
@@ -134,6 +145,26 @@ class PhotoMakerMethod(StoryMethod):
             record = discoverer.identity(dataclasses.replace(character, references=()), story, library, context)
             self._identities[character.id] = record.embedding
             self._sources[character.id] = f"discovered ({record.key})"
+
+    def _prepare_v2(self, story: Story, settings: PhotoMakerMethodSettings) -> None:
+        """Each character's v2 ID tokens from its photos: (2 x photos, D), photo by photo, as the official pipeline
+        stacks them."""
+        from PIL import Image
+
+        from storycast.identity.photomaker_faces import PhotoMakerFaces
+
+        check_v2(story, settings)  # again: the file's keys, not its name, decided the version
+        characters = story.appearing_characters()
+        if not characters:
+            return
+        faces = PhotoMakerFaces.from_folder(settings.face_models, settings.face_pack)
+        for character in characters:
+            photos = [Image.open(p).convert("RGB") for p in character.references]
+            arcface = faces.embed(photos, character.references, character.id)
+            tokens = self.adapter.id_tokens(photos, arcface)
+            self._identities[character.id] = tokens.reshape(-1, tokens.shape[-1])
+            self._sources[character.id] = f"photos ({len(photos)})"
+        self.adapter.park_vision_tower()
 
     def _discoverer(self) -> Any:
         """IdentityStory's discovery with this method's PhotoMaker and discovery settings (shared library)."""
@@ -159,7 +190,10 @@ class PhotoMakerMethod(StoryMethod):
         plain = prompt_encoder(pipe, self.models.family, device)(
             [prompt], [negative], width=gen.width, height=gen.height
         )
-        merged = self.adapter.fuse_identities(plain, [triggered], self._identities) if triggered else None
+        if self.adapter.version == "v2":
+            merged = self.adapter.fuse_identity_tokens(plain, prompt, triggered, self._identities)
+        else:
+            merged = self.adapter.fuse_identities(plain, [triggered], self._identities) if triggered else None
         # 2. The latents from the frame's seed, and the loop: text alone, then the identity from the merge step.
         scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
         seed = story.frame_seed(index)
@@ -189,7 +223,50 @@ class PhotoMakerMethod(StoryMethod):
                 "prompt": prompt,
                 "negative_prompt": negative,
                 "identities": {c: self._sources[c] for c in triggered},
+                "photomaker_version": self.adapter.version,
                 "merge_step": merge_step,
                 "unet_evaluations": counter.evaluations,
             },
         )
+
+
+def _no_photos(story: Story, missing: Sequence[Any], message: str, fix: str) -> list[Problem]:
+    numbers = {c.id: n for n, c in enumerate(story.characters)}
+    return [
+        Problem(f"characters[{numbers[c.id]}].references", f"{message}, but '{c.id}' has none", fix) for c in missing
+    ]
+
+
+def check_v2(story: Story, settings: PhotoMakerMethodSettings) -> None:
+    """PhotoMaker v2's inputs: reference photos of every character the story shows (discovery gives v1 embeddings,
+    so there is no v2 identity without photos) and the face pack that embeds them.
+
+    Raises:
+        SettingsError: identity=discovered.
+        StoryError: Naming each character without photos.
+        MissingWeightsError: The face pack's files are not found.
+    """
+    v1 = f"--set photomaker_file={PHOTOMAKER_V1_FILE} --set photomaker={PHOTOMAKER_REPO}"
+    if settings.identity == "discovered":
+        raise SettingsError(
+            "identity=discovered gives PhotoMaker v1 ID embeddings (IdentityStory's discovery), and these weights "
+            f"are PhotoMaker v2, which reads reference photos. Fix: --set identity=auto with photos, or use v1 ({v1})."
+        )
+    characters = story.appearing_characters()
+    missing = [c for c in characters if not c.references]
+    if missing:
+        raise StoryError(
+            _no_photos(
+                story,
+                missing,
+                "PhotoMaker v2 needs reference photos (its identity is read from photos and their ArcFace embeddings; "
+                "discovery gives v1 embeddings)",
+                f"add photos of the character, or use PhotoMaker v1 ({v1}), which discovers an identity from the "
+                "description",
+            ),
+            story.source,
+        )
+    if characters:
+        from storycast.evaluation.faces import find_face_models
+
+        find_face_models(settings.face_models, settings.face_pack, setting="--set face_models=")
