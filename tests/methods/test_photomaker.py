@@ -81,3 +81,19 @@ def test_bad_input_is_refused_before_any_model_loads():
 
     with pytest.raises(SettingsError, match="runs on sdxl"):
         plan_for("photomaker", two_friends(), preset="tiny-sd15", generation=GEN)
+
+
+def test_a_character_naming_a_library_identity_is_drawn_with_it(sdxl, tmp_path):
+    from storycast.identity.library import IdentityLibrary
+
+    library = IdentityLibrary(tmp_path / "cache" / "identities")
+    stored = library.put("from-another-story", torch.linspace(-1, 1, 64), {"character": "someone"})
+    data = two_friends(frames=[{"text": "{mara} reading on a bench"}])
+    data["characters"][0]["identity"] = "from-another-story"
+    plan = planned(data, model=sdxl)
+    method = PhotoMakerMethod(sdxl, plan.settings)
+    method.prepare(plan.story, RunContext(cache_dir=tmp_path / "cache"))
+    assert torch.equal(method._identities["mara"], stored.embedding)
+    result = method.generate(plan.story, (0,), RunContext(cache_dir=tmp_path / "cache"))[0]
+    assert result.metadata["identities"] == {"mara": "library (from-another-story)"}
+    assert library.keys() == ["from-another-story"]  # nothing discovered

@@ -165,6 +165,18 @@ def test_a_character_without_photos_is_refused_before_drawing(tmp_path, faces, c
         plan_for("photomaker", data, preset="tiny", settings=v2_settings(faces, identity="discovered"), generation=GEN)
 
 
+def test_a_library_identity_is_refused_under_v2_before_drawing(tmp_path, faces, capsys):
+    data = two_friends()
+    for number, character in enumerate(data["characters"]):
+        character["references"] = [photo(tmp_path / f"{number}.png", number + 1)]
+    data["characters"][0]["identity"] = "abc123"
+    code, out = cli(tmp_path, data, v2_settings(faces))
+    assert (
+        code == 2 and "characters[0].identity: 'mara' names the library identity 'abc123'" in capsys.readouterr().err
+    )
+    assert not (out / "frames").exists()
+
+
 def test_a_photo_without_a_face_is_refused_before_drawing(tmp_path, faces, capsys):
     data = two_friends([{"text": "{mara} reading on a bench"}])
     data["characters"] = data["characters"][:1]

@@ -129,6 +129,15 @@ class PhotoMakerMethod(StoryMethod):
             return
         discoverer = None
         for character in story.appearing_characters():
+            if character.identity:  # the library entry the story names wins over photos and discovery
+                from storycast.identity.library import IdentityLibrary
+                from storycast.methods.identitystory.method import named_identity
+                from storycast.runs.runner import default_cache_dir
+
+                library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
+                self._identities[character.id] = named_identity(character, library, self.adapter).embedding
+                self._sources[character.id] = f"library ({character.identity})"
+                continue
             if character.references and settings.identity != "discovered":
                 from PIL import Image
 
@@ -253,6 +262,21 @@ def check_v2(story: Story, settings: PhotoMakerMethodSettings) -> None:
             f"are PhotoMaker v2, which reads reference photos. Fix: --set identity=auto with photos, or use v1 ({v1})."
         )
     characters = story.appearing_characters()
+    named = [c for c in characters if c.identity]
+    if named:
+        numbers = {c.id: n for n, c in enumerate(story.characters)}
+        raise StoryError(
+            [
+                Problem(
+                    f"characters[{numbers[c.id]}].identity",
+                    f"'{c.id}' names the library identity '{c.identity}', a PhotoMaker v1 ID embedding, and these "
+                    "weights are PhotoMaker v2",
+                    f"remove the identity and give photos, or use PhotoMaker v1 ({v1})",
+                )
+                for c in named
+            ],
+            story.source,
+        )
     missing = [c for c in characters if not c.references]
     if missing:
         raise StoryError(
