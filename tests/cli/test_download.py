@@ -25,12 +25,15 @@ MODEL_NAMES = (
     "sdxl",
     "sd15",
     "photomaker",
+    "photomaker-v2",
     "grounding-dino",
     "sam",
     "clip",
     "dino",
     "ip-adapter-plus-face",
     "clip-vit-h",
+    "ip-adapter-sdxl",
+    "realvisxl",
 )
 
 

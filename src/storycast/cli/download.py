@@ -58,6 +58,7 @@ class ModelDownload:
 def model_downloads() -> dict[str, ModelDownload]:
     """The model names ``storycast download`` knows, built from the presets the rest of storycast loads."""
     from storycast.evaluation.presets import EVAL_PRESETS
+    from storycast.models.adapters import IP_ADAPTER_REPO
     from storycast.models.presets import ADAPTERS, BASE_PRESETS, PLUS_FACE_WEIGHTS
 
     def pipeline(name: str) -> ModelDownload:
@@ -80,6 +81,7 @@ def model_downloads() -> dict[str, ModelDownload]:
         pipeline("sdxl"),
         pipeline("sd15"),
         adapter("photomaker"),
+        adapter("photomaker-v2"),
         adapter("grounding-dino"),
         adapter("sam"),
         ModelDownload(
@@ -94,6 +96,19 @@ def model_downloads() -> dict[str, ModelDownload]:
             tuple(HubItem("file", *ref.split(":", 1)) for ref in PLUS_FACE_WEIGHTS.values()),
         ),
         adapter("clip-vit-h"),
+        ModelDownload(
+            "ip-adapter-sdxl",
+            "IP-Adapter for SDXL and its ViT-bigG image encoder (Story-Adapter)",
+            (
+                HubItem("file", IP_ADAPTER_REPO, "sdxl_models/ip-adapter_sdxl.safetensors"),
+                HubItem("model", IP_ADAPTER_REPO, "sdxl_models/image_encoder"),
+            ),
+        ),
+        ModelDownload(
+            "realvisxl",
+            "RealVisXL V4.0, Story-Adapter's (and PhotoMaker v2's demo) base model: --model SG161222/RealVisXL_V4.0",
+            (HubItem("pipeline", "SG161222/RealVisXL_V4.0"),),
+        ),
     )
     return {entry.name: entry for entry in entries}
 
