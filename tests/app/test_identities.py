@@ -47,15 +47,17 @@ def test_photo_identities_are_named_by_their_key_alone(tmp_path):
     ).id == ("c_9_lives")
 
 
-def test_a_character_naming_a_discovered_identity_is_drawn_with_it(tmp_path, tiny_sdxl, caplog):
+def test_a_character_naming_a_discovered_identity_is_drawn_with_it(tmp_path, caplog):
     """End to end on the tiny model: identitystory discovers Mara's identity; a new character of another story,
     with another description, names that library entry and is drawn with it (nothing discovered again)."""
     from storycast.app.drawing import Drawer
     from storycast.app.story_form import CharacterFields, StoryFields, build_document, check_document
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
 
     folders = AppFolders.create(tmp_path / "app")
     drawer = Drawer(folders, cache_dir=tmp_path / "cache", device="cpu")
-    drawer.keep(tiny_sdxl)
+    drawer.keep(load_models(ModelSpec(source="tiny", device="cpu")))  # its own: identitystory attaches PhotoMaker
     library = IdentityLibrary(tmp_path / "cache" / "identities")
 
     def draw(title: str, character: CharacterFields, text: str) -> None:

@@ -21,8 +21,9 @@ def _draw(pipe, seed=0):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-sd15"])
-def test_load_from_save_pretrained_folder(preset, tmp_path, request):
-    models = request.getfixturevalue("tiny_sdxl" if preset == "tiny" else "tiny_sd15")
+def test_load_from_save_pretrained_folder(preset, tmp_path):
+    # Models of its own: the session's shared ones may carry adapters other tests attached (LoRA layers).
+    models = load_models(ModelSpec(source=preset, device="cpu"))
     models.pipeline.save_pretrained(tmp_path / "pipe")
     loaded = load_models(ModelSpec(source=str(tmp_path / "pipe"), device="cpu"))
     assert loaded.family == models.family
