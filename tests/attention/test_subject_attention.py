@@ -103,3 +103,14 @@ def test_injection_changes_the_cond_half_at_the_corresponding_pixels_only(attent
     expected[[0, 3, 7]] = 0.8 * stock[1, 1, [2, 2, 9]] + 0.2 * stock[1, 0, [0, 3, 7]]
     assert torch.allclose(out[1, 0], expected, atol=1e-5)
     assert injection.injected_pixels == {0: 3}
+
+
+def test_masks_cut_at_each_grid_use_the_upsampled_map_s_own_otsu_threshold():
+    from storycast.masks.attention import normalise_map, otsu_threshold
+
+    maps = torch.rand(1, 1, 2, 2, generator=torch.Generator().manual_seed(7))
+    masks = CharacterMasks([("rex",)], (SIDE, SIDE), cut_at_grid=True)
+    masks._maps, masks._thresholds = {(0, "rex"): maps[0, 0]}, {(0, "rex"): 0.5}
+    upsampled = normalise_map(torch.nn.functional.interpolate(maps, size=(SIDE, SIDE), mode="bilinear")[0, 0])
+    expected = (upsampled > otsu_threshold(upsampled)).reshape(-1)
+    assert torch.equal(masks.mask(0, "rex", TOKENS), expected)

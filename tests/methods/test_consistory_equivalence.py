@@ -119,7 +119,7 @@ def naive_batch(models, plan):
     tokens = grid[0] * grid[1]
 
     def one_pass(injection):
-        masks = CharacterMasks(characters, (height, width), window=settings.mask_steps)
+        masks = CharacterMasks(characters, (height, width), window=settings.mask_steps, cut_at_grid=True)
         store = masks.record(class_word_positions(pipe.tokenizer, story, frames), (height >> 2, width >> 2))
         state = BatchState(masks, ANCHORS, len(frames))
         state.strengths = query_strengths(0.9, 0.81836735, gen.steps // 10)

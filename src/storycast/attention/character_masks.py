@@ -53,13 +53,22 @@ class CharacterMasks:
         characters: Per frame of the batch (one guidance half), the ids of the characters it names.
         latent_size: (height, width) of the latents; every layer's token grid follows from it.
         window: Steps whose recorded maps are averaged into the masks (the last ones).
+        cut_at_grid: Cut each map with the Otsu threshold of its upsampled copy at every grid it is read at
+            (ConsiStory's ``attn_map_to_binary`` after ``F.interpolate``), instead of once at the maps' own size.
     """
 
-    def __init__(self, characters: Sequence[Sequence[str]], latent_size: tuple[int, int], window: int = 1):
+    def __init__(
+        self,
+        characters: Sequence[Sequence[str]],
+        latent_size: tuple[int, int],
+        window: int = 1,
+        cut_at_grid: bool = False,
+    ):
         if window < 1:
             raise ValueError(f"the mask window must be at least one step, got {window}")
         self.characters = [tuple(c) for c in characters]
         self.latent_size = tuple(latent_size)
+        self.cut_at_grid = cut_at_grid
         self.recorder: TokenMapStore | None = None
         self._steps: deque[torch.Tensor] = deque(maxlen=window)
         self._columns: dict[FrameCharacter, list[int]] = {}
@@ -145,7 +154,12 @@ class CharacterMasks:
             source = self._maps[key]
             if tuple(source.shape) != grid:
                 source = F.interpolate(source[None, None], size=grid, mode="bilinear", align_corners=False)[0, 0]
-            self._at_grid[cached] = (source > self._thresholds[key]).reshape(-1).to(device)
+            if self.cut_at_grid:
+                source = normalise_map(source)
+                threshold = otsu_threshold(source)
+            else:
+                threshold = self._thresholds[key]
+            self._at_grid[cached] = (source > threshold).reshape(-1).to(device)
         return self._at_grid[cached]
 
     def image_mask(self, frame: int, character: str, size: tuple[int, int]) -> torch.Tensor | None:

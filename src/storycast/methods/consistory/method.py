@@ -389,7 +389,7 @@ class _PassRunner:
         models = self.method.models
         pipe, device, unet = models.pipeline, models.device, models.pipeline.unet
         level = settings.mask_level
-        masks = CharacterMasks(self.characters, self.latent_size, window=settings.mask_steps)
+        masks = CharacterMasks(self.characters, self.latent_size, window=settings.mask_steps, cut_at_grid=True)
         store = masks.record(self.positions, (self.latent_size[0] >> level, self.latent_size[1] >> level))
         strengths = (
             query_strengths(
