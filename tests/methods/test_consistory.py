@@ -112,6 +112,16 @@ def test_anchors_do_not_depend_on_later_frames_and_later_frames_see_only_the_anc
     assert full[3].metadata["injected_pixels"] > 0
 
 
+def test_later_frames_batched_together_are_the_frames_of_one_by_one(sdxl):
+    batched_plan = planned(DOG, settings={"frames_per_group": "2"})
+    assert [g.frames for g in batched_plan.groups] == [(0, 1), (2, 3)]
+    alone = draw(sdxl, DOG)
+    together = draw(sdxl, DOG, {"frames_per_group": "2"})
+    for index in (2, 3):
+        assert np.abs(pixels(alone[index].image) - pixels(together[index].image)).max() <= 1
+        assert together[index].metadata["unet_evaluations"] == alone[index].metadata["unet_evaluations"]
+
+
 def test_a_later_frame_drawn_after_a_restart_rebuilds_the_anchors_and_is_the_same(sdxl):
     in_one_run = draw(sdxl, DOG)
     restarted = draw(sdxl, DOG, groups=[2])  # a new method instance: the anchors were drawn by an earlier run

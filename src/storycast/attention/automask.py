@@ -95,6 +95,8 @@ class AutoMaskState(AttentionState):
         anchor_mode: "write" (this call draws the anchors), "read" (it attends to them) or None.
         anchor_dropout: Who draws the anchors' mask dropout: "reader" (every reading call, from the whole masks
             kept) or "writer" (the anchors' own call, keeping only the tokens it did not drop).
+        share_batch: Frames of the call see each other (Storynizor's groups); False: each sees itself and the
+            anchors only (ConsiStory's later frames, batched for speed alone).
     """
 
     character_masks: CharacterMasks = field(default_factory=lambda: CharacterMasks([], (1, 1)))
@@ -102,6 +104,7 @@ class AutoMaskState(AttentionState):
     anchors: AnchorCache | None = None
     anchor_mode: Literal["write", "read"] | None = None
     anchor_dropout: Literal["reader", "writer"] = "reader"
+    share_batch: bool = True
     _kept: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def begin_step(self, index: int, timestep: torch.Tensor) -> None:
@@ -165,7 +168,7 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
         extra: list[list[torch.Tensor]] = [[] for _ in range(frames)]
         for viewer in range(frames):
             for frame in range(frames):
-                if frame == viewer:
+                if frame == viewer or not state.share_batch:
                     continue
                 visible = state.shared_mask(viewer, frame, tokens, hidden.device)
                 if visible is not None:

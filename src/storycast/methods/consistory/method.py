@@ -13,8 +13,9 @@ authors' anchor mode (``run_anchor_generation`` then ``run_extra_generation`` pe
      output of its nearest DIFT correspondence in the other anchors, at the 64 x 64 self-attention layers,
      steps T/10 .. T/3;
    each pass keeps the anchors' subject tokens (every shared layer and step) and pass 2 their injected outputs;
-2. every later frame is drawn alone, the same two passes, attending to its own tokens and the anchors' cached
-   subject tokens, and taking injected features from the anchors only: memory stays flat however long the story.
+2. every later frame is drawn alone (or batched with others it never sees), the same two passes, attending to its
+   own tokens and the anchors' cached subject tokens, and taking injected features from the anchors only: memory
+   stays flat however long the story.
 
 UNet evaluations per frame: 2 passes x (T + T/10 vanilla steps) x 2 (guidance) = 220 at T = 50 (the authors'
 code spends 224: it also runs a vanilla pass at step 0, whose queries nothing reads); 110 for a frame that
@@ -151,7 +152,9 @@ class ConsiStoryMethod(StoryMethod):
     def plan(cls, story: Story, settings: ConsiStorySettings) -> list[FrameGroup]:
         anchors = tuple(range(min(settings.anchors, len(story))))
         groups = [FrameGroup(anchors, role=ANCHOR_ROLE)]
-        groups += [FrameGroup((index,), depends_on=(0,)) for index in range(len(anchors), len(story))]
+        later = list(range(len(anchors), len(story)))
+        size = settings.frames_per_group
+        groups += [FrameGroup(tuple(later[i : i + size]), depends_on=(0,)) for i in range(0, len(later), size)]
         return groups
 
     # -- run interface ----------------------------------------------------------------------------
@@ -408,6 +411,7 @@ class _PassRunner:
             anchors=cache,
             anchor_mode=mode if cache is not None else None,  # type: ignore[arg-type]
             anchor_dropout="writer",  # the anchors' tokens cached after their own dropout, as input_h_cache is
+            share_batch=mode != "read",  # later frames batched together never see each other
             query_strengths=strengths,
             injection=injection,
         )

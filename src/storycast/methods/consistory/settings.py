@@ -24,6 +24,11 @@ class ConsiStorySettings(MethodSettings):
         "Frames drawn first, together, whose subjects every later frame attends to and takes features from "
         "(consistory_run n_achors=2; the README's anchor mode for long stories). A story needs at least this many.",
     )
+    frames_per_group: int = setting(
+        1,
+        "Later frames drawn as one batch. They see only the anchors, never each other, so the images are those of "
+        "one by one; a batch fills a GPU better (run_extra_generation takes a batch of prompts).",
+    )
     mask_dropout: float = setting(
         0.5,
         "Share of another frame's subject tokens dropped at each step (mask_dropout=0.5; lower is more consistent, "
@@ -90,6 +95,7 @@ class ConsiStorySettings(MethodSettings):
 
     def validate(self) -> None:
         check_range("anchors", self.anchors, 1)
+        check_range("frames_per_group", self.frames_per_group, 1)
         check_range("mask_dropout", self.mask_dropout, 0, 1)
         check_range("query_steps", self.query_steps, 0, 1)
         check_range("injection_start", self.injection_start, 0, 1)
