@@ -295,22 +295,23 @@ class ConsiStoryMethod(StoryMethod):
             target = features_at(first.features[frame], grid)
             if mode == "read":
                 assert self._anchors is not None and self._anchors.masks is not None and self._anchors.features
-                source_masks = [
-                    union_mask(self._anchors.masks, a, [c for c in names if c in anchor], tokens, device)
-                    for a, anchor in enumerate(self._anchors.characters)
-                ]
-                source_features = self._anchors.features
+                source_masks, source_names, source_features = (
+                    self._anchors.masks,
+                    self._anchors.characters,
+                    self._anchors.features,
+                )
+                others = range(len(source_names))
             else:
-                source_masks = [
-                    None if other == frame else union_mask(first.masks, other, [c for c in names if c in them], tokens, device)
-                    for other, them in enumerate(characters)
-                ]  # fmt: skip
-                source_features = first.features
-            shared = {c for n, m in enumerate(source_masks) if m is not None for c in names}
-            target_mask = union_mask(first.masks, frame, sorted(shared), tokens, device)
+                source_masks, source_names, source_features = first.masks, characters, first.features
+                others = [other for other in range(len(characters)) if other != frame]
+            # A source offers the characters both frames name; the frame takes features for those alone.
+            offered: dict[int, list[str]] = {n: [c for c in names if c in source_names[n]] for n in others}
+            masks = {n: union_mask(source_masks, n, common, tokens, device) for n, common in offered.items() if common}
+            taking = sorted({c for n, common in offered.items() if masks.get(n) is not None for c in common})
+            target_mask = union_mask(first.masks, frame, taking, tokens, device)
             sources = [
-                (features_at(f.to(target.device), grid), m) if m is not None else None
-                for f, m in zip(source_features, source_masks, strict=True)
+                (features_at(f.to(target.device), grid), masks[n]) if masks.get(n) is not None else None
+                for n, f in enumerate(source_features)
             ]
             found = correspond(target, target_mask, sources) if target_mask is not None else None
             correspondences.append({tokens: found} if found is not None else {})
