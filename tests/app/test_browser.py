@@ -157,7 +157,10 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     button.click()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        done = [p for p in browser.downloads.iterdir() if not p.name.endswith(".crdownload")]
+        # Chromium writes a download to a hidden temporary file (.org.chromium...) or a .crdownload first.
+        done = [
+            p for p in browser.downloads.iterdir() if not p.name.startswith(".") and not p.name.endswith(".crdownload")
+        ]
         if done:
             break
         time.sleep(0.2)
