@@ -1,10 +1,10 @@
 """The GPU suite: every method against vanilla at the real sizes, in one command, with random weights.
 
-For each family (SDXL at 1024 px, SD 1.5 at 512 px; random weights of the real architectures, fp16) and each
-method that runs on it, a fresh process draws a one-character story and reports seconds per frame, peak memory,
-UNet evaluations per frame, and the share of the compute floor reached: the FLOPs of the frame's UNet
-evaluations (one evaluation counted with torch's FLOP counter) divided by seconds x the device's measured
-matmul rate in the same dtype. Preparation (identity discovery, reference encoding) is paid once per
+For each family (SDXL at 1024 px, SD 1.5 at 512 px, FLUX.1-dev at 1024 px; random weights of the real
+architectures, fp16 for the UNets, bf16 for FLUX) and each method that runs on it, a fresh process draws a
+one-character story and reports seconds per frame, peak memory, denoiser evaluations per frame, and the share of
+the compute floor reached: the FLOPs of the frame's denoiser evaluations (one evaluation counted with torch's FLOP
+counter) divided by seconds x the device's measured matmul rate in the same dtype. Preparation (identity discovery, reference encoding) is paid once per
 character and is not in the per-frame numbers. Writes ``suite.json`` and ``suite.md`` into ``--out``.
 
     python benchmarks/gpu_suite.py --out runs/gpu-suite                          # an NVIDIA GPU, ~8 minutes
@@ -31,7 +31,10 @@ from harness import measure, one_character_story, run_worker
 FAMILIES = {
     "sdxl": {"real": ("sdxl-random", 1024), "tiny": ("tiny", 128)},
     "sd15": {"real": ("sd15-random", 512), "tiny": ("tiny-sd15", 128)},
+    "flux": {"real": ("flux-random", 1024), "tiny": ("tiny-flux", 128)},
 }
+FAMILY_DTYPE = {"flux": "bf16"}
+"""A family's dtype on the GPU where it is not the suite's (FLUX overflows in fp16; it runs in bf16)."""
 METHODS = (
     "vanilla", "identitystory", "storydiffusion", "storynizor", "photomaker", "consistory", "1prompt1story",
     "story-adapter",
@@ -67,23 +70,18 @@ def matmul_rate(device: str, dtype: str, side: int) -> float:
     return 2 * side**3 / best
 
 
-def unet_flops(models, width: int, height: int) -> int:
-    """FLOPs of one UNet evaluation (one batch row) at ``width`` x ``height``, counted by torch."""
+def denoiser_flops(models, width: int, height: int) -> int:
+    """FLOPs of one denoiser evaluation (one batch row) at ``width`` x ``height``, counted by torch."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from storycast.pipelines.conditioning import prompt_encoder
-
-    pipe = models.pipeline
-    pair = prompt_encoder(pipe, models.family, models.device)(["a photo"], [""], width=width, height=height)
-    latents = torch.zeros(
-        1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor,
-        device=models.device, dtype=pipe.unet.dtype,
-    )  # fmt: skip
-    inputs = pair.cond.unet_inputs()
+    backbone = models.backbone
+    guidance = backbone.guidance(models.defaults.guidance_scale)
+    pair = backbone.encode(["a photo"], [""], width=width, height=height, guidance=guidance)
+    latents = torch.zeros(1, *backbone.latent_shape(width, height), device=models.device, dtype=backbone.dtype)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        pipe.unet(latents, torch.tensor(500, device=models.device), return_dict=False, **inputs)
+        backbone.predict(latents, torch.tensor(500.0, device=models.device), pair.cond, guidance=guidance)
     return int(counter.get_total_flops())
 
 
@@ -93,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict:
     args.method_settings = json.dumps(SUITE_SETTINGS.get(args.method, {}))
     settings = SUITE_SETTINGS.get(args.method, {})
     row, (_, models, plan) = measure(args, one_character_story(args.story_frames), settings)
-    flops = unet_flops(models, plan.story.settings.width, plan.story.settings.height)
+    flops = denoiser_flops(models, plan.story.settings.width, plan.story.settings.height)
     rate = matmul_rate(args.device, args.dtype, 512 if args.tiny or args.device == "cpu" else 8192)
     frame_flops = flops * row["evaluations_per_frame"]
     return {
@@ -101,7 +99,8 @@ def worker(args: argparse.Namespace) -> dict:
         "family": args.family,
         "preset": preset,
         "size": plan.story.settings.width,
-        "unet_gflops_per_evaluation": flops / 1e9,
+        "dtype": args.dtype,
+        "gflops_per_evaluation": flops / 1e9,
         "matmul_tflops": rate / 1e12,
         "compute_floor_share": frame_flops / (row["seconds_per_frame"] * rate) if row["seconds_per_frame"] else 0.0,
     }
@@ -117,14 +116,14 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             if m in args.methods
         ),
         "",
-        "| family | method | px | UNet evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | mem x |",
+        "| family | method | px | evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | mem x |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         base = next(r for r in rows if r["family"] == row["family"] and r["method"] == "vanilla")
         lines.append(
             f"| {row['family']} | {row['method']} | {row['size']} | {row['evaluations_per_frame']:.1f} | "
-            f"{row['seconds_per_frame']:.3f} | {row['peak_memory_mb']:.0f} | {row['unet_gflops_per_evaluation']:.1f} | "
+            f"{row['seconds_per_frame']:.3f} | {row['peak_memory_mb']:.0f} | {row['gflops_per_evaluation']:.1f} | "
             f"{row['compute_floor_share']:.1%} | {row['seconds_per_frame'] / base['seconds_per_frame']:.2f} | "
             f"{row['peak_memory_mb'] / base['peak_memory_mb']:.2f} |"
         )
@@ -160,8 +159,9 @@ def main() -> None:
         for method in ["vanilla", *[m for m in args.methods if m != "vanilla"]]:
             if family not in get_method(method).families:
                 continue
+            dtype = args.dtype if args.device == "cpu" else FAMILY_DTYPE.get(family, args.dtype)
             arguments = [
-                "--family", family, "--method", method, "--device", args.device, "--dtype", args.dtype,
+                "--family", family, "--method", method, "--device", args.device, "--dtype", dtype,
                 "--steps", str(args.steps), "--story-frames", str(args.story_frames), "--threads", str(args.threads),
                 "--out", str(args.out),
             ]  # fmt: skip

@@ -66,7 +66,7 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
     from storycast.methods.base import RunContext
     from storycast.models.loading import load_models
     from storycast.models.spec import ModelSpec
-    from storycast.pipelines.noise import count_unet_evaluations
+    from storycast.pipelines.noise import count_evaluations
     from storycast.runs.plan import plan_run
 
     if args.device == "cpu":
@@ -80,7 +80,7 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
     method.prepare(plan.story, context)
     sync()
     started = time.perf_counter()
-    with torch.no_grad(), count_unet_evaluations(models.pipeline.unet) as counter:
+    with torch.no_grad(), count_evaluations(models.backbone.denoiser) as counter:
         for group in plan.groups:
             method.generate(plan.story, group.frames, context)
     sync()
@@ -176,14 +176,14 @@ def all_token_bytes(models: Any, story: Any, frames: int) -> int:
     step and up-block self-attention layer, in the model's dtype."""
     from storycast.attention.layers import select_layers
 
-    pipe = models.pipeline
+    backbone = models.backbone
     gen = story.settings
-    height, width = gen.height // pipe.vae_scale_factor, gen.width // pipe.vae_scale_factor
+    _, height, width = backbone.latent_shape(gen.width, gen.height)
     per_step = sum(
         (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
-        for layer in select_layers(pipe.unet, kind="self", blocks=["up"])
+        for layer in select_layers(backbone.denoiser, kind="self", blocks=["up"])
     )
-    return per_step * 2 * frames * gen.steps * pipe.unet.dtype.itemsize
+    return per_step * 2 * frames * gen.steps * backbone.dtype.itemsize
 
 
 def cost_main(

@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> dict:
     from storycast.methods.registry import get_method
     from storycast.models.loading import load_models
     from storycast.models.spec import ModelSpec
-    from storycast.pipelines.noise import count_unet_evaluations
+    from storycast.pipelines.noise import count_evaluations
     from storycast.runs.plan import resolve_generation
 
     if args.device == "cpu":
@@ -59,11 +59,11 @@ def worker(args: argparse.Namespace) -> dict:
     overrides = {"steps": args.steps, "width": args.size, "height": args.size}
     story = dataclasses.replace(story, settings=resolve_generation(story, models, method, overrides))
     context = RunContext(cache_dir=Path(args.cache))
-    unet = models.pipeline.unet
+    unet = models.backbone.denoiser
     sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
 
     started = time.perf_counter()
-    with count_unet_evaluations(unet) as prepare_count:
+    with count_evaluations(unet) as prepare_count:
         method.prepare(story, context)
     prepare_seconds = time.perf_counter() - started
 
@@ -72,7 +72,7 @@ def worker(args: argparse.Namespace) -> dict:
         frames = frames[:1]
     sync()
     started = time.perf_counter()
-    with count_unet_evaluations(unet) as counter:
+    with count_evaluations(unet) as counter:
         for index in frames:
             if args.reference:
                 reference_frame(method, story, index, context)
@@ -98,12 +98,9 @@ def reference_frame(method, story, index, context) -> None:
 
     from storycast.masks.ops import scale_pixels
     from storycast.methods.identitystory import injection, prompts
-    from storycast.pipelines.conditioning import prompt_encoder
-    from storycast.pipelines.decode import decode_latents
-    from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
     from storycast.utils.torch_utils import make_generator
 
-    pipe = method.models.pipeline
+    backbone = method.backbone
     gen = story.settings
     settings = method.resolved_settings(story).injection
     characters = story.frame_characters(index)
@@ -112,20 +109,18 @@ def reference_frame(method, story, index, context) -> None:
     )
     negative = story.negative_prompt(index)
     prompt = prompts.global_prompt(story, index, settings.prompt_style)
-    device = method.models.device
-    conditioning = prompt_encoder(pipe, "sdxl", device)([prompt], [negative], width=gen.width, height=gen.height)
-    initial = initial_latents(
-        make_scheduler(pipe.scheduler, gen.steps, device),
-        latent_shape(pipe, gen.height, gen.width),
-        [make_generator(0, str(device))],
-        dtype=pipe.unet.dtype,
-        device=device,
+    size = {"width": gen.width, "height": gen.height}
+    conditioning = backbone.encode([prompt], [negative], **size)
+    initial = backbone.initial_latents(
+        backbone.scheduler(gen.steps, **size), [make_generator(0, str(method.models.device))], **size
     )
     masks = torch.zeros(len(characters), gen.height, gen.width, dtype=torch.bool)
     masks[:, gen.height // 4 : 3 * gen.height // 4, gen.width // 4 : 3 * gen.width // 4] = True
     regions = method._regions(story, index, characters, negative)
-    _, latents = injection.reference_redenoise(pipe, method.adapter, conditioning, regions, masks, initial, schedule)
-    decode_latents(pipe, latents)
+    _, latents = injection.reference_redenoise(
+        backbone, method.adapter, conditioning, regions, masks, initial, schedule
+    )
+    backbone.decode(latents)
 
 
 def run_config(args: argparse.Namespace, method: str, frames: int, cache: str, reference: bool = False) -> dict:

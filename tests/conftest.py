@@ -44,6 +44,14 @@ def tiny_sd15():
     return load_models(ModelSpec(source="tiny-sd15", device="cpu"))
 
 
+@pytest.fixture(scope="session")
+def tiny_flux():
+    from storycast.models.loading import load_models
+    from storycast.models.spec import ModelSpec
+
+    return load_models(ModelSpec(source="tiny-flux", device="cpu"))
+
+
 @pytest.fixture
 def write_story(tmp_path):
     """Write a YAML story document to a file and return its path."""

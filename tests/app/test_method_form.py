@@ -25,8 +25,13 @@ def test_every_method_s_own_settings_become_fields_with_their_help():
 def test_field_kinds_follow_the_setting_types():
     settings_class = get_method("storydiffusion").settings_class
     kinds = {f.name: f for f in main_fields(settings_class)}
-    assert kinds["freeu"].kind == "checkbox" and kinds["freeu"].value is True
-    assert kinds["scheduler"].kind == "dropdown" and "ddim" in kinds["scheduler"].choices
+    # bool | None and Literal | None ("none": automatic, decided per model family) are dropdowns, "none" first.
+    assert kinds["freeu"].kind == "dropdown" and kinds["freeu"].choices == ("none", "true", "false")
+    assert kinds["freeu"].value == "none"
+    assert kinds["scheduler"].kind == "dropdown" and kinds["scheduler"].choices[0] == "none"
+    assert "ddim" in kinds["scheduler"].choices
+    plain_bool = get_method("storynizor").settings_class.names()["injector.masked"]
+    assert field_spec(plain_bool).kind == "checkbox"
     assert kinds["id_length"].kind == "number" and kinds["id_length"].integer
     assert kinds["style_strength"].kind == "number" and not kinds["style_strength"].integer
     automatic = get_method("identitystory").settings_class.names()["sweet_spot_step"]  # int | None = None
@@ -49,7 +54,7 @@ def test_the_help_lists_every_setting_as_the_cli_does(capsys):
 
 def test_overrides_hold_changed_fields_and_more_settings_lines():
     settings_class = get_method("storydiffusion").settings_class
-    got = overrides(settings_class, {"freeu": True, "id_length": 2, "scheduler": "ddim"}, "sa32=0.4\n# a note\n\n")
+    got = overrides(settings_class, {"freeu": "none", "id_length": 2, "scheduler": "none"}, "sa32=0.4\n# a note\n\n")
     assert got == {"id_length": 2, "sa32": "0.4"}
     with pytest.raises(SettingsError, match="not KEY=VALUE"):
         overrides(settings_class, {}, "sa32 0.4")
@@ -81,10 +86,10 @@ def test_a_run_s_recorded_settings_plan_the_same_run_again(tmp_path):
     story = _story(AppFolders.create(tmp_path))
     spec = ModelSpec(source="tiny", device="cpu")
     settings_class = get_method("storydiffusion").settings_class
-    asked = overrides(settings_class, {"id_length": 2, "freeu": False}, "sa32=0.25\nplain_steps=2")
+    asked = overrides(settings_class, {"id_length": 2, "freeu": "false"}, "sa32=0.25\nplain_steps=2")
     first = plan_run(story, "storydiffusion", model=spec, method_settings=asked)
     fields, more = overrides_of_run(settings_class, first.settings.to_dict())
-    assert fields["id_length"] == 2 and fields["freeu"] is False
+    assert fields["id_length"] == 2 and fields["freeu"] == "false"  # the dropdown's spelling
     again = plan_run(story, "storydiffusion", model=spec, method_settings=overrides(settings_class, fields, more))
     assert again.run_key == first.run_key
     default = plan_run(story, "storydiffusion", model=spec)

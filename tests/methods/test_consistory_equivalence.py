@@ -22,11 +22,8 @@ from storycast.attention.processor import StoryAttnProcessor
 from storycast.attention.subject_attention import query_strengths
 from storycast.attention.token_maps import record_token_maps
 from storycast.methods.located import class_word_positions
-from storycast.pipelines.conditioning import prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.denoise import denoise
 from storycast.pipelines.freeu import FREEU_SDXL, freeu
-from storycast.pipelines.noise import guided_noise, predict_noise
 from storycast.utils.torch_utils import make_generator
 from tests.methods.helpers import pixels, two_friends
 from tests.methods.test_consistory import GEN, draw, planned, sdxl  # noqa: F401 - the model fixture
@@ -100,18 +97,16 @@ class NaiveBatchAttention(StoryAttnProcessor):
 
 def naive_batch(models, plan):
     story, gen, settings = plan.story, plan.story.settings, plan.settings
-    pipe, unet = models.pipeline, models.pipeline.unet
+    pipe, backbone, unet = models.pipeline, models.backbone, models.pipeline.unet
+    size = {"width": gen.width, "height": gen.height}
+    guidance = backbone.guidance(gen.guidance_scale)
     frames = list(range(len(story)))
-    conditioning = prompt_encoder(pipe, "sdxl", "cpu")(
-        [story.prompt(i) for i in frames], [""] * len(frames), width=gen.width, height=gen.height
-    )
-    _, height, width = latent_shape(pipe, gen.height, gen.width)
-    noise = initial_latents(
-        make_scheduler(pipe.scheduler, gen.steps, "cpu", "ddim"),
-        latent_shape(pipe, gen.height, gen.width),
+    conditioning = backbone.encode([story.prompt(i) for i in frames], [""] * len(frames), **size)
+    _, height, width = backbone.latent_shape(gen.width, gen.height)
+    noise = backbone.initial_latents(
+        backbone.scheduler(gen.steps, kind="ddim", **size),
         [make_generator(story.frame_seed(i)) for i in frames],
-        dtype=unet.dtype,
-        device="cpu",
+        **size,
     )
     characters = [story.frames[i].characters for i in frames]
     shared = {layer.name for layer in select_layers(unet, kind="self", blocks=["up"])}
@@ -125,7 +120,7 @@ def naive_batch(models, plan):
         state = BatchState(masks, ANCHORS, len(frames))
         state.strengths = query_strengths(0.9, 0.81836735, gen.steps // 10)
         state.injection = injection
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, "cpu", "ddim")
+        scheduler = backbone.scheduler(gen.steps, kind="ddim", **size)
         dift_step = int((scheduler.timesteps.float() - 261).abs().argmin())
         features = {}
 
@@ -136,9 +131,9 @@ def naive_batch(models, plan):
         def predict(x, t, i):
             if 1 <= i <= gen.steps // 10:
                 state.vanilla, store.enabled = True, False
-                predict_noise(unet, torch.cat([x, x]), t, conditioning.batch())
+                backbone.predict(torch.cat([x, x]), t, conditioning.batch(), guidance=guidance)
                 state.vanilla, store.enabled = False, True
-            return guided_noise(unet, x, t, conditioning, gen.guidance_scale)
+            return backbone.guided_noise(x, t, conditioning, guidance)
 
         processors = {
             f"{name}.processor": NaiveBatchAttention(state, name, name in shared, name in injected)
@@ -171,7 +166,7 @@ def naive_batch(models, plan):
         target_mask = torch.stack(own).any(0) if own else None
         found.append(correspond(features_at(dift[i], grid), target_mask, sources) if target_mask is not None else None)
     latents, _, _ = one_pass((injection_steps(gen.steps, 0.1, 1 / 3), 0.8, found))
-    return decode_latents(pipe, latents)
+    return backbone.decode(latents)
 
 
 MARA_ANCHORS = [

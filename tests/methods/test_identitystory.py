@@ -15,9 +15,8 @@ from storycast.methods.identitystory.method import IdentityStoryMethod
 from storycast.methods.identitystory.settings import IdentityStorySettings
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
-from storycast.pipelines.denoise import initial_latents, make_scheduler
-from storycast.pipelines.noise import count_unet_evaluations
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.noise import count_evaluations
 from storycast.runs.plan import resolve_generation
 from storycast.runs.runner import RunOptions, generate_story
 from storycast.story.parse import load_story, parse_story
@@ -57,13 +56,12 @@ def two_character_data(frames):
 
 def frame_inputs(models, method, story, index, identity_seed=0):
     """Conditioning, regions (random identities) and initial noise of a frame, built the method's way."""
-    pipe = models.pipeline
     adapter = method.adapter
     characters = story.frame_characters(index)
     negative = story.negative_prompt(index)
     gen = story.settings
     size = {"width": gen.width, "height": gen.height}
-    conditioning = prompt_encoder(pipe, "sdxl", "cpu")([story.prompt(index)], [negative], **size)
+    conditioning = models.backbone.encode([story.prompt(index)], [negative], **size)
     regions_prompts = [prompts.region_prompt(story, c, len(characters)) for c in characters]
     pair, positions = adapter.encode(regions_prompts, [negative] * len(characters), **size)
     generator = torch.Generator().manual_seed(identity_seed)
@@ -76,10 +74,8 @@ def frame_inputs(models, method, story, index, identity_seed=0):
         )
         for k, c in enumerate(characters)
     ]
-    scheduler = make_scheduler(pipe.scheduler, gen.steps, "cpu")
-    initial = initial_latents(
-        scheduler, (4, gen.height // 8, gen.width // 8), [make_generator(5)], dtype=torch.float32, device="cpu"
-    )
+    scheduler = models.backbone.scheduler(gen.steps, **size)
+    initial = models.backbone.initial_latents(scheduler, [make_generator(5)], **size)
     return conditioning, regions, initial
 
 
@@ -102,12 +98,12 @@ def test_optimised_injection_equals_the_authors_formulation(models, fuse_mode, c
     masks = square_masks(count)
     unet = models.pipeline.unet
 
-    with count_unet_evaluations(unet) as fast_count:
-        stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
-        fast = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
-    with count_unet_evaluations(unet) as slow_count:
+    with count_evaluations(unet) as fast_count:
+        stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+        fast = injection.stage_two(models.backbone, method.adapter, stage1, regions, masks, schedule)
+    with count_evaluations(unet) as slow_count:
         ref_stage1, slow = injection.reference_redenoise(
-            models.pipeline, method.adapter, conditioning, regions, masks, initial, schedule
+            models.backbone, method.adapter, conditioning, regions, masks, initial, schedule
         )
     # Called with gradients on, no graph is kept: memory does not grow with the steps.
     assert torch.is_grad_enabled() and not fast.requires_grad and not stage1.latents.requires_grad
@@ -128,15 +124,15 @@ def test_lora_fused_for_stage_two_draws_the_same_and_leaves_the_weights_exactly_
     masks = square_masks(2)
     unet = models.pipeline.unet
     before = {name: p.detach().clone() for name, p in unet.named_parameters()}
-    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
-    switched = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
-    fused = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule, fuse_lora=True)
+    stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+    switched = injection.stage_two(models.backbone, method.adapter, stage1, regions, masks, schedule)
+    fused = injection.stage_two(models.backbone, method.adapter, stage1, regions, masks, schedule, fuse_lora=True)
     torch.testing.assert_close(fused, switched, rtol=1e-4, atol=1e-4)
     assert (fused - stage1.latents).abs().max() > 1e-3  # the identity passes ran with the LoRA
     after = dict(unet.named_parameters())
     assert all(torch.equal(before[name], after[name]) for name in before)  # put back bit for bit
     assert not any(getattr(m, "merged_adapters", []) for m in unet.modules())
-    again = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
+    again = injection.stage_two(models.backbone, method.adapter, stage1, regions, masks, schedule)
     assert torch.equal(again, switched)  # and the LoRA is switched as before
 
 
@@ -153,7 +149,7 @@ def test_stage_one_of_several_frames_batched_draws_the_frames_of_one_by_one(mode
     calls = []
     hook = unet.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
-        with count_unet_evaluations(unet) as counter:
+        with count_evaluations(unet) as counter:
             together = method.generate(batched, (0, 1), context)
     finally:
         hook.remove()
@@ -173,8 +169,8 @@ def test_latents_outside_every_mask_equal_stage_one_exactly(models):
     conditioning, regions, initial = frame_inputs(models, method, story, 0)
     schedule = injection.InjectionSchedule(5, 2, 7.0, 16)
     masks = square_masks(2)
-    stage1 = injection.stage_one(models.pipeline, conditioning, initial, schedule)
-    final = injection.stage_two(models.pipeline, method.adapter, stage1, regions, masks, schedule)
+    stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+    final = injection.stage_two(models.backbone, method.adapter, stage1, regions, masks, schedule)
     last = injection.step_masks(masks, 4, schedule, (16, 16)).sum(dim=0)[0] > 0
     outside = ~last
     assert outside.any() and last.any()
@@ -220,7 +216,7 @@ def test_identity_library_hit_skips_discovery(models, tmp_path):
     method = make_method(models)
     story = story_of(two_character_data([{"text": "{ana} reading"}]), models, method, steps=2)
     unet = models.pipeline.unet
-    with count_unet_evaluations(unet) as first:
+    with count_evaluations(unet) as first:
         method.prepare(story, RunContext(cache_dir=tmp_path))
     library = IdentityLibrary(tmp_path / "identities")
     assert len(library.keys()) == 1
@@ -230,13 +226,13 @@ def test_identity_library_hit_skips_discovery(models, tmp_path):
     assert len(record.info["kept"][0]) == 2  # 12 -> 7 -> 4 -> 2 with the test budget
 
     again = make_method(models)
-    with count_unet_evaluations(unet) as second:
+    with count_evaluations(unet) as second:
         again.prepare(story, RunContext(cache_dir=tmp_path))
     assert second.evaluations == 0
     assert torch.equal(again._identities["ana"].embedding, record.embedding)
 
     other_seed = make_method(models, discovery_seed=1)
-    with count_unet_evaluations(unet) as third:
+    with count_evaluations(unet) as third:
         other_seed.prepare(story, RunContext(cache_dir=tmp_path))
     assert third.evaluations > 0 and len(library.keys()) == 2
 
@@ -250,7 +246,7 @@ def test_a_character_naming_a_library_identity_takes_it_without_discovering(mode
     data["characters"][0]["identity"] = "another-story-ana"
     method = make_method(models)
     story = story_of(data, models, method, steps=2)
-    with count_unet_evaluations(models.pipeline.unet) as counter:
+    with count_evaluations(models.pipeline.unet) as counter:
         method.prepare(story, RunContext(cache_dir=tmp_path))
     assert counter.evaluations == 0 and library.keys() == ["another-story-ana"]
     assert torch.equal(method._identities["ana"].embedding, stored.embedding)
@@ -284,7 +280,7 @@ def test_identity_from_reference_photos(models, tmp_path):
     data["characters"][0]["references"] = [str(photo)]
     method = make_method(models)
     story = story_of(data, models, method, steps=2)
-    with count_unet_evaluations(models.pipeline.unet) as counter:
+    with count_evaluations(models.pipeline.unet) as counter:
         method.prepare(story, RunContext(cache_dir=tmp_path))
     assert counter.evaluations == 0
     expected = method.adapter.embed([Image.open(photo).convert("RGB")])[0]
@@ -421,7 +417,7 @@ def test_storyboard_run_resumes_without_rediscovery(models, tmp_path):
     options = RunOptions(out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     settings = {**SMALL}
     generate_story(story, "identitystory", models, options, method_settings=settings, generation={"steps": 2})
-    with count_unet_evaluations(models.pipeline.unet) as counter:
+    with count_evaluations(models.pipeline.unet) as counter:
         again = generate_story(
             story, "identitystory", models, options, method_settings=settings, generation={"steps": 2}
         )

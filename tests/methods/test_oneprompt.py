@@ -27,8 +27,8 @@ from storycast.methods.oneprompt.svr import (
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
 from storycast.models.tiny import tiny_tokenizer
-from storycast.pipelines.conditioning import prompt_encoder
-from storycast.pipelines.noise import count_unet_evaluations
+from storycast.pipelines.families import prompt_encoder
+from storycast.pipelines.noise import count_evaluations
 from storycast.story.parse import parse_story
 from tests.methods.helpers import pixels, plan_for, two_friends
 
@@ -292,7 +292,7 @@ def test_a_two_character_story_end_to_end(tmp_path):
 def test_unet_evaluations_are_2T_per_frame(sdxl):
     plan = planned(fox(), model=sdxl, generation={**GEN, "steps": 3})
     method = OnePromptOneStoryMethod(sdxl, plan.settings)
-    with count_unet_evaluations(sdxl.pipeline.unet) as counter:
+    with count_evaluations(sdxl.pipeline.unet) as counter:
         method.prepare(plan.story, RunContext())
         results = method.generate(plan.story, (0, 1, 2), RunContext())
     assert counter.evaluations == 3 * 2 * 3 == sum(r.metadata["unet_evaluations"] for r in results)
@@ -391,7 +391,7 @@ def test_bad_input_is_refused_before_any_drawing(sdxl, tmp_path):
         planned(fox(), settings={"alpha_weakn": "0.1"})
     long = fox([("a very long context " * 12).strip(), "in the snow"])
     plan = planned(long, model=sdxl)
-    with count_unet_evaluations(sdxl.pipeline.unet) as counter, pytest.raises(StoryError) as info:
+    with count_evaluations(sdxl.pipeline.unet) as counter, pytest.raises(StoryError) as info:
         OnePromptOneStoryMethod(sdxl, plan.settings).prepare(plan.story, RunContext())
     assert counter.evaluations == 0
     assert "frames[0].text: its phrase and the identity prompt of its characters take" in str(info.value)

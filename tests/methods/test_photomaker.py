@@ -54,7 +54,7 @@ def test_photos_and_discovered_identities_draw_a_two_character_story_end_to_end(
 
 
 def test_the_identity_is_fused_into_the_class_token_alone_from_the_merge_step(sdxl, tmp_path):
-    from storycast.pipelines.conditioning import prompt_encoder
+    from storycast.pipelines.families import prompt_encoder
 
     photo = tmp_path / "mara.png"
     Image.new("RGB", (64, 64), (30, 160, 90)).save(photo)

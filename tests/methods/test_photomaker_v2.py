@@ -21,7 +21,7 @@ from storycast.models.adapters import PhotoMakerSettings, attach_photomaker
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
 from storycast.models.tiny import tiny_photomaker_v2_weights
-from storycast.pipelines.conditioning import prompt_encoder
+from storycast.pipelines.families import prompt_encoder
 from tests.methods.helpers import plan_for, two_friends
 
 pytest.importorskip("onnxruntime")

@@ -24,7 +24,7 @@ from storycast.methods.story_adapter.settings import (
 from storycast.models.adapters import IPAdapterSettings, attach_ip_adapter
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.pipelines.noise import count_unet_evaluations
+from storycast.pipelines.noise import count_evaluations
 from tests.methods.helpers import pixels, plan_for, two_friends
 
 GEN = {"steps": 2, "width": 64, "height": 64}
@@ -153,7 +153,7 @@ def test_a_run_stopped_after_round_1_resumes_from_round_2(sdxl, tmp_path):
             raise Stop
 
     out = tmp_path / "run"
-    with pytest.raises(Stop), count_unet_evaluations(sdxl.pipeline.unet) as first:
+    with pytest.raises(Stop), count_evaluations(sdxl.pipeline.unet) as first:
         generate_story(story, "story-adapter", sdxl, RunOptions(out), method_settings=settings, generation=GEN,
                        progress=stop_after_round_1)  # fmt: skip
     assert first.evaluations == 3 * 2 * (2 * 2)  # frames x rounds 0, 1 x 2T
@@ -162,7 +162,7 @@ def test_a_run_stopped_after_round_1_resumes_from_round_2(sdxl, tmp_path):
     kept = {p: p.stat().st_mtime_ns for p in (out / "rounds").rglob("*") if p.is_file()}
     assert len(kept) == 2 * (3 + 1)  # rounds 0 and 1: three frames and round.json each
 
-    with count_unet_evaluations(sdxl.pipeline.unet) as second:
+    with count_evaluations(sdxl.pipeline.unet) as second:
         result = generate_story(
             story, "story-adapter", sdxl, RunOptions(out), method_settings=settings, generation=GEN
         )
@@ -174,7 +174,7 @@ def test_a_run_stopped_after_round_1_resumes_from_round_2(sdxl, tmp_path):
     assert [r["metadata"]["unet_evaluations"] for r in records] == [2 * 2 * 2] * 3
 
     # --overwrite draws every round again.
-    with count_unet_evaluations(sdxl.pipeline.unet) as third:
+    with count_evaluations(sdxl.pipeline.unet) as third:
         generate_story(story, "story-adapter", sdxl, RunOptions(out, overwrite=True), method_settings=settings,
                        generation=GEN)  # fmt: skip
     assert third.evaluations == 3 * 4 * (2 * 2)  # frames x rounds 0..3 x 2T
@@ -198,7 +198,7 @@ def test_a_round_drawn_from_other_inputs_is_redrawn(sdxl, tmp_path):
     assert store.load(1, keys, [0, 1]) is not None and store.load(1, "other", [0, 1]) is None
     # Another scale: round 0 is read back, round 1 is drawn again.
     plan = planned(ONE_CHARACTER, model=sdxl, settings={"rounds": "1", "scale_start": "0.8"})
-    with count_unet_evaluations(sdxl.pipeline.unet) as counter:
+    with count_evaluations(sdxl.pipeline.unet) as counter:
         results = StoryAdapterMethod(sdxl, plan.settings).generate(plan.story, (0, 1), context)
     assert counter.evaluations == 2 * 2 * 2 and results[0].metadata["rounds_reused"] == [0]
     # Another prompt: every round is drawn again.
@@ -231,7 +231,7 @@ def test_unet_evaluations_and_clip_encodings_per_frame(sdxl):
 
     hook = encoder.register_forward_pre_hook(count_images, with_kwargs=True)
     try:
-        with count_unet_evaluations(sdxl.pipeline.unet) as counter:
+        with count_evaluations(sdxl.pipeline.unet) as counter:
             results = method.generate(plan.story, (0, 1, 2), RunContext())
     finally:
         hook.remove()
@@ -257,7 +257,7 @@ def test_round_0_alone_is_vanilla_sdxl(sdxl):
     plan = planned(THREE_FRAMES, model=sdxl, settings={"rounds": "0", "scheduler": "model", "style": "none"},
                    generation={**GEN, "seed_policy": "per-frame"})  # fmt: skip
     method = StoryAdapterMethod(sdxl, plan.settings)
-    with count_unet_evaluations(sdxl.pipeline.unet) as counter:
+    with count_evaluations(sdxl.pipeline.unet) as counter:
         results = method.generate(plan.story, (0, 1, 2), RunContext())
     plain = VanillaMethod(sdxl).generate(plan.story, (0, 1, 2), RunContext())
     assert counter.evaluations == 3 * 2 * GEN["steps"]
@@ -458,7 +458,7 @@ def test_a_guidance_embedded_lcm_unet_is_evaluated_once_per_step(tmp_path):
     for guidance in (8.0, 3.0):
         plan = planned(ONE_CHARACTER, model=models, settings=settings, generation={**GEN, "guidance_scale": guidance})
         method = method_for(models, plan)
-        with count_unet_evaluations(models.pipeline.unet) as counter:
+        with count_evaluations(models.pipeline.unet) as counter:
             results = method.generate(plan.story, (0, 1), RunContext())
         assert counter.evaluations == 2 * (1 + 1) * GEN["steps"]  # frames x (1 + rounds) x T: no uncond pass
         images.append(pixels(results[0].image))

@@ -297,7 +297,7 @@ def test_weights_that_do_not_fit_the_model_are_refused_before_drawing(tmp_path):
 def test_groups_with_nothing_to_read_from_the_anchors_never_redraw_them(sd15):
     """With AMSA off and no first-frame identities, the anchors leave nothing to read: each frame is drawn
     once (an anchor group whose frames name nobody leaves an empty cache and must not be redrawn either)."""
-    from storycast.pipelines.noise import count_unet_evaluations
+    from storycast.pipelines.noise import count_evaluations
 
     for settings, frames in (
         ({"amsa": "false"}, None),
@@ -306,7 +306,7 @@ def test_groups_with_nothing_to_read_from_the_anchors_never_redraw_them(sd15):
         plan = planned(story_data(frames), model=sd15, settings={"anchors": "2", "frames_per_group": "2", **settings})
         method = StorynizorMethod(sd15, plan.settings)
         method.prepare(plan.story, RunContext())
-        with count_unet_evaluations(sd15.pipeline.unet) as counter:
+        with count_evaluations(sd15.pipeline.unet) as counter:
             for group in plan.groups:
                 method.generate(plan.story, group.frames, RunContext())
         assert counter.evaluations == 2 * GEN["steps"] * len(plan.story)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from storycast.errors import MissingWeightsError, ModelLoadError, SettingsError
-from storycast.models.loading import classify_source, family_of_checkpoint, load_models
+from storycast.models.detect import classify_source, family_of_checkpoint
+from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
 
 
@@ -85,7 +86,7 @@ def test_spec_validation():
     with pytest.raises(SettingsError, match="offload"):
         ModelSpec(offload="disk")
     with pytest.raises(SettingsError, match="family"):
-        ModelSpec(family="flux")
+        ModelSpec(family="sd3")
 
 
 def test_unavailable_device_is_a_clear_error():
@@ -102,7 +103,7 @@ def test_tiny_loads_with_defaults(tiny_sdxl):
 
 
 def test_full_size_random_presets_have_the_real_architectures():
-    from storycast.models.loading import classify_source
+    from storycast.models.detect import classify_source
     from storycast.models.random_full import random_full_components
 
     assert classify_source(ModelSpec(source="sdxl-random"))[0] == "random"

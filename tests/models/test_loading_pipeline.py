@@ -93,8 +93,10 @@ def test_an_img2img_pipeline_is_rewrapped_over_the_same_models():
 
 
 def test_a_pipeline_of_another_kind_is_refused():
-    class FluxPipeline:
+    class StableDiffusion3Pipeline:
         pass
 
-    with pytest.raises(ModelLoadError, match=r"FluxPipeline is not a pipeline storycast runs\. Fix: pass a "):
-        models_from_pipeline(FluxPipeline())
+    with pytest.raises(
+        ModelLoadError, match=r"StableDiffusion3Pipeline is not a pipeline storycast runs\. Fix: pass a "
+    ):
+        models_from_pipeline(StableDiffusion3Pipeline())

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from storycast.masks.attention import mask_from_map, otsu_threshold
-from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, TextConditioning, prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import DenoiseStep, denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, TextConditioning
+from storycast.pipelines.denoise import DenoiseStep, denoise
+from storycast.pipelines.families import prompt_encoder
+from storycast.pipelines.families.unet import make_scheduler
 from storycast.pipelines.guidance import cfg_combine, rescale_guidance
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.noise import count_evaluations
+from storycast.pipelines.sampler import Sampling, sample
 from storycast.utils.torch_utils import make_generator
 
 
@@ -18,7 +20,7 @@ def test_the_loop_equals_the_diffusers_pipeline(fixture, request):
     """The sampling core reproduces StableDiffusionXLPipeline / StableDiffusionPipeline exactly (same noise,
     conditioning, guidance, scheduler steps and decode)."""
     models = request.getfixturevalue(fixture)
-    pipe = models.pipeline
+    pipe, backbone = models.pipeline, models.backbone
     prompt, negative, steps, guidance = "a woman in a garden", "blurry", 3, 5.0
     reference = pipe(
         prompt,
@@ -31,24 +33,50 @@ def test_the_loop_equals_the_diffusers_pipeline(fixture, request):
         output_type="np",
     ).images[0]
 
-    scheduler = make_scheduler(pipe.scheduler, steps, "cpu")
-    latents = initial_latents(
-        scheduler, latent_shape(pipe, 64, 64), [make_generator(4)], dtype=torch.float32, device="cpu"
-    )
-    conditioning = prompt_encoder(pipe, models.family, "cpu")([prompt], [negative], width=64, height=64)
+    scheduler = backbone.scheduler(steps, width=64, height=64)
+    latents = backbone.initial_latents(scheduler, [make_generator(4)], width=64, height=64)
+    conditioning = backbone.encode([prompt], [negative], width=64, height=64)
     seen: list[int] = []
-    with count_unet_evaluations(pipe.unet) as counter:
+    with count_evaluations(backbone.denoiser) as counter:
         latents = denoise(
             scheduler,
             latents,
-            lambda x, t, i: guided_noise(pipe.unet, x, t, conditioning, guidance),
+            lambda x, t, i: backbone.guided_noise(x, t, conditioning, backbone.guidance(guidance)),
             on_step=lambda step: seen.append(step.index),
         )
     # PNDM (SD 1.5) runs one extra timestep for its multistep start, as the stock pipeline does.
     count = len(scheduler.timesteps)
     assert counter.evaluations == 2 * count and seen == list(range(count))
-    ours = np.asarray(decode_latents(pipe, latents)[0], dtype=np.float32) / 255
+    ours = np.asarray(backbone.decode(latents)[0], dtype=np.float32) / 255
     assert np.abs(ours - reference).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("true_cfg", [None, 4.0])
+def test_the_sampler_equals_the_flux_pipeline_pixel_for_pixel(tiny_flux, true_cfg):
+    """FLUX through the family seam: the same T5 + CLIP conditioning, the shifted flow-matching sigmas, the noise of
+    the seed (unpacked here, packed for the transformer), FLUX.1-dev's embedded guidance, and the decode with its
+    shift factor give FluxPipeline's pixels; with true CFG the [uncond, cond] rows go in one call where the
+    pipeline makes two, so the pixels agree within one grey level."""
+    pipe, backbone = tiny_flux.pipeline, tiny_flux.backbone
+    prompt, negative = "a young woman with red hair reading on a bench", "blurry"
+    extra = {"negative_prompt": negative, "true_cfg_scale": true_cfg} if true_cfg else {}
+    reference = pipe(
+        prompt,
+        num_inference_steps=3,
+        guidance_scale=3.5,
+        width=128,
+        height=96,
+        generator=make_generator(4),
+        max_sequence_length=backbone.max_sequence_length,
+        **extra,
+    ).images[0]
+    guidance = backbone.guidance(3.5, true_cfg)
+    conditioning = backbone.encode([prompt], [negative], width=128, height=96, guidance=guidance)
+    drawn = sample(backbone, conditioning, [make_generator(4)], Sampling(128, 96, 3, guidance))
+    difference = np.abs(np.asarray(drawn.images[0], dtype=np.int16) - np.asarray(reference, dtype=np.int16))
+    assert drawn.images[0].size == reference.size == (128, 96)
+    assert difference.max() <= (0 if true_cfg is None else 1)
+    assert drawn.evaluations == 3 * guidance.halves
 
 
 class StepLog:
@@ -62,15 +90,15 @@ class StepLog:
 def test_a_run_split_at_a_step_equals_the_whole_run(tiny_sdxl):
     """Stage 2 of a re-denoising method starts late: steps 0..k-1 then k..T-1 equal 0..T-1 (Euler keeps a
     step index, which the loop sets from ``start``)."""
-    pipe = tiny_sdxl.pipeline
-    conditioning = prompt_encoder(pipe, "sdxl", "cpu")(["a dog"], [""], width=64, height=64)
+    pipe, backbone = tiny_sdxl.pipeline, tiny_sdxl.backbone
+    conditioning = backbone.encode(["a dog"], [""], width=64, height=64)
 
     def noise(x, t, i):
-        return guided_noise(pipe.unet, x, t, conditioning, 5.0)
+        return backbone.guided_noise(x, t, conditioning, backbone.guidance(5.0))
 
     def start():
-        scheduler = make_scheduler(pipe.scheduler, 4, "cpu")
-        return scheduler, initial_latents(scheduler, (4, 8, 8), [make_generator(1)], dtype=torch.float32, device="cpu")
+        scheduler = backbone.scheduler(4, width=64, height=64)
+        return scheduler, backbone.initial_latents(scheduler, [make_generator(1)], width=64, height=64)
 
     scheduler, latents = start()
     log = StepLog()
@@ -113,8 +141,8 @@ def test_conditioning_rows_are_joined_repeated_and_picked_field_by_field():
     assert joined.rows(1).pooled[:, 0].tolist() == [2] and joined.rows(0, 2).time_ids.shape == (2, 6)
     pair = GuidancePair(rows([0.0]), rows([5.0]))
     assert pair.batch().embeds[:, 0, 0].tolist() == [0, 5]  # diffusers' order: uncond rows, then cond rows
-    assert set(pair.batch().unet_inputs()["added_cond_kwargs"]) == {"text_embeds", "time_ids"}
-    assert set(TextConditioning(torch.zeros(1, 3, 2)).unet_inputs()) == {"encoder_hidden_states"}
+    assert set(pair.batch().denoiser_inputs()["added_cond_kwargs"]) == {"text_embeds", "time_ids"}
+    assert set(TextConditioning(torch.zeros(1, 3, 2)).denoiser_inputs()) == {"encoder_hidden_states"}
     with pytest.raises(TypeError, match="different families"):
         TextConditioning.cat([TextConditioning(torch.zeros(1, 3, 2)), a])
 

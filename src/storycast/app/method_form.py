@@ -8,6 +8,7 @@ is planned (:func:`storycast.runs.plan.plan_run`), so the form accepts exactly w
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,17 +41,34 @@ class FieldSpec:
     integer: bool = False
 
 
+def _fixed_choices(annotation: Any) -> tuple[str, ...] | None:
+    """The options of a setting with a fixed set of values (a Literal or true/false, either optional, "none" then
+    first: automatic), as the CLI spells them; None for the others."""
+    origin = get_origin(annotation)
+    if origin is typing.Literal:
+        return tuple(str(option) for option in get_args(annotation))
+    if annotation is bool:
+        return ("true", "false")
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if len(options) == 1 and len(options) < len(get_args(annotation)):
+            inner = _fixed_choices(options[0])
+            return ("none", *inner) if inner is not None else None
+    return None
+
+
 def field_spec(leaf: Leaf) -> FieldSpec:
-    """The field for ``leaf``: a checkbox for true/false, a dropdown for a fixed set, a number field for a plain
-    number, and text for the rest (lists, "none means automatic" values), holding the CLI's spelling."""
+    """The field for ``leaf``: a checkbox for true/false, a dropdown for a fixed set (with "none" first where none
+    means automatic), a number field for a plain number, and text for the rest (lists, automatic numbers), holding
+    the CLI's spelling."""
     annotation = leaf.annotation
     label = f"{leaf.flat} [{describe_type(annotation)}]"
     common = {"name": leaf.flat, "label": label, "help": leaf.help}
     if annotation is bool:
         return FieldSpec(kind="checkbox", value=bool(leaf.default), **common)
-    if get_origin(annotation) is typing.Literal:
-        choices = tuple(str(option) for option in get_args(annotation))
-        return FieldSpec(kind="dropdown", value=str(leaf.default), choices=choices, **common)
+    choices = _fixed_choices(annotation)
+    if choices is not None:
+        return FieldSpec(kind="dropdown", value=text_value(leaf.default), choices=choices, **common)
     if annotation in (int, float):
         return FieldSpec(kind="number", value=leaf.default, integer=annotation is int, **common)
     return FieldSpec(kind="text", value=text_value(leaf.default), **common)
@@ -132,7 +150,8 @@ def overrides_of_run(settings_class: type[MethodSettings], recorded: Mapping[str
         if value == defaults.get(name):
             continue
         if name in main:
-            fields[name] = text_value(value) if field_spec(settings_class.names()[name]).kind == "text" else value
+            kind = field_spec(settings_class.names()[name]).kind
+            fields[name] = text_value(value) if kind in ("text", "dropdown") else value
         else:
             lines.append(f"{name}={text_value(value)}")
     return fields, "\n".join(lines)

@@ -210,15 +210,15 @@ def _rows_with_extra(by_frame: torch.Tensor, extra: Sequence[torch.Tensor], halv
     return stack_rows([torch.cat([extra[f][h], by_frame[h, f]]) for h in range(halves) for f in range(frames)])
 
 
-def install_consistent_attention(unet: Any, state: ConsistentAttentionState) -> Any:
-    """CSA on every up-block self-attention layer (the authors' 36 on SDXL); returns the restoring handle.
+def install_consistent_attention(model: Any, state: ConsistentAttentionState, blocks: Sequence[str] = ("up",)) -> Any:
+    """CSA on every self-attention layer of ``blocks`` (the authors': the up blocks, 36 layers on SDXL; on FLUX the
+    joint attention of the blocks named, e.g. "single"); returns the restoring handle.
 
-    ``state.rates`` maps the layers' levels to sampling rates (see
-    :func:`storycast.methods.storydiffusion.settings.level_rates`).
+    ``state.rates`` maps the layers' levels to sampling rates (StoryDiffusion's ``_level_rates``).
     """
     from storycast.attention.layers import install_processors, select_layers
 
-    layers = select_layers(unet, kind="self", blocks=["up"])
+    layers = select_layers(model, kind="self", blocks=blocks)
     return install_processors(
-        unet, {layer.processor_key: ConsistentSelfAttention(state, layer.name, layer.level) for layer in layers}
+        model, {layer.processor_key: ConsistentSelfAttention(state, layer.name, layer.level) for layer in layers}
     )

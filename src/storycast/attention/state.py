@@ -28,6 +28,8 @@ class AttentionState:
         generator: The only source of randomness inside attention (token sampling, gating).
         masks: Per-frame or per-character masks a processor reads (method-defined keys).
         banks: Token banks a processor writes or reads (method-defined keys).
+        text_tokens: Text tokens ahead of the image tokens in a joint-attention sequence (FLUX's single-stream
+            blocks); the batch sampler sets it from the conditioning. None where unknown (UNet families ignore it).
     """
 
     frames: int = 1
@@ -38,6 +40,7 @@ class AttentionState:
     generator: torch.Generator | None = None
     masks: dict[Any, torch.Tensor] = field(default_factory=dict)
     banks: dict[Any, Any] = field(default_factory=dict)
+    text_tokens: int | None = None
 
     def begin_step(self, index: int, timestep: torch.Tensor) -> None:
         self.step = index

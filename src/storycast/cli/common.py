@@ -23,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--preset",
         choices=sorted(BASE_PRESETS),
-        help="a named base model: sdxl, sd15, or tiny / tiny-sd15 (random weights, offline). Default: sdxl",
+        help="a named base model: sdxl, sd15, flux-dev, flux-schnell, or tiny / tiny-sd15 / tiny-flux (random "
+        "weights, offline). Default: sdxl",
     )
     source.add_argument(
         "--model", metavar="ID|FOLDER|FILE", help="a Hub id, a diffusers folder or a single .safetensors file"
@@ -109,7 +110,16 @@ def add_generation_arguments(parser: argparse.ArgumentParser, title: str) -> Non
     gen.add_argument("--width", type=int)
     gen.add_argument("--height", type=int)
     gen.add_argument("--steps", type=int, help="denoising steps")
-    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="classifier-free guidance (SD); the guidance value FLUX.1-dev takes as input; 0 for FLUX.1-schnell",
+    )
+    gen.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        help="FLUX only: classifier-free guidance over the negative prompt on top of the embedded guidance (> 1)",
+    )
     gen.add_argument("--seed", type=int, help="base seed: frame i uses seed+i unless it sets its own")
     gen.add_argument(
         "--seed-policy",
@@ -121,7 +131,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser, title: str) -> Non
 
 
 def generation_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy")
+    keys = (
+        "width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy",
+        "true_cfg_scale",
+    )  # fmt: skip
     return {key: getattr(args, key) for key in keys}
 
 

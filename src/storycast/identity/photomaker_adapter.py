@@ -40,7 +40,8 @@ from storycast.identity.photomaker_prompt import (
     remove_trigger_word,
 )
 from storycast.identity.photomaker_v2 import PhotoMakerV2IDEncoder
-from storycast.pipelines.conditioning import GuidancePair, SDXLPromptEncoder
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.families.sdxl import SDXL, SDXLPromptEncoder
 from storycast.utils.imports import require
 
 ADAPTER_NAME = "photomaker"
@@ -78,6 +79,8 @@ class PhotoMakerAdapter:
         self.device = device if device is not None else pipe.unet.device
         self.vision_device = vision_device if vision_device is not None else self.device
         self.prompts = SDXLPromptEncoder(pipe, self.device)
+        self.backbone = SDXL(pipe, self.device)
+        """The SDXL pipeline PhotoMaker sits on, seen through its family (what its drawings sample with)."""
         # The adapter's own tokenizer with the trigger word; the pipeline's stay as they are.
         self.trigger_tokenizer = copy.deepcopy(pipe.tokenizer)
         if trigger_word not in self.trigger_tokenizer.get_vocab():

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storycast.story.model import Story
@@ -187,3 +187,27 @@ def triggered_prompts(story: Story, index: int, characters: Container[str]) -> d
             others = tuple(marked if c.id == character.id else c for c in story.characters)
             prompts[character.id] = dataclasses.replace(story, characters=others).prompt(index)
     return prompts
+
+
+MERGE_STEP_CAP = 30
+"""PhotoMaker's pipeline never starts the merge later than step 30."""
+
+
+def merge_step(style_strength: float, steps: int) -> int:
+    """The last step drawn from the text alone before the identity conditions the frame: PhotoMaker's
+    ``start_merge_step = int(style_strength_ratio / 100 * num_inference_steps)``, capped at 30 as its pipeline
+    caps it (the StoryDiffusion apps use the same)."""
+    return min(int(style_strength * steps), MERGE_STEP_CAP)
+
+
+@dataclass(frozen=True)
+class MergedConditioning:
+    """PhotoMaker's two conditionings of a frame: the text alone up to the merge step, the identity after it."""
+
+    plain: Any
+    merged: Any | None
+    merge_step: int
+
+    def at(self, step: int) -> Any:
+        """The conditioning of 0-based step ``step`` (the identity's from ``merge_step + 1`` on, where there is one)."""
+        return self.merged if self.merged is not None and step > self.merge_step else self.plain

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from storycast.models.loading import LoadedModels
+    from storycast.pipelines.families.base import Family
+    from storycast.pipelines.sampler import Sampling
     from storycast.story.model import Story
 
 
@@ -57,6 +59,18 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 def no_progress(event: ProgressEvent) -> None:
     """The default progress callback: ignore."""
+
+
+def denoise_progress(
+    progress: ProgressCallback, description: str = "", *, offset: int = 0, total: int | None = None
+) -> Callable[[int, int], None]:
+    """The batch sampler's ``progress(done, steps)`` as "denoise" events; ``offset`` and ``total`` place a stage
+    inside a longer bar (a second pass after the first)."""
+
+    def report(done: int, steps: int) -> None:
+        progress(ProgressEvent("denoise", offset + done, total if total is not None else steps, description))
+
+    return report
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,17 @@ class StoryMethod(abc.ABC):
         return found
 
     # -- with the models loaded -----------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> Family:
+        """The loaded model's family: what the method encodes, samples and decodes with."""
+        return self.models.backbone
+
+    def sampling(self, story: Story, scheduler: str = "model") -> Sampling:
+        """How the story's frames are sampled on these models: its size, steps and guidance, and ``scheduler``."""
+        from storycast.pipelines.sampler import Sampling
+
+        return Sampling.of(self.backbone, story.settings, scheduler)
 
     def resolved_settings(self, story: Story) -> MethodSettings:
         """The settings with every automatic value decided for this story's generation settings and the

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.settings import MethodSettings
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
@@ -18,7 +18,8 @@ class VanillaSettings(MethodSettings):
 
 
 class VanillaMethod(StoryMethod):
-    """Each frame drawn from its own prompt and seed, frames batched ``batch_size`` at a time.
+    """Each frame drawn from its own prompt and seed, frames batched ``batch_size`` at a time, as the family's stock
+    diffusers pipeline draws them (a test holds each family to its pipeline, seed for seed).
 
     The noise of each frame comes from its own generator, so a frame's image does not depend on
     which other frames share its batch (up to float rounding of batched matrix products).
@@ -26,31 +27,33 @@ class VanillaMethod(StoryMethod):
 
     name = "vanilla"
     settings_class = VanillaSettings
+    families = ("sdxl", "sd15", "flux")
     summary = "plain text-to-image per frame (no consistency mechanism)"
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
-        pipe = self.models.pipeline
-        settings = story.settings
+        gen = story.settings
         seeds = [story.frame_seed(i) for i in group]
+        prompts = [story.prompt(i) for i in group]
         negatives = [story.negative_prompt(i) or self.default_negative_prompt() or "" for i in group]
-
-        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            context.progress(ProgressEvent("denoise", step + 1, settings.steps))
-            return tensors
-
-        context.progress(ProgressEvent("denoise", 0, settings.steps))
-        output = pipe(
-            prompt=[story.prompt(i) for i in group],
-            negative_prompt=negatives,
-            width=settings.width,
-            height=settings.height,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            generator=[make_generator(seed, self.models.device) for seed in seeds],
-            callback_on_step_end=on_step_end,
-            output_type="pil",
+        sampling = self.sampling(story)
+        conditioning = self.backbone.encode(
+            prompts, negatives, width=gen.width, height=gen.height, guidance=sampling.guidance
         )
+        drawn = sample(
+            self.backbone,
+            conditioning,
+            [make_generator(seed, self.models.device) for seed in seeds],
+            sampling,
+            progress=denoise_progress(context.progress),
+        )
+        # A negative prompt reaches the image only through classifier-free guidance (not FLUX's embedded one).
+        used = [neg if sampling.guidance.halves == 2 else None for neg in negatives]
         return [
-            FrameResult(index=i, image=image, seed=seed, metadata={"prompt": story.prompt(i), "negative_prompt": neg})
-            for i, image, seed, neg in zip(group, output.images, seeds, negatives, strict=True)
+            FrameResult(
+                index=i,
+                image=image,
+                seed=seed,
+                metadata={"prompt": prompt, "negative_prompt": neg, "evaluations": drawn.evaluations // len(group)},
+            )
+            for i, image, seed, prompt, neg in zip(group, drawn.images, seeds, prompts, used, strict=True)
         ]

@@ -2,40 +2,38 @@
 the caller already has (:func:`models_from_pipeline`).
 
 Errors are translated at this boundary: a user sees which weights are missing and how to point
-at a local copy, never a traceback from inside huggingface_hub or diffusers.
+at a local copy, never a traceback from inside huggingface_hub or diffusers. What a source is (its kind, family
+and guidance) is decided by :mod:`storycast.models.detect` from small files; each family's pipeline class comes
+from its implementation (:mod:`storycast.pipelines.families`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storycast.errors import MissingWeightsError, ModelLoadError
-from storycast.models.presets import (
-    BASE_PRESETS,
-    FAMILY_CONFIG_REPO,
-    FAMILY_DEFAULTS,
-    BasePreset,
-    FamilyDefaults,
+from storycast.models.detect import (
+    check_single_file_configs,
+    detect,
+    missing_weights_message,
+    pipeline_kwargs,
+    short_reason,
 )
+from storycast.models.facts import ModelFacts, identity_from_info
+from storycast.models.presets import BasePreset, FamilyDefaults, config_repo_for, defaults_for
 from storycast.models.spec import ModelSpec
 from storycast.utils.torch_utils import DTYPE_NAMES, dtype_name, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
 
-logger = logging.getLogger(__name__)
+    from storycast.pipelines.families.base import Family
 
-PIPELINE_FAMILY = {
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionImg2ImgPipeline": "sd15",
-}
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,9 +41,9 @@ class LoadedModels:
     """A loaded base pipeline and what a run needs to know about it.
 
     Attributes:
-        pipeline: The diffusers text-to-image pipeline (``StableDiffusionXLPipeline`` or
-            ``StableDiffusionPipeline``); methods build theirs from its components.
-        family: "sdxl" or "sd15".
+        pipeline: The diffusers text-to-image pipeline of the family (``StableDiffusionXLPipeline``,
+            ``StableDiffusionPipeline``, ``FluxPipeline``); methods reach it through :attr:`backbone`.
+        family: "sdxl", "sd15" or "flux".
         spec: The request this was loaded from.
         device: Where the models run.
         dtype: Weight dtype.
@@ -53,6 +51,7 @@ class LoadedModels:
         info: Provenance for the run manifest (source kind, id, revision, file hashes...).
         attachments: Adapters loaded onto these models (PhotoMaker, LoRAs...), by a key naming the adapter
             and its source, so that several method instances share one copy instead of loading it twice.
+        guidance: How the model is guided: "cfg", "embedded" (FLUX.1-dev) or "none" (FLUX.1-schnell).
     """
 
     pipeline: Any
@@ -63,6 +62,7 @@ class LoadedModels:
     defaults: FamilyDefaults
     info: dict[str, Any] = field(default_factory=dict)
     attachments: dict[tuple[str, str], Any] = field(default_factory=dict)
+    guidance: str = "cfg"
 
     @property
     def is_tiny(self) -> bool:
@@ -74,99 +74,24 @@ class LoadedModels:
         models' own device."""
         return resolve_device(self.spec.aux_device) if self.spec.aux_device else self.device
 
+    @functools.cached_property
+    def backbone(self) -> Family:
+        """The pipeline seen through its family's protocol: what methods encode, sample and decode with."""
+        from storycast.pipelines.families import get_family
+
+        return get_family(self.family)(self.pipeline, self.device)
+
     @property
-    def facts(self) -> Any:
-        """:class:`storycast.models.facts.ModelFacts` of these models."""
-        from storycast.models.facts import model_facts
-
-        return model_facts(self)
-
-
-def missing_weights_message(what: str, reason: str = "", *, fix_flag: str = "--model") -> str:
-    reason = f" ({reason})" if reason else ""
-    return (
-        f"the weights of '{what}' are not on this machine and could not be downloaded{reason}. Fix: download them "
-        f"where the Hub is reachable (`hf download {what}`) and copy the Hugging Face cache here (or set HF_HOME "
-        f"to it), or pass {fix_flag} /path/to/local/copy (a diffusers folder or a single .safetensors file)."
-    )
-
-
-def _short_reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:200]
-
-
-def classify_source(spec: ModelSpec) -> tuple[str, BasePreset | None]:
-    """Return (kind, preset) where kind is 'tiny', 'random', 'hub', 'folder' or 'file'."""
-    preset = BASE_PRESETS.get(spec.source)
-    if preset is not None:
-        return ("tiny" if preset.tiny else "random" if preset.random else "hub"), preset
-    path = Path(spec.source).expanduser()
-    if path.is_dir():
-        return "folder", None
-    if path.is_file():
-        return "file", None
-    looks_like_path = spec.source.startswith((".", "/", "~")) or path.suffix.lower() in SINGLE_FILE_SUFFIXES
-    if looks_like_path or spec.source.count("/") != 1:
-        raise MissingWeightsError(
-            f"model '{spec.source}' is neither a preset, a Hub id (owner/name) nor an existing file or folder. "
-            f"Fix: check the path, or use a preset ({', '.join(BASE_PRESETS)})."
+    def facts(self) -> ModelFacts:
+        """What the planner knows of these models (the same fields a plan made from their spec has)."""
+        return ModelFacts(
+            family=self.family,
+            defaults=self.defaults,
+            tiny=bool(self.info.get("tiny")),
+            random=bool(self.info.get("random")),
+            identity=identity_from_info(self.info),
+            guidance=self.guidance,
         )
-    return "hub", None
-
-
-def family_of_index(index: Path) -> str:
-    """The family of a diffusers pipeline from its ``model_index.json``."""
-    folder = index.parent
-    if not index.is_file():
-        raise ModelLoadError(
-            f"'{folder}' has no model_index.json, so it is not a diffusers pipeline folder. Fix: point --model at "
-            f"the folder written by save_pretrained (or a Hub snapshot), or at a single .safetensors checkpoint."
-        )
-    try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (KeyError, ValueError, TypeError) as err:
-        raise ModelLoadError(f"'{index}' is not a valid model_index.json ({err}).") from None
-    family = PIPELINE_FAMILY.get(class_name)
-    if family is None:
-        raise ModelLoadError(
-            f"'{folder}' holds a {class_name}; storycast runs SDXL and SD 1.5 pipelines. "
-            f"Fix: use a {' or '.join(sorted(PIPELINE_FAMILY))} folder."
-        )
-    return family
-
-
-def family_of_folder(folder: Path) -> str:
-    return family_of_index(folder / "model_index.json")
-
-
-def family_of_checkpoint(path: Path) -> str:
-    """Tell SDXL from SD 1.5 by the key names of an original-layout single-file checkpoint."""
-    keys: list[str]
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-    else:
-        import torch
-
-        state = torch.load(str(path), map_location="meta", weights_only=True)
-        keys = list(state.get("state_dict", state).keys())
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.") for k in keys):
-        return "sd15"
-    raise ModelLoadError(
-        f"cannot tell which architecture '{path}' is (no SDXL 'conditioner.embedders.1.*' or SD 1.5 "
-        f"'cond_stage_model.*' keys). Fix: pass the family explicitly (--family sdxl|sd15) or use a diffusers folder."
-    )
-
-
-def _pipeline_class(family: str) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
 def _download(repo_id: str, spec: ModelSpec, variant: str | None) -> Path:
@@ -177,49 +102,78 @@ def _download(repo_id: str, spec: ModelSpec, variant: str | None) -> Path:
             repo_id, revision=spec.revision, variant=variant, local_files_only=spec.local_files_only
         )
     except (OSError, ValueError) as err:
-        raise MissingWeightsError(missing_weights_message(repo_id, _short_reason(err))) from None
+        raise MissingWeightsError(missing_weights_message(repo_id, short_reason(err))) from None
     except Exception as err:  # huggingface_hub's HTTP errors do not share a base class with OSError everywhere
         if type(err).__module__.startswith(("huggingface_hub", "requests", "httpx")):
-            raise MissingWeightsError(missing_weights_message(repo_id, _short_reason(err))) from None
+            raise MissingWeightsError(missing_weights_message(repo_id, short_reason(err))) from None
         raise
     return Path(folder)
 
 
-def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype: Any) -> tuple[Any, str, dict]:
-    from storycast.models.tiny import tiny_pipeline
+def _pipeline_class(family: str) -> Any:
+    from storycast.pipelines.families import get_family
 
-    info: dict[str, Any] = {"source": spec.source, "kind": kind}
+    return get_family(family).pipeline_class()
+
+
+def _built_pipeline(kind: str, spec: ModelSpec, preset: BasePreset, dtype: Any) -> Any:
+    """A tiny or full-size random-weight pipeline of the preset's family, built in code."""
+    device = resolve_device(spec.device)
+    if preset.family == "flux":
+        from storycast.models.flux_components import random_flux_components, tiny_flux_components
+
+        embedded = preset.guidance == "embedded"
+        if kind == "tiny":
+            components = tiny_flux_components(seed=spec.seed, guidance_embeds=embedded)
+            return cast_built_pipeline(_pipeline_class("flux")(**components), dtype)
+        components = random_flux_components(device=device, dtype=dtype, seed=spec.seed, guidance_embeds=embedded)
+        return _pipeline_class("flux")(**components)
     if kind == "tiny":
+        from storycast.models.tiny import tiny_pipeline
+
+        return cast_built_pipeline(tiny_pipeline(preset.family, seed=spec.seed), dtype)
+    from storycast.models.random_full import random_full_components
+
+    components = random_full_components(preset.family, device=device, dtype=dtype, seed=spec.seed)
+    return _pipeline_class(preset.family)(**components)
+
+
+def _load_single_file(path: Path, family: str, guidance: str, spec: ModelSpec, dtype: Any, info: dict) -> Any:
+    config = spec.config or config_repo_for(family, guidance)
+    info.update(path=str(path), config=config, size_bytes=path.stat().st_size)
+    check_single_file_configs(config, family, spec)
+    try:
+        if family == "flux":
+            # A FLUX file holds the transformer alone (Black Forest Labs' layout): the rest of the pipeline comes
+            # from the configs' repository or folder.
+            from diffusers import FluxTransformer2DModel
+
+            transformer = FluxTransformer2DModel.from_single_file(
+                str(path), config=config, subfolder="transformer", torch_dtype=dtype,
+                local_files_only=spec.local_files_only,
+            )  # fmt: skip
+            return _pipeline_class(family).from_pretrained(
+                config, transformer=transformer, torch_dtype=dtype, local_files_only=spec.local_files_only
+            )
+        return _pipeline_class(family).from_single_file(
+            str(path), config=config, torch_dtype=dtype, local_files_only=spec.local_files_only
+        )
+    except (OSError, ValueError) as err:
+        message = missing_weights_message(config, short_reason(err), fix_flag="--model-config")
+        raise MissingWeightsError(f"the configs for single-file checkpoint '{path.name}': {message}") from None
+
+
+def _load_pipeline(
+    kind: str, family: str, guidance: str, spec: ModelSpec, preset: BasePreset | None, dtype: Any
+) -> tuple[Any, dict]:
+    info: dict[str, Any] = {"source": spec.source, "kind": kind}
+    if kind in ("tiny", "random"):
         assert preset is not None
-        info.update(tiny=True, seed=spec.seed)
-        return cast_built_pipeline(tiny_pipeline(preset.family, seed=spec.seed), dtype), preset.family, info
-
-    if kind == "random":
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        from storycast.models.random_full import random_full_components
-
-        assert preset is not None
-        device = resolve_device(spec.device)
-        components = random_full_components(preset.family, device=device, dtype=dtype, seed=spec.seed)
-        cls = StableDiffusionXLPipeline if preset.family == "sdxl" else StableDiffusionPipeline
-        info.update(random=True, seed=spec.seed)
-        return cls(**components), preset.family, info
-
+        info.update({kind: True, "seed": spec.seed})
+        return _built_pipeline(kind, spec, preset, dtype), info
     if kind == "file":
         path = Path(spec.source).expanduser().resolve()
-        family = spec.family or family_of_checkpoint(path)
-        config = spec.config or FAMILY_CONFIG_REPO[family]
-        info.update(path=str(path), config=config, size_bytes=path.stat().st_size)
-        try:
-            pipe = _pipeline_class(family).from_single_file(
-                str(path), config=config, torch_dtype=dtype, local_files_only=spec.local_files_only
-            )
-        except (OSError, ValueError) as err:
-            message = missing_weights_message(config, _short_reason(err), fix_flag="--model-config")
-            raise MissingWeightsError(f"the configs for single-file checkpoint '{path.name}': {message}") from None
-        return pipe, family, info
-
+        return _load_single_file(path, family, guidance, spec, dtype, info), info
     if kind == "folder":
         folder = Path(spec.source).expanduser().resolve()
         info["path"] = str(folder)
@@ -233,20 +187,17 @@ def _load_pipeline(kind: str, spec: ModelSpec, preset: BasePreset | None, dtype:
         info.update(repo_id=repo_id, revision=spec.revision or "main", variant=variant)
         if folder.parent.name == "snapshots":
             info["commit"] = folder.name
-    family = spec.family or family_of_folder(folder)
-    extra: dict[str, Any] = {}
-    if family == "sd15":
-        # Research runs need every frame; the checker's black frames would corrupt the metrics.
-        extra.update(safety_checker=None, requires_safety_checker=False)
     variant = info.get("variant", spec.variant)
     try:
-        pipe = _pipeline_class(family).from_pretrained(str(folder), torch_dtype=dtype, variant=variant, **extra)
+        pipe = _pipeline_class(family).from_pretrained(
+            str(folder), torch_dtype=dtype, variant=variant, **pipeline_kwargs(family)
+        )
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"could not load a {family} pipeline from '{folder}': {_short_reason(err)}. Fix: check that the folder "
+            f"could not load a {family} pipeline from '{folder}': {short_reason(err)}. Fix: check that the folder "
             f"is complete (re-download it), or pass --family (ModelSpec(family=...) in Python) if the architecture was guessed wrong."
         ) from None
-    return pipe, family, info
+    return pipe, info
 
 
 def cast_built_pipeline(pipe: Any, dtype: torch.dtype) -> Any:
@@ -297,15 +248,15 @@ def load_loras(pipe: Any, loras: tuple[Any, ...], *, local_files_only: bool = Fa
             pipe.load_lora_weights(lora.source, **kwargs)
         except OSError as err:
             raise MissingWeightsError(
-                missing_weights_message(lora.source, _short_reason(err), fix_flag="--lora")
+                missing_weights_message(lora.source, short_reason(err), fix_flag="--lora")
             ) from None
         except (ValueError, KeyError) as err:
             if "offline" in str(err).lower():  # diffusers' offline mode: the repo cannot be listed
                 raise MissingWeightsError(
-                    missing_weights_message(lora.source, _short_reason(err), fix_flag="--lora")
+                    missing_weights_message(lora.source, short_reason(err), fix_flag="--lora")
                 ) from None
             raise ModelLoadError(
-                f"'{lora.source}' could not be loaded as a LoRA for this {type(pipe).__name__} ({_short_reason(err)}). "
+                f"'{lora.source}' could not be loaded as a LoRA for this {type(pipe).__name__} ({short_reason(err)}). "
                 f"Fix: check that it is a LoRA for this model family (diffusers, kohya or PEFT format)."
             ) from None
         records.append({"name": name, "source": lora.source, "scale": lora.scale, "weight_name": lora.weight_name})
@@ -320,12 +271,14 @@ def active_loras(models: LoadedModels) -> dict[str, float]:
 
 def load_models(spec: ModelSpec) -> LoadedModels:
     """Load the base pipeline described by ``spec`` and place it on its device."""
+    from storycast.pipelines.families import get_family
+
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    kind, preset = classify_source(spec)
-    pipe, family, info = _load_pipeline(kind, spec, preset, dtype)
+    kind, family, guidance, preset = detect(spec)
     if spec.family is not None and spec.family != family:
         raise ModelLoadError(f"'{spec.source}' is a {family} model, but family '{spec.family}' was asked for.")
+    dtype = resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype)
+    pipe, info = _load_pipeline(kind, family, guidance, spec, preset, dtype)
     if spec.offload != "none" and not device.startswith("cuda"):
         logger.warning("offload '%s' needs a CUDA device; running on %s without offload", spec.offload, device)
         offload = "none"
@@ -339,10 +292,17 @@ def load_models(spec: ModelSpec) -> LoadedModels:
 
         info["speed"] = apply_speed_options(pipe, device, channels_last=spec.channels_last, compile=spec.compile)
     pipe.set_progress_bar_config(disable=True)
-    defaults = preset.defaults if preset is not None else FAMILY_DEFAULTS[family]
+    defaults = preset.defaults if preset is not None else defaults_for(family, guidance)
     info.update(family=family, dtype=dtype_name(dtype), device=device, offload=offload)
     return LoadedModels(
-        pipeline=pipe, family=family, spec=spec, device=device, dtype=dtype, defaults=defaults, info=info
+        pipeline=pipe,
+        family=family,
+        spec=spec,
+        device=device,
+        dtype=dtype,
+        defaults=defaults,
+        info=info,
+        guidance=guidance,
     )
 
 
@@ -359,8 +319,8 @@ def models_from_pipeline(
     them off; give LoRAs to :func:`load_models` (``ModelSpec.loras``) to keep them on in every pass.
 
     Args:
-        pipeline: A ``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline`` (a subclass, or their img2img
-            pipelines).
+        pipeline: A ``StableDiffusionXLPipeline``, ``StableDiffusionPipeline`` or ``FluxPipeline`` (a subclass, or
+            their img2img pipelines).
         source: The model's name in manifests and run keys (default: the pipeline's ``name_or_path``, else
             "pipeline"). A frame in a run folder is kept on a rerun when source, family and dtype match, so
             name a pipeline whose weights you changed.
@@ -369,14 +329,17 @@ def models_from_pipeline(
         local_files_only: Adapters that methods load (PhotoMaker...) come from the local cache only.
 
     Raises:
-        ModelLoadError: Not an SDXL or SD 1.5 pipeline.
+        ModelLoadError: Not a pipeline of a family storycast runs.
     """
+    from storycast.pipelines.families import all_families, family_of_pipeline_class
+
     classes = [cls.__name__ for cls in type(pipeline).__mro__]
-    family = next((PIPELINE_FAMILY[name] for name in classes if name in PIPELINE_FAMILY), None)
+    family = family_of_pipeline_class(classes)
     if family is None:
+        known = sorted(family.pipeline_class_name for family in all_families())
         raise ModelLoadError(
             f"a {type(pipeline).__name__} is not a pipeline storycast runs. Fix: pass a "
-            f"{' or '.join(sorted(PIPELINE_FAMILY))} (or load one with load_models(ModelSpec(...)))."
+            f"{' or '.join(known)} (or load one with load_models(ModelSpec(...)))."
         )
     text_to_image = _pipeline_class(family)
     if not isinstance(pipeline, text_to_image):
@@ -392,6 +355,9 @@ def models_from_pipeline(
         local_files_only=local_files_only,
     )
     pipeline.set_progress_bar_config(disable=True)
+    guidance = "cfg"
+    if family == "flux":
+        guidance = "embedded" if pipeline.transformer.config.guidance_embeds else "none"
     info = {
         "source": name,
         "kind": "pipeline",
@@ -406,6 +372,7 @@ def models_from_pipeline(
         spec=spec,
         device=device,
         dtype=dtype,
-        defaults=FAMILY_DEFAULTS[family],
+        defaults=defaults_for(family, guidance),
         info=info,
+        guidance=guidance,
     )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILIES = ("sdxl", "sd15")
+FAMILIES = ("sdxl", "sd15", "flux")
+"""The backbone families (``storycast.pipelines.families`` implements each; a test holds the two lists equal)."""
+GUIDANCE_KINDS = ("cfg", "embedded", "none")
+"""How a model is guided: classifier-free guidance over [uncond, cond] (the UNet families), a guidance value given
+to a guidance-distilled model (FLUX.1-dev), or nothing (timestep-distilled FLUX.1-schnell)."""
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,14 @@ class BasePreset:
 
     Attributes:
         name: The preset name (``--preset NAME``).
-        family: Architecture: "sdxl" or "sd15".
+        family: Architecture: "sdxl", "sd15" or "flux".
         repo_id: Hugging Face Hub id (``None`` for presets built in code).
         description: One line for ``--help`` and ``storycast env``.
         defaults: Resolution, steps and guidance used when nothing else is set.
         fp16_variant: The repo ships ``*.fp16.safetensors`` files, loaded when the dtype is fp16.
         tiny: Built from configs in code with random weights (offline, for tests and demos).
         random: The real architecture with random weights, built in code (offline speed/memory benchmarks).
+        guidance: How the model is guided (one of ``GUIDANCE_KINDS``).
     """
 
     name: str
@@ -47,6 +52,7 @@ class BasePreset:
     fp16_variant: bool = False
     tiny: bool = False
     random: bool = False
+    guidance: str = "cfg"
 
 
 SDXL_DEFAULTS = FamilyDefaults(width=1024, height=1024, steps=30, guidance_scale=5.0)
@@ -56,12 +62,43 @@ TINY_DEFAULTS = FamilyDefaults(
     width=128, height=128, steps=4, guidance_scale=5.0, outrank_method=("width", "height", "steps")
 )
 
-FAMILY_DEFAULTS = {"sdxl": SDXL_DEFAULTS, "sd15": SD15_DEFAULTS}
-# Where single-file checkpoints take their diffusers configs from, per family.
+# FLUX.1-dev's model card and diffusers' FLUX docs: 28 steps, guidance 3.5 at 1024 px; FLUX.1-schnell: 4 steps, no
+# guidance (it is timestep-distilled; FluxPipeline ignores the value, storycast refuses one).
+FLUX_DEV_DEFAULTS = FamilyDefaults(width=1024, height=1024, steps=28, guidance_scale=3.5)
+FLUX_SCHNELL_DEFAULTS = FamilyDefaults(width=1024, height=1024, steps=4, guidance_scale=0.0)
+TINY_FLUX_DEFAULTS = FamilyDefaults(
+    width=128, height=128, steps=4, guidance_scale=3.5, outrank_method=("width", "height", "steps")
+)
+TINY_FLUX_SCHNELL_DEFAULTS = FamilyDefaults(
+    width=128, height=128, steps=4, guidance_scale=0.0, outrank_method=("width", "height", "steps")
+)
+
+FAMILY_DEFAULTS = {"sdxl": SDXL_DEFAULTS, "sd15": SD15_DEFAULTS, "flux": FLUX_DEV_DEFAULTS}
+"""Defaults of a model that is not a preset, by family (a FLUX model without guidance input: the schnell ones,
+see :func:`defaults_for`)."""
+# Where single-file checkpoints take their diffusers configs from, per family (FLUX: by guidance, see
+# config_repo_for).
 FAMILY_CONFIG_REPO = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "flux": "black-forest-labs/FLUX.1-dev",
 }
+FLUX_SCHNELL_REPO = "black-forest-labs/FLUX.1-schnell"
+
+
+def defaults_for(family: str, guidance: str) -> FamilyDefaults:
+    """The defaults of a non-preset model of ``family`` guided as ``guidance``."""
+    if family == "flux" and guidance == "none":
+        return FLUX_SCHNELL_DEFAULTS
+    return FAMILY_DEFAULTS[family]
+
+
+def config_repo_for(family: str, guidance: str) -> str:
+    """Where a single-file checkpoint of ``family`` takes its configs (and FLUX its text encoders and VAE) from."""
+    if family == "flux" and guidance == "none":
+        return FLUX_SCHNELL_REPO
+    return FAMILY_CONFIG_REPO[family]
+
 
 BASE_PRESETS: dict[str, BasePreset] = {
     preset.name: preset
@@ -88,6 +125,40 @@ BASE_PRESETS: dict[str, BasePreset] = {
             "tiny-sd15", "sd15", None, "tiny random-weight SD 1.5 architecture (offline)", TINY_DEFAULTS, tiny=True
         ),
         BasePreset(
+            "flux-dev",
+            "flux",
+            "black-forest-labs/FLUX.1-dev",
+            "FLUX.1 [dev] (guidance-distilled; non-commercial licence of Black Forest Labs)",
+            FLUX_DEV_DEFAULTS,
+            guidance="embedded",
+        ),
+        BasePreset(
+            "flux-schnell",
+            "flux",
+            FLUX_SCHNELL_REPO,
+            "FLUX.1 [schnell] (4 steps, no guidance; Apache-2.0)",
+            FLUX_SCHNELL_DEFAULTS,
+            guidance="none",
+        ),
+        BasePreset(
+            "tiny-flux",
+            "flux",
+            None,
+            "tiny random-weight FLUX.1-dev architecture (offline)",
+            TINY_FLUX_DEFAULTS,
+            tiny=True,
+            guidance="embedded",
+        ),
+        BasePreset(
+            "tiny-flux-schnell",
+            "flux",
+            None,
+            "tiny random-weight FLUX.1-schnell architecture: no guidance input (offline)",
+            TINY_FLUX_SCHNELL_DEFAULTS,
+            tiny=True,
+            guidance="none",
+        ),
+        BasePreset(
             "sdxl-random",
             "sdxl",
             None,
@@ -102,6 +173,15 @@ BASE_PRESETS: dict[str, BasePreset] = {
             "full-size SD 1.5, random weights (offline benchmarks)",
             SD15_DEFAULTS,
             random=True,
+        ),
+        BasePreset(
+            "flux-random",
+            "flux",
+            None,
+            "full-size FLUX.1-dev (12B transformer, T5-XXL), random weights (offline benchmarks)",
+            FLUX_DEV_DEFAULTS,
+            random=True,
+            guidance="embedded",
         ),
     )
 }

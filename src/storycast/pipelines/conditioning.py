@@ -1,10 +1,11 @@
-"""Text conditioning behind one small protocol, with an SDXL and an SD 1.5 implementation.
+"""Text conditioning of a batch of rows, one small type per model family.
 
-A conditioning is everything a UNet call needs besides the latents and the timestep, for a batch of
-rows: per-token text embeddings for every family, and for SDXL the pooled embedding and the size ids
-(``added_cond_kwargs``). Every field is a batch-first tensor, so joining, repeating and picking rows
-is written once for both families. Methods build conditionings with :func:`prompt_encoder` and hand
-them to :func:`storycast.pipelines.noise.predict_noise`; they never ask which family they hold.
+A conditioning is everything a denoiser call needs besides the latents, the timestep and the guidance: per-token
+text embeddings for every family; for SDXL the pooled embedding and the size ids (``added_cond_kwargs``); for
+FLUX the T5 per-token embeddings and CLIP's pooled embedding. Every field is a batch-first tensor, so joining,
+repeating and picking rows is written once for every family. A family's ``encode`` builds them
+(:mod:`storycast.pipelines.families`) and its ``predict`` hands them to the denoiser; methods never ask which
+family they hold.
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ class TextConditioning:
         """A copy with some fields replaced (e.g. ``embeds`` after an identity is fused in)."""
         return dataclasses.replace(self, **changes)
 
-    def unet_inputs(self) -> dict[str, Any]:
-        """Keyword arguments of ``UNet2DConditionModel.forward`` (and of a ControlNet) for these rows."""
+    @property
+    def text_tokens(self) -> int:
+        """Per-token embeddings per row (77 for CLIP; T5's maximum sequence length for FLUX)."""
+        return int(self.embeds.shape[1])
+
+    def denoiser_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of the denoiser's forward (and of a ControlNet) for these rows: here
+        ``UNet2DConditionModel``'s."""
         return {"encoder_hidden_states": self.embeds}
 
 
@@ -72,7 +79,7 @@ class SDXLConditioning(TextConditioning):
     pooled: torch.Tensor
     time_ids: torch.Tensor
 
-    def unet_inputs(self) -> dict[str, Any]:
+    def denoiser_inputs(self) -> dict[str, Any]:
         return {
             "encoder_hidden_states": self.embeds,
             "added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": self.time_ids},
@@ -80,30 +87,57 @@ class SDXLConditioning(TextConditioning):
 
 
 @dataclass
-class GuidancePair:
-    """Unconditional and conditional rows for classifier-free guidance (same number of rows)."""
+class FluxConditioning(TextConditioning):
+    """FLUX.1: T5's per-token embeddings (B, L, 4096), L the family's maximum sequence length, and the pooled
+    embedding of CLIP-L (B, 768). The text positions are all zero (``FluxPipeline.encode_prompt``'s ``text_ids``),
+    so the family makes them from L when it calls the transformer."""
 
-    uncond: TextConditioning
+    pooled: torch.Tensor
+
+    def denoiser_inputs(self) -> dict[str, Any]:
+        return {"encoder_hidden_states": self.embeds, "pooled_projections": self.pooled}
+
+
+@dataclass
+class GuidancePair:
+    """Conditional rows and, for classifier-free guidance, as many unconditional rows.
+
+    ``uncond`` is None where the guidance needs none (FLUX.1's embedded guidance without true CFG): the denoiser
+    batch is then the cond rows alone.
+    """
+
+    uncond: TextConditioning | None
     cond: TextConditioning
 
     def __len__(self) -> int:
         return len(self.cond)
 
+    @property
+    def halves(self) -> int:
+        """Guidance halves of the denoiser batch: 2 (uncond, cond) or 1 (cond)."""
+        return 1 if self.uncond is None else 2
+
     def batch(self) -> TextConditioning:
-        """The UNet batch: all uncond rows, then all cond rows (diffusers' order)."""
+        """The denoiser batch: all uncond rows, then all cond rows (diffusers' order); the cond rows alone
+        without uncond ones."""
+        if self.uncond is None:
+            return self.cond
         return type(self.cond).cat([self.uncond, self.cond])
 
     def repeat(self, times: int) -> GuidancePair:
-        return GuidancePair(self.uncond.repeat(times), self.cond.repeat(times))
+        return GuidancePair(None if self.uncond is None else self.uncond.repeat(times), self.cond.repeat(times))
 
     def rows(self, start: int, stop: int | None = None) -> GuidancePair:
-        return GuidancePair(self.uncond.rows(start, stop), self.cond.rows(start, stop))
+        return GuidancePair(
+            None if self.uncond is None else self.uncond.rows(start, stop), self.cond.rows(start, stop)
+        )
 
     @staticmethod
     def cat(parts: Sequence[GuidancePair]) -> GuidancePair:
-        return GuidancePair(
-            type(parts[0].uncond).cat([p.uncond for p in parts]), type(parts[0].cond).cat([p.cond for p in parts])
-        )
+        if len({p.halves for p in parts}) > 1:
+            raise ValueError("cannot join guidance pairs with and without unconditional rows")
+        uncond = None if parts[0].uncond is None else type(parts[0].uncond).cat([p.uncond for p in parts])  # type: ignore[misc]
+        return GuidancePair(uncond, type(parts[0].cond).cat([p.cond for p in parts]))
 
 
 class PromptEncoder(Protocol):
@@ -118,60 +152,3 @@ def size_ids(height: int, width: int, rows: int, *, dtype: torch.dtype, device: 
     """SDXL's size conditioning: (original h, w, crop top, left, target h, w), uncropped, per row."""
     ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)
     return ids.repeat(rows, 1)
-
-
-@dataclass(frozen=True)
-class _PipelinePromptEncoder:
-    """A family's prompt encoder over the loaded pipeline's own ``encode_prompt``."""
-
-    pipe: Any
-    device: Any
-
-    @torch.no_grad()
-    def __call__(
-        self, prompts: Sequence[str], negative_prompts: Sequence[str], *, width: int, height: int
-    ) -> GuidancePair:
-        if len(prompts) != len(negative_prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(negative_prompts)} negative prompts")
-        return self.encode(list(prompts), list(negative_prompts), width, height)
-
-    def encode(self, prompts: list[str], negative_prompts: list[str], width: int, height: int) -> GuidancePair:
-        raise NotImplementedError
-
-
-class SDXLPromptEncoder(_PipelinePromptEncoder):
-    """Both SDXL text encoders; the size ids say the image is uncropped at its target size."""
-
-    def encode(self, prompts: list[str], negative_prompts: list[str], width: int, height: int) -> GuidancePair:
-        embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
-            prompt=prompts,
-            device=self.device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=True,
-            negative_prompt=negative_prompts,
-        )
-        ids = size_ids(height, width, len(prompts), dtype=embeds.dtype, device=embeds.device)
-        return GuidancePair(
-            SDXLConditioning(negative_embeds, negative_pooled, ids), SDXLConditioning(embeds, pooled, ids.clone())
-        )
-
-
-class SD15PromptEncoder(_PipelinePromptEncoder):
-    """SD 1.5's single CLIP text encoder."""
-
-    def encode(self, prompts: list[str], negative_prompts: list[str], width: int, height: int) -> GuidancePair:
-        embeds, negative_embeds = self.pipe.encode_prompt(
-            prompts, self.device, 1, True, negative_prompt=negative_prompts
-        )
-        return GuidancePair(TextConditioning(negative_embeds), TextConditioning(embeds))
-
-
-PROMPT_ENCODERS = {"sdxl": SDXLPromptEncoder, "sd15": SD15PromptEncoder}
-
-
-def prompt_encoder(pipe: Any, family: str, device: Any) -> PromptEncoder:
-    """The prompt encoder of a loaded pipeline of ``family`` ("sdxl" or "sd15"), running on ``device``."""
-    try:
-        return PROMPT_ENCODERS[family](pipe, device)
-    except KeyError:
-        raise ValueError(f"no prompt encoder for model family {family!r}; known: {sorted(PROMPT_ENCODERS)}") from None

@@ -3,8 +3,9 @@
 A method's stages are calls of :func:`denoise` with different noise functions (plain guidance, an
 identity pass blended inside masks, a batch of frames sharing attention) and different start and stop
 steps; the loop itself, the scheduler handling and the step index the attention processors read are
-here and nowhere else. Schedulers and initial noise are prepared as diffusers' pipelines prepare them,
-so a seed gives the same starting noise as ``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline``.
+here and nowhere else. Schedulers and initial noise come from the model's family
+(:mod:`storycast.pipelines.families`), prepared as diffusers' pipelines prepare them, so a seed gives the
+stock pipeline's starting noise.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Protocol
 import torch
 
 NoiseFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""``noise_fn(model_input, timestep, step_index) -> noise``: the (guided) noise prediction of the latents
-at one step; ``model_input`` is already scaled by the scheduler."""
+"""``noise_fn(model_input, timestep, step_index) -> noise``: the (guided) prediction of the denoiser (noise, or
+a flow-matching velocity) for the latents at one step; ``model_input`` is already scaled by the scheduler."""
 
 
 @dataclass(frozen=True)
@@ -84,59 +85,16 @@ def denoise(
         scheduler.set_begin_index(start)
     states = [] if step_state is None else list(step_state) if isinstance(step_state, Sequence) else [step_state]
     step_kwargs = {"generator": generator} if generator is not None and _accepts(scheduler.step, "generator") else {}
+    scaled_input = hasattr(scheduler, "scale_model_input")
     for index in range(start, stop):
         timestep = timesteps[index]
         for state in states:
             state.begin_step(index, timestep)
-        model_input = scheduler.scale_model_input(latents, timestep)
+        # Schedulers over Karras sigmas scale the denoiser's input; flow-matching ones take the latents as they are.
+        model_input = scheduler.scale_model_input(latents, timestep) if scaled_input else latents
         noise = noise_fn(model_input, timestep, index)
         next_latents = scheduler.step(noise, timestep, latents, return_dict=False, **step_kwargs)[0]
         if on_step is not None:
             on_step(DenoiseStep(index, timestep, latents, noise, next_latents))
         latents = next_latents
     return latents
-
-
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-ancestral": "EulerAncestralDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler",
-}
-"""Scheduler names a setting may use; "model" keeps the model's own scheduler."""
-
-
-def make_scheduler(template: Any, num_steps: int, device: Any, kind: str = "model") -> Any:
-    """A new scheduler with ``num_steps`` timesteps on ``device``, configured like ``template`` (the loaded
-    pipeline's scheduler); ``kind`` switches the algorithm (``SCHEDULERS``) keeping the noise schedule."""
-    import diffusers
-
-    if kind == "model":
-        cls = type(template)
-    elif kind in SCHEDULERS:
-        cls = getattr(diffusers, SCHEDULERS[kind])
-    else:
-        raise ValueError(f"scheduler {kind!r} is not known; use 'model' or one of {', '.join(SCHEDULERS)}")
-    scheduler = cls.from_config(template.config)
-    scheduler.set_timesteps(num_steps, device=device)
-    return scheduler
-
-
-def latent_shape(pipe: Any, height: int, width: int) -> tuple[int, int, int]:
-    """(C, h, w) of one image's latents for a pipeline."""
-    return (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-
-
-def initial_latents(
-    scheduler: Any, shape: tuple[int, ...], generators: Sequence[torch.Generator], *, dtype: torch.dtype, device: Any
-) -> torch.Tensor:
-    """Initial noise, one row per generator, scaled by the scheduler's initial sigma.
-
-    Drawn the way diffusers' pipelines draw it (``randn_tensor`` with one generator per row), so a seed
-    gives the same starting noise here as in the stock pipelines. ``shape`` is (C, h, w).
-    """
-    from diffusers.utils.torch_utils import randn_tensor
-
-    noise = randn_tensor((len(generators), *shape), generator=list(generators), device=device, dtype=dtype)
-    return noise * scheduler.init_noise_sigma

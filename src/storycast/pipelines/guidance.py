@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -29,3 +31,33 @@ def split_guidance_batch(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         raise ValueError(f"a guidance batch has an even number of rows, got {noise.shape[0]}")
     uncond, cond = noise.chunk(2)
     return uncond, cond
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How each denoiser evaluation of a sampling run is guided, as a family resolves it from the generation
+    settings.
+
+    Attributes:
+        scale: Classifier-free guidance over a batch of [uncond rows, cond rows] (SD's guidance scale; FLUX's
+            "true CFG"); None: the cond rows alone, unguided or guided by ``embedded``.
+        embedded: A guidance-distilled model's guidance value, given to the model as an input (FLUX.1-dev's 3.5);
+            None for models that take none.
+        rescale: Guidance rescale of :func:`rescale_guidance` (0: off).
+    """
+
+    scale: float | None
+    embedded: float | None = None
+    rescale: float = 0.0
+
+    @property
+    def halves(self) -> int:
+        """Guidance halves of the denoiser batch: 2 ([uncond, cond]) with classifier-free guidance, else 1."""
+        return 1 if self.scale is None else 2
+
+    def combine(self, noise: torch.Tensor) -> torch.Tensor:
+        """The guided prediction of a denoiser output over ``halves`` halves."""
+        if self.scale is None:
+            return noise
+        uncond, cond = split_guidance_batch(noise)
+        return rescale_guidance(cfg_combine(uncond, cond, self.scale), cond, self.rescale)

@@ -1,8 +1,5 @@
-"""Noise prediction: one UNet evaluation of a batch, guided or not, with an optional ControlNet.
-
-These are the ``noise_fn`` building blocks of :func:`storycast.pipelines.denoise.denoise`; they take a
-conditioning of any family (:mod:`storycast.pipelines.conditioning`) and keep no state.
-"""
+"""What noise predictions take besides the conditioning (a ControlNet's input), and a counter of denoiser
+evaluations. The predictions themselves are the families' (:mod:`storycast.pipelines.families`)."""
 
 from __future__ import annotations
 
@@ -12,9 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from storycast.pipelines.conditioning import GuidancePair, TextConditioning
-from storycast.pipelines.guidance import cfg_combine, rescale_guidance, split_guidance_batch
 
 
 @dataclass
@@ -48,81 +42,24 @@ def control_image_tensor(image: Any, width: int, height: int, *, device: Any, dt
     return processor.preprocess(image, height=height, width=width).to(device=device, dtype=dtype)
 
 
-def predict_noise(
-    unet: Any,
-    model_input: torch.Tensor,
-    timestep: torch.Tensor,
-    conditioning: TextConditioning,
-    cross_attention_kwargs: dict[str, Any] | None = None,
-    control: ControlInput | None = None,
-) -> torch.Tensor:
-    """One UNet evaluation of an already scheduler-scaled batch (with a ControlNet's residuals if given)."""
-    inputs = conditioning.unet_inputs()
-    residuals: dict[str, Any] = {}
-    if control is not None:
-        down, mid = control.model(
-            model_input,
-            timestep,
-            controlnet_cond=control.image.expand(model_input.shape[0], -1, -1, -1),
-            conditioning_scale=control.scale,
-            return_dict=False,
-            **inputs,
-        )
-        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-    return unet(
-        model_input,
-        timestep,
-        cross_attention_kwargs=cross_attention_kwargs,
-        return_dict=False,
-        **inputs,
-        **residuals,
-    )[0]
-
-
-def guided_noise(
-    unet: Any,
-    model_input: torch.Tensor,
-    timestep: torch.Tensor,
-    conditioning: GuidancePair,
-    guidance_scale: float,
-    *,
-    guidance_rescale: float = 0.0,
-    cross_attention_kwargs: dict[str, Any] | None = None,
-    control: ControlInput | None = None,
-) -> torch.Tensor:
-    """Classifier-free guided noise for a batch of B latents: one UNet call on 2B rows, laid out as
-    [uncond x B, cond x B] (what the attention processors' CFG layout assumes).
-
-    ``model_input`` is (B, C, h, w), already scaled by the scheduler; ``conditioning`` has B rows.
-    """
-    noise = predict_noise(
-        unet,
-        torch.cat([model_input, model_input]),
-        timestep,
-        conditioning.batch(),
-        cross_attention_kwargs,
-        control,
-    )
-    uncond, cond = split_guidance_batch(noise)
-    return rescale_guidance(cfg_combine(uncond, cond, guidance_scale), cond, guidance_rescale)
-
-
-class UNetCallCounter:
-    """Counts UNet evaluations, one per batch row (a guided step of one image counts 2)."""
+class EvaluationCounter:
+    """Counts denoiser evaluations, one per batch row (a guided step of one image counts 2)."""
 
     def __init__(self) -> None:
         self.evaluations = 0
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
+        # The first input: a UNet's ``sample``, a transformer's ``hidden_states``.
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         self.evaluations += int(sample.shape[0])
 
 
 @contextlib.contextmanager
-def count_unet_evaluations(unet: torch.nn.Module) -> Iterator[UNetCallCounter]:
-    """Count the UNet's evaluations inside the block (a forward pre-hook, removed on exit)."""
-    counter = UNetCallCounter()
-    handle = unet.register_forward_pre_hook(counter, with_kwargs=True)
+def count_evaluations(denoiser: torch.nn.Module) -> Iterator[EvaluationCounter]:
+    """Count the denoiser's (UNet's or transformer's) evaluations inside the block (a forward pre-hook, removed on
+    exit)."""
+    counter = EvaluationCounter()
+    handle = denoiser.register_forward_pre_hook(counter, with_kwargs=True)
     try:
         yield counter
     finally:

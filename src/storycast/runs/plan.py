@@ -81,7 +81,35 @@ def resolve_generation(
         k: (where if k in overrides else in_story if k in explicit else "the defaults") for k in GENERATION_FIELDS
     }
     _check_generation(resolved, origin)
+    _check_for_family(resolved, origin, facts)
     return resolved
+
+
+def _check_for_family(settings: GenerationSettings, origin: Mapping[str, str], facts: ModelFacts) -> None:
+    """Settings the model's family cannot honour: a size its latents cannot pack, a guidance it does not use."""
+    from storycast.pipelines.families import get_family
+
+    family = get_family(facts.family)
+    multiple = family.size_multiple
+    for key in ("width", "height"):
+        value = getattr(settings, key)
+        if value % multiple:
+            raise SettingsError(
+                f"{key} {value} (from {origin[key]}) is not a multiple of {multiple}: {facts.family} packs its latents "
+                f"into 2x2 patches of 8-pixel cells. Fix: use a multiple of {multiple}, e.g. {value // multiple * multiple or multiple}."
+            )
+    if facts.guidance == "cfg" and settings.true_cfg_scale is not None:
+        raise SettingsError(
+            f"true_cfg_scale {settings.true_cfg_scale} (from {origin['true_cfg_scale']}) is FLUX's classifier-free "
+            f"guidance beside its embedded guidance; on {facts.family}, guidance_scale is classifier-free guidance "
+            f"already. Fix: drop true_cfg_scale and set guidance_scale."
+        )
+    if facts.guidance == "none" and settings.guidance_scale:
+        raise SettingsError(
+            f"guidance_scale {settings.guidance_scale} (from {origin['guidance_scale']}): this model takes no guidance "
+            f"(timestep-distilled, as FLUX.1-schnell), so the value would be ignored. Fix: set guidance_scale to 0 "
+            f"(or leave it out), or use true_cfg_scale with a negative prompt for classifier-free guidance."
+        )
 
 
 def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -> None:
@@ -316,10 +344,12 @@ def plan_run(
         "method settings": settings.to_dict(),
         "model": dict(facts.identity),
         "generation settings": {
-            # Seeds reach each frame's own key (its seed), so a change redraws only the frames it moves.
+            # Seeds reach each frame's own key (its seed), so a change redraws only the frames it moves; a setting
+            # left unset that earlier versions did not have (true_cfg_scale) is not recorded, so their runs stay
+            # the same runs.
             k: v
             for k, v in dataclasses.asdict(resolved).items()
-            if k not in ("seed", "batch_size", "seed_policy")
+            if k not in ("seed", "batch_size", "seed_policy") and not (k == "true_cfg_scale" and v is None)
         },
     }
     run_key = sha256_json(summary)

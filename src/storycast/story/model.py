@@ -85,12 +85,16 @@ class GenerationSettings:
         width: Image width in pixels (multiple of 8).
         height: Image height in pixels (multiple of 8).
         steps: Denoising steps.
-        guidance_scale: Classifier-free guidance scale.
+        guidance_scale: Guidance scale: classifier-free guidance on the UNet families; the guidance value given to
+            a guidance-distilled model (FLUX.1-dev); 0 for a model that takes none (FLUX.1-schnell).
         seed: Base seed; frame i uses ``seed + i`` unless the frame sets its own (see ``seed_policy``).
         negative_prompt: Negative prompt for every frame (``None``: the method's default).
         batch_size: Frames drawn together by methods that draw frames independently.
         seed_policy: "per-frame" (frame i uses ``seed + i``; the default) or "same" (every frame uses ``seed``,
             as the IdentityStory authors draw each benchmark prompt from seed 0). A frame's own seed wins.
+        true_cfg_scale: Classifier-free guidance over the negative prompt on top of a model's embedded guidance
+            (FLUX's "true CFG", above 1 to take effect; ``None``: off). The UNet families refuse it: their
+            ``guidance_scale`` is classifier-free guidance already.
     """
 
     width: int | None = None
@@ -101,6 +105,7 @@ class GenerationSettings:
     negative_prompt: str | None = None
     batch_size: int = 1
     seed_policy: str | None = None
+    true_cfg_scale: float | None = None
 
 
 SEED_POLICIES = ("per-frame", "same")

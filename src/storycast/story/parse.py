@@ -52,7 +52,10 @@ FRAME_KEYS = (
     "caption",
     "control_image",
 )
-SETTINGS_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy")
+SETTINGS_KEYS = (
+    "width", "height", "steps", "guidance_scale", "seed", "negative_prompt", "batch_size", "seed_policy",
+    "true_cfg_scale",
+)  # fmt: skip
 
 MAX_STORY_BYTES = 10 * 1024 * 1024
 """Largest story file read (10 MiB; a story of a thousand frames takes well under 1 MiB)."""
@@ -877,15 +880,24 @@ def _parse_settings(value: Any, problems: _Problems) -> GenerationSettings:
                 )
             else:
                 out[key] = value[key]
-    if "guidance_scale" in value and _check_type(value["guidance_scale"], float, "settings.guidance_scale", problems):
-        if not (math.isfinite(value["guidance_scale"]) and value["guidance_scale"] >= 0):
-            problems.add(
-                "settings.guidance_scale",
-                f"{_describe(value['guidance_scale'])} is not a finite number of at least 0",
-                "use e.g. 5.0 (1.0 turns guidance off)",
-            )
-        else:
-            out["guidance_scale"] = float(value["guidance_scale"])
+    scales = (
+        ("guidance_scale", 0, "use e.g. 5.0 (1.0 turns guidance off)"),
+        (
+            "true_cfg_scale",
+            1,
+            "use e.g. 4.0 with a negative prompt (FLUX's true classifier-free guidance; 1 turns it off)",
+        ),
+    )
+    for key, minimum, fix in scales:
+        if key in value and _check_type(value[key], float, _join("settings", key), problems):
+            if not (math.isfinite(value[key]) and value[key] >= minimum):
+                problems.add(
+                    _join("settings", key),
+                    f"{_describe(value[key])} is not a finite number of at least {minimum}",
+                    fix,
+                )
+            else:
+                out[key] = float(value[key])
     negative = _get_text(value, "negative_prompt", "settings", problems, required=False)
     if negative is not None:
         out["negative_prompt"] = negative

@@ -40,13 +40,14 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """'auto' is fp16 on CUDA (what the papers run) and fp32 elsewhere; the others are explicit."""
+def resolve_dtype(name: str, device: str, *, auto: str = "fp16") -> torch.dtype:
+    """'auto' is ``auto`` on CUDA (fp16 for the UNet families, what the papers run; bf16 for FLUX, whose T5 and
+    transformer overflow in fp16) and fp32 elsewhere; the others are explicit."""
     import torch
 
-    if name == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return table[auto] if device.startswith("cuda") else torch.float32
     if name not in table:
         raise SettingsError(f"dtype '{name}' is not known. Fix: use one of {', '.join(DTYPE_NAMES)}.")
     return table[name]

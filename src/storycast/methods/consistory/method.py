@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,14 +47,12 @@ from storycast.attention.feature_injection import (
 from storycast.attention.subject_attention import SubjectAttentionState, install_subject_attention, query_strengths
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StoryError
-from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.consistory.settings import DROPOUT_SEED_OFFSET, ConsiStorySettings
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
-from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.freeu import FREEU_SDXL, freeu
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise, predict_noise
+from storycast.pipelines.sampler import Sampling, sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
@@ -180,7 +178,7 @@ class ConsiStoryMethod(StoryMethod):
     def _check_levels(self, settings: ConsiStorySettings) -> None:
         from storycast.attention.layers import attention_layers
 
-        layers = attention_layers(self.models.pipeline.unet)
+        layers = attention_layers(self.backbone.denoiser)
         cross = sorted({layer.level for layer in layers if layer.is_cross})
         own = sorted({layer.level for layer in layers if not layer.is_cross})
         if settings.mask_level not in cross:
@@ -210,26 +208,30 @@ class ConsiStoryMethod(StoryMethod):
         """Draw ``frames`` as one batch, both passes; ``mode`` "write" keeps what later frames read of these
         anchors, "read" attends to the anchors, None shares within the batch alone."""
         settings = self.resolved_settings(story)
-        gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
+        gen, backbone = story.settings, self.backbone
+        sampling = self.sampling(story, settings.scheduler)
         anchors = self._anchors if mode else None
         # 1. The prompts, and where each frame's characters' class words are in them.
         prompts = [story.prompt(i) for i in frames]
-        conditioning = prompt_encoder(pipe, self.models.family, device)(
-            prompts, [story.negative_prompt(i) or "" for i in frames], width=gen.width, height=gen.height
+        conditioning = backbone.encode(
+            prompts,
+            [story.negative_prompt(i) or "" for i in frames],
+            width=gen.width,
+            height=gen.height,
+            guidance=sampling.guidance,
         )
         characters = [tuple(story.frames[i].characters) for i in frames]
-        positions = class_word_positions(pipe.tokenizer, story, frames)
+        positions = class_word_positions(backbone.tokenizer, story, frames)
         # 2. One noise for both passes, from each frame's own seed.
-        noise = initial_latents(
-            make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler),
-            latent_shape(pipe, gen.height, gen.width),
-            [make_generator(story.frame_seed(i), str(device)) for i in frames],
-            dtype=pipe.unet.dtype,
-            device=device,
+        noise = backbone.initial_latents(
+            backbone.scheduler(gen.steps, width=gen.width, height=gen.height, kind=settings.scheduler),
+            [make_generator(story.frame_seed(i), str(self.models.device)) for i in frames],
+            width=gen.width,
+            height=gen.height,
         )
+        run = _PassRunner(self, story, frames, characters, positions, conditioning, sampling, context, 2)
         passes = 2 if settings.injection else 1
-        run = _PassRunner(self, story, frames, characters, positions, conditioning, context, passes)
+        run.passes = passes
         # 3. Pass 1: SDSA and query blending; DIFT features and the final masks for the correspondences.
         first = run(noise, number=1, mode=mode, cache=anchors.first if anchors else None, injection=None)
         latents, evaluations = first.latents, first.evaluations
@@ -251,7 +253,7 @@ class ConsiStoryMethod(StoryMethod):
             else:
                 # Nothing is injected and no anchor is read: pass 2 would repeat pass 1 exactly.
                 passes = 1
-        images = decode_latents(pipe, latents)
+        images = backbone.decode(latents)
         return [
             self._result(story, index, image, first.masks, number, frames, evaluations, mode, passes, injected)
             for number, (index, image) in enumerate(zip(frames, images, strict=True))
@@ -263,7 +265,7 @@ class ConsiStoryMethod(StoryMethod):
 
     def _injection_grid(self, story: Story, settings: ConsiStorySettings) -> tuple[int, int]:
         """(h, w) token grid of the injected layers."""
-        _, height, width = latent_shape(self.models.pipeline, story.settings.height, story.settings.width)
+        _, height, width = self.backbone.latent_shape(story.settings.width, story.settings.height)
         return height >> settings.injection_level, width >> settings.injection_level
 
     def _anchor_outputs(
@@ -369,15 +371,15 @@ class _PassRunner:
         characters: Sequence[Sequence[str]],
         positions: Sequence[dict[str, list[int]]],
         conditioning: GuidancePair,
+        sampling: Sampling,
         context: RunContext,
         passes: int,
     ):
         self.method, self.story, self.frames = method, story, frames
         self.characters, self.positions, self.conditioning = characters, positions, conditioning
-        self.context, self.passes = context, passes
+        self.sampling, self.context, self.passes = sampling, context, passes
         self.settings = method.resolved_settings(story)
-        pipe = method.models.pipeline
-        _, height, width = latent_shape(pipe, story.settings.height, story.settings.width)
+        _, height, width = method.backbone.latent_shape(story.settings.width, story.settings.height)
         self.latent_size = (height, width)
 
     def __call__(
@@ -390,8 +392,8 @@ class _PassRunner:
         injection: FeatureInjection | None,
     ) -> PassResult:
         settings, gen = self.settings, self.story.settings
-        models = self.method.models
-        pipe, device, unet = models.pipeline, models.device, models.pipeline.unet
+        backbone = self.method.backbone
+        unet = backbone.denoiser
         level = settings.mask_level
         masks = CharacterMasks(self.characters, self.latent_size, window=settings.mask_steps, cut_at_grid=True)
         store = masks.record(self.positions, (self.latent_size[0] >> level, self.latent_size[1] >> level))
@@ -416,9 +418,9 @@ class _PassRunner:
             query_strengths=strengths,
             injection=injection,
         )
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
-        timesteps = scheduler.timesteps
-        dift_step = int((timesteps.float() - settings.dift_timestep).abs().argmin())
+        sampling = self.sampling
+        scheduler = backbone.scheduler(gen.steps, width=gen.width, height=gen.height, kind=sampling.scheduler)
+        dift_step = int((scheduler.timesteps.float() - settings.dift_timestep).abs().argmin())
         # Step 0 has no masks, so no sharing and nothing to blend: its vanilla pass would never be read.
         vanilla_steps = {step for step in strengths if step >= 1}
         conditioning = self.conditioning
@@ -427,40 +429,56 @@ class _PassRunner:
             if i in vanilla_steps:
                 state.vanilla, store.enabled = True, False
                 try:
-                    predict_noise(unet, torch.cat([model_input, model_input]), t, conditioning.batch())
+                    backbone.predict(
+                        torch.cat([model_input, model_input]), t, conditioning.batch(), guidance=sampling.guidance
+                    )
                 finally:
                     state.vanilla, store.enabled = False, True
-            return guided_noise(unet, model_input, t, conditioning, gen.guidance_scale)
+            return backbone.guided_noise(model_input, t, conditioning, sampling.guidance)
 
-        total = self.passes * len(timesteps)
-        offset = (number - 1) * len(timesteps)
-        self.context.progress(ProgressEvent("denoise", offset, total, f"pass {number}"))
         rows = slice(len(self.frames), None)  # the cond half
-        with contextlib.ExitStack() as stack:
-            counter = stack.enter_context(count_unet_evaluations(unet))
-            stack.enter_context(record_token_maps(unet, store, [level]))
-            if settings.share_attention or injection is not None:
-                stack.enter_context(
-                    install_subject_attention(
-                        unet,
-                        state,
-                        share_blocks=("up",) if settings.share_attention else None,
-                        injection_level=settings.injection_level if injection is not None else None,
-                    )
+        features: dict[str, Any] = {}
+        installs: list[Any] = [lambda: record_token_maps(unet, store, [level])]
+        if settings.share_attention or injection is not None:
+            installs.append(
+                lambda: install_subject_attention(
+                    unet,
+                    state,
+                    share_blocks=("up",) if settings.share_attention else None,
+                    injection_level=settings.injection_level if injection is not None else None,
                 )
-            stack.enter_context(freeu(unet, FREEU_SDXL if settings.freeu else None))
-            features = stack.enter_context(
-                record_block_output(unet.up_blocks[0], rows, lambda: state.step == dift_step and not state.vanilla)
             )
-            latents = denoise(
-                scheduler,
-                noise,
-                predict,
-                step_state=state,
-                on_step=lambda step: self.context.progress(
-                    ProgressEvent("denoise", offset + step.index + 1, total, f"pass {number}")
-                ),
+        installs.append(lambda: freeu(unet, FREEU_SDXL if settings.freeu else None))
+        installs.append(
+            lambda: _kept(
+                record_block_output(unet.up_blocks[0], rows, lambda: state.step == dift_step and not state.vanilla),
+                features,
             )
+        )
+        steps = len(scheduler.timesteps)
+        drawn = sample(
+            backbone,
+            conditioning,
+            None,
+            sampling,
+            noise=predict,
+            latents=noise,
+            scheduler=scheduler,
+            installs=installs,
+            states=[state],
+            progress=denoise_progress(
+                self.context.progress, f"pass {number}", offset=(number - 1) * steps, total=self.passes * steps
+            ),
+            decode=False,
+        )
         masks.refresh()  # the last step's maps join the window: the final masks
-        smoothed = [gaussian_smooth(f.float()) for f in features.get("features", [])]
-        return PassResult(latents, masks, smoothed, counter.evaluations)
+        smoothed = [gaussian_smooth(f.float()) for f in features.get("recorded", {}).get("features", [])]
+        return PassResult(drawn.latents, masks, smoothed, drawn.evaluations)
+
+
+@contextlib.contextmanager
+def _kept(recorder: Any, into: dict[str, Any]) -> Iterator[None]:
+    """Enter ``recorder`` (a context manager yielding what it records) and keep what it yields in ``into``."""
+    with recorder as recorded:
+        into["recorded"] = recorded
+        yield

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.methods.settings import MethodSettings, check_range, setting
+from storycast.pipelines.families import SchedulerName
 
 DROPOUT_SEED_OFFSET = 6151
 """Offset from a group's first frame seed to the seed of its mask dropout (the attention's random stream is not
@@ -84,9 +85,7 @@ class ConsiStorySettings(MethodSettings):
         "1024 px, FeatureInjector inject_res [64], inject_unet_parts ['up', 'down']).",
     )
     freeu: bool = setting(True, "FreeU (s1=0.6, s2=0.4, b1=1.1, b2=1.2) while drawing (load_pipeline enables it).")
-    scheduler: Literal["model", "ddim", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
-        "ddim", "Sampler (load_pipeline sets DDIMScheduler)."
-    )
+    scheduler: SchedulerName = setting("ddim", "Sampler (load_pipeline sets DDIMScheduler).")
     anchor_device: Literal["model", "cpu"] = setting(
         "model",
         "Where the anchors' tokens, features and outputs are kept between frames: the model's device, or CPU memory "

@@ -14,12 +14,11 @@ from typing import Any
 import torch
 
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
+from storycast.identity.photomaker_prompt import MergedConditioning
 from storycast.identity.svd_filter import svd_filter
 from storycast.pipelines.conditioning import GuidancePair
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
 from storycast.pipelines.freeu import FREEU_SDXL, freeu
-from storycast.pipelines.noise import guided_noise
+from storycast.pipelines.sampler import Sampling, sample
 from storycast.utils.torch_utils import make_generator
 
 
@@ -64,9 +63,9 @@ def draw_candidates(
     on_image: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Draw one image per seed, in batches, with the identity merged after ``start_merge_step``."""
-    pipe = adapter.pipe
-    device, dtype = adapter.device, pipe.unet.dtype
-    shape = latent_shape(pipe, budget.height, budget.width)
+    backbone = adapter.backbone
+    guidance = backbone.guidance(budget.guidance_scale)
+    sampling = Sampling(budget.width, budget.height, budget.steps, guidance)
     fused = None
     if identity is not None:
         fused = adapter.fuse(conditioning.cond.embeds, [class_position], identity[None])
@@ -74,20 +73,18 @@ def draw_candidates(
     for start in range(0, len(seeds), budget.batch_size):
         batch_seeds = seeds[start : start + budget.batch_size]
         count = len(batch_seeds)
-        scheduler = make_scheduler(pipe.scheduler, budget.steps, device)
-        generators = [make_generator(seed, str(device)) for seed in batch_seeds]
-        latents = initial_latents(scheduler, shape, generators, dtype=dtype, device=device)
         plain = conditioning.repeat(count)
-        merged = plain
+        merged = None
         if fused is not None:
             merged = GuidancePair(plain.uncond, plain.cond.replace(embeds=fused.repeat(count, 1, 1)))
+        # The authors use the text alone while i <= start_merge_step, the identity after.
+        steps = MergedConditioning(plain, merged, budget.start_merge_step)
 
-        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int, plain=plain, merged=merged) -> torch.Tensor:
-            # The authors use the text alone while i <= start_merge_step, the identity after.
-            pair = merged if i > budget.start_merge_step else plain
-            return guided_noise(pipe.unet, model_input, t, pair, budget.guidance_scale)
+        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int, steps=steps) -> torch.Tensor:
+            return backbone.guided_noise(model_input, t, steps.at(i), guidance)
 
-        for image in decode_latents(pipe, denoise(scheduler, latents, noise)):
+        generators = [make_generator(seed, str(adapter.device)) for seed in batch_seeds]
+        for image in sample(backbone, plain, generators, sampling, noise=noise).images:
             images.append(image)
             if on_image is not None:
                 on_image()

@@ -1,6 +1,7 @@
 """Re-denoising Identity Injection (IdentityStory §3.3), and the authors' formulation as a reference.
 
-Stage 1 draws the frame from its prompt with the plain SDXL UNet. Stage 2 starts again from the same
+Stage 1 draws the frame from its prompt with the plain SDXL UNet (through the family seam, so the stages are
+calls of the one batch sampler). Stage 2 starts again from the same
 noise; up to the sweet-spot step s it would repeat stage 1 exactly, so it starts from stage 1's latents
 at step s - 1. From there, inside each character's progressively dilated mask, the noise comes from an
 identity pass (PhotoMaker LoRA on, the region prompt with the class token fused with the identity);
@@ -21,9 +22,11 @@ import torch
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.ops import progressive_masks, resize_masks_nearest
 from storycast.pipelines.conditioning import GuidancePair
-from storycast.pipelines.denoise import DenoiseStep, denoise, make_scheduler
-from storycast.pipelines.guidance import cfg_combine, split_guidance_batch
-from storycast.pipelines.noise import ControlInput, guided_noise, predict_noise
+from storycast.pipelines.denoise import DenoiseStep, denoise
+from storycast.pipelines.families.base import Family
+from storycast.pipelines.guidance import Guidance, cfg_combine, split_guidance_batch
+from storycast.pipelines.noise import ControlInput
+from storycast.pipelines.sampler import Sampling, sample
 
 StepCallback = Callable[[int], None]
 
@@ -64,6 +67,16 @@ class InjectionSchedule:
     def injection_steps(self) -> int:
         return self.num_steps - self.first_injection_step
 
+    @property
+    def guidance(self) -> Guidance:
+        """Classifier-free guidance of both stages (SDXL's)."""
+        return Guidance(scale=self.guidance_scale)
+
+    def sampling(self, backbone: Family, latents: torch.Tensor) -> Sampling:
+        """The sampling of a stage starting from ``latents``."""
+        width, height = backbone.image_size(latents)
+        return Sampling(width, height, self.num_steps, self.guidance)
+
 
 @dataclass
 class RegionInput:
@@ -87,7 +100,7 @@ class StageOne:
 
 
 def stage_one(
-    pipe: Any,
+    backbone: Family,
     conditioning: GuidancePair,
     initial: torch.Tensor,
     schedule: InjectionSchedule,
@@ -104,7 +117,7 @@ def stage_one(
     entering: list[torch.Tensor] = []
 
     def plain(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-        return guided_noise(pipe.unet, model_input, t, conditioning, schedule.guidance_scale, control=control)
+        return backbone.guided_noise(model_input, t, conditioning, schedule.guidance, control=control)
 
     def keep(step: DenoiseStep) -> None:
         if step.index == schedule.first_injection_step:
@@ -114,9 +127,11 @@ def stage_one(
         if on_step is not None:
             on_step(step.index)
 
-    scheduler = make_scheduler(pipe.scheduler, schedule.num_steps, initial.device)
-    latents = denoise(scheduler, initial, plain, on_step=keep)
-    return StageOne(latents=latents, start_latents=entering[0], guided=kept)
+    drawn = sample(
+        backbone, conditioning, None, schedule.sampling(backbone, initial), noise=plain, latents=initial,
+        on_step=keep, decode=False,
+    )  # fmt: skip
+    return StageOne(latents=drawn.latents, start_latents=entering[0], guided=kept)
 
 
 def step_masks(
@@ -152,7 +167,7 @@ class _FusedIdentities:
 
 @torch.no_grad()
 def stage_two(
-    pipe: Any,
+    backbone: Family,
     adapter: PhotoMakerAdapter,
     stage1: StageOne,
     regions: Sequence[RegionInput],
@@ -165,7 +180,7 @@ def stage_two(
     """Re-denoise from step s - 1 with the characters' identity passes inside their masks.
 
     Args:
-        pipe: The SDXL pipeline.
+        backbone: The SDXL family of the pipeline.
         adapter: PhotoMaker on the same pipeline (its LoRA is switched on here).
         stage1: Stage 1's result.
         regions: One identity pass per character, in the order of ``clean_masks``.
@@ -188,26 +203,30 @@ def stage_two(
 
     def blended(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         pair = GuidancePair(region_rows.uncond, region_rows.cond.replace(embeds=fused.for_step()))
-        region_noise = guided_noise(pipe.unet, model_input.expand(count, -1, -1, -1), t, pair, schedule.guidance_scale)
+        region_noise = backbone.guided_noise(model_input.expand(count, -1, -1, -1), t, pair, schedule.guidance)
         masks = step_masks(clean, i, schedule, latent_size).to(region_noise.dtype)
         union = masks.sum(dim=0)
         kept = stage1.guided[i - schedule.first_injection_step]
         return kept * (1 - union) + (region_noise * masks).sum(dim=0, keepdim=True)
 
-    scheduler = make_scheduler(pipe.scheduler, schedule.num_steps, latents.device)
-    with adapter.fused_lora() if fuse_lora else adapter.lora(True):
-        return denoise(
-            scheduler,
-            latents,
-            blended,
-            start=schedule.first_injection_step,
-            on_step=None if on_step is None else lambda step: on_step(step.index),
-        )
+    drawn = sample(
+        backbone,
+        None,  # the blended prediction reads the regions' conditionings and stage 1's noise
+        None,
+        schedule.sampling(backbone, latents),
+        noise=blended,
+        latents=latents,
+        start=schedule.first_injection_step,
+        installs=[lambda: adapter.fused_lora() if fuse_lora else adapter.lora(True)],
+        on_step=None if on_step is None else lambda step: on_step(step.index),
+        decode=False,
+    )
+    return drawn.latents
 
 
 @torch.no_grad()
 def reference_redenoise(
-    pipe: Any,
+    backbone: Family,
     adapter: PhotoMakerAdapter,
     conditioning: GuidancePair,
     regions: Sequence[RegionInput],
@@ -222,21 +241,25 @@ def reference_redenoise(
     step s - 1 on, replaces copy B's noise by stage 1's cached noise outside the masks plus each character's
     identity pass inside its mask, before guidance. Returns (stage 1 latents, stage 2 latents).
     """
-    unet = pipe.unet
     two_copies = conditioning.repeat(2).batch()
     cached: list[torch.Tensor] = []
 
+    def predict(model_input: torch.Tensor, t: torch.Tensor, rows: Any) -> torch.Tensor:
+        return backbone.predict(model_input, t, rows, guidance=schedule.guidance)
+
     def both_copies(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return predict_noise(unet, torch.cat([model_input, model_input]), t, two_copies)
+        return predict(torch.cat([model_input, model_input]), t, two_copies)
 
     def first_run(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         noise = both_copies(model_input, t)
         cached.append(noise)
         return cfg_combine(*split_guidance_batch(noise), schedule.guidance_scale)
 
-    stage1 = denoise(
-        make_scheduler(pipe.scheduler, schedule.num_steps, initial.device), initial.repeat(2, 1, 1, 1), first_run
-    )
+    def scheduler() -> Any:
+        width, height = backbone.image_size(initial)
+        return backbone.scheduler(schedule.num_steps, width=width, height=height)
+
+    stage1 = denoise(scheduler(), initial.repeat(2, 1, 1, 1), first_run)
 
     region_embeds = [r.conditioning.cond.embeds for r in regions]
 
@@ -256,13 +279,11 @@ def reference_redenoise(
                 )
                 copy_b = torch.cat([model_input[1:2], model_input[1:2]])
                 with adapter.lora(True):
-                    region_noise = predict_noise(unet, copy_b, t, pair.batch())
+                    region_noise = predict(copy_b, t, pair.batch())
                 replaced = replaced + region_noise * masks[k]
             noise = noise.clone()
             noise[1], noise[3] = replaced[0], replaced[1]
         return cfg_combine(*split_guidance_batch(noise), schedule.guidance_scale)
 
-    stage2 = denoise(
-        make_scheduler(pipe.scheduler, schedule.num_steps, initial.device), initial.repeat(2, 1, 1, 1), second_run
-    )
+    stage2 = denoise(scheduler(), initial.repeat(2, 1, 1, 1), second_run)
     return stage1[0:1], stage2[1:2]

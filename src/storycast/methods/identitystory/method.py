@@ -25,10 +25,8 @@ from storycast.methods.identitystory.settings import (
     IdentityStorySettings,
 )
 from storycast.models.adapters import attach_controlnet, attach_photomaker
-from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler
-from storycast.pipelines.noise import ControlInput, control_image_tensor, count_unet_evaluations
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.noise import ControlInput, control_image_tensor, count_evaluations
 from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
@@ -262,7 +260,7 @@ class IdentityStoryMethod(StoryMethod):
 
         logger.info("discovering the identity of '%s' (%d candidates)", character.id, total)
         started = time.perf_counter()
-        with count_unet_evaluations(self.models.pipeline.unet) as counter:
+        with count_evaluations(self.backbone.denoiser) as counter:
             result = discovery.discover_identity(self.adapter, search, budget, on_image)
         info = {
             "character": character.id,
@@ -308,11 +306,10 @@ class IdentityStoryMethod(StoryMethod):
         negative = story.negative_prompt(index) or INJECTION_NEGATIVE_PROMPT
         prompt = prompts.global_prompt(story, index, settings.injection.prompt_style)
         progress = _Progress(context, gen.steps + (schedule.injection_steps if characters else 0))
-        with count_unet_evaluations(self.models.pipeline.unet) as counter:
+        backbone = self.backbone
+        with count_evaluations(backbone.denoiser) as counter:
             counter.evaluations += first.evaluations if first is not None else 0
-            conditioning = prompt_encoder(self.models.pipeline, self.models.family, self.models.device)(
-                [prompt], [negative], width=gen.width, height=gen.height
-            )
+            conditioning = backbone.encode([prompt], [negative], width=gen.width, height=gen.height)
             found = self._stage_one_and_masks(
                 story, index, prompt, conditioning, schedule, settings, progress, first=first
             )
@@ -322,7 +319,7 @@ class IdentityStoryMethod(StoryMethod):
             regions = self._regions(story, index, characters, negative)
             offset = gen.steps - schedule.first_injection_step + 1
             latents = injection.stage_two(
-                self.models.pipeline,
+                backbone,
                 self.adapter,
                 found.stage1,
                 regions,
@@ -331,7 +328,7 @@ class IdentityStoryMethod(StoryMethod):
                 on_step=lambda i: progress.at(i + offset),
                 fuse_lora=settings.injection.fuse_lora,
             )
-            image = decode_latents(self.models.pipeline, latents)[0]
+            image = backbone.decode(latents)[0]
         extras = {"stage1": found.image}
         for character, mask in zip(characters, found.masks, strict=True):
             extras[f"mask_{character.id}"] = _mask_image(mask)
@@ -353,7 +350,7 @@ class IdentityStoryMethod(StoryMethod):
     ) -> _StageOneAttempt:
         """Stage 1, then the characters' cleaned masks from its image; on a miss, again with the authors' next
         seed, at most ``mask_retries`` more times. ``first``: attempt 0's stage 1, drawn in a batch."""
-        pipe = self.models.pipeline
+        backbone = self.backbone
         frame = story.frames[index]
         characters = story.frame_characters(index)
         name = choose_provider(settings.masks, frame_has_user_masks=bool(frame.masks)) if characters else None
@@ -372,12 +369,17 @@ class IdentityStoryMethod(StoryMethod):
             else:
                 initial = self._initial_latents(story, seed)
                 rows = [(prompt, characters)]
-                with _recording_maps(pipe.unet, pipe.tokenizer, rows, name == "attention", initial) as maps:
+                with _recording_maps(backbone, rows, name == "attention", initial) as maps:
                     stage1 = injection.stage_one(
-                        pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1), control=control
+                        backbone,
+                        conditioning,
+                        initial,
+                        schedule,
+                        on_step=lambda i: progress.at(i + 1),
+                        control=control,
                     )
                     token_maps = maps.character_maps(0) if maps is not None else {}
-                image = decode_latents(pipe, stage1.latents)[0]
+                image = backbone.decode(stage1.latents)[0]
             if provider is None:
                 return _StageOneAttempt(stage1, image, None, seed, attempt, None)
             try:
@@ -416,13 +418,11 @@ class IdentityStoryMethod(StoryMethod):
         prompt, as one by one); masks, retries and stage 2 then go frame by frame."""
         settings = self.resolved_settings(story)
         gen = story.settings
-        pipe = self.models.pipeline
+        backbone = self.backbone
         schedule = self._schedule(story, settings)
         frame_prompts = [prompts.global_prompt(story, i, settings.injection.prompt_style) for i in group]
         negatives = [story.negative_prompt(i) or INJECTION_NEGATIVE_PROMPT for i in group]
-        conditioning = prompt_encoder(pipe, self.models.family, self.models.device)(
-            frame_prompts, negatives, width=gen.width, height=gen.height
-        )
+        conditioning = backbone.encode(frame_prompts, negatives, width=gen.width, height=gen.height)
         initial = torch.cat([self._initial_latents(story, story.frame_seed(i)) for i in group])
         rows = [(prompt, story.frame_characters(i)) for prompt, i in zip(frame_prompts, group, strict=True)]
         attention = any(
@@ -432,11 +432,13 @@ class IdentityStoryMethod(StoryMethod):
         )
         progress = _Progress(context, gen.steps)
         with (
-            count_unet_evaluations(pipe.unet) as counter,
-            _recording_maps(pipe.unet, pipe.tokenizer, rows, attention, initial) as maps,
+            count_evaluations(backbone.denoiser) as counter,
+            _recording_maps(backbone, rows, attention, initial) as maps,
         ):
-            batch = injection.stage_one(pipe, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1))
-        images = decode_latents(pipe, batch.latents)
+            batch = injection.stage_one(
+                backbone, conditioning, initial, schedule, on_step=lambda i: progress.at(i + 1)
+            )
+        images = backbone.decode(batch.latents)
         return {
             index: _FirstStageOne(
                 injection.StageOne(
@@ -452,13 +454,12 @@ class IdentityStoryMethod(StoryMethod):
         }
 
     def _initial_latents(self, story: Story, seed: int) -> torch.Tensor:
-        pipe, device = self.models.pipeline, self.models.device
-        return initial_latents(
-            make_scheduler(pipe.scheduler, story.settings.steps, device),
-            latent_shape(pipe, story.settings.height, story.settings.width),
-            [make_generator(seed, str(device))],
-            dtype=pipe.unet.dtype,
-            device=device,
+        backbone, gen = self.backbone, story.settings
+        return backbone.initial_latents(
+            backbone.scheduler(gen.steps, width=gen.width, height=gen.height),
+            [make_generator(seed, str(self.models.device))],
+            width=gen.width,
+            height=gen.height,
         )
 
     def _control(self, frame: Any, story: Story, settings: IdentityStorySettings) -> ControlInput | None:
@@ -471,7 +472,7 @@ class IdentityStoryMethod(StoryMethod):
         gen = story.settings
         with Image.open(frame.control_image) as image:
             tensor = control_image_tensor(
-                image, gen.width, gen.height, device=self.models.device, dtype=self.models.pipeline.unet.dtype
+                image, gen.width, gen.height, device=self.models.device, dtype=self.backbone.dtype
             )
         return ControlInput(attached.model, tensor, settings.controlnet.scale)
 
@@ -521,7 +522,7 @@ class IdentityStoryMethod(StoryMethod):
     def _check_prompts(self, story: Story, settings: IdentityStorySettings) -> None:
         """Every class word must occur in its frame's prompt and region prompt (the authors refuse the frame
         otherwise); checked for the whole story before anything is drawn."""
-        tokenizer = self.models.pipeline.tokenizer
+        tokenizer = self.backbone.tokenizer
         problems = []
         for index in range(len(story)):
             characters = story.frame_characters(index)
@@ -612,8 +613,7 @@ def named_identity(character: Character, library: IdentityLibrary, adapter: Phot
 
 @contextlib.contextmanager
 def _recording_maps(
-    unet: Any,
-    tokenizer: Any,
+    backbone: Any,
     rows: Sequence[tuple[str, Sequence[Character]]],
     enabled: bool,
     latents: torch.Tensor,
@@ -627,7 +627,7 @@ def _recording_maps(
     from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
     positions = [
-        [p or 0 for p in prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])]
+        [p or 0 for p in prompts.class_word_positions(backbone.tokenizer, prompt, [c.class_word for c in characters])]
         for prompt, characters in rows
     ]
     width = max([len(row) for row in positions] + [1])
@@ -636,6 +636,7 @@ def _recording_maps(
     half = (latent_size[0] // 2, latent_size[1] // 2)
     store = TokenMapStore(indices, size=half, rows=len(rows), latent_size=latent_size)
     # Every cross-attention level but the full-resolution one, whose maps are the noisiest.
+    unet = backbone.denoiser
     levels = sorted({layer.level for layer in select_layers(unet, kind="cross")} - {0}) or [0]
     with record_token_maps(unet, store, levels):
         yield _MapRecorder(store, [characters for _, characters in rows])

@@ -14,7 +14,6 @@ Each frame (byliutao/1Prompt1Story@34e22ac, ``unet/utils.py``, ``movement_gen_st
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,16 +21,14 @@ from typing import Any
 import torch
 
 from storycast.errors import Problem, StoryError
-from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.oneprompt import prompts as P
 from storycast.methods.oneprompt.settings import OnePromptSettings
 from storycast.methods.oneprompt.svr import reweight_encoders
-from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.freeu import FREEU
 from storycast.pipelines.freeu import freeu as freeu_block
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
@@ -132,9 +129,7 @@ class OnePromptOneStoryMethod(StoryMethod):
         pipeline does (``force_zeros_for_empty_prompt``) when the authors call it without one."""
         settings = self.resolved_settings(story)
         pipe, gen = self.models.pipeline, story.settings
-        pair = prompt_encoder(pipe, self.models.family, self.models.device)(
-            [prompt.text], [negative or ""], width=gen.width, height=gen.height
-        )
+        pair = self.backbone.encode([prompt.text], [negative or ""], width=gen.width, height=gen.height)
         if negative is None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             uncond = pair.uncond
             pair = GuidancePair(
@@ -171,9 +166,7 @@ class OnePromptOneStoryMethod(StoryMethod):
     def identity_tokens(self, story: Story, identity: str) -> torch.Tensor:
         """(1, k, C) plain embeddings of the identity prompt's start token and identity words (IPCA's keys)."""
         pipe, gen = self.models.pipeline, story.settings
-        pair = prompt_encoder(pipe, self.models.family, self.models.device)(
-            [identity], [""], width=gen.width, height=gen.height
-        )
+        pair = self.backbone.encode([identity], [""], width=gen.width, height=gen.height)
         kept = list(P.identity_positions(pipe.tokenizer, identity))
         return pair.cond.embeds[:, kept]
 
@@ -182,8 +175,6 @@ class OnePromptOneStoryMethod(StoryMethod):
 
         settings = self.resolved_settings(story)
         gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
-        unet = pipe.unet
         # 1-2. The single prompt, reweighted for this frame; the identity prompt's kept tokens for IPCA.
         negative = story.negative_prompt(index)
         if negative is None:
@@ -192,12 +183,7 @@ class OnePromptOneStoryMethod(StoryMethod):
         identity = self.identity_tokens(story, prompt.identity) if settings.ipca.enabled else None
         # 3. The initial noise from the frame's seed (the story seed for every frame by default), drawn on the CPU
         # as the authors' torch.Generator() draws it, so a seed gives their noise on any device; then the loop.
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
         seed = story.frame_seed(index)
-        latents = initial_latents(
-            scheduler, latent_shape(pipe, gen.height, gen.width), [make_generator(seed, "cpu")],
-            dtype=unet.dtype, device=device,
-        )  # fmt: skip
         state = IdentityPromptState(
             frames=1,
             num_steps=gen.steps,
@@ -206,23 +192,22 @@ class OnePromptOneStoryMethod(StoryMethod):
             start_step=settings.ipca.start_step,
             generator=make_generator(seed + DROPOUT_SEED_OFFSET, "cpu") if settings.ipca.dropout > 0 else None,
         )
-
-        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            return guided_noise(unet, model_input, t, pair, gen.guidance_scale)
-
-        total = len(scheduler.timesteps)
-        context.progress(ProgressEvent("denoise", 0, total))
-        ipca = install_identity_prompt_attention(unet, state) if identity is not None else contextlib.nullcontext()
-        with (
-            count_unet_evaluations(unet) as counter,
-            freeu_block(unet, FREEU[self.models.family] if settings.freeu else None),
-            ipca,
-        ):
-            latents = denoise(
-                scheduler, latents, noise, step_state=state,
-                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
-            )  # fmt: skip
-        image = decode_latents(pipe, latents)[0]
+        unet = self.backbone.denoiser
+        installs: list[Any] = []
+        if settings.freeu:
+            installs.append(lambda: freeu_block(unet, FREEU[self.models.family]))
+        if identity is not None:
+            installs.append(lambda: install_identity_prompt_attention(unet, state))
+        drawn = sample(
+            self.backbone,
+            pair,
+            [make_generator(seed, "cpu")],
+            self.sampling(story, settings.scheduler),
+            installs=installs,
+            states=[state],
+            progress=denoise_progress(context.progress),
+        )
+        image = drawn.images[0]
         return FrameResult(
             index,
             image,
@@ -235,6 +220,6 @@ class OnePromptOneStoryMethod(StoryMethod):
                 "window": prompt.window,
                 "negative_prompt": negative,
                 "ipca_tokens": 0 if identity is None else int(identity.shape[1]),
-                "unet_evaluations": counter.evaluations,
+                "unet_evaluations": drawn.evaluations,
             },
         )

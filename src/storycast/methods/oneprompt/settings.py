@@ -13,8 +13,7 @@ from typing import Literal
 
 from storycast.methods.oneprompt.svr import Reweighting
 from storycast.methods.settings import MethodSettings, check_range, setting
-
-SCHEDULERS = Literal["model", "ddim", "euler", "euler-ancestral", "dpm++", "pndm"]
+from storycast.pipelines.families import SchedulerName
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class OnePromptSettings(MethodSettings):
         "off; ours) or 'words' (the authors' proxy: whitespace words of the identity prompt and the first frames, "
         "below 77; prompts may then pass 77 tokens and lose their last phrases).",
     )
-    scheduler: SCHEDULERS = setting(
+    scheduler: SchedulerName = setting(
         "euler",
         "Sampler: Euler (load_pipe_from_path uses EulerDiscreteScheduler for every model but Playground v2.5), "
         "or 'model' for the model's own.",

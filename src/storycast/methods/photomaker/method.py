@@ -27,19 +27,15 @@ from typing import Any, Literal
 import torch
 
 from storycast.errors import Problem, SettingsError, StoryError
-from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.identity.photomaker_prompt import MergedConditioning, merge_step
+from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.identitystory.settings import DiscoverySettings
 from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.adapters import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
-from storycast.pipelines.conditioning import prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.families import SchedulerName
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
-
-MERGE_STEP_CAP = 30
-"""PhotoMaker's pipeline never starts the merge later than step 30."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class PhotoMakerMethodSettings(MethodSettings):
         "Share of the steps drawn from the text alone before the identity is merged (the PhotoMaker demos' "
         "style_strength_ratio 20 %; the merge step is capped at 30, as their pipeline does).",
     )
-    scheduler: Literal["model", "ddim", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
+    scheduler: SchedulerName = setting(
         "model", "Sampler: the model's own (Euler on SDXL base, the PhotoMaker demos')."
     )
     photomaker: PhotoMakerSettings = setting(factory=PhotoMakerSettings, help="PhotoMaker v1 or v2 weights.")
@@ -77,7 +73,7 @@ class PhotoMakerMethodSettings(MethodSettings):
         check_range("style_strength", self.style_strength, 0, 1)
 
     def merge_step(self, steps: int) -> int:
-        return min(int(self.style_strength * steps), MERGE_STEP_CAP)
+        return merge_step(self.style_strength, steps)
 
 
 class PhotoMakerMethod(StoryMethod):
@@ -191,39 +187,29 @@ class PhotoMakerMethod(StoryMethod):
         from storycast.identity.photomaker_prompt import triggered_prompts
 
         settings = self.resolved_settings(story)
-        gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
+        gen, backbone = story.settings, self.backbone
+        sampling = self.sampling(story, settings.scheduler)
         # 1. The prompt, and per named character the prompt with the trigger after its class word.
         prompt, negative = story.prompt(index), story.negative_prompt(index) or ""
         triggered = triggered_prompts(story, index, self._identities)
-        plain = prompt_encoder(pipe, self.models.family, device)(
-            [prompt], [negative], width=gen.width, height=gen.height
-        )
+        plain = backbone.encode([prompt], [negative], width=gen.width, height=gen.height, guidance=sampling.guidance)
         if self.adapter.version == "v2":
             merged = self.adapter.fuse_identity_tokens(plain, prompt, triggered, self._identities)
         else:
             merged = self.adapter.fuse_identities(plain, [triggered], self._identities) if triggered else None
-        # 2. The latents from the frame's seed, and the loop: text alone, then the identity from the merge step.
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
+        conditioning = MergedConditioning(plain, merged, settings.merge_step(gen.steps))
+        # 2. The frame's noise, and the loop: text alone, then the identity from the merge step; the LoRA on.
         seed = story.frame_seed(index)
-        latents = initial_latents(
-            scheduler, latent_shape(pipe, gen.height, gen.width), [make_generator(seed, str(device))],
-            dtype=pipe.unet.dtype, device=device,
-        )  # fmt: skip
-        merge_step = settings.merge_step(gen.steps)
-
-        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            pair = merged if merged is not None and i > merge_step else plain
-            return guided_noise(pipe.unet, model_input, t, pair, gen.guidance_scale)
-
-        total = len(scheduler.timesteps)
-        context.progress(ProgressEvent("denoise", 0, total))
-        with count_unet_evaluations(pipe.unet) as counter, self.adapter.lora(True):
-            latents = denoise(
-                scheduler, latents, noise,
-                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
-            )  # fmt: skip
-        image = decode_latents(pipe, latents)[0]
+        drawn = sample(
+            backbone,
+            plain,
+            [make_generator(seed, str(self.models.device))],
+            sampling,
+            noise=lambda x, t, i: backbone.guided_noise(x, t, conditioning.at(i), sampling.guidance),
+            installs=[lambda: self.adapter.lora(True)],
+            progress=denoise_progress(context.progress),
+        )
+        image = drawn.images[0]
         return FrameResult(
             index,
             image,
@@ -233,8 +219,8 @@ class PhotoMakerMethod(StoryMethod):
                 "negative_prompt": negative,
                 "identities": {c: self._sources[c] for c in triggered},
                 "photomaker_version": self.adapter.version,
-                "merge_step": merge_step,
-                "unet_evaluations": counter.evaluations,
+                "merge_step": conditioning.merge_step,
+                "unet_evaluations": drawn.evaluations,
             },
         )
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod, denoise_progress
 from storycast.methods.story_adapter.rounds import RoundStore, round_keys
 from storycast.methods.story_adapter.settings import (
     NEGATIVE_PROMPT,
@@ -33,10 +33,9 @@ from storycast.methods.story_adapter.settings import (
     styled_prompt,
     wrapper_for,
 )
-from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning
+from storycast.pipelines.noise import count_evaluations
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
@@ -59,22 +58,23 @@ class ReferenceConditioning(SDXLConditioning):
 
     image_embeds: torch.Tensor
 
-    def unet_inputs(self) -> dict[str, Any]:
-        inputs = super().unet_inputs()
+    def denoiser_inputs(self) -> dict[str, Any]:
+        inputs = super().denoiser_inputs()
         inputs["added_cond_kwargs"]["image_embeds"] = [self.image_embeds]
         return inputs
 
 
 def with_references(pair: GuidancePair, embeds: torch.Tensor) -> GuidancePair:
-    """``pair`` with every row reading the (N, D) reference ``embeds``; the unconditional rows read zero
-    embeddings (IP-Adapter's ``uncond_image_prompt_embeds``)."""
+    """``pair`` with every row reading the (N, D) reference ``embeds``; the unconditional rows (where guidance has
+    them) read zero embeddings (IP-Adapter's ``uncond_image_prompt_embeds``)."""
     rows = len(pair)
     cond = embeds[None].expand(rows, -1, -1)
 
     def add(conditioning: Any, image_embeds: torch.Tensor) -> ReferenceConditioning:
         return ReferenceConditioning(conditioning.embeds, conditioning.pooled, conditioning.time_ids, image_embeds)
 
-    return GuidancePair(add(pair.uncond, torch.zeros_like(cond)), add(pair.cond, cond))
+    uncond = None if pair.uncond is None else add(pair.uncond, torch.zeros_like(cond))
+    return GuidancePair(uncond, add(pair.cond, cond))
 
 
 class StoryAdapterMethod(StoryMethod):
@@ -194,7 +194,7 @@ class StoryAdapterMethod(StoryMethod):
         context.progress(ProgressEvent("rounds", first, total, "Story-Adapter rounds"))
         # 2. Rounds first..rounds: round 0 from the text, then each from all frames of the round before.
         encodings = 0
-        with count_unet_evaluations(self.models.pipeline.unet) as counter:
+        with count_evaluations(self.backbone.denoiser) as counter:
             for number in range(first, total):
                 scale = scales[number - 1] if number else None
                 embeds = None
@@ -244,25 +244,28 @@ class StoryAdapterMethod(StoryMethod):
         ``embeds`` at ``scale`` (IP-Adapter on), or from the text alone when ``embeds`` is None."""
         import contextlib
 
-        gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
-        encode = prompt_encoder(pipe, "sdxl", device)
+        gen, backbone = story.settings, self.backbone
+        guidance = self.sampling(story).guidance
         size = max(1, gen.batch_size)
         images: list[Any] = []
         adapter = self.adapter.enabled(scale) if embeds is not None else contextlib.nullcontext()
         with adapter:
             for start in range(0, len(frames), size):
                 batch = slice(start, start + size)
-                pair = encode(list(prompts[batch]), list(negatives[batch]), width=gen.width, height=gen.height)
+                pair = backbone.encode(
+                    list(prompts[batch]), list(negatives[batch]), width=gen.width, height=gen.height, guidance=guidance
+                )
                 if embeds is not None:
                     pair = with_references(pair, embeds.to(pair.cond.embeds.dtype))
-                generators = [make_generator(seed, str(device)) for seed in self._seeds(story, frames[batch])]
-                latents = self.sample(pair, generators, gen, context)
-                images.extend(decode_latents(pipe, latents))
+                generators = [
+                    make_generator(seed, str(self.models.device)) for seed in self._seeds(story, frames[batch])
+                ]
+                images.extend(self.sample(story, pair, generators, context))
         return images
 
-    def scheduler(self, steps: int) -> Any:
-        """A fresh scheduler of ``steps`` steps: the authors' DDIM, run_fast.py's LCM, or ``make_scheduler``'s."""
+    def scheduler(self, gen: Any) -> Any:
+        """A fresh scheduler for the generation settings' steps: the authors' DDIM, run_fast.py's LCM, or the
+        family's by name."""
         import diffusers
 
         kind, device = self.settings.scheduler, self.models.device
@@ -272,37 +275,24 @@ class StoryAdapterMethod(StoryMethod):
         elif kind == "lcm":
             scheduler = diffusers.LCMScheduler.from_config(template.config)  # run_fast.py
         else:
-            return make_scheduler(template, steps, device, kind)
-        scheduler.set_timesteps(steps, device=device)
+            return self.backbone.scheduler(gen.steps, width=gen.width, height=gen.height, kind=kind)
+        scheduler.set_timesteps(gen.steps, device=device)
         return scheduler
 
-    def sample(self, pair: GuidancePair, generators: list[torch.Generator], gen: Any, context: RunContext) -> Any:
-        """Latents of a batch of frames, each from its own generator, as the SDXL pipeline draws them: classifier-
+    def sample(
+        self, story: Story, pair: GuidancePair, generators: list[torch.Generator], context: RunContext
+    ) -> list[Any]:
+        """The images of a batch of frames, each from its own generator, as the SDXL pipeline draws them: classifier-
         free guidance, or for a UNet that takes its guidance as an embedding (an LCM-distilled one) one evaluation
-        of the conditional rows with ``w = guidance_scale - 1`` embedded (``do_classifier_free_guidance`` off)."""
-        pipe, device = self.models.pipeline, self.models.device
-        unet = pipe.unet
-        scheduler = self.scheduler(gen.steps)
-        latents = initial_latents(
-            scheduler, latent_shape(pipe, gen.height, gen.width), generators, dtype=unet.dtype, device=device
-        )
-        embedded = unet.config.time_cond_proj_dim
-        if embedded is not None:
-            w = torch.full((len(pair),), gen.guidance_scale - 1.0)
-            guidance = pipe.get_guidance_scale_embedding(w, embedding_dim=embedded).to(device, unet.dtype)
-            inputs = pair.cond.unet_inputs()
-
-            def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-                return unet(model_input, t, timestep_cond=guidance, return_dict=False, **inputs)[0]
-
-        else:
-
-            def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-                return guided_noise(unet, model_input, t, pair, gen.guidance_scale)
-
-        total = len(scheduler.timesteps)
-        context.progress(ProgressEvent("denoise", 0, total))
-        return denoise(
-            scheduler, latents, noise, generator=generators,
-            on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
-        )  # fmt: skip
+        of the conditional rows with ``w = guidance_scale - 1`` embedded (``do_classifier_free_guidance`` off: the
+        family's guidance for such a UNet)."""
+        gen = story.settings
+        return sample(
+            self.backbone,
+            pair,
+            generators,
+            self.sampling(story),
+            scheduler=self.scheduler(gen),
+            step_generators=generators,
+            progress=denoise_progress(context.progress),
+        ).images

@@ -13,6 +13,7 @@ import numpy as np
 
 from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.adapters import IPAdapterSettings
+from storycast.pipelines.families import SchedulerName
 
 NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 """``StoryAdapterXL.generate``'s negative prompt when none is given (the one run.py uses)."""
@@ -79,7 +80,7 @@ class StoryAdapterSettings(MethodSettings):
         "high quality, ' before the prompt) or 'none'. 'auto': 'comic' for a story with no style of its own, "
         "'none' for one with a style or style_suffix (the story's own style wins). It wraps the story's full prompt.",
     )
-    scheduler: Literal["ddim", "lcm", "model", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
+    scheduler: Literal[SchedulerName, "lcm"] = setting(
         "ddim",
         "Sampler: 'ddim' is run.py's DDIMScheduler (scaled_linear betas 0.00085-0.012, steps_offset 1, no sample "
         "clipping, set_alpha_to_one off); 'lcm' is run_fast.py's LCMScheduler (needs an LCM-distilled UNet such as "

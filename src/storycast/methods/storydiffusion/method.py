@@ -7,7 +7,11 @@ The run (as the authors' low-VRAM app runs it, HVision-NKU/StoryDiffusion@8de45e
 2. every other frame is drawn alone, reading the banks of the characters it names (both banks for a
    two-character frame; none for a frame naming nobody).
 
-Each frame is denoised once: UNet evaluations per frame equal plain text-to-image (2T). The planner
+Each frame is denoised once: denoiser evaluations per frame equal plain text-to-image (2T on the UNet
+families, T on FLUX with its embedded guidance). On FLUX (where the authors released no code) the same
+attention runs on the joint attention of the single-stream blocks: a frame's queries attend to its own text and
+image tokens and to the sampled image tokens of the identity frames, whose keys keep their rotary positions
+(``docs/methods/storydiffusion.md``). The planner
 records that the reading frames depend on their characters' identity group, so editing an identity
 frame redraws every frame that read it; when an identity group is already drawn but a reading frame is
 not, its bank is rebuilt by drawing the identity frames again (the same seeds give the same tokens).
@@ -15,7 +19,6 @@ not, its bank is rebuilt by drawing the identity frames again (the same seeds gi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,15 +28,13 @@ import torch
 
 from storycast.attention.consistent import ConsistentAttentionState, TokenBank, install_consistent_attention
 from storycast.errors import SettingsError, StorycastError
-from storycast.identity.photomaker_prompt import insert_trigger_word, triggered_prompts
-from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
+from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.models.adapters import attach_photomaker
-from storycast.pipelines.conditioning import prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
+from storycast.pipelines.families import check_scheduler
 from storycast.pipelines.freeu import FREEU, freeu
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Character, Story, join_prompt
 from storycast.utils.torch_utils import make_generator
 
@@ -87,7 +88,7 @@ class StoryDiffusionMethod(StoryMethod):
 
     name = "storydiffusion"
     settings_class = StoryDiffusionSettings
-    families = ("sdxl", "sd15")
+    families = ("sdxl", "sd15", "flux")
     summary = "StoryDiffusion (NeurIPS 2024): consistent self-attention over each character's identity frames"
 
     settings: StoryDiffusionSettings
@@ -102,7 +103,10 @@ class StoryDiffusionMethod(StoryMethod):
 
     @classmethod
     def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
-        # The low-VRAM app: 35 steps, guidance 5, 768 x 768 (on SDXL; SD 1.5 keeps its native 512).
+        # The low-VRAM app: 35 steps, guidance 5, 768 x 768 (on SDXL; SD 1.5 keeps its native 512). FLUX keeps its
+        # own (28 steps, guidance 3.5 for dev): the authors' numbers are for classifier-free guidance.
+        if family == "flux":
+            return {}
         defaults: dict[str, Any] = {"steps": 35, "guidance_scale": 5.0}
         if family == "sdxl":
             defaults.update(width=768, height=768)
@@ -112,6 +116,16 @@ class StoryDiffusionMethod(StoryMethod):
     def check(cls, story: Story, settings: StoryDiffusionSettings, family: str | None = None) -> None:
         appearing = story.appearing_characters()
         where = f"{story.source}: " if story.source else ""
+        if family is not None:
+            try:
+                check_scheduler(str(settings.scheduler), family)
+            except ValueError as err:
+                raise SettingsError(str(err)) from None
+            if settings.freeu and family == "flux":
+                raise SettingsError(
+                    "freeu=true: FreeU rescales a UNet's decoder features, and FLUX has no UNet. Fix: --set freeu=false "
+                    "(or leave it unset: off on FLUX)."
+                )
         if not appearing:
             raise StorycastError(
                 f"{where}no frame names a character, so storydiffusion has no identity to keep "
@@ -278,27 +292,23 @@ class StoryDiffusionMethod(StoryMethod):
         write_character: str | None = None,
         read_characters: Sequence[Sequence[str]] = (),
     ) -> tuple[list[Any], int]:
-        """Denoise ``rows`` as one batch with CSA in ``mode``; returns the images and the UNet evaluations."""
+        """Denoise ``rows`` as one batch with CSA in ``mode``; returns the images and the denoiser evaluations."""
         settings = self.resolved_settings(story)
-        gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
-        unet = pipe.unet
-        plain = prompt_encoder(pipe, self.models.family, device)(
-            [r.prompt for r in rows], [r.negative for r in rows], width=gen.width, height=gen.height
+        gen, backbone = story.settings, self.backbone
+        sampling = self.sampling(story, str(settings.scheduler))
+        plain = backbone.encode(
+            [r.prompt for r in rows],
+            [r.negative for r in rows],
+            width=gen.width,
+            height=gen.height,
+            guidance=sampling.guidance,
         )
-        merged = (
+        conditioning = MergedConditioning(
+            plain,
             self.adapter.fuse_identities(plain, [r.triggered for r in rows], self._references)
             if any(r.triggered for r in rows)
-            else None
-        )
-        merge_step = settings.merge_step(gen.steps)
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
-        latents = initial_latents(
-            scheduler,
-            latent_shape(pipe, gen.height, gen.width),
-            [make_generator(r.seed, str(device)) for r in rows],
-            dtype=unet.dtype,
-            device=device,
+            else None,
+            settings.merge_step(gen.steps),
         )
         state = ConsistentAttentionState(
             frames=len(rows),
@@ -315,32 +325,30 @@ class StoryDiffusionMethod(StoryMethod):
 
         def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             # With reference photos, the identity conditions the steps after the merge step (PhotoMaker's).
-            pair = merged if merged is not None and i > merge_step else plain
-            return guided_noise(unet, model_input, t, pair, gen.guidance_scale)
+            return backbone.guided_noise(model_input, t, conditioning.at(i), sampling.guidance)
 
-        total = len(scheduler.timesteps)
-        context.progress(ProgressEvent("denoise", 0, total))
-        # PhotoMaker's LoRA is on for every pass of a run with reference photos (the authors fuse it in).
-        lora = self.adapter.lora(True) if self._references else contextlib.nullcontext()
-        with (
-            count_unet_evaluations(unet) as counter,
-            freeu(unet, FREEU[self.models.family] if settings.freeu else None),
-            install_consistent_attention(unet, state),
-            lora,
-        ):
-            latents = denoise(
-                scheduler,
-                latents,
-                noise,
-                step_state=state,
-                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
-            )
-        return decode_latents(pipe, latents), counter.evaluations
+        denoiser = backbone.denoiser
+        blocks = settings.attention.blocks or ()
+        installs: list[Any] = [lambda: install_consistent_attention(denoiser, state, blocks=blocks)]
+        if settings.freeu:
+            installs.insert(0, lambda: freeu(denoiser, FREEU[self.models.family]))
+        if self._references:
+            installs.append(lambda: self.adapter.lora(True))  # on for every pass (the authors fuse it in)
+        drawn = sample(
+            backbone,
+            plain,
+            [make_generator(r.seed, str(self.models.device)) for r in rows],
+            sampling,
+            noise=noise,
+            installs=installs,
+            states=[state],
+            progress=denoise_progress(context.progress),
+        )
+        return drawn.images, drawn.evaluations
 
     def _level_rates(self, settings: StoryDiffusionSettings) -> dict[int, float]:
         from storycast.attention.layers import select_layers
 
-        levels = sorted(
-            {layer.level for layer in select_layers(self.models.pipeline.unet, kind="self", blocks=["up"])}
-        )
+        blocks = settings.attention.blocks or ()
+        levels = sorted({layer.level for layer in select_layers(self.backbone.denoiser, kind="self", blocks=blocks)})
         return {level: settings.attention.rate(rank) for rank, level in enumerate(levels)}

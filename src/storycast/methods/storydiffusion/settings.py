@@ -7,12 +7,16 @@ PhotoMaker merge; ``SpatialAttnProcessor2_0`` there for the gate; every variant 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from storycast.attention.consistent import CsaGate
-from storycast.methods.settings import MethodSettings, check_range, setting
+from storycast.methods.settings import MethodSettings, ResolveContext, check_range, setting
 from storycast.models.adapters import PhotoMakerSettings
+from storycast.pipelines.families import SchedulerName
+
+UNET_FAMILIES = ("sd15", "sdxl")
 
 # Names of the sampling rates by up-block self-attention level, highest resolution first: the token-grid side
 # at the family's native size (64 x 64 and 32 x 32 at 1024 px on SDXL; 64, 32 and 16 at 512 px on SD 1.5).
@@ -57,12 +61,25 @@ class ConsistentAttentionSettings(MethodSettings):
         "Where the identity frames' sampled tokens are kept between steps: on the model's device (the authors'), "
         "or in CPU memory to spare GPU memory at some speed.",
     )
+    blocks: tuple[str, ...] | None = setting(
+        None,
+        "Blocks whose self-attention shares tokens. None: the up blocks on the UNet families (the authors' 36 "
+        "layers on SDXL); on FLUX, where the authors released no code, the single-stream blocks (our choice: the "
+        "later half of the network, as the up blocks are of a UNet; joint attention there shares image tokens, each "
+        "keeping its rotary position).",
+        flat="csa_blocks",
+    )
 
     def validate(self) -> None:
         for name in ("sa64", "sa32", "sa16", "early_threshold", "late_threshold"):
             check_range(name, getattr(self, name), 0, 1)
         check_range("plain_steps", self.plain_steps, 0)
         check_range("gate_switch_step", self.gate_switch_step, 0)
+
+    def resolve(self, context: ResolveContext) -> ConsistentAttentionSettings:
+        if self.blocks is not None:
+            return self
+        return dataclasses.replace(self, blocks=("up",) if context.family in UNET_FAMILIES else ("single",))
 
     def gate(self) -> CsaGate:
         return CsaGate(self.plain_steps, self.early_threshold, self.late_threshold, self.gate_switch_step)
@@ -90,11 +107,15 @@ class StoryDiffusionSettings(MethodSettings):
     attention: ConsistentAttentionSettings = setting(
         factory=ConsistentAttentionSettings, help="Consistent Self-Attention."
     )
-    scheduler: Literal["ddim", "model", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
-        "ddim", "Sampler: DDIM in every variant of the authors' code; 'model' keeps the model's own."
+    scheduler: SchedulerName | None = setting(
+        None,
+        "Sampler. None: DDIM on the UNet families, as every variant of the authors' code; on FLUX its own "
+        "flow-matching Euler ('model', the only one it runs).",
     )
-    freeu: bool = setting(
-        True, "FreeU while drawing, as every variant of the authors' code (SDXL: s1 0.6, s2 0.4, b1 1.1, b2 1.2)."
+    freeu: bool | None = setting(
+        None,
+        "FreeU while drawing. None: on for the UNet families, as every variant of the authors' code (SDXL: s1 0.6, "
+        "s2 0.4, b1 1.1, b2 1.2); off on FLUX, which has no UNet decoder to rescale.",
     )
     photomaker: PhotoMakerSettings = setting(
         factory=PhotoMakerSettings,
@@ -110,6 +131,17 @@ class StoryDiffusionSettings(MethodSettings):
         check_range("id_length", self.id_length, 1)
         check_range("style_strength", self.style_strength, 0, 1)
 
+    def resolve(self, context: ResolveContext) -> StoryDiffusionSettings:
+        resolved = super().resolve(context)
+        unet = context.family in UNET_FAMILIES
+        return dataclasses.replace(
+            resolved,
+            scheduler=self.scheduler or ("ddim" if unet else "model"),
+            freeu=unet if self.freeu is None else self.freeu,
+        )
+
     def merge_step(self, steps: int) -> int:
         """The step after which the reference identity conditions the frame (the authors' int(ratio x T), <= 30)."""
-        return min(int(self.style_strength * steps), 30)
+        from storycast.identity.photomaker_prompt import merge_step
+
+        return merge_step(self.style_strength, steps)

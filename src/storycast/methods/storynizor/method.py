@@ -18,7 +18,6 @@ cross-attention layer. Each frame is denoised once: UNet evaluations per frame e
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -30,14 +29,11 @@ from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.injection import IdentityInjectionState, install_identity_injection
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StorycastError, StoryError
-from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
+from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
 from storycast.models.presets import PLUS_FACE_WEIGHTS
-from storycast.pipelines.conditioning import prompt_encoder
-from storycast.pipelines.decode import decode_latents
-from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
-from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.pipelines.sampler import sample
 from storycast.story.model import Character, Story
 from storycast.utils.torch_utils import make_generator
 
@@ -180,7 +176,7 @@ class StorynizorMethod(StoryMethod):
     def _check_mask_level(self, settings: StorynizorSettings) -> None:
         from storycast.attention.layers import attention_layers
 
-        levels = sorted({layer.level for layer in attention_layers(self.models.pipeline.unet) if layer.is_cross})
+        levels = sorted({layer.level for layer in attention_layers(self.backbone.denoiser) if layer.is_cross})
         if settings.synchronizer.mask_level not in levels:
             raise SettingsError(
                 f"mask_level={settings.synchronizer.mask_level} has no cross-attention layers to make masks from; this "
@@ -314,20 +310,20 @@ class StorynizorMethod(StoryMethod):
         """Denoise ``frames`` as one batch with AMSA and the identity branch; ``mode`` "write" caches the anchors'
         tokens, "read" attends to them."""
         settings = self.resolved_settings(story)
-        gen = story.settings
-        pipe, device = self.models.pipeline, self.models.device
-        unet = pipe.unet
+        gen, backbone = story.settings, self.backbone
+        unet = backbone.denoiser
+        sampling = self.sampling(story, settings.scheduler)
         prompts = [story.prompt(i) for i in frames]
         negatives = [story.negative_prompt(i) or "" for i in frames]
-        conditioning = prompt_encoder(pipe, self.models.family, device)(
-            prompts, negatives, width=gen.width, height=gen.height
+        conditioning = backbone.encode(
+            prompts, negatives, width=gen.width, height=gen.height, guidance=sampling.guidance
         )
         # 1. Who is where: each frame's characters, located by their class words' cross-attention maps.
         characters = [story.frames[i].characters for i in frames]
-        _, latent_h, latent_w = latent_shape(pipe, gen.height, gen.width)
+        _, latent_h, latent_w = backbone.latent_shape(gen.width, gen.height)
         level = settings.synchronizer.mask_level
         masks = CharacterMasks(characters, (latent_h, latent_w))
-        positions = class_word_positions(pipe.tokenizer, story, frames)
+        positions = class_word_positions(backbone.tokenizer, story, frames)
         store = masks.record(positions, (latent_h >> level, latent_w >> level))
         # 2. The attention changes: AMSA on the shared self-attention layers, identity on cross-attention.
         amsa = AutoMaskState(
@@ -347,46 +343,32 @@ class StorynizorMethod(StoryMethod):
             scale=settings.injector.scale,
             character_masks=masks if settings.injector.masked else None,
         )
-        # 3. The latents, from each frame's own seed (as diffusers draws them).
-        scheduler = make_scheduler(pipe.scheduler, gen.steps, device, settings.scheduler)
-        latents = initial_latents(
-            scheduler,
-            latent_shape(pipe, gen.height, gen.width),
-            [make_generator(story.frame_seed(i), str(device)) for i in frames],
-            dtype=unet.dtype,
-            device=device,
-        )
-
-        def noise(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            return guided_noise(unet, model_input, t, conditioning, gen.guidance_scale)
-
-        # 4. The denoising loop.
-        total = len(scheduler.timesteps)
-        context.progress(ProgressEvent("denoise", 0, total))
-        with contextlib.ExitStack() as stack:
-            counter = stack.enter_context(count_unet_evaluations(unet))
-            if identity:
-                stack.enter_context(
-                    install_identity_injection(
-                        unet, injection, self.injector.injector, store=store, record_level=level
-                    )
+        installs: list[Any] = [
+            (
+                lambda: install_identity_injection(
+                    unet, injection, self.injector.injector, store=store, record_level=level
                 )
-            else:
-                stack.enter_context(record_token_maps(unet, store, [level]))
-            if settings.synchronizer.enabled:
-                stack.enter_context(install_automask_attention(unet, amsa, settings.synchronizer.block_names()))
-            latents = denoise(
-                scheduler,
-                latents,
-                noise,
-                step_state=[amsa, injection],
-                on_step=lambda step: context.progress(ProgressEvent("denoise", step.index + 1, total)),
             )
-        # 5. Decode; the masks of the last step are saved beside each frame.
-        images = decode_latents(pipe, latents)
+            if identity
+            else (lambda: record_token_maps(unet, store, [level]))
+        ]
+        if settings.synchronizer.enabled:
+            installs.append(lambda: install_automask_attention(unet, amsa, settings.synchronizer.block_names()))
+        # 3. The frames from their own seeds (as diffusers draws them), denoised together.
+        drawn = sample(
+            backbone,
+            conditioning,
+            [make_generator(story.frame_seed(i), str(self.models.device)) for i in frames],
+            sampling,
+            installs=installs,
+            states=[amsa, injection],
+            progress=denoise_progress(context.progress),
+        )
+        # 4. The masks of the last step are saved beside each frame.
+        images = drawn.images
         masks.refresh()
         return [
-            self._result(story, index, image, masks, number, frames, counter.evaluations // len(frames), mode)
+            self._result(story, index, image, masks, number, frames, drawn.evaluations // len(frames), mode)
             for number, (index, image) in enumerate(zip(frames, images, strict=True))
         ]
 

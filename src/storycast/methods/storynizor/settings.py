@@ -13,6 +13,7 @@ from typing import Literal
 from storycast.masks.registry import MaskSettings
 from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.presets import ADAPTERS, PLUS_FACE_WEIGHTS, VIT_H_ENCODER
+from storycast.pipelines.families import SchedulerName
 
 DETECTOR_ID = ADAPTERS["grounding-dino"].repo_id
 SEGMENTER_ID = ADAPTERS["sam"].repo_id
@@ -140,7 +141,7 @@ class StorynizorSettings(MethodSettings):
     )
     synchronizer: SynchronizerSettings = setting(factory=SynchronizerSettings, help="ID-Synchronizer (AMSA).")
     injector: InjectorSettings = setting(factory=InjectorSettings, help="ID-Injector.")
-    scheduler: Literal["ddim", "model", "euler", "euler-ancestral", "dpm++", "pndm"] = setting(
+    scheduler: SchedulerName = setting(
         "ddim", "Sampler (DDIM, as ConsiStory, StoryDiffusion and IP-Adapter's examples); 'model' keeps the model's."
     )
 
