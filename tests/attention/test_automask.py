@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from storycast.attention.automask import AnchorCache, AutoMaskSelfAttention, AutoMaskState
+from storycast.attention.automask import AutoMaskSelfAttention, AutoMaskState, anchor_cache
 from storycast.attention.character_masks import CharacterMasks, word_token_positions
 
 SIDE, CHANNELS = 4, 16
@@ -199,7 +199,7 @@ def test_reading_anchors_equals_drawing_jointly_with_them(attention):
     hidden = tokens(3).reshape(2, 3, TOKENS, CHANNELS)
     expected = naive_amsa(attention, hidden.reshape(6, TOKENS, CHANNELS), joint_characters, masks)[[2, 5]]
 
-    cache = AnchorCache()
+    cache = anchor_cache()
     anchor_masks = {key: m for key, m in masks.items() if key[0] < 2}
     _, writer = amsa(joint_characters[:2], anchor_masks, anchors=cache, mode="write")
     writer(attention, hidden[:, :2].reshape(4, TOKENS, CHANNELS))
@@ -209,7 +209,11 @@ def test_reading_anchors_equals_drawing_jointly_with_them(attention):
     kept = sum(int(m.sum()) for key, m in masks.items() if key[0] < 2 and key[1] == "mara") + int(
         (masks[(1, "leo")] & ~masks[(1, "mara")]).sum()
     )
-    assert cache.nbytes == 2 * kept * CHANNELS * 4  # two halves of float32 tokens inside the anchors' masks
+    # Two halves of float32 tokens inside the anchors' masks, and per anchor and character it names a boolean per
+    # kept token (which of them are that character's).
+    union = [int(masks[(0, "mara")].sum()), int((masks[(1, "mara")] | masks[(1, "leo")]).sum())]
+    assert union[0] + union[1] == kept
+    assert cache.nbytes == 2 * kept * CHANNELS * 4 + union[0] * 1 + union[1] * 2
 
 
 @torch.no_grad()
@@ -217,11 +221,11 @@ def test_anchors_dropped_by_the_writer_are_kept_as_the_anchors_saw_each_other(at
     characters = [("mara",), ("mara",)]
     masks = {key: torch.ones(SIDE, SIDE, dtype=torch.bool) for key in random_masks(characters)}
     hidden = tokens(2)
-    cache = AnchorCache()
+    cache = anchor_cache()
     state, writer = amsa(characters, masks, dropout=0.5, anchors=cache, mode="write")
     state.anchor_dropout = "writer"
     writer(attention, hidden)
-    stored = cache.get("layer", 1)
+    stored = cache.get(("layer", 1))
     for frame, anchor in enumerate(stored):
         seen = state.kept((0, "frame", frame), TOKENS, "cpu")  # what the other anchor attended to of this one
         assert 0 < int(seen.sum()) < TOKENS and anchor.tokens.shape[1] == int(seen.sum())

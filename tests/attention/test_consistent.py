@@ -11,9 +11,9 @@ from storycast.attention.consistent import (
     ConsistentAttentionState,
     ConsistentSelfAttention,
     CsaGate,
-    TokenBank,
     bernoulli_token_indices,
     fixed_token_indices,
+    token_bank,
 )
 
 ALWAYS = CsaGate(plain_steps=0, early_threshold=-1.0, late_threshold=-1.0)
@@ -37,7 +37,7 @@ def state(mode, frames, *, rate=0.5, sampling="bernoulli", gate=ALWAYS, bank=Non
         frames=frames,
         generator=torch.Generator().manual_seed(7),
         mode=mode,
-        bank=bank if bank is not None else TokenBank(),
+        bank=bank if bank is not None else token_bank(),
         rates={1: rate},
         sampling=sampling,
         gate=gate,
@@ -71,7 +71,7 @@ def test_write_equals_the_authors_formulation(attention, sampling):
             others = [hidden[half * frames + j, indices[j]] for j in range(frames) if j != i]
             expected = naive(attention, hidden[row], torch.cat([*others, hidden[row]]))
             torch.testing.assert_close(out[row], expected, rtol=1e-5, atol=1e-5)
-    banked = csa.bank.get("mara", "layer", 0)
+    banked = csa.bank.get(("mara", "layer", 0))
     assert len(banked) == frames
     for j in range(frames):
         assert torch.equal(banked[j], torch.stack([hidden[j, indices[j]], hidden[frames + j, indices[j]]]))
@@ -79,15 +79,15 @@ def test_write_equals_the_authors_formulation(attention, sampling):
 
 @torch.no_grad()
 def test_read_of_a_two_character_frame_equals_the_authors_formulation(attention):
-    bank = TokenBank()
-    bank.put("mara", "layer", 0, [torch.randn(2, 5, CHANNELS), torch.randn(2, 3, CHANNELS)])
-    bank.put("tom", "layer", 0, [torch.randn(2, 4, CHANNELS)])
+    bank = token_bank()
+    bank.put(("mara", "layer", 0), [torch.randn(2, 5, CHANNELS), torch.randn(2, 3, CHANNELS)])
+    bank.put(("tom", "layer", 0), [torch.randn(2, 4, CHANNELS)])
     hidden = tokens(1)
     out = ConsistentSelfAttention(state("read", 1, bank=bank, read_characters=[("mara", "tom")]), "layer", 1)(
         attention, hidden
     )
     for half in range(2):
-        banked = [t[half] for c in ("mara", "tom") for t in bank.get(c, "layer", 0)]
+        banked = [t[half] for c in ("mara", "tom") for t in bank.get((c, "layer", 0))]
         expected = naive(attention, hidden[half], torch.cat([*banked, hidden[half]]))
         torch.testing.assert_close(out[half], expected, rtol=1e-5, atol=1e-5)
 
@@ -97,12 +97,12 @@ def test_read_of_a_two_character_frame_equals_the_authors_formulation(attention)
 def test_rate_zero_and_a_closed_gate_are_plain_self_attention(attention, mode):
     hidden = tokens(2)
     plain = AttnProcessor2_0()(attention, hidden)
-    bank = TokenBank()
-    bank.put("mara", "layer", 0, [torch.randn(2, 0, CHANNELS)])
+    bank = token_bank()
+    bank.put(("mara", "layer", 0), [torch.randn(2, 0, CHANNELS)])
     kwargs = {"write_character": "mara"} if mode == "write" else {"read_characters": [("mara",), ()]}
     zero = ConsistentSelfAttention(state(mode, 2, rate=0.0, bank=bank, **kwargs), "layer", 1)(attention, hidden)
     torch.testing.assert_close(zero, plain, rtol=1e-5, atol=1e-5)
-    bank.put("mara", "layer", 0, [torch.randn(2, 6, CHANNELS)])
+    bank.put(("mara", "layer", 0), [torch.randn(2, 6, CHANNELS)])
     closed = ConsistentSelfAttention(state(mode, 2, gate=NEVER, bank=bank, **kwargs), "layer", 1)(attention, hidden)
     torch.testing.assert_close(closed, plain, rtol=1e-5, atol=1e-5)
 
@@ -126,19 +126,19 @@ def test_the_guidance_halves_never_mix(attention):
 
 @torch.no_grad()
 def test_a_frame_reads_only_the_banks_of_the_characters_it_names(attention):
-    bank = TokenBank()
-    bank.put("mara", "layer", 0, [torch.randn(2, 5, CHANNELS)])
-    bank.put("tom", "layer", 0, [torch.randn(2, 5, CHANNELS)])
+    bank = token_bank()
+    bank.put(("mara", "layer", 0), [torch.randn(2, 5, CHANNELS)])
+    bank.put(("tom", "layer", 0), [torch.randn(2, 5, CHANNELS)])
     hidden = tokens(2)
     read = lambda b: ConsistentSelfAttention(  # noqa: E731
         state("read", 2, bank=b, read_characters=[("mara",), ()]), "layer", 1
     )(attention, hidden)
     before = read(bank)
-    bank.put("tom", "layer", 0, [torch.randn(2, 9, CHANNELS)])
+    bank.put(("tom", "layer", 0), [torch.randn(2, 9, CHANNELS)])
     after_tom = read(bank)
     torch.testing.assert_close(after_tom, before, rtol=0, atol=0)  # neither frame names tom
     torch.testing.assert_close(before[[1, 3]], AttnProcessor2_0()(attention, hidden)[[1, 3]], rtol=1e-5, atol=1e-5)
-    bank.put("mara", "layer", 0, [torch.randn(2, 5, CHANNELS)])
+    bank.put(("mara", "layer", 0), [torch.randn(2, 5, CHANNELS)])
     after_mara = read(bank)
     assert not torch.allclose(after_mara[[0, 2]], before[[0, 2]])
     torch.testing.assert_close(after_mara[[1, 3]], before[[1, 3]], rtol=0, atol=0)
@@ -146,7 +146,7 @@ def test_a_frame_reads_only_the_banks_of_the_characters_it_names(attention):
 
 @torch.no_grad()
 def test_reading_many_frames_leaves_the_bank_as_it_was(attention):
-    bank = TokenBank()
+    bank = token_bank()
     ConsistentSelfAttention(state("write", 2, bank=bank, write_character="mara"), "layer", 1)(attention, tokens(2))
     size = bank.nbytes
     assert size > 0
@@ -155,7 +155,7 @@ def test_reading_many_frames_leaves_the_bank_as_it_was(attention):
             attention, tokens(1, seed)
         )
     assert bank.nbytes == size
-    with pytest.raises(KeyError, match="no banked tokens of 'tom'"):
+    with pytest.raises(KeyError, match=r"no banked tokens of the identity frames .* for \('tom'"):
         ConsistentSelfAttention(state("read", 1, bank=bank, read_characters=[("tom",)]), "layer", 1)(
             attention, tokens(1)
         )
@@ -183,10 +183,10 @@ def test_samples_are_drawn_once_per_step_and_shared_by_the_layers_of_a_level(att
     first(attention, hidden)
     second(attention, hidden)
     for j in range(2):
-        assert torch.equal(csa.bank.get("mara", "a", 0)[j], csa.bank.get("mara", "b", 0)[j])
+        assert torch.equal(csa.bank.get(("mara", "a", 0))[j], csa.bank.get(("mara", "b", 0))[j])
     csa.begin_step(1, torch.tensor(900))
     first(attention, hidden)
-    assert not torch.equal(csa.bank.get("mara", "a", 1)[0], csa.bank.get("mara", "a", 0)[0])
+    assert not torch.equal(csa.bank.get(("mara", "a", 1))[0], csa.bank.get(("mara", "a", 0))[0])
 
 
 def test_the_state_refuses_a_batch_of_another_layout(attention):

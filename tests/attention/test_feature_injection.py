@@ -141,7 +141,7 @@ def test_later_frames_take_the_anchors_recorded_outputs_at_the_matched_pixels():
         expected[p] = 0.8 * anchors[a, q] + 0.2 * frame[0, p]
     assert torch.allclose(out[0], expected)
     assert kept.nbytes == sum(int(m[tokens].sum()) for m in masks) * channels * 4
-    with pytest.raises(KeyError, match="no anchor outputs for layer layer at step 2"):
+    with pytest.raises(KeyError, match=r"no anchor outputs \(layer, step\) for \('layer', 2\)"):
         reader.apply("layer", 2, frame)
 
 

@@ -44,13 +44,16 @@ def planned(data, model=None, settings=None, generation=GEN):
 
 
 def draw(models, data, settings=None, groups=None):
-    """Every group of the plan (or the chosen ones) drawn by one method instance, as the runner does."""
+    """Every group of the plan (or the chosen ones) drawn by one method instance through the runner's loop, which
+    restores the groups the chosen ones read."""
+    from storycast.runs.runner import draw_groups
+
     plan = planned(data, model=models, settings=settings)
     method = ConsiStoryMethod(models, plan.settings)
-    method.prepare(plan.story, RunContext())
+    chosen = None if groups is None else [plan.groups[g] for g in groups]
     results = {}
-    for group in plan.groups if groups is None else [plan.groups[g] for g in groups]:
-        for result in method.generate(plan.story, group.frames, RunContext()):
+    for _, frames, _ in draw_groups(plan, method, models, RunContext(), groups=chosen):
+        for result in frames:
             results[result.index] = result
     return results
 

@@ -157,7 +157,7 @@ def test_portraits_draw_stories_whose_characters_never_appear_alone(sdxl):
     assert [g.group.depends_on for g in plan.groups] == [(), ()]
     method = StoryDiffusionMethod(sdxl, plan.settings)
     results = method.generate(plan.story, (0,), RunContext()) + method.generate(plan.story, (1,), RunContext())
-    assert {r.index for r in results} == {0, 1} and method.bank.characters() == {"mara", "tom"}
+    assert {r.index for r in results} == {0, 1} and method.bank.owners() == {"mara", "tom"}
 
 
 def test_a_portrait_reading_frame_is_redrawn_when_its_portraits_change(tmp_path):

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from storycast.attention.cache import TokenCache
 from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.processor import FrameSharingProcessor, KeyTokens, stack_rows
 from storycast.attention.state import AttentionState
@@ -47,41 +48,14 @@ class AnchorFrame:
     """Character id -> boolean (k,): the kept tokens inside that character's mask."""
 
 
-class AnchorCache:
-    """(layer, step) -> the anchor frames' masked tokens, in the model's dtype on ``device`` (the model's when
-    None, or the CPU to spare accelerator memory)."""
-
-    def __init__(self, device: Any = None):
-        self.device = device
-        self._frames: dict[tuple[str, int], list[AnchorFrame]] = {}
-
-    def put(self, layer: str, step: int, frames: Sequence[AnchorFrame]) -> None:
-        if self.device is not None:
-            frames = [
-                AnchorFrame(f.tokens.to(self.device), {c: m.to(self.device) for c, m in f.members.items()})
-                for f in frames
-            ]
-        self._frames[(layer, step)] = list(frames)
-
-    def get(self, layer: str, step: int) -> list[AnchorFrame]:
-        try:
-            return self._frames[(layer, step)]
-        except KeyError:
-            raise KeyError(
-                f"no anchor tokens for layer {layer} at step {step}: the anchors must be drawn (write) with the same "
-                f"steps and size before the frames that read them"
-            ) from None
-
-    def clear(self) -> None:
-        self._frames.clear()
-
-    @property
-    def empty(self) -> bool:
-        return not self._frames
-
-    @property
-    def nbytes(self) -> int:
-        return sum(f.tokens.numel() * f.tokens.element_size() for frames in self._frames.values() for f in frames)
+def anchor_cache(device: Any = None) -> TokenCache:
+    """(layer, step) -> the anchor frames' masked tokens (:class:`AnchorFrame` each), in the model's dtype on
+    ``device`` (the model's when None, or the CPU to spare accelerator memory)."""
+    return TokenCache(
+        device,
+        what="anchor tokens (layer, step)",
+        fix="the anchors must be drawn (write) with the same steps and size before the frames that read them",
+    )
 
 
 @dataclass
@@ -101,7 +75,7 @@ class AutoMaskState(AttentionState):
 
     character_masks: CharacterMasks = field(default_factory=lambda: CharacterMasks([], (1, 1)))
     dropout: float = 0.5
-    anchors: AnchorCache | None = None
+    anchors: TokenCache | None = None
     anchor_mode: Literal["write", "read"] | None = None
     anchor_dropout: Literal["reader", "writer"] = "reader"
     share_batch: bool = True
@@ -200,13 +174,13 @@ class AutoMaskSelfAttention(FrameSharingProcessor):
                 union = union & state.kept((self.level, "frame", frame), tokens, by_frame.device)
             stored.append(AnchorFrame(by_frame[:, frame, union], {c: m[union] for c, m in masks.items()}))
         assert state.anchors is not None
-        state.anchors.put(self.layer, state.step, stored)
+        state.anchors.put((self.layer, state.step), stored)
 
     def _read_anchors(self, viewer: int, hidden: torch.Tensor) -> list[torch.Tensor]:
         state = self.state
         assert state.anchors is not None
         parts = []
-        for number, anchor in enumerate(state.anchors.get(self.layer, state.step)):
+        for number, anchor in enumerate(state.anchors.get((self.layer, state.step))):
             members = [anchor.members[c] for c in state.characters[viewer] if c in anchor.members]
             if not members:
                 continue

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from storycast.attention.cache import TokenCache
 from storycast.attention.processor import FrameSharingProcessor, KeyTokens, stack_rows
 from storycast.attention.state import AttentionState
 
@@ -77,37 +78,14 @@ class CsaGate:
         return self.early_threshold if step < self.switch_step else self.late_threshold
 
 
-class TokenBank:
-    """The identity frames' sampled tokens: (character, layer, step) -> one (halves, k_j, C) tensor per
-    identity frame j, kept in the model's dtype on ``device`` (the model's, or the CPU to spare GPU memory)."""
-
-    def __init__(self, device: Any = None):
-        self.device = device
-        self._tokens: dict[tuple[str, str, int], list[torch.Tensor]] = {}
-
-    def put(self, character: str, layer: str, step: int, frames: Sequence[torch.Tensor]) -> None:
-        # The sampled tokens were gathered (copies already): kept as they are, or moved to the bank's device.
-        self._tokens[(character, layer, step)] = [t if self.device is None else t.to(self.device) for t in frames]
-
-    def get(self, character: str, layer: str, step: int) -> list[torch.Tensor]:
-        try:
-            return self._tokens[(character, layer, step)]
-        except KeyError:
-            raise KeyError(
-                f"no banked tokens of '{character}' for layer {layer} at step {step}: its identity frames must be "
-                f"drawn (write) with the same steps and layers before the frames that read them"
-            ) from None
-
-    def characters(self) -> set[str]:
-        return {character for character, _, _ in self._tokens}
-
-    def drop(self, character: str) -> None:
-        for key in [k for k in self._tokens if k[0] == character]:
-            del self._tokens[key]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for tensors in self._tokens.values() for t in tensors)
+def token_bank(device: Any = None) -> TokenCache:
+    """The identity frames' sampled tokens: (character, layer, step) -> one (halves, k_j, C) tensor per identity
+    frame j, in the model's dtype on ``device`` (the model's when None, or the CPU to spare GPU memory)."""
+    return TokenCache(
+        device,
+        what="banked tokens of the identity frames (character, layer, step)",
+        fix="its identity frames must be drawn (write) with the same steps and layers before the frames that read them",
+    )
 
 
 @dataclass
@@ -125,7 +103,7 @@ class ConsistentAttentionState(AttentionState):
     """
 
     mode: Literal["write", "read"] = "read"
-    bank: TokenBank = field(default_factory=TokenBank)
+    bank: TokenCache = field(default_factory=token_bank)
     write_character: str | None = None
     read_characters: Sequence[Sequence[str]] = ()
     rates: dict[int, float] = field(default_factory=dict)
@@ -178,7 +156,7 @@ class ConsistentSelfAttention(FrameSharingProcessor):
             indices = state.token_indices(self.level, hidden.shape[1], hidden.device)
             sampled = [by_frame[:, j, indices[j]] for j in range(frames)]  # (halves, k_j, C) each
             assert state.write_character is not None
-            state.bank.put(state.write_character, self.layer, state.step, sampled)
+            state.bank.put((state.write_character, self.layer, state.step), sampled)
             if not state.open_gate():
                 return context
             extra = [_joined([sampled[j] for j in range(frames) if j != i], hidden, halves) for i in range(frames)]
@@ -193,7 +171,7 @@ class ConsistentSelfAttention(FrameSharingProcessor):
         parts = [
             tokens.to(device=hidden.device, dtype=hidden.dtype)
             for character in characters
-            for tokens in self.state.bank.get(character, self.layer, self.state.step)
+            for tokens in self.state.bank.get((character, self.layer, self.state.step))
         ]
         return _joined(parts, hidden, self.state.halves)
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from storycast.attention.cache import TokenCache
 from storycast.masks.attention import otsu_threshold
 
 # -- pure functions ----------------------------------------------------------------------------------------------
@@ -151,8 +152,11 @@ class InjectedOutputs:
 
     def __init__(self, masks: Sequence[Mapping[int, torch.Tensor]], device: Any = None):
         self.masks = [dict(m) for m in masks]
-        self.device = device
-        self._outputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._outputs = TokenCache(
+            device,
+            what="anchor outputs (layer, step)",
+            fix="the anchors must be drawn with injection, the same steps and size before the frames that read them",
+        )
         # Pixel -> row of the kept tokens, per anchor and grid (-1 outside the mask).
         self._rows = [
             {tokens: torch.cumsum(mask.long(), 0) - 1 for tokens, mask in per_grid.items()} for per_grid in self.masks
@@ -161,18 +165,13 @@ class InjectedOutputs:
     def put(self, layer: str, step: int, outputs: torch.Tensor) -> None:
         """Keep (anchors, P, C) injected outputs at the anchors' masks."""
         tokens = outputs.shape[1]
-        kept = [outputs[a, self.masks[a][tokens].to(outputs.device)] for a in range(outputs.shape[0])]
-        self._outputs[(layer, step)] = [k.to(self.device) if self.device is not None else k for k in kept]
+        self._outputs.put(
+            (layer, step), [outputs[a, self.masks[a][tokens].to(outputs.device)] for a in range(outputs.shape[0])]
+        )
 
     def gather(self, layer: str, step: int, correspondence: Correspondence, tokens: int) -> torch.Tensor:
         """(K, C) the anchors' outputs at ``correspondence``'s (source, token) pairs."""
-        try:
-            outputs = self._outputs[(layer, step)]
-        except KeyError:
-            raise KeyError(
-                f"no anchor outputs for layer {layer} at step {step}: the anchors must be drawn with injection, the "
-                f"same steps and size before the frames that read them"
-            ) from None
+        outputs = self._outputs.get((layer, step))
         parts = torch.empty(
             (len(correspondence.pixels), outputs[0].shape[-1]),
             dtype=outputs[0].dtype,
@@ -186,7 +185,7 @@ class InjectedOutputs:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for kept in self._outputs.values() for t in kept)
+        return self._outputs.nbytes
 
 
 # -- the per-call state -------------------------------------------------------------------------------------------

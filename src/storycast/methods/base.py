@@ -35,6 +35,7 @@ from storycast.methods.settings import MethodSettings, ResolveContext
 if TYPE_CHECKING:
     from PIL import Image
 
+    from storycast.errors import StorycastError
     from storycast.models.loading import LoadedModels
     from storycast.pipelines.families.base import Family
     from storycast.pipelines.sampler import Sampling
@@ -229,3 +230,21 @@ class StoryMethod(abc.ABC):
     @abc.abstractmethod
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         """Draw the frames of ``group`` and return them in the same order."""
+
+    def restore(self, story: Story, group: FrameGroup, context: RunContext) -> None:
+        """Rebuild in memory what ``group`` leaves for the groups that read it (a token bank, anchors) when an
+        earlier run drew it: the runner calls this, once per run, before it draws a group depending on a group it
+        did not draw. By default the group is drawn again and its frames dropped (the same seeds give the same
+        tokens); a method whose groups depend on none is never asked."""
+        self.generate(story, group.frames, context)
+
+    def not_restored(self, what: str, group: Sequence[int], needed: Sequence[int]) -> StorycastError:
+        """The error of drawing ``group`` while the group of frames ``needed`` (which left ``what``) is not in
+        memory: a caller of ``generate`` who skipped the runner's restore."""
+        from storycast.errors import StorycastError
+
+        return StorycastError(
+            f"{self.name} draws frames {list(group)} from {what} of frames {list(needed)}, which are not in memory. "
+            f"Fix: draw the story through the runner (storycast generate, storycast.draw), which restores them, or "
+            f"call restore(story, group, context) with that group first."
+        )

@@ -327,16 +327,37 @@ def draw_groups(
     context.progress(ProgressEvent("frames", 0, total, "frames"))
     t0 = time.perf_counter()
     done = 0
+    numbers = {planned.key: number for number, planned in enumerate(plan.groups)}
+    in_memory: set[int] = set()  # groups generated (or restored) by this method object in this run
     for planned in todo:
         group_started = time.perf_counter()
         with torch.no_grad():
+            for needed in _dependencies(plan, numbers[planned.key]):
+                if needed not in in_memory:
+                    # Drawn in an earlier run: what it left in memory (a bank, anchors) is rebuilt, once.
+                    method.restore(plan.story, plan.groups[needed].group, context)
+                    in_memory.add(needed)
             results = method.generate(plan.story, planned.frames, context)
+        in_memory.add(numbers[planned.key])
         seconds = (time.perf_counter() - group_started) / max(1, len(results))
         _check_results(plan.method.name, planned.frames, results)
         yield planned, results, seconds
         done += len(results)
         context.progress(ProgressEvent("frames", done, total, "frames"))
     timings["generate_s"] = round(time.perf_counter() - t0, 3)
+
+
+def _dependencies(plan: RunPlan, number: int) -> list[int]:
+    """The groups group ``number`` reads, directly or through others, earliest first (a dependency before what
+    reads it)."""
+    found: set[int] = set()
+    pending = list(plan.groups[number].group.depends_on)
+    while pending:
+        group = pending.pop()
+        if group not in found:
+            found.add(group)
+            pending.extend(plan.groups[group].group.depends_on)
+    return sorted(found)
 
 
 def _check_results(name: str, group: tuple[int, ...], results: list[FrameResult]) -> None:

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from storycast.attention.automask import AnchorCache
+from storycast.attention.automask import anchor_cache
+from storycast.attention.cache import TokenCache
 from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.feature_injection import (
     Correspondence,
@@ -67,8 +68,8 @@ class Anchors:
     DIFT features and final pass-1 masks (correspondences); their injected outputs (pass 2)."""
 
     characters: list[tuple[str, ...]]
-    first: AnchorCache
-    second: AnchorCache
+    first: TokenCache
+    second: TokenCache
     features: list[torch.Tensor] | None = None
     masks: CharacterMasks | None = None
     outputs: InjectedOutputs | None = None
@@ -167,10 +168,10 @@ class ConsiStoryMethod(StoryMethod):
         found = self.planned_group(story, settings, group)
         if found.role == ANCHOR_ROLE:
             return self._draw_anchors(story, found.frames, context, keep=len(plan) > 1)
+        # Anchors drawn in an earlier run are restored first by the runner (StoryMethod.restore: drawn again, the
+        # same seeds giving the same tokens and features).
         if self._anchors is None:
-            # Anchors drawn in an earlier run are drawn again: the same seeds give the same tokens and features.
-            logger.info("rebuilding the anchors from frames %s (drawn in an earlier run)", list(plan[0].frames))
-            self._draw_anchors(story, plan[0].frames, context, keep=True)
+            raise self.not_restored("the anchors' tokens and features", found.frames, plan[0].frames)
         return self._draw(story, found.frames, context, mode="read")
 
     # -- parts -------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ class ConsiStoryMethod(StoryMethod):
         settings = self.resolved_settings(story)
         device = "cpu" if settings.anchor_device == "cpu" else None
         self._anchors = Anchors(
-            [tuple(story.frames[i].characters) for i in frames], AnchorCache(device), AnchorCache(device)
+            [tuple(story.frames[i].characters) for i in frames], anchor_cache(device), anchor_cache(device)
         )
         return self._draw(story, frames, context, mode="write" if keep else None)
 
@@ -388,7 +389,7 @@ class _PassRunner:
         *,
         number: int,
         mode: str | None,
-        cache: AnchorCache | None,
+        cache: TokenCache | None,
         injection: FeatureInjection | None,
     ) -> PassResult:
         settings, gen = self.settings, self.story.settings

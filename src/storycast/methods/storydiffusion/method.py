@@ -14,7 +14,8 @@ image tokens and to the sampled image tokens of the identity frames, whose keys 
 (``docs/methods/storydiffusion.md``). The planner
 records that the reading frames depend on their characters' identity group, so editing an identity
 frame redraws every frame that read it; when an identity group is already drawn but a reading frame is
-not, its bank is rebuilt by drawing the identity frames again (the same seeds give the same tokens).
+not, the runner restores its bank (``StoryMethod.restore``: the identity frames drawn again, the same seeds
+giving the same tokens).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from storycast.attention.consistent import ConsistentAttentionState, TokenBank, install_consistent_attention
+from storycast.attention.consistent import ConsistentAttentionState, install_consistent_attention, token_bank
 from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
@@ -96,7 +97,7 @@ class StoryDiffusionMethod(StoryMethod):
     def __init__(self, models: Any, settings: StoryDiffusionSettings | None = None):
         super().__init__(models, settings)
         device = "cpu" if self.settings.attention.bank_device == "cpu" else None
-        self.bank = TokenBank(device)
+        self.bank = token_bank(device)
         self._references: dict[str, torch.Tensor] = {}
 
     # -- asked before any model is loaded ---------------------------------------------------------
@@ -225,7 +226,7 @@ class StoryDiffusionMethod(StoryMethod):
     ) -> list[FrameResult]:
         """Write: the identity frames drawn as one batch, their sampled tokens stored in the bank."""
         rows = [self._frame_row(story, i) for i in frames]
-        self.bank.drop(character)
+        self.bank.drop(lambda key: key[0] == character)
         images, evaluations = self._draw(story, rows, "write", context, write_character=character)
         return [
             FrameResult(
@@ -250,8 +251,13 @@ class StoryDiffusionMethod(StoryMethod):
         settings = self.resolved_settings(story)
         characters = story.frames[index].characters
         for character in characters:
-            if character not in self.bank.characters():
-                self._rebuild_bank(story, character, settings, context)
+            if character in self.bank.owners():
+                continue
+            if settings.identity_frames == "portraits":
+                self._draw_portraits(story, character, settings, context)
+            else:
+                needed = identity_frames(story, settings.id_length)[character]
+                raise self.not_restored(f"the identity tokens of '{character}'", (index,), needed)
         row = self._frame_row(story, index)
         images, evaluations = self._draw(story, [row], "read", context, read_characters=[characters])
         return FrameResult(
@@ -268,18 +274,14 @@ class StoryDiffusionMethod(StoryMethod):
             },
         )
 
-    def _rebuild_bank(
+    def _draw_portraits(
         self, story: Story, character: str, settings: StoryDiffusionSettings, context: RunContext
     ) -> None:
-        """The identity tokens of ``character`` when its identity frames are not drawn in this run: the frames are
-        already in the folder (same inputs, so the same tokens), or they are portraits, never saved."""
-        if settings.identity_frames == "portraits":
-            rows = self._portrait_rows(story, story.character(character), settings.id_length)
-            logger.info("drawing %d identity portrait(s) of '%s'", len(rows), character)
-        else:
-            frames = identity_frames(story, settings.id_length)[character]
-            rows = [self._frame_row(story, i) for i in frames]
-            logger.info("rebuilding the identity tokens of '%s' from its identity frames %s", character, list(frames))
+        """The identity tokens of ``character`` from portraits of its description (``identity_frames:
+        portraits``), drawn when a frame first reads them (they are inputs of the frames, never saved). Identity
+        frames of the story are groups of the plan instead: the runner restores one drawn in an earlier run."""
+        rows = self._portrait_rows(story, story.character(character), settings.id_length)
+        logger.info("drawing %d identity portrait(s) of '%s'", len(rows), character)
         self._draw(story, rows, "write", context, write_character=character)
 
     def _draw(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from storycast.attention.automask import AnchorCache, AutoMaskState, install_automask_attention
+from storycast.attention.automask import AutoMaskState, anchor_cache, install_automask_attention
 from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.injection import IdentityInjectionState, install_identity_injection
 from storycast.attention.token_maps import record_token_maps
@@ -59,11 +59,10 @@ class StorynizorMethod(StoryMethod):
 
     def __init__(self, models: Any, settings: StorynizorSettings | None = None):
         super().__init__(models, settings)
-        self.anchors = AnchorCache("cpu" if self.settings.synchronizer.anchor_device == "cpu" else None)
+        self.anchors = anchor_cache("cpu" if self.settings.synchronizer.anchor_device == "cpu" else None)
         self._identity: dict[str, torch.Tensor] = {}
         self._identity_source: dict[str, str] = {}
         self._detector: Any = None
-        self._anchors_drawn = False
         self._segmenter: Any = None
 
     # -- asked before any model is loaded ---------------------------------------------------------
@@ -126,7 +125,6 @@ class StorynizorMethod(StoryMethod):
     def prepare(self, story: Story, context: RunContext) -> None:
         settings = self.resolved_settings(story)
         self.anchors.clear()
-        self._anchors_drawn = False
         self._identity, self._identity_source = {}, {}
         self._check_mask_level(settings)
         appearing = story.appearing_characters()
@@ -148,15 +146,19 @@ class StorynizorMethod(StoryMethod):
         if found.role == ANCHOR_ROLE:
             later = len(plan) > 1
             return self._draw_anchors(story, found.frames, context, cache=later)
-        # Later groups read what the anchors left: their tokens (AMSA) and first-frame identities. Anchors drawn in
-        # an earlier run are drawn again (the same seeds give the same tokens); without either, nothing is needed.
-        needs_anchors = settings.synchronizer.enabled or settings.identity == "first-frame"
-        if has_anchors and needs_anchors and not self._anchors_drawn:
-            logger.info(
-                "rebuilding the anchors' tokens from frames %s (drawn in an earlier run)", list(plan[0].frames)
-            )
-            self._draw_anchors(story, plan[0].frames, context, cache=True)
+        # Later groups read what the anchors left: their tokens (AMSA) and first-frame identities; anchors drawn in
+        # an earlier run are restored first by the runner (restore, below).
+        if has_anchors and settings.synchronizer.enabled and self.anchors.empty:
+            raise self.not_restored("the anchors' tokens", found.frames, plan[0].frames)
         return self._draw(story, found.frames, context, mode="read" if has_anchors else None)
+
+    def restore(self, story: Story, group: FrameGroup, context: RunContext) -> None:
+        """The anchors drawn again (the same seeds give the same tokens), when later frames read anything of them:
+        their tokens (AMSA) or a first-frame identity."""
+        settings = self.resolved_settings(story)
+        if settings.synchronizer.enabled or settings.identity == "first-frame":
+            logger.info("restoring the anchors' tokens from frames %s (drawn in an earlier run)", list(group.frames))
+            super().restore(story, group, context)
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -279,7 +281,6 @@ class StorynizorMethod(StoryMethod):
     ) -> list[FrameResult]:
         self.anchors.clear()
         results = self._draw(story, frames, context, mode="write" if cache else None)
-        self._anchors_drawn = True
         settings = self.resolved_settings(story)
         if settings.identity == "first-frame":
             self._identity_from_anchors(story, results)
