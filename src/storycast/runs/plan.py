@@ -24,6 +24,7 @@ from storycast.methods.base import FrameGroup, StoryMethod
 from storycast.methods.registry import get_method, list_methods
 from storycast.methods.settings import MethodSettings, ResolveContext
 from storycast.models.facts import ModelFacts, model_facts
+from storycast.story.limits import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from storycast.story.model import SEED_POLICIES, GenerationSettings, Story
 from storycast.utils.io import sha256_file, sha256_json
 
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
     from storycast.runs.folder import RunFolder
 
 GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
-MAX_SIDE = 4096
-"""Largest width or height accepted (SDXL is trained at about 1 megapixel; 4096 px is 16 of those)."""
-MAX_STEPS = 1000
-MAX_BATCH = 64
-"""Frames drawn together by per-frame methods: beyond this a batch only trades memory for nothing."""
-"""Most denoising steps accepted (the schedulers' training timesteps)."""
-MAX_SEED = 2**64 - 1
-"""Seeds are unsigned 64-bit integers (``torch.Generator.manual_seed``)."""
 
 
 def resolve_generation(
@@ -90,8 +83,10 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
 
     for key in ("width", "height"):
         value = settings.__dict__[key]
-        if not 64 <= value <= MAX_SIDE:
-            fail(key, f"is out of range. Fix: use a multiple of 8 between 64 and {MAX_SIDE}, e.g. 512 or 1024.")
+        if not MIN_SIDE <= value <= MAX_SIDE:
+            fail(
+                key, f"is out of range. Fix: use a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, e.g. 512 or 1024."
+            )
         if value % 8:
             fail(key, "is not a multiple of 8. Fix: use e.g. 512 or 1024.")
     if not 1 <= settings.steps <= MAX_STEPS:
