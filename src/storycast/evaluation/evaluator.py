@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from storycast import __version__
 from storycast.errors import RunFolderError, SettingsError, StoryError
 from storycast.evaluation.cache import FeatureCache, namespace_of
 from storycast.evaluation.presets import QALIGN_TASKS, EvalPreset, template_fields
@@ -55,6 +54,7 @@ from storycast.utils.io import (
     sha256_file,
     sha256_json,
 )
+from storycast.version import __version__
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -256,7 +256,7 @@ class Evaluator:
         pictures: bool = True,
         progress: ProgressCallback = no_progress,
     ):
-        from storycast.runs.runner import default_cache_dir
+        from storycast.utils.environment import default_cache_dir
 
         self.preset = preset
         self.options = options or ExtractorOptions()
