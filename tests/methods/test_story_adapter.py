@@ -442,7 +442,8 @@ def test_a_guidance_embedded_lcm_unet_is_evaluated_once_per_step(tmp_path):
 
     from storycast.identity.image_encoder import tiny_image_encoder
     from storycast.models.loading import models_from_pipeline
-    from storycast.models.tiny import _seeded, tiny_ip_adapter_weights, tiny_sdxl_components
+    from storycast.models.tiny import tiny_ip_adapter_weights, tiny_sdxl_components
+    from storycast.utils.torch_utils import seeded as _seeded
 
     components = tiny_sdxl_components(0)
     with _seeded(0):

@@ -186,10 +186,11 @@ def attach_controlnet(models: LoadedModels, source: str) -> AttachedControlNet:
         return models.attachments[key]
     unet = models.pipeline.unet
     if source == "tiny":
-        from storycast.models.tiny import _seeded, tiny_components
+        from storycast.models.tiny import tiny_components
+        from storycast.utils.torch_utils import seeded
 
         # From a fresh tiny UNet: the live one may carry LoRA layers that from_unet cannot copy.
-        with _seeded(models.spec.seed + 20):
+        with seeded(models.spec.seed + 20):
             fresh_unet = tiny_components(models.family, models.spec.seed)["unet"]
             controlnet = ControlNetModel.from_unet(fresh_unet, conditioning_channels=3)
             # from_unet zero-initialises the output convolutions (a fresh ControlNet changes nothing);
@@ -281,11 +282,11 @@ def attach_id_injector(
         else:
             from storycast.identity.id_injector import IDInjector
             from storycast.identity.resampler import ResamplerConfig
-            from storycast.models.tiny import _seeded
+            from storycast.utils.torch_utils import seeded
 
             width = unet.config.cross_attention_dim
             geometry = ResamplerConfig(dim=width, heads=width // 64, output_dim=width)  # IP-Adapter-Plus's
-            with _seeded(models.spec.seed + 40):
+            with seeded(models.spec.seed + 40):
                 random_injector = IDInjector.for_unet(unet, InjectorConfig(geometry))
             loaded = read_injector_weights(random_injector.checkpoint_state(), unet)
             source = "random (IP-Adapter-Plus geometry)"

@@ -8,26 +8,16 @@ gives bit-identical weights on every run, without touching the global random sta
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from importlib import resources
 from typing import Any
+
+from storycast.utils.torch_utils import seeded
 
 TOKENIZER_PACKAGE = "storycast.models"
 TOKENIZER_FOLDER = "tiny_tokenizer"
 TEXT_HIDDEN = 32
 TEXT_PROJECTION = 32
 TIME_EMBED_DIM = 8
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG inside the block and restore the caller's RNG state afterwards."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def tiny_tokenizer() -> Any:
@@ -80,7 +70,7 @@ def tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer()
-    with _seeded(seed):
+    with seeded(seed):
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -99,12 +89,12 @@ def tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
             projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
             norm_num_groups=8,
         )
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         vae = _vae()
     vae.register_to_config(force_upcast=False)
-    with _seeded(seed + 2):
+    with seeded(seed + 2):
         text_encoder = CLIPTextModel(_text_config(tokenizer))
-    with _seeded(seed + 3):
+    with seeded(seed + 3):
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
     # The same schedule as stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json.
     scheduler = EulerDiscreteScheduler(
@@ -137,7 +127,7 @@ def tiny_sd15_components(seed: int = 0) -> dict[str, Any]:
     from transformers import CLIPTextModel
 
     tokenizer = tiny_tokenizer()
-    with _seeded(seed):
+    with seeded(seed):
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -150,9 +140,9 @@ def tiny_sd15_components(seed: int = 0) -> dict[str, Any]:
             cross_attention_dim=TEXT_HIDDEN,
             norm_num_groups=8,
         )
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         vae = _vae()
-    with _seeded(seed + 2):
+    with seeded(seed + 2):
         text_encoder = CLIPTextModel(_text_config(tokenizer))
     # The same schedule as stable-diffusion-v1-5's scheduler_config.json.
     scheduler = PNDMScheduler(
@@ -204,7 +194,7 @@ def tiny_photomaker_weights(unet: Any, seed: int = 0, rank: int = 4, config: Any
     """
     from storycast.identity.photomaker import PhotoMakerConfig, PhotoMakerIDEncoder
 
-    with _seeded(seed + 10):
+    with seeded(seed + 10):
         encoder = PhotoMakerIDEncoder(config or PhotoMakerConfig.tiny())
         lora = _random_photomaker_lora(unet, rank)
     return {"id_encoder": encoder.state_dict(), "lora_weights": lora}
@@ -247,7 +237,7 @@ def tiny_ip_adapter_plus_weights(unet: Any, embedding_dim: int, seed: int = 0) -
     config = ResamplerConfig(
         dim=width, depth=4, dim_head=64, heads=1, num_queries=4, embedding_dim=embedding_dim, output_dim=width
     )
-    with _seeded(seed + 40):
+    with seeded(seed + 40):
         resampler = Resampler(config)
         layers: dict[str, torch.Tensor] = {}
         for number, (_, hidden, context) in enumerate(cross_attention_layers(unet)):
@@ -270,7 +260,7 @@ def tiny_ip_adapter_weights(unet: Any, embedding_dim: int, seed: int = 0) -> dic
 
     width = unet.config.cross_attention_dim
     tokens = 4  # IP-Adapter's clip_extra_context_tokens
-    with _seeded(seed + 50):
+    with seeded(seed + 50):
         proj = torch.nn.Linear(embedding_dim, tokens * width)
         norm = torch.nn.LayerNorm(width)
         torch.nn.init.normal_(norm.weight, mean=1.0, std=0.1)  # not the identity, so the norm's weights matter
@@ -301,7 +291,7 @@ def random_vit_bigg_image_encoder(seed: int = 0) -> Any:
         hidden_act="gelu",
         layer_norm_eps=1e-5,
     )
-    with _seeded(seed + 60):
+    with seeded(seed + 60):
         return CLIPVisionModelWithProjection(config).eval()
 
 
@@ -317,7 +307,7 @@ def tiny_photomaker_v2_weights(
     """
     from storycast.identity.photomaker_v2 import PhotoMakerV2Config, PhotoMakerV2IDEncoder
 
-    with _seeded(seed + 11):
+    with seeded(seed + 11):
         encoder = PhotoMakerV2IDEncoder(config or PhotoMakerV2Config.tiny())
         lora = _random_photomaker_lora(unet, rank)
     return {"id_encoder": encoder.state_dict(), "lora_weights": lora}

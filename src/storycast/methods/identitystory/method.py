@@ -655,6 +655,6 @@ def _sheet(images: list[Any]) -> Any:
 
 
 def _default_cache() -> Any:
-    from storycast.runs.runner import default_cache_dir
+    from storycast.utils.environment import default_cache_dir
 
     return default_cache_dir()

@@ -132,7 +132,7 @@ class PhotoMakerMethod(StoryMethod):
             if character.identity:  # the library entry the story names wins over photos and discovery
                 from storycast.identity.library import IdentityLibrary
                 from storycast.methods.identitystory.method import named_identity
-                from storycast.runs.runner import default_cache_dir
+                from storycast.utils.environment import default_cache_dir
 
                 library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
                 self._identities[character.id] = named_identity(character, library, self.adapter).embedding
@@ -148,7 +148,7 @@ class PhotoMakerMethod(StoryMethod):
             if discoverer is None:
                 discoverer = self._discoverer()
             from storycast.identity.library import IdentityLibrary
-            from storycast.runs.runner import default_cache_dir
+            from storycast.utils.environment import default_cache_dir
 
             library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
             record = discoverer.identity(dataclasses.replace(character, references=()), story, library, context)
