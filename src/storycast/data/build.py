@@ -36,8 +36,8 @@ import numpy as np
 from storycast.data.format import CharacterSet, DataSetInfo, write_dataset
 from storycast.data.sources import SourceItem, scan_source, video_frames
 from storycast.errors import StorycastError
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.presets import ADAPTERS
+from storycast.settings import MethodSettings, check_range, setting
 
 logger = logging.getLogger(__name__)
 

@@ -246,7 +246,7 @@ class EvalPreset:
         Raises:
             SettingsError: An unknown metric or field, a value of the wrong type, or no metric left.
         """
-        from storycast.methods.settings import convert_value
+        from storycast.settings import convert_value
 
         add, remove = metric_names(add), metric_names(remove)
         metrics = tuple(m for m in (*self.metrics, *add) if m not in remove)

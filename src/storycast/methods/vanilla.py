@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
-from storycast.methods.settings import MethodSettings
+from storycast.settings import MethodSettings
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 

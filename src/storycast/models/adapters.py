@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from storycast.methods.settings import MethodSettings, check_range, setting
+from storycast.settings import MethodSettings, check_range, setting
 
 if TYPE_CHECKING:
     from storycast.identity.photomaker_adapter import PhotoMakerAdapter

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, StoryMethod
 from storycast.methods.registry import get_method, list_methods
-from storycast.methods.settings import MethodSettings, ResolveContext
 from storycast.models.facts import ModelFacts, model_facts
+from storycast.settings import MethodSettings, ResolveContext
 from storycast.story.limits import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from storycast.story.model import SEED_POLICIES, GenerationSettings, Story
 from storycast.utils.io import sha256_file, sha256_json

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.masks.registry import MaskSettings
-from storycast.methods.settings import MethodSettings, ResolveContext, check_range, setting
 from storycast.models.adapters import ControlNetSettings, PhotoMakerSettings
+from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
 SEARCH_NEGATIVE_PROMPT = "(asymmetry, worst quality, low quality, illustration, 3d, 2d, painting, cartoons, sketch)"
 INJECTION_NEGATIVE_PROMPT = "noisy, blurry, soft, deformed, ugly"

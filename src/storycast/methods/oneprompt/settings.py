@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.methods.oneprompt.svr import Reweighting
-from storycast.methods.settings import MethodSettings, check_range, setting
+from storycast.settings import MethodSettings, check_range, setting
 
 SCHEDULERS = Literal["model", "ddim", "euler", "euler-ancestral", "dpm++", "pndm"]
 

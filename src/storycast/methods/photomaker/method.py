@@ -29,12 +29,12 @@ import torch
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory.settings import DiscoverySettings
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.adapters import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler
 from storycast.pipelines.noise import count_unet_evaluations, guided_noise
+from storycast.settings import MethodSettings, check_range, setting
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 

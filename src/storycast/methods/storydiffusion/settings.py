@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.attention.consistent import CsaGate
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.adapters import PhotoMakerSettings
+from storycast.settings import MethodSettings, check_range, setting
 
 # Names of the sampling rates by up-block self-attention level, highest resolution first: the token-grid side
 # at the family's native size (64 x 64 and 32 x 32 at 1024 px on SDXL; 64, 32 and 16 at 512 px on SD 1.5).
