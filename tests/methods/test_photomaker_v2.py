@@ -27,7 +27,7 @@ from tests.methods.helpers import plan_for, two_friends
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny face pack
 
-from storycast.evaluation.tiny_faces import paint_tiny_face, write_tiny_face_pack
+from storycast.vision.tiny_faces import paint_tiny_face, write_tiny_face_pack
 
 STEPS = 4
 GEN = {"steps": STEPS, "width": 64, "height": 64}

@@ -244,7 +244,7 @@ def test_bad_input_is_refused_before_any_model_loads(monkeypatch, tmp_path):
 
 
 def test_a_reference_photo_without_a_face_is_refused_before_drawing(sd15, tmp_path):
-    from storycast.evaluation.tiny_faces import write_tiny_face_pack
+    from storycast.vision.tiny_faces import write_tiny_face_pack
 
     faces = write_tiny_face_pack(tmp_path / "faces")
     data = story_data()

@@ -302,7 +302,7 @@ class Evaluator:
         source = self.sources[role]
         identity: dict[str, Any] = {"role": role, "format": FEATURE_FORMAT, "tiny": source.tiny}
         if role == "faces":
-            from storycast.evaluation.faces import FaceSettings, find_face_models
+            from storycast.vision.faces import FaceSettings, find_face_models
 
             settings = FaceSettings(pack=self.preset.face_pack)
             identity["settings"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}
@@ -380,7 +380,7 @@ class Evaluator:
         local_only = self.options.local_files_only
         logger.info("loading %s extractor (%s)", role, "tiny" if source.tiny else source.source or "default")
         if role in ("clip", "clip_i"):
-            from storycast.evaluation.extractors import ClipFeatures
+            from storycast.vision.features import ClipFeatures
 
             model = (
                 ClipFeatures.tiny(TINY_SEED, device=device, batch_size=batch)
@@ -395,7 +395,7 @@ class Evaluator:
                 )
             )
         elif role == "dino":
-            from storycast.evaluation.extractors import DinoFeatures
+            from storycast.vision.features import DinoFeatures
 
             model = (
                 DinoFeatures.tiny("dinov2", TINY_SEED, device=device, batch_size=batch)
@@ -410,7 +410,7 @@ class Evaluator:
                 )
             )
         elif role == "faces":
-            from storycast.evaluation.faces import FaceAnalyzer, FaceSettings
+            from storycast.vision.faces import FaceAnalyzer, FaceSettings
 
             folder = self._write_tiny_face_pack() if source.tiny else self._face_folder(source)
             face_device = device if device.startswith("cuda") and _onnx_has_cuda() else "cpu"
@@ -441,9 +441,9 @@ class Evaluator:
         return source.source or None
 
     def _write_tiny_face_pack(self) -> Path:
-        from storycast.evaluation.faces import FACE_PACKS
-        from storycast.evaluation.tiny_faces import write_tiny_face_pack
         from storycast.utils.io import file_lock
+        from storycast.vision.faces import FACE_PACKS
+        from storycast.vision.tiny_faces import write_tiny_face_pack
 
         folder = self._tiny_face_folder()
         spec = FACE_PACKS[self.preset.face_pack]

@@ -291,6 +291,6 @@ def check_v2(story: Story, settings: PhotoMakerMethodSettings) -> None:
             story.source,
         )
     if characters:
-        from storycast.evaluation.faces import find_face_models
+        from storycast.vision.faces import find_face_models
 
         find_face_models(settings.face_models, settings.face_pack, setting="--set face_models=")
