@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from storycast.masks.attention import otsu_threshold
+from storycast.attention.thresholds import otsu_threshold
 
 # -- pure functions ----------------------------------------------------------------------------------------------
 
