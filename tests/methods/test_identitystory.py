@@ -467,8 +467,8 @@ def test_adapter_file_in_the_official_layout_loads_into_the_pipeline(tmp_path):
     from its folder behaves like the same weights given in memory: same ID embeddings, same LoRA'd UNet."""
     from PIL import Image
 
+    from storycast.adapters.tiny import tiny_photomaker_weights
     from storycast.identity.photomaker import PhotoMakerConfig
-    from storycast.models.tiny import tiny_photomaker_weights
 
     from_file = load_models(ModelSpec(source="tiny", device="cpu"))
     weights = tiny_photomaker_weights(from_file.pipeline.unet, seed=3)

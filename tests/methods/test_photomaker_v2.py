@@ -12,15 +12,15 @@ import torch
 import yaml
 from PIL import Image
 
+from storycast.adapters.photomaker import PhotoMakerSettings, attach_photomaker
+from storycast.adapters.tiny import tiny_photomaker_v2_weights
 from storycast.errors import ModelLoadError, SettingsError, StoryError
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.identity.photomaker_v2 import PhotoMakerV2Config
 from storycast.methods.base import RunContext
 from storycast.methods.photomaker.method import PhotoMakerMethod
-from storycast.models.adapters import PhotoMakerSettings, attach_photomaker
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.models.tiny import tiny_photomaker_v2_weights
 from storycast.pipelines.conditioning import prompt_encoder
 from tests.methods.helpers import plan_for, two_friends
 

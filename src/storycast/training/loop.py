@@ -259,8 +259,8 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
     """The base model, the ID-Injector (from ``settings.init``), the image encoder and the trained module."""
     from diffusers import DDPMScheduler
 
+    from storycast.adapters.id_injector import AttachedInjector, attach_id_injector
     from storycast.identity.id_injector import InjectorConfig, add_storynizor_lora
-    from storycast.models.adapters import AttachedInjector, attach_id_injector
     from storycast.models.loading import load_models
     from storycast.models.presets import PLUS_FACE_WEIGHTS
     from storycast.training.storynizor import FrozenParts, StorynizorTrainable

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from storycast.adapters.controlnet import attach_controlnet
+from storycast.adapters.photomaker import attach_photomaker
 from storycast.errors import StorycastError
 from storycast.identity.library import IdentityLibrary, IdentityRecord, identity_key
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
@@ -24,7 +26,6 @@ from storycast.methods.identitystory.settings import (
     RETRY_SEED_OFFSET,
     IdentityStorySettings,
 )
-from storycast.models.adapters import attach_controlnet, attach_photomaker
 from storycast.pipelines.conditioning import GuidancePair, prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import initial_latents, latent_shape, make_scheduler

@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from storycast.adapters.controlnet import ControlNetSettings
+from storycast.adapters.photomaker import PhotoMakerSettings
 from storycast.masks.registry import MaskSettings
-from storycast.models.adapters import ControlNetSettings, PhotoMakerSettings
 from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
 SEARCH_NEGATIVE_PROMPT = "(asymmetry, worst quality, low quality, illustration, 3d, 2d, painting, cartoons, sketch)"

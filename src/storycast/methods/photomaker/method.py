@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import torch
 
+from storycast.adapters.photomaker import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory.settings import DiscoverySettings
-from storycast.models.adapters import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler

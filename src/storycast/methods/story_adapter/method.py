@@ -141,7 +141,7 @@ class StoryAdapterMethod(StoryMethod):
 
     @property
     def adapter(self) -> Any:
-        from storycast.models.adapters import attach_ip_adapter
+        from storycast.adapters.ip_adapter import attach_ip_adapter
 
         return attach_ip_adapter(self.models, self.settings.ip_adapter)
 

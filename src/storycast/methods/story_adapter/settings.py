@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from storycast.models.adapters import IPAdapterSettings
+from storycast.adapters.ip_adapter import IPAdapterSettings
 from storycast.settings import MethodSettings, check_range, setting
 
 NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"

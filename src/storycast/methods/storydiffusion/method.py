@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
+from storycast.adapters.photomaker import attach_photomaker
 from storycast.attention.consistent import ConsistentAttentionState, TokenBank, install_consistent_attention
 from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import insert_trigger_word, triggered_prompts
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
-from storycast.models.adapters import attach_photomaker
 from storycast.pipelines.conditioning import prompt_encoder
 from storycast.pipelines.decode import decode_latents
 from storycast.pipelines.denoise import denoise, initial_latents, latent_shape, make_scheduler

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from storycast.adapters.photomaker import PhotoMakerSettings
 from storycast.attention.consistent import CsaGate
-from storycast.models.adapters import PhotoMakerSettings
 from storycast.settings import MethodSettings, check_range, setting
 
 # Names of the sampling rates by up-block self-attention level, highest resolution first: the token-grid side

@@ -167,7 +167,7 @@ class StorynizorMethod(StoryMethod):
     @property
     def injector(self) -> Any:
         """The ID-Injector and its image encoder, attached on first use."""
-        from storycast.models.adapters import attach_id_injector
+        from storycast.adapters.id_injector import attach_id_injector
 
         injector = self.settings.injector
         return attach_id_injector(
