@@ -266,7 +266,7 @@ def test_a_character_naming_a_library_identity_takes_it_without_discovering(mode
 def test_preview_sheet_puts_the_previews_side_by_side():
     from PIL import Image
 
-    from storycast.methods.identitystory.method import _sheet
+    from storycast.identity.discovery import preview_sheet as _sheet
 
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     sheet = _sheet([Image.new("RGB", (8, 6), colour) for colour in colours])

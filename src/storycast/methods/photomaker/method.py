@@ -19,7 +19,6 @@ evaluations per frame.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,8 +129,8 @@ class PhotoMakerMethod(StoryMethod):
         discoverer = None
         for character in story.appearing_characters():
             if character.identity:  # the library entry the story names wins over photos and discovery
+                from storycast.identity.discovery import named_identity
                 from storycast.identity.library import IdentityLibrary
-                from storycast.methods.identitystory.method import named_identity
                 from storycast.utils.environment import default_cache_dir
 
                 library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
@@ -145,13 +144,13 @@ class PhotoMakerMethod(StoryMethod):
                 self._identities[character.id] = self.adapter.embed(photos).mean(dim=0)
                 self._sources[character.id] = f"photos ({len(photos)})"
                 continue
-            if discoverer is None:
-                discoverer = self._discoverer()
             from storycast.identity.library import IdentityLibrary
             from storycast.utils.environment import default_cache_dir
 
             library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
-            record = discoverer.identity(dataclasses.replace(character, references=()), story, library, context)
+            if discoverer is None:
+                discoverer = self._discoverer(story, library, context)
+            record = discoverer.discovered(character)
             self._identities[character.id] = record.embedding
             self._sources[character.id] = f"discovered ({record.key})"
 
@@ -175,13 +174,19 @@ class PhotoMakerMethod(StoryMethod):
             self._sources[character.id] = f"photos ({len(photos)})"
         self.adapter.park_vision_tower()
 
-    def _discoverer(self) -> Any:
+    def _discoverer(self, story: Story, library: Any, context: RunContext) -> Any:
         """IdentityStory's discovery with this method's PhotoMaker and discovery settings (shared library)."""
-        from storycast.methods.identitystory.method import IdentityStoryMethod
-        from storycast.methods.identitystory.settings import IdentityStorySettings
+        from storycast.identity.discovery import IdentityFinder
 
-        settings = IdentityStorySettings(photomaker=self.settings.photomaker, discovery=self.settings.discovery)
-        return IdentityStoryMethod(self.models, settings)
+        photomaker = self.settings.photomaker
+        return IdentityFinder(
+            adapter=lambda: self.adapter,
+            library=library,
+            model_info=self.models.info,
+            adapter_id={"photomaker": photomaker.source, "file": photomaker.file},
+            budget=self.resolved_settings(story).discovery.budget(story.settings.width, story.settings.height),
+            on_progress=lambda done, total, label: context.progress(ProgressEvent("discovery", done, total, label)),
+        )
 
     @torch.no_grad()
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
