@@ -31,6 +31,13 @@ import torch
 from storycast.errors import RunFolderError, SettingsError, StoryError
 from storycast.evaluation.cache import FeatureCache, namespace_of
 from storycast.evaluation.presets import QALIGN_TASKS, EvalPreset, template_fields
+from storycast.evaluation.report import (
+    ScoredRun,
+    build_results,
+    compare_results,
+    comparison_markdown,
+    results_markdown,
+)
 from storycast.evaluation.runfolders import (
     BENCHMARK_RECORD,
     CONTACT_SHEET_NAME,
@@ -198,15 +205,6 @@ class _Images:
 
     def all(self) -> list[Image.Image]:
         return [self[i] for i in range(len(self.paths))]
-
-
-@dataclass
-class ScoredRun:
-    """A run with its scores; ``reused`` when its up-to-date ``scores.json`` was read instead of recomputed."""
-
-    run: EvalRun
-    scores: StoryScores
-    reused: bool = False
 
 
 @dataclass
@@ -745,8 +743,6 @@ class Evaluator:
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Path]]:
         """Write results.json, results.md (and results.png with ``pictures``) for ``scored`` into ``root``."""
-        from storycast.evaluation.report import build_results, results_markdown
-
         results = build_results(root, scored, self.preset, self.info, skipped=skipped, extra=extra)
         paths = {
             "json": atomic_write_json(root / RESULTS_JSON, results),
@@ -787,8 +783,6 @@ def compare(
         RunFolderError: A folder has no results.json (evaluate it first).
         SettingsError: The folders were scored with different protocols or extractors.
     """
-    from storycast.evaluation.report import compare_results, comparison_markdown
-
     out_dir = Path(out_dir)
     document = compare_results(paths)
     written = {
