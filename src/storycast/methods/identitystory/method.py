@@ -13,7 +13,6 @@ import torch
 from storycast.adapters.controlnet import attach_controlnet
 from storycast.adapters.photomaker import attach_photomaker
 from storycast.errors import StorycastError
-from storycast.identity.discovery import DiscoveryBudget, IdentityFinder
 from storycast.identity.library import IdentityLibrary, IdentityRecord
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
@@ -21,6 +20,7 @@ from storycast.masks.ops import clean_masks, scale_pixels
 from storycast.masks.registry import build_provider, choose_provider, fallback_reason, shares_the_gpu
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
 from storycast.methods.identitystory import injection, prompts
+from storycast.methods.identitystory.identities import identity_finder
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
     RETRY_SEED_OFFSET,
@@ -164,7 +164,7 @@ class IdentityStoryMethod(StoryMethod):
         self._check_prompts(story, settings)
         appearing = [c for c in story.characters if any(c.id in f.characters for f in story.frames)]
         library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
-        finder = self.identity_finder(story, library, context)
+        finder = identity_finder(self, story, library, context)
         for character in appearing:
             self._identities[character.id] = finder.identity(character)
         if str(self.models.device).startswith("cuda"):
@@ -186,22 +186,6 @@ class IdentityStoryMethod(StoryMethod):
     def adapter(self) -> PhotoMakerAdapter:
         """PhotoMaker on the base pipeline, attached on first use (shared with other methods on these models)."""
         return attach_photomaker(self.models, self.settings.photomaker)
-
-    def discovery_budget(self, story: Story) -> DiscoveryBudget:
-        return self.resolved_settings(story).discovery.budget(story.settings.width, story.settings.height)
-
-    def identity_finder(self, story: Story, library: IdentityLibrary, context: RunContext) -> IdentityFinder:
-        """Finds the characters' identities with this method's PhotoMaker and discovery budget, through ``library``
-        (what another method on the same model and PhotoMaker discovered is found there)."""
-        photomaker = self.settings.photomaker
-        return IdentityFinder(
-            adapter=lambda: self.adapter,
-            library=library,
-            model_info=self.models.info,
-            adapter_id={"photomaker": photomaker.source, "file": photomaker.file},
-            budget=self.discovery_budget(story),
-            on_progress=lambda done, total, label: context.progress(ProgressEvent("discovery", done, total, label)),
-        )
 
     def mask_provider(self, name: str) -> MaskProvider:
         """The mask provider called ``name``, built once per method."""

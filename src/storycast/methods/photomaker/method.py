@@ -149,7 +149,9 @@ class PhotoMakerMethod(StoryMethod):
 
             library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
             if discoverer is None:
-                discoverer = self._discoverer(story, library, context)
+                from storycast.methods.identitystory.identities import identity_finder
+
+                discoverer = identity_finder(self, story, library, context)
             record = discoverer.discovered(character)
             self._identities[character.id] = record.embedding
             self._sources[character.id] = f"discovered ({record.key})"
@@ -173,20 +175,6 @@ class PhotoMakerMethod(StoryMethod):
             self._identities[character.id] = tokens.reshape(-1, tokens.shape[-1])
             self._sources[character.id] = f"photos ({len(photos)})"
         self.adapter.park_vision_tower()
-
-    def _discoverer(self, story: Story, library: Any, context: RunContext) -> Any:
-        """IdentityStory's discovery with this method's PhotoMaker and discovery settings (shared library)."""
-        from storycast.identity.discovery import IdentityFinder
-
-        photomaker = self.settings.photomaker
-        return IdentityFinder(
-            adapter=lambda: self.adapter,
-            library=library,
-            model_info=self.models.info,
-            adapter_id={"photomaker": photomaker.source, "file": photomaker.file},
-            budget=self.resolved_settings(story).discovery.budget(story.settings.width, story.settings.height),
-            on_progress=lambda done, total, label: context.progress(ProgressEvent("discovery", done, total, label)),
-        )
 
     @torch.no_grad()
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
