@@ -106,7 +106,7 @@ def test_injection_changes_the_cond_half_at_the_corresponding_pixels_only(attent
 
 
 def test_masks_cut_at_each_grid_use_the_upsampled_map_s_own_otsu_threshold():
-    from storycast.masks.attention import normalise_map, otsu_threshold
+    from storycast.attention.thresholds import normalise_map, otsu_threshold
 
     maps = torch.rand(1, 1, 2, 2, generator=torch.Generator().manual_seed(7))
     masks = CharacterMasks([("rex",)], (SIDE, SIDE), cut_at_grid=True)

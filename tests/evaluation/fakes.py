@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from storycast.evaluation.tiny_faces import paint_tiny_face
+from storycast.vision.tiny_faces import paint_tiny_face
 
 FRAME_SIZE = 320
 FACE = 16

@@ -10,9 +10,9 @@ from PIL import Image
 
 from storycast.errors import MissingWeightsError, RunFolderError, SettingsError
 from storycast.evaluation.evaluator import Evaluator, ExtractorOptions, compare
-from storycast.evaluation.extractors import ClipFeatures
-from storycast.evaluation.faces import FaceAnalyzer
 from storycast.evaluation.presets import resolve_preset
+from storycast.vision.faces import FaceAnalyzer
+from storycast.vision.features import ClipFeatures
 from tests.evaluation import fakes
 
 pytest.importorskip("onnxruntime")
@@ -237,7 +237,7 @@ def test_splits_get_a_pooled_row_and_each_extractor_loads_once(cache_dir, tmp_pa
 
 
 def test_a_face_pack_folder_is_used_and_recorded_by_pack_not_path(cache_dir, tmp_path):
-    from storycast.evaluation.tiny_faces import write_tiny_face_pack
+    from storycast.vision.tiny_faces import write_tiny_face_pack
 
     folder = write_tiny_face_pack(tmp_path / "models" / "antelopev2", "antelopev2")
     run = single_run(tmp_path / "run")
@@ -254,7 +254,7 @@ def test_a_face_pack_url_is_downloaded_once_into_the_cache(cache_dir, tmp_path):
     import zipfile
 
     from storycast.evaluation.downloads import fetch_zip
-    from storycast.evaluation.tiny_faces import write_tiny_face_pack
+    from storycast.vision.tiny_faces import write_tiny_face_pack
 
     folder = write_tiny_face_pack(tmp_path / "pack" / "antelopev2", "antelopev2")
     archive = tmp_path / "antelopev2.zip"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from storycast.errors import SettingsError
-from storycast.evaluation import extractors, faces, metrics
+from storycast.evaluation import metrics
 from storycast.evaluation import presets as P
 from storycast.evaluation.published import PUBLISHED_ROWS, published_rows
+from storycast.vision import faces
+from storycast.vision import features as extractors
 
 
 def test_constants_equal_those_of_the_modules_presets_does_not_import():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
+from storycast.adapters.tiny import tiny_ip_adapter_plus_weights
 from storycast.attention.character_masks import CharacterMasks
 from storycast.attention.injection import IdentityInjection, IdentityInjectionState, install_identity_injection
 from storycast.errors import MissingWeightsError, ModelLoadError
@@ -22,7 +23,7 @@ from storycast.identity.id_injector import (
     save_injector,
 )
 from storycast.identity.resampler import Resampler, ResamplerConfig
-from storycast.models.tiny import tiny_components, tiny_ip_adapter_plus_weights
+from storycast.models.tiny import tiny_components
 
 FEATURES = 32
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from storycast.adapters.tiny import tiny_photomaker_weights
 from storycast.identity.photomaker import PhotoMakerConfig
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.models.tiny import tiny_photomaker_weights, tiny_sdxl_components
+from storycast.models.tiny import tiny_sdxl_components
 
 
 def unet_output(unet):
@@ -50,13 +51,9 @@ def test_the_trigger_word_never_reaches_the_pipelines_tokenizers_and_detach_remo
 
 
 def test_attached_adapters_are_shared_and_detach_all_leaves_the_models_as_loaded():
-    from storycast.models.adapters import (
-        ControlNetSettings,
-        PhotoMakerSettings,
-        attach_controlnet,
-        attach_photomaker,
-        detach_all,
-    )
+    from storycast.adapters.base import detach_all
+    from storycast.adapters.controlnet import ControlNetSettings, attach_controlnet
+    from storycast.adapters.photomaker import PhotoMakerSettings, attach_photomaker
 
     models = load_models(ModelSpec(source="tiny", device="cpu"))
     photomaker = attach_photomaker(models, PhotoMakerSettings())  # "auto": random weights for the tiny preset

@@ -12,10 +12,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny models
 
 from storycast.errors import MissingWeightsError
-from storycast.evaluation.face_geometry import align_face
-from storycast.evaluation.faces import Detection, FaceAnalyzer
-from storycast.evaluation.tiny_faces import TinyArcFace, paint_tiny_face, write_tiny_face_pack
 from storycast.identity.photomaker_faces import DETECTION_SIZES, NoFaceError, PhotoMakerFaces
+from storycast.vision.face_geometry import align_face
+from storycast.vision.faces import Detection, FaceAnalyzer
+from storycast.vision.tiny_faces import TinyArcFace, paint_tiny_face, write_tiny_face_pack
 
 
 @pytest.fixture(scope="module")

@@ -262,7 +262,7 @@ def test_a_character_naming_a_library_identity_takes_it_without_discovering(mode
 def test_preview_sheet_puts_the_previews_side_by_side():
     from PIL import Image
 
-    from storycast.methods.identitystory.method import _sheet
+    from storycast.identity.discovery import preview_sheet as _sheet
 
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     sheet = _sheet([Image.new("RGB", (8, 6), colour) for colour in colours])
@@ -463,8 +463,8 @@ def test_adapter_file_in_the_official_layout_loads_into_the_pipeline(tmp_path):
     from its folder behaves like the same weights given in memory: same ID embeddings, same LoRA'd UNet."""
     from PIL import Image
 
+    from storycast.adapters.tiny import tiny_photomaker_weights
     from storycast.identity.photomaker import PhotoMakerConfig
-    from storycast.models.tiny import tiny_photomaker_weights
 
     from_file = load_models(ModelSpec(source="tiny", device="cpu"))
     weights = tiny_photomaker_weights(from_file.pipeline.unet, seed=3)

@@ -12,22 +12,22 @@ import torch
 import yaml
 from PIL import Image
 
+from storycast.adapters.photomaker import PhotoMakerSettings, attach_photomaker
+from storycast.adapters.tiny import tiny_photomaker_v2_weights
 from storycast.errors import ModelLoadError, SettingsError, StoryError
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.identity.photomaker_v2 import PhotoMakerV2Config
 from storycast.methods.base import RunContext
 from storycast.methods.photomaker.method import PhotoMakerMethod
-from storycast.models.adapters import PhotoMakerSettings, attach_photomaker
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
-from storycast.models.tiny import tiny_photomaker_v2_weights
 from storycast.pipelines.families import prompt_encoder
 from tests.methods.helpers import plan_for, two_friends
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny face pack
 
-from storycast.evaluation.tiny_faces import paint_tiny_face, write_tiny_face_pack
+from storycast.vision.tiny_faces import paint_tiny_face, write_tiny_face_pack
 
 STEPS = 4
 GEN = {"steps": STEPS, "width": 64, "height": 64}

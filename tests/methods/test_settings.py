@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from storycast.errors import SettingsError
-from storycast.methods.settings import MethodSettings
+from storycast.settings import MethodSettings
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def test_every_registered_method_documents_every_setting_and_its_flat_names_are_
 
 def test_automatic_values_are_resolved_once_for_the_run():
     from storycast.methods.identitystory.settings import IdentityStorySettings
-    from storycast.methods.settings import ResolveContext
+    from storycast.settings import ResolveContext
     from storycast.story.model import GenerationSettings
 
     full = ResolveContext(GenerationSettings(1024, 1024, 50, 7.0), "sdxl")
@@ -126,3 +126,11 @@ def test_automatic_values_are_resolved_once_for_the_run():
     assert resolved.resolve(full) == resolved  # idempotent
     chosen = IdentityStorySettings.from_mapping({"sweet_spot_step": 20}).resolve(full)
     assert chosen.injection.sweet_spot_step == 20
+
+
+def test_methods_registered_through_entry_points_still_import_the_framework_from_methods_settings():
+    import storycast.methods.settings as old
+    import storycast.settings as new
+
+    assert old.__all__ and all(getattr(old, name) is getattr(new, name) for name in old.__all__)
+    assert {"MethodSettings", "ResolveContext", "setting", "check_range"} <= set(old.__all__)

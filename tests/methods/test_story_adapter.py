@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from storycast.adapters.ip_adapter import IPAdapterSettings, attach_ip_adapter
 from storycast.errors import MissingWeightsError, SettingsError
 from storycast.methods.base import ProgressEvent, RunContext
 from storycast.methods.story_adapter.method import StoryAdapterMethod
@@ -21,7 +22,6 @@ from storycast.methods.story_adapter.settings import (
     styled_prompt,
     wrapper_for,
 )
-from storycast.models.adapters import IPAdapterSettings, attach_ip_adapter
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
 from storycast.pipelines.noise import count_evaluations
@@ -376,8 +376,8 @@ def test_real_loading_reads_a_local_file_and_encoder_folder(sdxl, tmp_path):
     beside it), with the tiny architecture written in the official layout."""
     from safetensors.torch import save_file
 
+    from storycast.adapters.tiny import tiny_ip_adapter_weights
     from storycast.identity.image_encoder import tiny_image_encoder
-    from storycast.models.tiny import tiny_ip_adapter_weights
 
     encoder = tiny_image_encoder(0)
     weights = tiny_ip_adapter_weights(sdxl.pipeline.unet, encoder.config.projection_dim, seed=0)
@@ -405,8 +405,8 @@ def test_random_weights_have_the_layout_of_the_real_sdxl_file():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
+    from storycast.adapters.tiny import tiny_ip_adapter_weights
     from storycast.models.random_full import SDXL_UNET
-    from storycast.models.tiny import tiny_ip_adapter_weights
 
     with init_empty_weights():
         unet = UNet2DConditionModel(**SDXL_UNET)
@@ -440,9 +440,11 @@ def test_a_guidance_embedded_lcm_unet_is_evaluated_once_per_step(tmp_path):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
 
+    from storycast.adapters.tiny import tiny_ip_adapter_weights
     from storycast.identity.image_encoder import tiny_image_encoder
     from storycast.models.loading import models_from_pipeline
-    from storycast.models.tiny import _seeded, tiny_ip_adapter_weights, tiny_sdxl_components
+    from storycast.models.tiny import tiny_sdxl_components
+    from storycast.utils.torch_utils import seeded as _seeded
 
     components = tiny_sdxl_components(0)
     with _seeded(0):

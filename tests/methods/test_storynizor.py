@@ -244,7 +244,7 @@ def test_bad_input_is_refused_before_any_model_loads(monkeypatch, tmp_path):
 
 
 def test_a_reference_photo_without_a_face_is_refused_before_drawing(sd15, tmp_path):
-    from storycast.evaluation.tiny_faces import write_tiny_face_pack
+    from storycast.vision.tiny_faces import write_tiny_face_pack
 
     faces = write_tiny_face_pack(tmp_path / "faces")
     data = story_data()
@@ -281,7 +281,8 @@ def test_segmented_references_cut_the_character_out(sd15, tmp_path):
 
 
 def test_weights_that_do_not_fit_the_model_are_refused_before_drawing(tmp_path):
-    from storycast.models.tiny import tiny_components, tiny_ip_adapter_plus_weights
+    from storycast.adapters.tiny import tiny_ip_adapter_plus_weights
+    from storycast.models.tiny import tiny_components
 
     models = load_models(ModelSpec(source="tiny-sd15", device="cpu"))
     sdxl_file = tmp_path / "ip-adapter-plus-face_sdxl.bin"

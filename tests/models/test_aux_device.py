@@ -60,7 +60,8 @@ def test_auxiliary_models_are_built_on_the_aux_device(monkeypatch):
 def test_image_encoders_live_on_the_aux_device_and_give_embeddings_on_the_models_device():
     from PIL import Image
 
-    from storycast.models.adapters import IPAdapterSettings, PhotoMakerSettings, attach_ip_adapter, attach_photomaker
+    from storycast.adapters.ip_adapter import IPAdapterSettings, attach_ip_adapter
+    from storycast.adapters.photomaker import PhotoMakerSettings, attach_photomaker
 
     models = load_models(ModelSpec(source="tiny", device="cpu", aux_device="cpu"))
     photomaker = attach_photomaker(models, PhotoMakerSettings())

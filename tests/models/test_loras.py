@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from storycast.adapters.tiny import tiny_photomaker_weights
 from storycast.errors import MissingWeightsError
 from storycast.models.loading import active_loras, load_models
 from storycast.models.spec import LoraSpec, ModelSpec
-from storycast.models.tiny import tiny_photomaker_weights, tiny_sdxl_components
+from storycast.models.tiny import tiny_sdxl_components
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from storycast.masks.attention import mask_from_map, otsu_threshold
+from storycast.attention.thresholds import otsu_threshold
+from storycast.masks.attention import mask_from_map
 from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, TextConditioning
 from storycast.pipelines.denoise import DenoiseStep, denoise
 from storycast.pipelines.families import prompt_encoder

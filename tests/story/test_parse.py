@@ -223,3 +223,19 @@ def test_round_trip_through_our_format(write_story):
     story = load_story(EXAMPLES / "two_friends.yaml")
     again = parse_story(story_to_dict(story), source=story.source, base_dir=story.source.parent)
     assert dataclasses.replace(again, source=None) == dataclasses.replace(story, source=None)
+
+
+def test_parsing_loads_nothing_above_the_story():
+    """The story layer stands alone: reading a story file loads no run planner, method or model code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, storycast.story.parse\n"
+        "print('\\n'.join(m for m in sys.modules if m == 'storycast' or m.startswith('storycast.')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    front = {"storycast", "storycast.version"}  # the package front and its version, loaded by any storycast import
+    allowed = ("storycast.story", "storycast.errors", "storycast.utils")
+    outside = [m for m in loaded if m not in front and not m.startswith(allowed)]
+    assert "storycast.story.parse" in loaded and outside == []

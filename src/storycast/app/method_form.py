@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, get_args, get_origin
 
 from storycast.errors import SettingsError
-from storycast.methods.settings import Leaf, MethodSettings, describe_type
+from storycast.settings import Leaf, MethodSettings, describe_type
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ def seed_value(text: Any) -> int:
     Raises:
         AppRequestError: Anything else.
     """
-    from storycast.runs.plan import MAX_SEED
+    from storycast.story.limits import MAX_SEED
 
     value = str(text).strip()
     if not re.fullmatch(r"[0-9]{1,20}", value) or int(value) > MAX_SEED:

@@ -35,7 +35,7 @@ class App:
 
     def __init__(self, config: AppConfig):
         from storycast.identity.library import IdentityLibrary
-        from storycast.runs.runner import default_cache_dir
+        from storycast.utils.environment import default_cache_dir
 
         self.config = config
         self.folders = AppFolders.create(config.root)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from storycast.attention.thresholds import normalise_map, otsu_threshold
 from storycast.attention.token_maps import TokenMapStore, token_grid
-from storycast.masks.attention import normalise_map, otsu_threshold
 
 FrameCharacter = tuple[int, str]
 

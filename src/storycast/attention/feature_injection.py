@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from storycast.attention.cache import TokenCache
-from storycast.masks.attention import otsu_threshold
+from storycast.attention.thresholds import otsu_threshold
 
 # -- pure functions ----------------------------------------------------------------------------------------------
 

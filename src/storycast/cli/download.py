@@ -57,8 +57,8 @@ class ModelDownload:
 
 def model_downloads() -> dict[str, ModelDownload]:
     """The model names ``storycast download`` knows, built from the presets the rest of storycast loads."""
+    from storycast.adapters.ip_adapter import IP_ADAPTER_REPO
     from storycast.evaluation.presets import EVAL_PRESETS
-    from storycast.models.adapters import IP_ADAPTER_REPO
     from storycast.models.presets import ADAPTERS, BASE_PRESETS, PLUS_FACE_WEIGHTS
 
     def pipeline(name: str) -> ModelDownload:

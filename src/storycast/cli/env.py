@@ -19,8 +19,14 @@ def run(args: argparse.Namespace) -> int:
     import platform
     import sys
 
-    from storycast.runs.runner import default_cache_dir
-    from storycast.utils.environment import CORE_PACKAGES, OPTIONAL_PACKAGES, devices, extras_status, package_versions
+    from storycast.utils.environment import (
+        CORE_PACKAGES,
+        OPTIONAL_PACKAGES,
+        default_cache_dir,
+        devices,
+        extras_status,
+        package_versions,
+    )
 
     report = {
         "python": sys.version.split()[0],

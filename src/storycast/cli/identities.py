@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from storycast.errors import StorycastError
     from storycast.identity.library import IdentityLibrary
-    from storycast.runs.runner import default_cache_dir
+    from storycast.utils.environment import default_cache_dir
 
     library = IdentityLibrary((args.cache_dir or default_cache_dir()) / "identities")
     if args.action == "list":

@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from storycast import __version__
 from storycast.cli import (
     app,
     benchmark,
@@ -24,6 +23,7 @@ from storycast.cli import (
     train,
     validate,
 )
+from storycast.version import __version__
 
 COMMANDS = {
     "generate": generate,

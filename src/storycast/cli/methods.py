@@ -18,7 +18,7 @@ def print_settings(settings_class: Any) -> None:
     """Each setting: its --set name, dotted path, type, default and help (from the settings' own fields)."""
     import textwrap
 
-    from storycast.methods.settings import describe_type
+    from storycast.settings import describe_type
 
     # The method's own settings first, then one block per group.
     leaves = sorted(settings_class.leaves(), key=lambda leaf: len(leaf.path) > 1)

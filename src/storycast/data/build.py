@@ -36,8 +36,8 @@ import numpy as np
 from storycast.data.format import CharacterSet, DataSetInfo, write_dataset
 from storycast.data.sources import SourceItem, scan_source, video_frames
 from storycast.errors import StorycastError
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.presets import ADAPTERS
+from storycast.settings import MethodSettings, check_range, setting
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Builder:
         if self.settings.identities != "auto":
             return self.settings.identities
         from storycast.errors import MissingWeightsError
-        from storycast.evaluation.faces import find_face_models
+        from storycast.vision.faces import find_face_models
 
         try:
             find_face_models(self.settings.face_models)
@@ -210,11 +210,11 @@ class Builder:
         is loaded on first use."""
         if self._embedder is None:
             if self._embedder_kind() == "faces":
-                from storycast.evaluation.faces import FaceAnalyzer
+                from storycast.vision.faces import FaceAnalyzer
 
                 self._embedder = FaceAnalyzer.from_folder(self.settings.face_models, setting="--set face_models=")
             else:
-                from storycast.evaluation.extractors import DEFAULT_DINO_CHECKPOINT, DinoFeatures
+                from storycast.vision.features import DEFAULT_DINO_CHECKPOINT, DinoFeatures
 
                 self._embedder = (
                     DinoFeatures.tiny()

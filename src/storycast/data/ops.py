@@ -64,7 +64,7 @@ def cluster_embeddings(embeddings: torch.Tensor, threshold: float) -> list[int]:
 
 def contrast_mask(image: Image.Image, border: int = 2) -> np.ndarray:
     """(H, W) boolean mask of what stands out from the image border's median colour (see the module docstring)."""
-    from storycast.masks.attention import otsu_threshold
+    from storycast.attention.thresholds import otsu_threshold
     from storycast.masks.ops import largest_component
 
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0

@@ -1,10 +1,9 @@
-"""Evaluation of story illustrations: metrics, feature extractors and face analysis.
+"""Evaluation of story illustrations: metrics, the extractors each metric reads, scoring and reports.
+
+The feature extractors themselves (CLIP and DINO features, SCRFD + ArcFace faces) are shared with the rest of
+storycast in :mod:`storycast.vision`; ``Evaluator.extractor`` picks and loads the one each metric needs.
 
 - ``metrics``: pure functions over feature tensors (CLIP-T, CLIP-I/DINO-I, Face-Sim, Q-Align, aggregation).
-- ``extractors``: CLIP and DINO features through transformers (``ClipFeatures``, ``DinoFeatures``).
-- ``faces``: SCRFD detection + ArcFace embeddings as ONNX models (``FaceAnalyzer``; extra ``faces``).
-- ``face_geometry``: SCRFD decoding, NMS and 5-point alignment in numpy/PIL.
-- ``tiny_faces``: tiny ONNX stand-ins of an insightface pack, for offline tests.
 - ``presets``: each paper's protocol as an ``EvalPreset`` (identitystory, 1prompt1story, consistory).
 - ``published``: the papers' published rows, as data with their sources.
 - ``scoring``: pure functions from a story's features to its metric values, and stories to a split.

@@ -62,7 +62,7 @@ class InstallResult:
 
 def default_target(cache_dir: str | Path | None = None) -> Path:
     """``<cache>/bench/ConsiStory-Human``, the cache being ``cache_dir`` or storycast's (``$STORYCAST_CACHE``)."""
-    from storycast.runs.runner import default_cache_dir
+    from storycast.utils.environment import default_cache_dir
 
     return Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "bench" / BENCH_NAME
 

@@ -28,10 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from storycast import __version__
 from storycast.errors import RunFolderError, SettingsError, StoryError
 from storycast.evaluation.cache import FeatureCache, namespace_of
 from storycast.evaluation.presets import QALIGN_TASKS, EvalPreset, template_fields
+from storycast.evaluation.report import (
+    ScoredRun,
+    build_results,
+    compare_results,
+    comparison_markdown,
+    results_markdown,
+)
 from storycast.evaluation.runfolders import (
     BENCHMARK_RECORD,
     CONTACT_SHEET_NAME,
@@ -55,6 +61,7 @@ from storycast.utils.io import (
     sha256_file,
     sha256_json,
 )
+from storycast.version import __version__
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -201,15 +208,6 @@ class _Images:
 
 
 @dataclass
-class ScoredRun:
-    """A run with its scores; ``reused`` when its up-to-date ``scores.json`` was read instead of recomputed."""
-
-    run: EvalRun
-    scores: StoryScores
-    reused: bool = False
-
-
-@dataclass
 class EvaluationResult:
     """What ``Evaluator.evaluate`` produced.
 
@@ -256,7 +254,7 @@ class Evaluator:
         pictures: bool = True,
         progress: ProgressCallback = no_progress,
     ):
-        from storycast.runs.runner import default_cache_dir
+        from storycast.utils.environment import default_cache_dir
 
         self.preset = preset
         self.options = options or ExtractorOptions()
@@ -302,7 +300,7 @@ class Evaluator:
         source = self.sources[role]
         identity: dict[str, Any] = {"role": role, "format": FEATURE_FORMAT, "tiny": source.tiny}
         if role == "faces":
-            from storycast.evaluation.faces import FaceSettings, find_face_models
+            from storycast.vision.faces import FaceSettings, find_face_models
 
             settings = FaceSettings(pack=self.preset.face_pack)
             identity["settings"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}
@@ -380,7 +378,7 @@ class Evaluator:
         local_only = self.options.local_files_only
         logger.info("loading %s extractor (%s)", role, "tiny" if source.tiny else source.source or "default")
         if role in ("clip", "clip_i"):
-            from storycast.evaluation.extractors import ClipFeatures
+            from storycast.vision.features import ClipFeatures
 
             model = (
                 ClipFeatures.tiny(TINY_SEED, device=device, batch_size=batch)
@@ -395,7 +393,7 @@ class Evaluator:
                 )
             )
         elif role == "dino":
-            from storycast.evaluation.extractors import DinoFeatures
+            from storycast.vision.features import DinoFeatures
 
             model = (
                 DinoFeatures.tiny("dinov2", TINY_SEED, device=device, batch_size=batch)
@@ -410,7 +408,7 @@ class Evaluator:
                 )
             )
         elif role == "faces":
-            from storycast.evaluation.faces import FaceAnalyzer, FaceSettings
+            from storycast.vision.faces import FaceAnalyzer, FaceSettings
 
             folder = self._write_tiny_face_pack() if source.tiny else self._face_folder(source)
             face_device = device if device.startswith("cuda") and _onnx_has_cuda() else "cpu"
@@ -441,9 +439,9 @@ class Evaluator:
         return source.source or None
 
     def _write_tiny_face_pack(self) -> Path:
-        from storycast.evaluation.faces import FACE_PACKS
-        from storycast.evaluation.tiny_faces import write_tiny_face_pack
         from storycast.utils.io import file_lock
+        from storycast.vision.faces import FACE_PACKS
+        from storycast.vision.tiny_faces import write_tiny_face_pack
 
         folder = self._tiny_face_folder()
         spec = FACE_PACKS[self.preset.face_pack]
@@ -745,8 +743,6 @@ class Evaluator:
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Path]]:
         """Write results.json, results.md (and results.png with ``pictures``) for ``scored`` into ``root``."""
-        from storycast.evaluation.report import build_results, results_markdown
-
         results = build_results(root, scored, self.preset, self.info, skipped=skipped, extra=extra)
         paths = {
             "json": atomic_write_json(root / RESULTS_JSON, results),
@@ -787,8 +783,6 @@ def compare(
         RunFolderError: A folder has no results.json (evaluate it first).
         SettingsError: The folders were scored with different protocols or extractors.
     """
-    from storycast.evaluation.report import compare_results, comparison_markdown
-
     out_dir = Path(out_dir)
     document = compare_results(paths)
     written = {

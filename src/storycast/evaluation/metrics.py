@@ -1,6 +1,6 @@
 """Metrics of consistent-character story illustration, as pure functions over feature tensors.
 
-No model is loaded and no file is read here: the extractors (``extractors.py``, ``faces.py``) turn
+No model is loaded and no file is read here: the extractors (``vision/features.py``, ``vision/faces.py``) turn
 images and texts into features, and these functions turn features into numbers. Protocol facts and
 their sources are in ``docs/metrics.md`` §1-§5, these formulas in §6.1; with ``ê`` an L2-normalised
 embedding, they are:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from storycast.evaluation.presets import METRICS, EvalPreset
 from storycast.evaluation.report import chart_rows, decimals_of, format_value
 from storycast.evaluation.scoring import StoryScores
-from storycast.runs.storyboard import BACKGROUND, MUTED, TEXT, _font, render_storyboard, wrap_text
+from storycast.runs.storyboard import BACKGROUND, MUTED, TEXT, default_font, render_storyboard, wrap_text
 
 PALETTE = (
     (31, 119, 180),
@@ -59,7 +59,7 @@ def render_contact_sheet(
     captions = [_frame_caption(frame, preset, found[i]) for i, frame in enumerate(scores.frames)]
     grid = render_storyboard(images, captions, title=title, columns=columns, caption_lines=3)
     font_size = max(14, grid.width // 70)
-    font = _font(font_size)
+    font = default_font(font_size)
     story_line = "Story: " + " · ".join(
         f"{METRICS[m].label} {format_value(scores.values.get(m), decimals_of(preset, m))}"
         for m in preset.ordered_metrics
@@ -94,7 +94,7 @@ def render_metric_chart(
     """
     if not rows or not columns:
         raise ValueError("a chart needs at least one row and one metric")
-    font, small, big = _font(14), _font(12), _font(20)
+    font, small, big = default_font(14), default_font(12), default_font(20)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_width = min(260, max(int(measure.textlength(r["label"], font=small)) for r in rows) + 12)
     bar_area, value_width = 240, 64

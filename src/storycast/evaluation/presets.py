@@ -24,15 +24,15 @@ from typing import Any, Literal
 from storycast.errors import SettingsError
 
 # This module stays free of torch so that building the command line is fast; the constants below
-# equal those of metrics.py, extractors.py and faces.py (tests/evaluation/test_presets.py checks it).
+# equal those of metrics.py, vision/features.py and vision/faces.py (tests/evaluation/test_presets.py checks it).
 PERCENT = 100.0
 """IdentityStory's scale: CLIP-T, CLIP-T-C, CLIP-I and Face-Sim in % (``metrics.PERCENT``)."""
 HESSEL_W = 2.5
 """Hessel et al.'s CLIPScore weight (``metrics.HESSEL_W``)."""
 DEFAULT_DINO_CHECKPOINT = "facebook/dinov2-base"
-"""``extractors.DEFAULT_DINO_CHECKPOINT``."""
+"""``vision.features.DEFAULT_DINO_CHECKPOINT``."""
 FACE_PACK_NAMES = ("buffalo_l", "antelopev2")
-"""The insightface packs ``faces.FACE_PACKS`` knows."""
+"""The insightface packs ``vision.faces.FACE_PACKS`` knows."""
 
 Pairing = Literal["pairwise", "anchor"]
 Aggregation = Literal["story", "flat"]
@@ -246,7 +246,7 @@ class EvalPreset:
         Raises:
             SettingsError: An unknown metric or field, a value of the wrong type, or no metric left.
         """
-        from storycast.methods.settings import convert_value
+        from storycast.settings import convert_value
 
         add, remove = metric_names(add), metric_names(remove)
         metrics = tuple(m for m in (*self.metrics, *add) if m not in remove)

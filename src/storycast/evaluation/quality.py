@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from storycast.errors import ModelLoadError, SettingsError
-from storycast.evaluation.checkpoints import load_checkpoint
 from storycast.evaluation.metrics import QALIGN_LEVELS, qalign_score
+from storycast.vision.checkpoints import load_checkpoint
 
 if TYPE_CHECKING:
     from PIL import Image

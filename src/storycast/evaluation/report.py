@@ -13,17 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from storycast.errors import RunFolderError, SettingsError
 from storycast.evaluation.presets import METRICS, QALIGN_TASKS, EvalPreset
 from storycast.evaluation.published import published_rows
-from storycast.evaluation.runfolders import CONTACT_SHEET_NAME, RESULTS_JSON, read_json
-from storycast.evaluation.scoring import face_coverage, json_number, summarize
-
-if TYPE_CHECKING:
-    from storycast.evaluation.evaluator import ScoredRun
+from storycast.evaluation.runfolders import CONTACT_SHEET_NAME, RESULTS_JSON, EvalRun, read_json
+from storycast.evaluation.scoring import StoryScores, face_coverage, json_number, summarize
 
 RESULTS_FORMAT = 1
 ALL_SPLITS = "all"
@@ -35,6 +33,15 @@ AGGREGATION_TEXT = {
     "story": "per-story mean, then the unweighted mean over stories",
     "flat": "per-frame metrics averaged over all frames at once; pairwise metrics per story, then over stories",
 }
+
+
+@dataclass
+class ScoredRun:
+    """A run with its scores; ``reused`` when its up-to-date ``scores.json`` was read instead of recomputed."""
+
+    run: EvalRun
+    scores: StoryScores
+    reused: bool = False
 
 
 def _now() -> str:

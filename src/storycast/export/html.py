@@ -14,13 +14,13 @@ import mimetypes
 from collections.abc import Sequence
 from pathlib import Path
 
-from storycast import __version__
 from storycast.export.layouts import Box, Page, Panel
 from storycast.export.render import BOOK_TEXT_SCALE, NARRATION_SHARE, SPEECH_WIDTH_SHARE, Pen
 from storycast.export.settings import ExportSettings
 from storycast.export.source import RunContent
 from storycast.export.typeset import FONT_FAMILIES, font_bytes, split_caption
 from storycast.utils.io import atomic_write_text
+from storycast.version import __version__
 
 FACES = {"grid": (), "comic": ("comic",), "book": ("serif", "serif-bold")}
 """The shipped faces each layout's HTML embeds (the grid uses the reader's sans-serif, as sheets use Pillow's)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
-from storycast import __version__
 from storycast.utils.io import atomic_directory, atomic_write_bytes
+from storycast.version import __version__
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 def _random_clip_vision(seed: int, **config: Any) -> Any:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from storycast.models.tiny import _seeded
+    from storycast.utils.torch_utils import seeded
 
-    with _seeded(seed + 30):
+    with seeded(seed + 30):
         return CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).eval()
 
 

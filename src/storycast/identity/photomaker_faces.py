@@ -5,7 +5,7 @@ The authors (``inference_scripts/inference_pmv2.py``, ``gradio_demo/app_v2.py``)
 (``photomaker/insightface_package.py``): detect at 640 x 640; if no face is found, again at 640, 576, ... 320
 and 256; take ``faces[0]`` (the highest detection score) and its **raw** ``embedding`` (not the L2-normalised
 ``normed_embedding``). storycast runs the same two ONNX files with onnxruntime
-(:mod:`storycast.evaluation.faces`: SCRFD, 5-point alignment, ArcFace), so this needs the ``faces`` extra and
+(:mod:`storycast.vision.faces`: SCRFD, 5-point alignment, ArcFace), so this needs the ``faces`` extra and
 the pack's files, not insightface.
 
 Where the authors silently drop a photo without a face (and then fail on mismatched shapes), here it is an
@@ -26,7 +26,7 @@ from storycast.errors import StorycastError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from storycast.evaluation.faces import ArcFaceEmbedder, ScrfdDetector
+    from storycast.vision.faces import ArcFaceEmbedder, ScrfdDetector
 
 DETECTION_SIZES = (640, 576, 512, 448, 384, 320, 256)
 """The detector sizes ``analyze_faces`` tries, in order (640, then 640 down by 64 while above 256, then 256)."""
@@ -65,7 +65,7 @@ class PhotoMakerFaces:
             MissingWeightsError: A file is missing (the message names it and ``setting``).
             ExtraNotInstalledError: onnxruntime is not installed.
         """
-        from storycast.evaluation.faces import (
+        from storycast.vision.faces import (
             ArcFaceEmbedder,
             FaceSettings,
             ScrfdDetector,
@@ -93,8 +93,8 @@ class PhotoMakerFaces:
     def embed_one(self, image: Image.Image) -> torch.Tensor | None:
         """The raw ArcFace embedding (d,) of the highest-scoring face, at the first detector size that finds one;
         None when no size does."""
-        from storycast.evaluation.face_geometry import align_face
-        from storycast.evaluation.faces import choose_face
+        from storycast.vision.face_geometry import align_face
+        from storycast.vision.faces import choose_face
 
         rgb = image.convert("RGB")
         for detector in self.detectors:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from storycast.story.model import Story
+    from storycast.story.model import Character, Story
 
 TRIGGER_WORD = "img"
 
@@ -32,6 +32,12 @@ def insert_trigger_word(description: str, class_word: str, trigger_word: str = T
     pattern = re.compile(rf"(?<!\w)({re.escape(class_word)})(?!\w)", flags=re.IGNORECASE)
     inserted, count = pattern.subn(lambda match: f"{match.group(1)} {trigger_word}", description, count=1)
     return inserted if count else f"{description} {class_word} {trigger_word}".strip()
+
+
+def search_prompt(character: Character) -> str:
+    """The character's description with PhotoMaker's trigger after its class word (what identity discovery draws
+    from; part of a discovered identity's library key)."""
+    return insert_trigger_word(character.description, character.class_word)
 
 
 def remove_trigger_word(prompt: str, trigger_word: str = TRIGGER_WORD) -> str:

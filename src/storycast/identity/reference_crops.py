@@ -36,9 +36,9 @@ def square_box(
 
 
 def face_crop(image: Image.Image, detector: Any, scale: float = FACE_CROP_SCALE) -> Image.Image | None:
-    """A square crop around the largest face ``detector`` (a :class:`~storycast.evaluation.faces.ScrfdDetector`)
+    """A square crop around the largest face ``detector`` (a :class:`~storycast.vision.faces.ScrfdDetector`)
     finds, or None when it finds none."""
-    from storycast.evaluation.faces import choose_face
+    from storycast.vision.faces import choose_face
 
     image = image.convert("RGB")
     detections = detector.detect(image)

@@ -11,40 +11,10 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from storycast.attention.thresholds import normalise_map, otsu_threshold
 from storycast.masks.base import MaskInputs, MaskNotFoundError
 
 logger = logging.getLogger(__name__)
-
-
-def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
-    """Otsu's threshold (1979) of values in [0, 1]: the cut maximising the between-class variance.
-
-    Values strictly above the returned threshold form the foreground. When several cuts share the best
-    variance (an empty gap between the classes), the middle one is taken.
-    """
-    flat = values.detach().float().reshape(-1).clamp(0, 1)
-    histogram = torch.histc(flat, bins=bins, min=0.0, max=1.0)
-    probabilities = histogram / histogram.sum().clamp_min(1)
-    centers = (torch.arange(bins, dtype=torch.float32) + 0.5) / bins
-    weight_background = probabilities.cumsum(0)
-    mean_background_sum = (probabilities * centers).cumsum(0)
-    total_mean = mean_background_sum[-1]
-    weight_foreground = 1 - weight_background
-    between = (total_mean * weight_background - mean_background_sum) ** 2 / (
-        weight_background * weight_foreground
-    ).clamp_min(1e-12)
-    between[weight_foreground <= 0] = -1
-    best = between.max()
-    ties = torch.nonzero(between >= best - 1e-6 * best.abs()).flatten()
-    return float(int(ties[len(ties) // 2]) + 1) / bins
-
-
-def normalise_map(attention_map: torch.Tensor) -> torch.Tensor:
-    """Scale a non-negative map to [0, 1] (a constant map becomes zeros)."""
-    low, high = attention_map.min(), attention_map.max()
-    if float(high - low) <= 0:
-        return torch.zeros_like(attention_map, dtype=torch.float32)
-    return ((attention_map - low) / (high - low)).float()
 
 
 def mask_from_map(attention_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

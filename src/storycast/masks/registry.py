@@ -16,7 +16,7 @@ from typing import Any, Literal
 from storycast.errors import SettingsError
 from storycast.masks.base import MaskProvider
 from storycast.masks.grounded_sam import BOX_THRESHOLD, DETECTOR_ID, SEGMENTER_ID, TEXT_THRESHOLD
-from storycast.methods.settings import MethodSettings, ResolveContext, check_range, setting
+from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
 logger = logging.getLogger(__name__)
 

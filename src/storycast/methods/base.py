@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from storycast.methods.settings import MethodSettings, ResolveContext
+from storycast.settings import MethodSettings, ResolveContext
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.settings import MethodSettings
 from storycast.pipelines.sampler import sample
+from storycast.settings import MethodSettings
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 

@@ -22,10 +22,10 @@ from storycast.models.tiny import (
     TEXT_HIDDEN,
     TOKENIZER_FOLDER,
     TOKENIZER_PACKAGE,
-    _seeded,
-    _text_config,
+    tiny_text_config,
     tiny_tokenizer,
 )
+from storycast.utils.torch_utils import seeded
 
 Size = Literal["full", "tiny"]
 
@@ -294,13 +294,13 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict[st
 
     tokenizer = tiny_tokenizer()
     tokenizer_2 = tiny_t5_tokenizer()
-    with _seeded(seed):
+    with seeded(seed):
         transformer = FluxTransformer2DModel(**flux_transformer_config("tiny", guidance_embeds=guidance_embeds))
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         vae = AutoencoderKL(**flux_vae_config("tiny"))
-    with _seeded(seed + 2):
-        text_encoder = CLIPTextModel(_text_config(tokenizer))
-    with _seeded(seed + 3):
+    with seeded(seed + 2):
+        text_encoder = CLIPTextModel(tiny_text_config(tokenizer))
+    with seeded(seed + 3):
         text_encoder_2 = T5EncoderModel(flux_t5_config("tiny", vocab_size=len(tokenizer_2)))
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(**flux_scheduler_config(guidance_embeds)),
@@ -372,7 +372,7 @@ def random_flux_components(
     t5_config = flux_t5_config("full", vocab_size=len(tokenizer_2), num_layers=t5_layers)
 
     def build(offset: int, make: Callable[[], Any]) -> Any:
-        with _seeded(seed + offset), torch.device(device):
+        with seeded(seed + offset), torch.device(device):
             module = make()
         # As a torch module: diffusers' ModelMixin.to(dtype=...) warns about fp32-only modules these have none of.
         return torch.nn.Module.to(module, dtype=dtype).eval()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from storycast.models.tiny import _seeded, tiny_tokenizer
+from storycast.models.tiny import tiny_tokenizer
+from storycast.utils.torch_utils import seeded
 
 SDXL_UNET = {
     "sample_size": 128,
@@ -78,7 +79,7 @@ def random_full_components(family: str, *, device: str = "cpu", dtype: Any = Non
     dtype = dtype or torch.float32
     tokenizer = tiny_tokenizer()
     schedule = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
-    with _seeded(seed), torch.device(device):
+    with seeded(seed), torch.device(device):
         if family == "sdxl":
             unet = UNet2DConditionModel(**SDXL_UNET)
             vae = AutoencoderKL(**VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)

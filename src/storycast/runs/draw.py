@@ -17,8 +17,9 @@ from storycast.methods.base import FrameResult, ProgressCallback, RunContext, St
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
 from storycast.runs.plan import RunPlan, plan_run
-from storycast.runs.runner import default_cache_dir, draw_groups, frame_record
+from storycast.runs.runner import draw_groups, frame_record
 from storycast.story.model import Story
+from storycast.utils.environment import default_cache_dir
 
 if TYPE_CHECKING:
     from PIL import Image

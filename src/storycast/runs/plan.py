@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, StoryMethod
 from storycast.methods.registry import get_method, list_methods
-from storycast.methods.settings import MethodSettings, ResolveContext
 from storycast.models.facts import ModelFacts, model_facts
+from storycast.settings import MethodSettings, ResolveContext
+from storycast.story.inputs import frame_inputs
+from storycast.story.limits import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from storycast.story.model import SEED_POLICIES, GenerationSettings, Story
-from storycast.utils.io import sha256_file, sha256_json
+from storycast.utils.io import sha256_json
 
 if TYPE_CHECKING:
     from storycast.models.loading import LoadedModels
@@ -33,14 +35,6 @@ if TYPE_CHECKING:
     from storycast.runs.folder import RunFolder
 
 GENERATION_FIELDS = tuple(f.name for f in dataclasses.fields(GenerationSettings))
-MAX_SIDE = 4096
-"""Largest width or height accepted (SDXL is trained at about 1 megapixel; 4096 px is 16 of those)."""
-MAX_STEPS = 1000
-MAX_BATCH = 64
-"""Frames drawn together by per-frame methods: beyond this a batch only trades memory for nothing."""
-"""Most denoising steps accepted (the schedulers' training timesteps)."""
-MAX_SEED = 2**64 - 1
-"""Seeds are unsigned 64-bit integers (``torch.Generator.manual_seed``)."""
 
 
 def resolve_generation(
@@ -118,8 +112,10 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
 
     for key in ("width", "height"):
         value = settings.__dict__[key]
-        if not 64 <= value <= MAX_SIDE:
-            fail(key, f"is out of range. Fix: use a multiple of 8 between 64 and {MAX_SIDE}, e.g. 512 or 1024.")
+        if not MIN_SIDE <= value <= MAX_SIDE:
+            fail(
+                key, f"is out of range. Fix: use a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, e.g. 512 or 1024."
+            )
         if value % 8:
             fail(key, "is not a multiple of 8. Fix: use e.g. 512 or 1024.")
     if not 1 <= settings.steps <= MAX_STEPS:
@@ -132,31 +128,6 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
         fail("seed", f"is out of range. Fix: use a whole number between 0 and {MAX_SEED}.")
     if settings.seed_policy not in (None, *SEED_POLICIES):
         fail("seed_policy", f"is not a seed policy. Fix: use {' or '.join(SEED_POLICIES)}.")
-
-
-def _character_record(story: Story, character_id: str) -> dict[str, Any]:
-    character = story.character(character_id)
-    return {
-        "id": character.id,
-        "description": character.description,
-        "class_word": character.class_word,
-        "references": [sha256_file(p) for p in character.references],
-    }
-
-
-def frame_inputs(story: Story, index: int) -> dict[str, Any]:
-    """Everything about frame ``index`` that its image depends on, besides run-wide settings."""
-    frame = story.frames[index]
-    return {
-        "prompt": story.prompt(index),
-        # Methods may build their own prompts from the context (IdentityStory's multi-character prompt).
-        "context": frame.context,
-        "negative_prompt": story.negative_prompt(index),
-        "seed": story.frame_seed(index),
-        "characters": [_character_record(story, cid) for cid in frame.characters],
-        "masks": {cid: sha256_file(path) for cid, path in frame.masks.items()},
-        "control_image": sha256_file(frame.control_image) if frame.control_image else None,
-    }
 
 
 @dataclass(frozen=True)

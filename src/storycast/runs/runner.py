@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storycast import __version__
 from storycast.methods.base import FrameResult, ProgressCallback, ProgressEvent, RunContext, StoryMethod, no_progress
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
@@ -42,7 +41,9 @@ from storycast.runs.plan import PlannedGroup, RunPlan, plan_run
 from storycast.runs.shards import Share
 from storycast.story.model import Story
 from storycast.story.parse import story_to_dict
+from storycast.utils.environment import default_cache_dir
 from storycast.utils.io import atomic_save_image, atomic_write_json, atomic_write_text, sha256_file
+from storycast.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +80,6 @@ class RunResult:
     drawn: list[int] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
     loaded_models: LoadedModels | None = None
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    root = (
-        os.environ.get("STORYCAST_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "storycast"
-    )
-    return Path(root)
 
 
 def _now() -> str:

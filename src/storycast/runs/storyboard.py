@@ -12,7 +12,8 @@ TEXT = (30, 30, 30)
 MUTED = (120, 120, 120)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def default_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` px (its fixed-size bitmap font where Pillow lacks FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType: fixed-size bitmap font
@@ -80,8 +81,8 @@ def render_storyboard(
     rows = math.ceil(len(images) / columns)
 
     font_size = max(12, cell_width // 22)
-    font = _font(font_size)
-    title_font = _font(font_size * 2)
+    font = default_font(font_size)
+    title_font = default_font(font_size * 2)
     line_height = round(font_size * 1.3)
     margin, gap = font_size, font_size
     caption_height = line_height * (caption_lines + 1)

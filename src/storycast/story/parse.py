@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from storycast.errors import Problem, StoryError
-from storycast.runs.plan import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS
+from storycast.story.limits import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from storycast.story.model import (
     PLACEHOLDER,
     SEED_POLICIES,
@@ -68,9 +68,6 @@ MAX_VALUES = 100_000
 names: this caps a "billion laughs" file, whose aliases would expand to more than memory holds."""
 MAX_INT_DIGITS = 100
 """Longest whole number accepted anywhere in a story (seeds, the largest settings, have at most 20 digits)."""
-MIN_SIDE = 64
-"""Smallest width or height accepted, as the run planner's check; ``MAX_SIDE``, ``MAX_STEPS``, ``MAX_BATCH`` and
-``MAX_SEED`` are the planner's own (:mod:`storycast.runs.plan`), so a story that parses also plans."""
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 """Image formats a story may name (reference photos, masks, control images), by PIL's names (JPEG covers MPO)."""
 

@@ -259,8 +259,8 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
     """The base model, the ID-Injector (from ``settings.init``), the image encoder and the trained module."""
     from diffusers import DDPMScheduler
 
+    from storycast.adapters.id_injector import AttachedInjector, attach_id_injector
     from storycast.identity.id_injector import InjectorConfig, add_storynizor_lora
-    from storycast.models.adapters import AttachedInjector, attach_id_injector
     from storycast.models.loading import load_models
     from storycast.models.presets import PLUS_FACE_WEIGHTS
     from storycast.training.storynizor import FrozenParts, StorynizorTrainable
@@ -296,9 +296,9 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
         from storycast.identity.id_injector import LORA_ADAPTER
 
         if LORA_ADAPTER not in (getattr(pipe.unet, "peft_config", None) or {}):
-            from storycast.models.tiny import _seeded
+            from storycast.utils.torch_utils import seeded
 
-            with _seeded(settings.seed):  # peft draws the initial lora_A from the global generator
+            with seeded(settings.seed):  # peft draws the initial lora_A from the global generator
                 add_storynizor_lora(pipe.unet, settings.lora_rank, settings.lora_alpha)
         pipe.unet.set_adapters([LORA_ADAPTER], [1.0])
         for name, parameter in pipe.unet.named_parameters():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from storycast.methods.settings import MethodSettings, check_range, setting
+from storycast.settings import MethodSettings, check_range, setting
 
 
 @dataclass(frozen=True)

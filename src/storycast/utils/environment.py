@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from storycast.utils.imports import EXTRA_OF_MODULE, is_available
@@ -20,6 +22,16 @@ CORE_PACKAGES = (
     "pillow",
 )
 OPTIONAL_PACKAGES = ("peft", "accelerate", "datasets", "av", "scipy", "onnxruntime", "gradio")
+
+
+def default_cache_dir() -> Path:
+    """storycast's cache (identities, features, downloads): ``$STORYCAST_CACHE``, else
+    ``$XDG_CACHE_HOME/storycast``, else ``~/.cache/storycast``."""
+    root = (
+        os.environ.get("STORYCAST_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "storycast"
+    )
+    return Path(root)
 
 
 def package_version(name: str) -> str | None:

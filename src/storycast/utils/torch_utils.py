@@ -1,7 +1,10 @@
-"""Device, dtype and random-generator helpers. Nothing here touches global RNG state."""
+"""Device, dtype and random-generator helpers. Nothing here leaves global RNG state changed (:func:`seeded`
+restores it)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from storycast.errors import SettingsError
@@ -66,3 +69,14 @@ def make_generator(seed: int, device: str = "cpu") -> torch.Generator:
 
     generator_device = "cpu" if device.startswith("mps") else device
     return torch.Generator(device=generator_device).manual_seed(int(seed))
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU RNG inside the block (random-weight models are built from it) and restore the caller's RNG
+    state afterwards."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.pipelines.families import SchedulerName
+from storycast.settings import MethodSettings, check_range, setting
 
 DROPOUT_SEED_OFFSET = 6151
 """Offset from a group's first frame seed to the seed of its mask dropout (the attention's random stream is not

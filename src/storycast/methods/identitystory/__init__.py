@@ -2,7 +2,11 @@
 
 - ``settings``: the method's settings with the authors' defaults;
 - ``prompts``: search, region and global prompts as the authors build them;
-- ``discovery``: Iterative Identity Discovery (candidates -> ID embeddings -> iterative SVD filter -> mean);
 - ``injection``: Re-denoising Identity Injection (stage 1 text-only, stage 2 regional identity passes);
+- ``identities``: the identity finder (library lookups, discovery) with a method's PhotoMaker and budget;
 - ``method``: the ``identitystory`` story method tying them to the runner.
+
+Iterative Identity Discovery (candidates -> ID embeddings -> iterative SVD filter -> mean) and the identity library
+lookups are :mod:`storycast.identity.discovery`; ``identities`` ties them to a method, for this method and for
+``photomaker``.
 """

@@ -4,36 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from storycast.adapters.controlnet import attach_controlnet
+from storycast.adapters.photomaker import attach_photomaker
 from storycast.errors import StorycastError
-from storycast.identity.library import IdentityLibrary, IdentityRecord, identity_key
+from storycast.identity.library import IdentityLibrary, IdentityRecord
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
 from storycast.masks.registry import build_provider, choose_provider, fallback_reason, shares_the_gpu
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
-from storycast.methods.identitystory import discovery, injection, prompts
+from storycast.methods.identitystory import injection, prompts
+from storycast.methods.identitystory.identities import identity_finder
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
     RETRY_SEED_OFFSET,
     IdentityStorySettings,
 )
-from storycast.models.adapters import attach_controlnet, attach_photomaker
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.noise import ControlInput, control_image_tensor, count_evaluations
 from storycast.story.model import Character, Story
+from storycast.utils.environment import default_cache_dir
 from storycast.utils.torch_utils import make_generator
 
 logger = logging.getLogger(__name__)
-
-MODEL_KEYS = ("source", "repo_id", "revision", "commit", "path", "seed", "dtype")
-"""What of the base model an identity depends on (part of its library key)."""
 
 
 @dataclass
@@ -162,9 +161,10 @@ class IdentityStoryMethod(StoryMethod):
         settings = self.resolved_settings(story)
         self._check_prompts(story, settings)
         appearing = [c for c in story.characters if any(c.id in f.characters for f in story.frames)]
-        library = IdentityLibrary((context.cache_dir or _default_cache()) / "identities")
+        library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
+        finder = identity_finder(self, story, library, context)
         for character in appearing:
-            self._identities[character.id] = self.identity(character, story, library, context)
+            self._identities[character.id] = finder.identity(character)
         if str(self.models.device).startswith("cuda"):
             self.adapter.park_vision_tower()
 
@@ -184,94 +184,6 @@ class IdentityStoryMethod(StoryMethod):
     def adapter(self) -> PhotoMakerAdapter:
         """PhotoMaker on the base pipeline, attached on first use (shared with other methods on these models)."""
         return attach_photomaker(self.models, self.settings.photomaker)
-
-    def discovery_budget(self, story: Story) -> discovery.DiscoveryBudget:
-        found = self.resolved_settings(story).discovery
-        return discovery.DiscoveryBudget(
-            candidates=found.candidates,
-            batch_size=found.batch_size,
-            steps=found.steps,
-            guidance_scale=found.guidance_scale,
-            loops=found.loops,
-            start_merge_step=found.start_merge_step,
-            svd_rank=found.svd_rank,
-            svd_keep_ratio=found.svd_keep_ratio,
-            svd_iterations=found.svd_iterations,
-            preview_images=found.preview_images,
-            negative_prompt=found.negative_prompt,
-            freeu=found.freeu,
-            seed=found.seed,
-            width=story.settings.width,
-            height=story.settings.height,
-        )
-
-    def identity(
-        self, character: Character, story: Story, library: IdentityLibrary, context: RunContext
-    ) -> IdentityRecord:
-        """The character's identity: the library entry it names, or from its photos, or from the library, or
-        discovered and stored."""
-        if character.identity:
-            return named_identity(character, library, self.adapter)
-        model = {k: self.models.info.get(k) for k in MODEL_KEYS}
-        adapter_id = {"photomaker": self.settings.photomaker.source, "file": self.settings.photomaker.file}
-        if character.references:
-            from PIL import Image
-
-            from storycast.utils.io import sha256_file
-
-            key = identity_key(
-                {"photos": [sha256_file(p) for p in character.references], "adapter": adapter_id, "model": model}
-            )
-            record = library.get(key)
-            if record is None:
-                photos = [Image.open(p).convert("RGB") for p in character.references]
-                embedding = discovery.identity_from_photos(self.adapter, photos)
-                info = {
-                    "character": character.id,
-                    "source": "photos",
-                    "photos": [str(p) for p in character.references],
-                }
-                record = library.put(key, embedding, info)
-            return record
-
-        budget = self.discovery_budget(story)
-        search = prompts.search_prompt(character)
-        key = identity_key({"prompt": search, "model": model, "adapter": adapter_id, "budget": budget.__dict__})
-        with library.claim(key):  # one process discovers it; the others wait here, then find it stored
-            record = library.get(key)
-            if record is not None:
-                logger.info("identity of '%s' found in the library (%s)", character.id, key)
-                return record
-            return self._discover(character, search, budget, key, library, context)
-
-    def _discover(
-        self, character: Character, search: str, budget: Any, key: str, library: IdentityLibrary, context: RunContext
-    ) -> IdentityRecord:
-        """Discover ``character``'s identity (the authors' iterative SVD discovery) and store it under ``key``."""
-        total = budget.candidates * budget.loops
-        done = 0
-        label = f"identity of {character.display_name}"
-        context.progress(ProgressEvent("discovery", 0, total, label))
-
-        def on_image() -> None:
-            nonlocal done
-            done += 1
-            context.progress(ProgressEvent("discovery", min(done, total), total, label))
-
-        logger.info("discovering the identity of '%s' (%d candidates)", character.id, total)
-        started = time.perf_counter()
-        with count_evaluations(self.backbone.denoiser) as counter:
-            result = discovery.discover_identity(self.adapter, search, budget, on_image)
-        info = {
-            "character": character.id,
-            "source": "discovered",
-            "prompt": search,
-            "budget": budget.__dict__,
-            "kept": result.kept,
-            "unet_evaluations": counter.evaluations,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        return library.put(key, result.identity, info, preview=_sheet(result.previews))
 
     def mask_provider(self, name: str) -> MaskProvider:
         """The mask provider called ``name``, built once per method."""
@@ -589,28 +501,6 @@ class _MapRecorder:
         return {c.id: maps[k] for k, c in enumerate(self.characters[row])}
 
 
-def named_identity(character: Character, library: IdentityLibrary, adapter: PhotoMakerAdapter) -> IdentityRecord:
-    """The library entry ``character.identity`` names, checked against the adapter's ID embedding size."""
-    assert character.identity
-    record = library.get(character.identity)
-    if record is None:
-        raise StorycastError(
-            f"character '{character.id}': identity '{character.identity}' is not in the identity library at "
-            f"{library.root}. Fix: copy a key from `storycast identities list` (with the same --cache-dir), or remove "
-            f"the character's identity to discover or embed one."
-        )
-    config = adapter.encoder.config
-    size = config.projection_dim + config.projection_dim_2
-    if record.embedding.numel() != size:
-        raise StorycastError(
-            f"character '{character.id}': identity '{character.identity}' has {record.embedding.numel()} values, but "
-            f"this PhotoMaker's ID embeddings have {size} (it was made with another encoder). Fix: pick an identity "
-            f"made with this model and PhotoMaker, or remove the character's identity."
-        )
-    logger.info("identity of '%s' taken from the library entry it names (%s)", character.id, character.identity)
-    return record
-
-
 @contextlib.contextmanager
 def _recording_maps(
     backbone: Any,
@@ -646,16 +536,3 @@ def _mask_image(mask: torch.Tensor) -> Any:
     from PIL import Image
 
     return Image.fromarray((mask.cpu().numpy().astype("uint8") * 255), mode="L")
-
-
-def _sheet(images: list[Any]) -> Any:
-    """The identity's preview images side by side in one row (None when there are none)."""
-    from diffusers.utils import make_image_grid
-
-    return make_image_grid(images, rows=1, cols=len(images)) if images else None
-
-
-def _default_cache() -> Any:
-    from storycast.runs.runner import default_cache_dir
-
-    return default_cache_dir()

@@ -6,13 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from storycast.identity.photomaker_prompt import insert_trigger_word
+from storycast.identity.photomaker_prompt import search_prompt
 from storycast.story.model import Character, Story, join_prompt
-
-
-def search_prompt(character: Character) -> str:
-    """The character's description with PhotoMaker's trigger after its class word."""
-    return insert_trigger_word(character.description, character.class_word)
 
 
 def region_prompt(story: Story, character: Character, characters_in_frame: int) -> str:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from storycast.adapters.controlnet import ControlNetSettings
+from storycast.adapters.photomaker import PhotoMakerSettings
 from storycast.masks.registry import MaskSettings
-from storycast.methods.settings import MethodSettings, ResolveContext, check_range, setting
-from storycast.models.adapters import ControlNetSettings, PhotoMakerSettings
+from storycast.settings import MethodSettings, ResolveContext, check_range, setting
+
+if TYPE_CHECKING:
+    from storycast.identity.discovery import DiscoveryBudget
 
 SEARCH_NEGATIVE_PROMPT = "(asymmetry, worst quality, low quality, illustration, 3d, 2d, painting, cartoons, sketch)"
 INJECTION_NEGATIVE_PROMPT = "noisy, blurry, soft, deformed, ugly"
@@ -84,6 +88,28 @@ class DiscoverySettings(MethodSettings):
             steps=steps,
             svd_rank=self.svd_rank or (TINY_SVD_RANK if tiny else 10),
             start_merge_step=scaled_step(self.start_merge_step, steps),
+        )
+
+    def budget(self, width: int, height: int) -> DiscoveryBudget:
+        """These settings, resolved, as the numbers of one discovery of ``width`` x ``height`` candidates."""
+        from storycast.identity.discovery import DiscoveryBudget
+
+        return DiscoveryBudget(
+            candidates=self.candidates,
+            batch_size=self.batch_size,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            loops=self.loops,
+            start_merge_step=self.start_merge_step,
+            svd_rank=self.svd_rank,
+            svd_keep_ratio=self.svd_keep_ratio,
+            svd_iterations=self.svd_iterations,
+            preview_images=self.preview_images,
+            negative_prompt=self.negative_prompt,
+            freeu=self.freeu,
+            seed=self.seed,
+            width=width,
+            height=height,
         )
 
 

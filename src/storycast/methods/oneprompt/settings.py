@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.methods.oneprompt.svr import Reweighting
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.pipelines.families import SchedulerName
+from storycast.settings import MethodSettings, check_range, setting
 
 
 @dataclass(frozen=True)

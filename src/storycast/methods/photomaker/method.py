@@ -19,21 +19,20 @@ evaluations per frame.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from storycast.adapters.photomaker import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning, merge_step
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.identitystory.settings import DiscoverySettings
-from storycast.methods.settings import MethodSettings, check_range, setting
-from storycast.models.adapters import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.pipelines.families import SchedulerName
 from storycast.pipelines.sampler import sample
+from storycast.settings import MethodSettings, check_range, setting
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
@@ -126,9 +125,9 @@ class PhotoMakerMethod(StoryMethod):
         discoverer = None
         for character in story.appearing_characters():
             if character.identity:  # the library entry the story names wins over photos and discovery
+                from storycast.identity.discovery import named_identity
                 from storycast.identity.library import IdentityLibrary
-                from storycast.methods.identitystory.method import named_identity
-                from storycast.runs.runner import default_cache_dir
+                from storycast.utils.environment import default_cache_dir
 
                 library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
                 self._identities[character.id] = named_identity(character, library, self.adapter).embedding
@@ -141,13 +140,15 @@ class PhotoMakerMethod(StoryMethod):
                 self._identities[character.id] = self.adapter.embed(photos).mean(dim=0)
                 self._sources[character.id] = f"photos ({len(photos)})"
                 continue
-            if discoverer is None:
-                discoverer = self._discoverer()
             from storycast.identity.library import IdentityLibrary
-            from storycast.runs.runner import default_cache_dir
+            from storycast.utils.environment import default_cache_dir
 
             library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
-            record = discoverer.identity(dataclasses.replace(character, references=()), story, library, context)
+            if discoverer is None:
+                from storycast.methods.identitystory.identities import identity_finder
+
+                discoverer = identity_finder(self, story, library, context)
+            record = discoverer.discovered(character)
             self._identities[character.id] = record.embedding
             self._sources[character.id] = f"discovered ({record.key})"
 
@@ -170,14 +171,6 @@ class PhotoMakerMethod(StoryMethod):
             self._identities[character.id] = tokens.reshape(-1, tokens.shape[-1])
             self._sources[character.id] = f"photos ({len(photos)})"
         self.adapter.park_vision_tower()
-
-    def _discoverer(self) -> Any:
-        """IdentityStory's discovery with this method's PhotoMaker and discovery settings (shared library)."""
-        from storycast.methods.identitystory.method import IdentityStoryMethod
-        from storycast.methods.identitystory.settings import IdentityStorySettings
-
-        settings = IdentityStorySettings(photomaker=self.settings.photomaker, discovery=self.settings.discovery)
-        return IdentityStoryMethod(self.models, settings)
 
     @torch.no_grad()
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
@@ -277,6 +270,6 @@ def check_v2(story: Story, settings: PhotoMakerMethodSettings) -> None:
             story.source,
         )
     if characters:
-        from storycast.evaluation.faces import find_face_models
+        from storycast.vision.faces import find_face_models
 
         find_face_models(settings.face_models, settings.face_pack, setting="--set face_models=")

@@ -141,7 +141,7 @@ class StoryAdapterMethod(StoryMethod):
 
     @property
     def adapter(self) -> Any:
-        from storycast.models.adapters import attach_ip_adapter
+        from storycast.adapters.ip_adapter import attach_ip_adapter
 
         return attach_ip_adapter(self.models, self.settings.ip_adapter)
 
@@ -156,7 +156,7 @@ class StoryAdapterMethod(StoryMethod):
 
     def round_base(self, story: Story, frames: Sequence[int]) -> dict[str, Any]:
         """What every round's key hashes besides its index and scale (see rounds.py)."""
-        from storycast.runs.plan import frame_inputs
+        from storycast.story.inputs import frame_inputs
 
         settings = self.resolved_settings(story).to_dict()
         for schedule_only in ("rounds", "scale_start", "scale_end"):  # each round's key has its own scale

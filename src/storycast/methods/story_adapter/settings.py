@@ -11,9 +11,9 @@ from typing import Literal
 
 import numpy as np
 
-from storycast.methods.settings import MethodSettings, check_range, setting
-from storycast.models.adapters import IPAdapterSettings
+from storycast.adapters.ip_adapter import IPAdapterSettings
 from storycast.pipelines.families import SchedulerName
+from storycast.settings import MethodSettings, check_range, setting
 
 NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 """``StoryAdapterXL.generate``'s negative prompt when none is given (the one run.py uses)."""

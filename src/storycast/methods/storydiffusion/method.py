@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
+from storycast.adapters.photomaker import attach_photomaker
 from storycast.attention.consistent import ConsistentAttentionState, install_consistent_attention, token_bank
 from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
-from storycast.models.adapters import attach_photomaker
 from storycast.pipelines.families import check_scheduler
 from storycast.pipelines.freeu import FREEU, freeu
 from storycast.pipelines.sampler import sample

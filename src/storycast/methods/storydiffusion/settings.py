@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from storycast.adapters.photomaker import PhotoMakerSettings
 from storycast.attention.consistent import CsaGate
-from storycast.methods.settings import MethodSettings, ResolveContext, check_range, setting
-from storycast.models.adapters import PhotoMakerSettings
 from storycast.pipelines.families import SchedulerName
+from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
 UNET_FAMILIES = ("sd15", "sdxl")
 

@@ -104,7 +104,7 @@ class StorynizorMethod(StoryMethod):
         if unreadable:
             raise StoryError(unreadable, story.source)
         if photo_owners and settings.injector.reference_crop == "face":
-            from storycast.evaluation.faces import find_face_models
+            from storycast.vision.faces import find_face_models
 
             find_face_models(settings.injector.face_models, settings.injector.face_pack, setting="--set face_models=")
         warn_unnamed_class_words(story, cls.name)
@@ -165,7 +165,7 @@ class StorynizorMethod(StoryMethod):
     @property
     def injector(self) -> Any:
         """The ID-Injector and its image encoder, attached on first use."""
-        from storycast.models.adapters import attach_id_injector
+        from storycast.adapters.id_injector import attach_id_injector
 
         injector = self.settings.injector
         return attach_id_injector(
@@ -189,7 +189,7 @@ class StorynizorMethod(StoryMethod):
         """The face detector for face crops; None (with one warning) when 'auto' finds no face models."""
         if self._detector is None:
             from storycast.errors import MissingWeightsError
-            from storycast.evaluation.faces import ScrfdDetector, find_face_models
+            from storycast.vision.faces import ScrfdDetector, find_face_models
 
             try:
                 detector_file, _ = find_face_models(

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.masks.registry import MaskSettings
-from storycast.methods.settings import MethodSettings, check_range, setting
 from storycast.models.presets import ADAPTERS, PLUS_FACE_WEIGHTS, VIT_H_ENCODER
 from storycast.pipelines.families import SchedulerName
+from storycast.settings import MethodSettings, check_range, setting
 
 DETECTOR_ID = ADAPTERS["grounding-dino"].repo_id
 SEGMENTER_ID = ADAPTERS["sam"].repo_id

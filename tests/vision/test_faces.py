@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from storycast.errors import ExtraNotInstalledError, MissingWeightsError, ModelLoadError, SettingsError
-from storycast.evaluation import faces as F
 from storycast.evaluation import metrics as M
+from storycast.vision import faces as F
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny models
 
-from storycast.evaluation.tiny_faces import TinyArcFace, paint_tiny_face, write_tiny_face_pack  # noqa: E402
+from storycast.vision.tiny_faces import TinyArcFace, paint_tiny_face, write_tiny_face_pack  # noqa: E402
 
 BACKGROUND = 60
 

@@ -1,7 +1,8 @@
-"""Image and text feature extractors for the evaluation metrics: CLIP and DINO through transformers.
+"""Image and text features through transformers: CLIP (the evaluation metrics) and DINO (the metrics, and grouping
+images of one character when training sets are built).
 
 Each extractor holds one model, loaded once, and encodes lists of PIL images (and, for CLIP, texts)
-in batches into L2-normalised float32 features on the CPU, ready for ``metrics.py``. ``tiny()``
+in batches into L2-normalised float32 features on the CPU, ready for ``evaluation/metrics.py``. ``tiny()``
 builds a random-weight model from a config in code, for offline tests.
 
 Checkpoints the papers used (docs/metrics.md §4):
@@ -25,12 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from storycast.errors import SettingsError
-from storycast.evaluation.checkpoints import (
-    load_checkpoint,
-    load_pil_image_processor,
-    pil_image_processor_class,
-    seeded,
-)
+from storycast.utils.torch_utils import seeded
+from storycast.vision.checkpoints import load_checkpoint, load_pil_image_processor, pil_image_processor_class
 
 if TYPE_CHECKING:
     from PIL import Image

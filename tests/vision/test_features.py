@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from storycast.errors import MissingWeightsError, ModelLoadError, SettingsError
-from storycast.evaluation.extractors import ClipFeatures, DinoFeatures
+from storycast.vision.features import ClipFeatures, DinoFeatures
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

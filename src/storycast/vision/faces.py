@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from storycast.errors import MissingWeightsError, ModelLoadError, SettingsError
-from storycast.evaluation import face_geometry as geometry
 from storycast.utils.imports import require
+from storycast.vision import face_geometry as geometry
 
 DEFAULT_FACE_ROOT = Path("~/.insightface/models")
 """Where insightface keeps its packs (``<root>/<pack>/<file>.onnx``); searched when no folder is given."""

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from storycast.evaluation.face_geometry import ARCFACE_TEMPLATE_112
-from storycast.evaluation.faces import FACE_PACKS
 from storycast.utils.imports import require
+from storycast.vision.face_geometry import ARCFACE_TEMPLATE_112
+from storycast.vision.faces import FACE_PACKS
 
 TINY_STRIDES = (8, 16, 32)
 TINY_CHANNEL_OF_STRIDE = {8: 0, 16: 1, 32: 2}

@@ -1,14 +1,12 @@
-"""Find evaluation checkpoints (Hub id or local folder) and turn 'not there' into an error naming the fix."""
+"""Find feature-extractor checkpoints (Hub id or local folder) and turn 'not there' into an error naming the fix."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from storycast.models.checkpoints import load_checkpoint as shared_load_checkpoint
-from storycast.models.checkpoints import looks_like_path, missing_checkpoint_message  # noqa: F401 - re-exported
 
 T = TypeVar("T")
 
@@ -25,16 +23,6 @@ def load_checkpoint(
     return shared_load_checkpoint(
         load, source, what=what, point_at=f"pass {setting}", local_files_only=local_files_only
     )
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG inside the block (random-weight tiny models) and restore the caller's state after."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def pil_image_processor_class(name: str) -> Any:

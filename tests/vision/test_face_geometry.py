@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storycast.evaluation import face_geometry as G
+from storycast.vision import face_geometry as G
 
 
 def test_anchor_centers_are_row_major_with_anchors_fastest():
