@@ -24,6 +24,7 @@ from storycast.errors import StorycastError
 from storycast.identity.library import IdentityLibrary, IdentityRecord, identity_key
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
 from storycast.identity.photomaker_prompt import MergedConditioning, search_prompt
+from storycast.identity.references import photomaker_identity, read_photos
 from storycast.identity.svd_filter import svd_filter
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.freeu import FREEU_SDXL, freeu
@@ -135,8 +136,9 @@ def discover_identity(
 
 
 def identity_from_photos(adapter: PhotoMakerAdapter, photos: list[Any]) -> torch.Tensor:
-    """An identity from a person's photos: the mean of their ID embeddings (as discovery averages)."""
-    return adapter.embed(photos).mean(dim=0).cpu()
+    """An identity from a person's photos, on the CPU (as the library keeps it): see
+    :func:`storycast.identity.references.photomaker_identity`."""
+    return photomaker_identity(adapter, photos).cpu()
 
 
 def named_identity(character: Character, library: IdentityLibrary, adapter: PhotoMakerAdapter) -> IdentityRecord:
@@ -204,7 +206,6 @@ class IdentityFinder:
 
     def from_photos(self, character: Character) -> IdentityRecord:
         """The mean ID embedding of the character's reference photos, stored under the photos' hashes."""
-        from PIL import Image
 
         from storycast.utils.io import sha256_file
 
@@ -213,7 +214,7 @@ class IdentityFinder:
         )
         record = self.library.get(key)
         if record is None:
-            photos = [Image.open(p).convert("RGB") for p in character.references]
+            photos = read_photos(character.references, f"'{character.id}'")
             embedding = identity_from_photos(self.adapter(), photos)
             info = {
                 "character": character.id,

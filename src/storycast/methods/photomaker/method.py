@@ -28,6 +28,7 @@ import torch
 from storycast.adapters.photomaker import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning, merge_step
+from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.identitystory.settings import DiscoverySettings
 from storycast.pipelines.families import SchedulerName
@@ -134,10 +135,9 @@ class PhotoMakerMethod(StoryMethod):
                 self._sources[character.id] = f"library ({character.identity})"
                 continue
             if character.references and settings.identity != "discovered":
-                from PIL import Image
 
-                photos = [Image.open(p).convert("RGB") for p in character.references]
-                self._identities[character.id] = self.adapter.embed(photos).mean(dim=0)
+                photos = read_photos(character.references, f"'{character.id}'")
+                self._identities[character.id] = photomaker_identity(self.adapter, photos)
                 self._sources[character.id] = f"photos ({len(photos)})"
                 continue
             from storycast.identity.library import IdentityLibrary
@@ -155,7 +155,6 @@ class PhotoMakerMethod(StoryMethod):
     def _prepare_v2(self, story: Story, settings: PhotoMakerMethodSettings) -> None:
         """Each character's v2 ID tokens from its photos: (2 x photos, D), photo by photo, as the official pipeline
         stacks them."""
-        from PIL import Image
 
         from storycast.identity.photomaker_faces import PhotoMakerFaces
 
@@ -165,7 +164,7 @@ class PhotoMakerMethod(StoryMethod):
             return
         faces = PhotoMakerFaces.from_folder(settings.face_models, settings.face_pack)
         for character in characters:
-            photos = [Image.open(p).convert("RGB") for p in character.references]
+            photos = read_photos(character.references, f"'{character.id}'")
             arcface = faces.embed(photos, character.references, character.id)
             tokens = self.adapter.id_tokens(photos, arcface)
             self._identities[character.id] = tokens.reshape(-1, tokens.shape[-1])

@@ -31,6 +31,7 @@ from storycast.adapters.photomaker import attach_photomaker
 from storycast.attention.consistent import ConsistentAttentionState, install_consistent_attention, token_bank
 from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
+from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.pipelines.families import check_scheduler
@@ -185,10 +186,9 @@ class StoryDiffusionMethod(StoryMethod):
     def prepare(self, story: Story, context: RunContext) -> None:
         for character in story.appearing_characters():
             if character.references and character.id not in self._references:
-                from PIL import Image
 
-                photos = [Image.open(p).convert("RGB") for p in character.references]
-                self._references[character.id] = self.adapter.embed(photos).mean(dim=0)
+                photos = read_photos(character.references, f"'{character.id}'")
+                self._references[character.id] = photomaker_identity(self.adapter, photos)
         if self._references and str(self.models.device).startswith("cuda"):
             self.adapter.park_vision_tower()  # drawing needs only the fuse module, as in identitystory
 

@@ -206,15 +206,14 @@ class StorynizorMethod(StoryMethod):
     def _reference_images(self, character: Character, settings: StorynizorSettings) -> list[Any]:
         """The character's photos as the encoder sees them: cut to the face, or to the segmented character, where
         asked and found (see the ``reference_crop`` setting)."""
-        from PIL import Image
-
         from storycast.identity.reference_crops import face_crop
+        from storycast.identity.references import read_photos
 
         crop = settings.injector.reference_crop
         detector = self._face_detector(settings, required=crop == "face") if crop in ("auto", "face") else None
         images, cuts = [], {"face": 0, "segmented": 0}
-        for path in character.references:
-            photo = Image.open(path).convert("RGB")
+        photos = read_photos(character.references, f"'{character.id}'")
+        for path, photo in zip(character.references, photos, strict=True):
             image = face_crop(photo, detector) if detector is not None else None
             if image is None and crop == "face":
                 raise StorycastError(
