@@ -4,12 +4,14 @@ network, so only the errors are tested)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,6 +26,8 @@ needs_shared = pytest.mark.skipif(not BENCH.is_dir(), reason=f"needs the shared 
 MODEL_NAMES = (
     "sdxl",
     "sd15",
+    "flux-dev",
+    "flux-schnell",
     "photomaker",
     "photomaker-v2",
     "grounding-dino",
@@ -297,3 +301,137 @@ def test_download_list_imports_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+FLUX_FILES = {
+    "black-forest-labs/FLUX.1-dev": ("flux1-dev.safetensors", "dev_grid.jpg"),
+    "black-forest-labs/FLUX.1-schnell": ("flux1-schnell.safetensors", "schnell_grid.jpeg"),
+}
+FLUX_FOLDERS = (
+    "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder_2/config.json", "text_encoder_2/model-00001-of-00002.safetensors",
+    "text_encoder_2/model-00002-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json", "tokenizer_2/special_tokens_map.json", "tokenizer_2/spiece.model",
+    "tokenizer_2/tokenizer.json", "tokenizer_2/tokenizer_config.json", "transformer/config.json",
+    "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+    "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
+    "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+    "transformer/diffusion_pytorch_model.safetensors.index.json", "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)  # fmt: skip
+"""FLUX.1's repositories: diffusers' folders, and at the top Black Forest Labs' single files (the 23.8 GB
+transformer, the VAE) that a diffusers pipeline does not read."""
+FLUX_INDEX = {
+    "_class_name": "FluxPipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def _hub_error(cls, status: int, message: str):
+    import httpx2
+
+    url = "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/model_index.json"
+    return cls(message, response=httpx2.Response(status, request=httpx2.Request("GET", url)))
+
+
+@pytest.fixture
+def flux_hub(tmp_path, monkeypatch):
+    """The Hub as diffusers' ``DiffusionPipeline.download`` sees it (its listing, file and snapshot calls), faked
+    offline for FLUX.1's two repositories; ``refuse`` makes a call fail as the Hub does, ``fetched`` lists the files
+    each snapshot would bring."""
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    hub = SimpleNamespace(fetched={}, refuse={})
+
+    def check(call, repo_id, local_files_only=False):
+        if local_files_only:
+            raise LocalEntryNotFoundError(f"{repo_id} is not in the local cache")
+        if call in hub.refuse:
+            raise hub.refuse[call]
+
+    def model_info(repo_id, **kwargs):
+        check("model_info", repo_id)
+        files = (*FLUX_FOLDERS, *FLUX_FILES[repo_id], "README.md", "LICENSE.md", ".gitattributes")
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files])
+
+    def hf_hub_download(repo_id, filename, local_files_only=False, **kwargs):
+        check("hf_hub_download", repo_id, local_files_only)
+        path = tmp_path / "hub" / repo_id / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(FLUX_INDEX))
+        return str(path)
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, local_files_only=False, **kwargs):
+        check("snapshot_download", repo_id, local_files_only)
+        files = model_info(repo_id).siblings
+        hub.fetched[repo_id] = sorted(
+            f.rfilename
+            for f in files
+            if any(fnmatch.fnmatch(f.rfilename, p) for p in allow_patterns or ["*"])
+            and not any(fnmatch.fnmatch(f.rfilename, p) for p in ignore_patterns or [])
+        )
+        return str(tmp_path / "hub" / repo_id)
+
+    monkeypatch.setattr(pipeline_utils, "_resolve_revision", lambda repo_id, revision=None, **kwargs: revision)
+    monkeypatch.setattr(pipeline_utils, "get_cached_repo_tree", lambda *args, **kwargs: [])
+    for fake in (model_info, hf_hub_download, snapshot_download):
+        monkeypatch.setattr(pipeline_utils, fake.__name__, fake)
+    return hub
+
+
+def test_flux_downloads_bring_the_diffusers_folders_not_the_single_files(flux_hub, capsys):
+    assert main(["download", "flux-dev", "flux-schnell"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "flux-dev: black-forest-labs/FLUX.1-dev -> " in out and "flux-schnell: black-forest-labs/FLUX.1-schnell" in out
+    )
+    for repo_id, single_files in FLUX_FILES.items():
+        assert flux_hub.fetched[repo_id] == sorted(FLUX_FOLDERS), single_files
+    entries = model_downloads()
+    assert entries["flux-dev"].items == (HubItem("pipeline", "black-forest-labs/FLUX.1-dev"),)
+    assert main(["download", "flux-schnell", "--variant", "fp16"]) == 2  # FLUX ships no fp16 files
+    assert "--variant applies to sdxl and sd15 only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "status"),
+    [
+        # Not logged in: the listing is public, the files are not (401); logged in without the licence: 403.
+        ("hf_hub_download", "GatedRepoError", 401),
+        ("hf_hub_download", "GatedRepoError", 403),
+        # The listing refused: diffusers falls back to the cache, finds nothing, and raises its own error from it.
+        ("model_info", "HfHubHTTPError", 401),
+    ],
+)
+def test_a_refused_flux_dev_download_says_to_accept_the_licence_and_log_in(flux_hub, call, error, status, capsys):
+    from huggingface_hub import errors
+
+    message = f"{status} Client Error. Cannot access gated repo for url https://huggingface.co/..."
+    flux_hub.refuse[call] = _hub_error(getattr(errors, error), status, message)
+    capsys.readouterr()  # what importing diffusers printed
+    assert main(["download", "flux-dev"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(
+        "error: the Hugging Face Hub refused to give 'black-forest-labs/FLUX.1-dev'"
+    )
+    assert "accept its licence on https://huggingface.co/black-forest-labs/FLUX.1-dev" in err
+    assert "`hf auth login`" in err and "HF_TOKEN" in err
+    assert not flux_hub.fetched
+
+
+def test_an_unreachable_hub_is_not_called_a_refusal(flux_hub, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    flux_hub.refuse["hf_hub_download"] = LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+    capsys.readouterr()
+    assert main(["download", "flux-schnell"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download 'black-forest-labs/FLUX.1-schnell'" in err and "hf auth login" not in err

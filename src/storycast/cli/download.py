@@ -17,6 +17,8 @@ examples:
   storycast download consistory-human --from IdentityStory/bench     # a local copy, checked the same way
   storycast download consistory-human --split single --to data/bench # then: storycast benchmark single --bench-root data/bench
   storycast download sdxl photomaker clip dino         # into the Hugging Face cache ($HF_HOME), for offline runs
+  storycast download flux-dev flux-schnell             # FLUX.1's diffusers folders (FLUX.1-dev is gated: accept
+                                                       # its licence on its Hub page, then `hf auth login`)
   storycast download --list
 
 {bench_data.NAME} is the bench/ folder of {bench_data.REPO} at commit {bench_data.COMMIT}, stored as single/,
@@ -24,6 +26,8 @@ multi-2/ and multi-3/. Every file is checked against the SHA-256 stored in story
 already in place are kept, so the same command resumes an interrupted download."""
 
 HUB_ERROR_MODULES = ("huggingface_hub", "requests", "httpx", "urllib3")
+REFUSED_STATUS = (401, 403)
+"""HTTP statuses of a download the Hub refuses: no login, or a gated repository whose licence was not accepted."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ def model_downloads() -> dict[str, ModelDownload]:
     entries = (
         pipeline("sdxl"),
         pipeline("sd15"),
+        pipeline("flux-dev"),
+        pipeline("flux-schnell"),
         adapter("photomaker"),
         adapter("photomaker-v2"),
         adapter("grounding-dino"),
@@ -131,7 +137,8 @@ def fetch_item(item: HubItem, *, variant: str | None = None) -> Path:
     """Download ``item`` into the Hugging Face cache (or find it there) and return its local path.
 
     Raises:
-        MissingWeightsError: The Hub cannot be reached, or the repository has nothing to fetch.
+        MissingWeightsError: The Hub cannot be reached, refuses the download (a gated repository: the message says
+            to accept its licence and log in), or the repository has nothing to fetch.
     """
     from storycast.errors import MissingWeightsError
 
@@ -162,12 +169,35 @@ def fetch_item(item: HubItem, *, variant: str | None = None) -> Path:
 
         from storycast.models.checkpoints import first_line
 
+        if refused_by_hub(err):
+            raise MissingWeightsError(
+                f"the Hugging Face Hub refused to give '{item.label}' ({first_line(err)}): the repository is gated. "
+                f"Fix: accept its licence on https://huggingface.co/{item.repo_id} (signed in to the Hub), log in "
+                f"here with `hf auth login` (or set HF_TOKEN to an access token of that account), and run the same "
+                f"command again."
+            ) from None
         offline = " unset HF_HUB_OFFLINE and" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
         raise MissingWeightsError(
             f"could not download '{item.label}' from the Hugging Face Hub ({first_line(err)}). Fix:{offline} run the "
             f"same command where huggingface.co is reachable (or set HF_ENDPOINT to a mirror), or copy a Hugging Face "
             f"cache that holds it here and point HF_HOME at it."
         ) from None
+
+
+def refused_by_hub(err: BaseException) -> bool:
+    """Whether the Hub refused the download (a ``GatedRepoError``, or HTTP 401/403) anywhere in the chain of
+    ``err``'s causes: diffusers raises its own error from the Hub's when it cannot read a repository's listing."""
+    from huggingface_hub.errors import GatedRepoError
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, GatedRepoError) or status in REFUSED_STATUS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def add_parser(subparsers: Any, name: str) -> None:
