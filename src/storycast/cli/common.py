@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from storycast.errors import SettingsError
 from storycast.models.presets import BASE_PRESETS, FAMILIES
-from storycast.models.spec import OFFLOAD_MODES, LoraSpec, ModelSpec
+from storycast.models.spec import OFFLOAD_MODES, QUANTIZE_MODES, LoraSpec, ModelSpec
 from storycast.utils.torch_utils import DTYPE_NAMES
 
 if TYPE_CHECKING:
@@ -43,7 +43,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="where GroundingDINO, SAM, PhotoMaker's vision tower and a benchmark's metric extractors run, e.g. "
         "cuda:1 or cpu (default: --device)",
     )
-    group.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload for small GPUs")
+    group.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default="none",
+        help="CPU offload for small GPUs (CUDA only): model (each model on the GPU while it runs; T5 leaves it once "
+        "prompts are encoded), sequential (layer by layer: least memory, slowest), group (the "
+        "denoiser's blocks one at a time, the next one copied on a CUDA stream while the current one runs: near "
+        "sequential's memory, less of its slowdown)",
+    )
+    group.add_argument(
+        "--text-encoder-device",
+        metavar="cpu|DEVICE",
+        help="FLUX: run the text encoders (CLIP-L, T5-XXL: 9.5 GB in bf16) there, e.g. cpu, the denoiser on "
+        "--device; same pixels on one device. Not with --offload model or sequential",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="the denoiser's weights in fewer bits (torchao: pip install 'storycast[quant]'): int8 (half of bf16's "
+        "memory; CPU and CUDA), fp8 (CUDA compute capability >= 8.9, or CPU), int4 (a quarter; CUDA, --dtype bf16). "
+        "Pixels change a little: a quantized model draws other frames",
+    )
     group.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
@@ -74,6 +96,8 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         device=args.device,
         aux_device=getattr(args, "aux_device", None),
         offload=args.offload,
+        text_encoder_device=getattr(args, "text_encoder_device", None),
+        quantize=getattr(args, "quantize", "none"),
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
         local_files_only=args.local_files_only,

@@ -19,6 +19,12 @@ from storycast.models.spec import ModelSpec
 
 IDENTITY_KEYS = ("source", "repo_id", "revision", "path", "family", "dtype", "seed", "loras")
 """The provenance fields that make a run: a frame drawn with other values of these is another frame."""
+OPTIONAL_IDENTITY_KEYS = ("quantize",)
+"""Identity fields recorded only when set (a quantized denoiser draws other pixels): a model without them has the
+identity, and its runs the keys, they had before these fields existed. Offload and device placement are not here:
+they move weights, not pixels."""
+UNSET = (None, "none")
+"""Values of an optional identity field that leave it out."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,8 @@ class ModelFacts:
         tiny: A tiny random-weight preset (offline demos and tests): methods scale their search budgets
             down (see each method's settings) and keep the preset's few steps.
         random: A full-size random-weight preset (benchmarks).
-        identity: The ``IDENTITY_KEYS`` values (None where they do not apply).
+        identity: The ``IDENTITY_KEYS`` values (None where they do not apply), and the
+            ``OPTIONAL_IDENTITY_KEYS`` that are set.
         guidance: How the model is guided: "cfg" (classifier-free, the UNet families), "embedded" (a guidance
             value given to FLUX.1-dev) or "none" (FLUX.1-schnell).
     """
@@ -46,7 +53,9 @@ class ModelFacts:
 
 def identity_from_info(info: Mapping[str, Any]) -> dict[str, Any]:
     """The identity fields of a loaded model's provenance record."""
-    return {key: info.get(key) for key in IDENTITY_KEYS}
+    identity = {key: info.get(key) for key in IDENTITY_KEYS}
+    identity.update({key: info[key] for key in OPTIONAL_IDENTITY_KEYS if info.get(key) not in UNSET})
+    return identity
 
 
 def lora_records(spec: ModelSpec) -> list[dict[str, Any]] | None:
@@ -92,6 +101,7 @@ def model_facts(model: ModelSpec | Any) -> ModelFacts:
     identity["family"] = family
     device = resolve_device(spec.device)
     identity["dtype"] = dtype_name(resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype))
+    identity.update({key: getattr(spec, key) for key in OPTIONAL_IDENTITY_KEYS if getattr(spec, key) not in UNSET})
     return ModelFacts(
         family=family,
         defaults=preset.defaults if preset is not None else defaults_for(family, guidance),

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storycast.errors import MissingWeightsError, ModelLoadError
+from storycast.errors import MissingWeightsError, ModelLoadError, SettingsError
 from storycast.models.detect import (
     check_single_file_configs,
     detect,
@@ -25,6 +26,7 @@ from storycast.models.detect import (
 )
 from storycast.models.facts import ModelFacts, identity_from_info
 from storycast.models.presets import BasePreset, FamilyDefaults, config_repo_for, defaults_for
+from storycast.models.quantization import check_quantize, quantize_denoiser
 from storycast.models.spec import ModelSpec
 from storycast.utils.torch_utils import DTYPE_NAMES, dtype_name, resolve_device, resolve_dtype
 
@@ -215,18 +217,85 @@ def cast_built_pipeline(pipe: Any, dtype: torch.dtype) -> Any:
     return pipe
 
 
-def place_pipeline(pipe: Any, device: str, offload: str, *, vae_tiling: bool, vae_slicing: bool) -> None:
-    """Move or offload a pipeline and set VAE memory options (diffusers' own mechanisms)."""
+GROUP_OFFLOAD_BLOCKS = 1
+"""Blocks per group of offload "group": one block of the denoiser on the GPU at a time, the next one prefetched on a
+CUDA stream (diffusers takes one block per group whenever it uses streams)."""
+
+
+def place_pipeline(
+    pipe: Any,
+    device: str,
+    offload: str,
+    *,
+    vae_tiling: bool,
+    vae_slicing: bool,
+    text_encoder_device: str | None = None,
+) -> None:
+    """Move or offload a pipeline and set VAE memory options (diffusers' own mechanisms); with
+    ``text_encoder_device`` (offload "none" or "group"), the text encoders go there instead, never to ``device``
+    first."""
+    encoders = text_encoder_names(pipe) if text_encoder_device else []
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        group_offload(pipe, device, skip=encoders)
+    elif encoders:
+        move_components(pipe, device, skip=encoders)
     else:
         pipe.to(device)
+    if text_encoder_device:
+        move_components(pipe, text_encoder_device, only=encoders)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if vae_slicing:
         pipe.vae.enable_slicing()
+
+
+def text_encoder_names(pipe: Any) -> list[str]:
+    """The pipeline's text encoders (``text_encoder``, ``text_encoder_2``...)."""
+    return [name for name, part in pipe.components.items() if name.startswith("text_encoder") and part is not None]
+
+
+def move_components(pipe: Any, device: str, *, skip: Sequence[str] = (), only: Sequence[str] | None = None) -> None:
+    """Move the pipeline's models (those in ``only``, else all but those in ``skip``) to ``device``."""
+    import torch
+
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module) and name not in skip and (only is None or name in only):
+            part.to(device)
+
+
+def group_offload(pipe: Any, device: str, *, skip: Sequence[str] = ()) -> None:
+    """Block-level group offloading (diffusers' ``apply_group_offloading``) of the denoiser and the text encoders
+    (but those in ``skip``, left where they are): their weights wait in CPU memory and come to ``device`` a group
+    at a time as they run. The denoiser's blocks come one per group (``GROUP_OFFLOAD_BLOCKS``), the next one copied
+    on a CUDA stream meanwhile; a text encoder, whose blocks are not a top-level list, comes whole while it encodes
+    and leaves after. The VAE (decoded through ``vae.decode``, which the offloading hooks do not see) is moved to
+    ``device``."""
+    import torch
+
+    options = {
+        "onload_device": torch.device(device),
+        "offload_device": torch.device("cpu"),
+        "offload_type": "block_level",
+        "num_blocks_per_group": GROUP_OFFLOAD_BLOCKS,
+        "use_stream": device.startswith("cuda"),
+    }
+    for name, part in pipe.components.items():
+        if not isinstance(part, torch.nn.Module) or name in skip:
+            continue
+        if name == "vae":
+            part.to(device)
+        elif hasattr(part, "enable_group_offload"):  # diffusers' models
+            part.to("cpu")
+            part.enable_group_offload(**options)
+        else:  # transformers' text encoders
+            from diffusers.hooks import apply_group_offloading
+
+            part.to("cpu")
+            apply_group_offloading(part, **options)
 
 
 def load_loras(pipe: Any, loras: tuple[Any, ...], *, local_files_only: bool = False) -> list[dict[str, Any]]:
@@ -269,8 +338,28 @@ def active_loras(models: LoadedModels) -> dict[str, float]:
     return {r["name"]: r["scale"] for r in models.info.get("loras", [])}
 
 
+def _text_encoder_device(spec: ModelSpec, family: str) -> str | None:
+    """``spec.text_encoder_device`` resolved (None when unset), refused for a family it does not apply to."""
+    if spec.text_encoder_device is None:
+        return None
+    if family != "flux":
+        raise SettingsError(
+            f"text_encoder_device places FLUX's text encoders, but '{spec.source}' is a {family} model. Fix: drop "
+            f"--text-encoder-device (--offload model moves the text encoders off the GPU once prompts are encoded)."
+        )
+    return resolve_device(spec.text_encoder_device)
+
+
 def load_models(spec: ModelSpec) -> LoadedModels:
-    """Load the base pipeline described by ``spec`` and place it on its device."""
+    """Load the base pipeline described by ``spec``, quantize its denoiser (``spec.quantize``) and place it on its
+    device (``spec.offload``, ``spec.text_encoder_device``).
+
+    Raises:
+        SettingsError: A device that is not there, a quantization this hardware cannot run, or a text encoder
+            device for a model that is not FLUX; all before any weights are read.
+        ExtraNotInstalledError: ``spec.quantize`` without torchao (the ``quant`` extra).
+        MissingWeightsError, ModelLoadError: Weights that are not there or not of a model storycast runs.
+    """
     from storycast.pipelines.families import get_family
 
     device = resolve_device(spec.device)
@@ -278,13 +367,25 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     if spec.family is not None and spec.family != family:
         raise ModelLoadError(f"'{spec.source}' is a {family} model, but family '{spec.family}' was asked for.")
     dtype = resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype)
+    text_encoder_device = _text_encoder_device(spec, family)
+    check_quantize(spec.quantize, device, dtype)  # before any weights are read
     pipe, info = _load_pipeline(kind, family, guidance, spec, preset, dtype)
     if spec.offload != "none" and not device.startswith("cuda"):
         logger.warning("offload '%s' needs a CUDA device; running on %s without offload", spec.offload, device)
         offload = "none"
     else:
         offload = spec.offload
-    place_pipeline(pipe, device, offload, vae_tiling=spec.vae_tiling, vae_slicing=spec.vae_slicing)
+    if spec.quantize != "none":
+        denoiser = getattr(pipe, get_family(family).denoiser_name)
+        info["quantization"] = quantize_denoiser(denoiser, spec.quantize, device)
+    place_pipeline(
+        pipe,
+        device,
+        offload,
+        vae_tiling=spec.vae_tiling,
+        vae_slicing=spec.vae_slicing,
+        text_encoder_device=text_encoder_device,
+    )
     if spec.loras:
         info["loras"] = load_loras(pipe, spec.loras, local_files_only=spec.local_files_only)
     if spec.channels_last or spec.compile:
@@ -293,7 +394,14 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         info["speed"] = apply_speed_options(pipe, device, channels_last=spec.channels_last, compile=spec.compile)
     pipe.set_progress_bar_config(disable=True)
     defaults = preset.defaults if preset is not None else defaults_for(family, guidance)
-    info.update(family=family, dtype=dtype_name(dtype), device=device, offload=offload)
+    info.update(
+        family=family,
+        dtype=dtype_name(dtype),
+        device=device,
+        offload=offload,
+        text_encoder_device=text_encoder_device,
+        quantize=spec.quantize,
+    )
     return LoadedModels(
         pipeline=pipe,
         family=family,

@@ -8,7 +8,8 @@ from storycast.errors import SettingsError
 from storycast.models.presets import FAMILIES
 from storycast.utils.torch_utils import DTYPE_NAMES
 
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("none", "model", "sequential", "group")
+QUANTIZE_MODES = ("none", "int8", "fp8", "int4")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,22 @@ class ModelSpec:
         device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps".
         aux_device: Where the auxiliary models run (GroundingDINO, SAM, PhotoMaker's vision tower, the metric
             extractors of a benchmark): a device as above; None: the base model's.
-        offload: "none", "model" (whole models moved to the GPU when used) or "sequential"
-            (layer by layer: least memory, slowest).
+        offload: "none", "model" (whole models moved to the GPU when used, and back to the CPU when the next one
+            runs: FLUX's T5 leaves the GPU when the transformer first runs, once the prompts are encoded),
+            "sequential" (layer by layer: least memory, slowest) or "group" (diffusers' group offloading: the
+            denoiser's blocks moved to the GPU one at a time as they run, the next one copied on a CUDA stream
+            meanwhile; each text encoder whole while it encodes; the VAE stays on the GPU: near sequential's
+            memory, less of its slowdown). Each needs CUDA: elsewhere the models load without offload, with a
+            warning.
+        text_encoder_device: Where the text encoders run (FLUX's CLIP-L and T5-XXL), e.g. "cpu" to keep T5's
+            9.5 GB of bf16 weights off a small GPU: prompts are encoded there and the embeddings moved to
+            ``device`` (on one device, the pixels of the default). None: with the rest. FLUX only; not with
+            offload "model" or "sequential", which already keep the encoders on the GPU only while they encode.
+        quantize: The denoiser's weights (FLUX's transformer, the UNet) in fewer bits, through torchao (the
+            ``quant`` pip extra): "int8" (per-row int8 weights, half of bf16's memory; CPU and CUDA), "fp8"
+            (per-row float8 e4m3 weights; CUDA compute capability 8.9 or newer, or the CPU) or "int4" (int4
+            weights in groups of 128, a quarter of bf16's; CUDA with dtype bf16), computed in ``dtype``. The
+            pixels change a little, so a quantized model draws other frames (it is part of the run's identity).
         vae_tiling: Decode large images tile by tile.
         vae_slicing: Decode a batch one image at a time.
         local_files_only: Never contact the Hub; use the local cache only.
@@ -77,6 +92,8 @@ class ModelSpec:
     device: str = "auto"
     aux_device: str | None = None
     offload: str = "none"
+    text_encoder_device: str | None = None
+    quantize: str = "none"
     vae_tiling: bool = False
     vae_slicing: bool = False
     local_files_only: bool = False
@@ -97,3 +114,18 @@ class ModelSpec:
             raise SettingsError(f"dtype '{self.dtype}' is not known. Fix: use one of {', '.join(DTYPE_NAMES)}.")
         if self.offload not in OFFLOAD_MODES:
             raise SettingsError(f"offload '{self.offload}' is not known. Fix: use one of {', '.join(OFFLOAD_MODES)}.")
+        if self.quantize not in QUANTIZE_MODES:
+            raise SettingsError(
+                f"quantize '{self.quantize}' is not known. Fix: use one of {', '.join(QUANTIZE_MODES)}."
+            )
+        if self.quantize != "none" and self.offload == "sequential":
+            raise SettingsError(
+                f"quantize '{self.quantize}' and offload 'sequential' do not go together: accelerate's layer-by-layer "
+                f"offload cannot move torchao's quantized weights. Fix: use --offload group (or model) with --quantize."
+            )
+        if self.text_encoder_device is not None and self.offload in ("model", "sequential"):
+            raise SettingsError(
+                f"text_encoder_device '{self.text_encoder_device}' and offload '{self.offload}' both place the text "
+                f"encoders: offload '{self.offload}' already keeps them on the GPU only while they encode. Fix: drop "
+                f"--text-encoder-device, or use --offload none or group."
+            )
