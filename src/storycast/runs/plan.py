@@ -75,11 +75,13 @@ def resolve_generation(
         k: (where if k in overrides else in_story if k in explicit else "the defaults") for k in GENERATION_FIELDS
     }
     _check_generation(resolved, origin)
-    _check_for_family(resolved, origin, facts)
+    _check_for_family(story, resolved, origin, facts)
     return resolved
 
 
-def _check_for_family(settings: GenerationSettings, origin: Mapping[str, str], facts: ModelFacts) -> None:
+def _check_for_family(
+    story: Story, settings: GenerationSettings, origin: Mapping[str, str], facts: ModelFacts
+) -> None:
     """Settings the model's family cannot honour: a size its latents cannot pack, a guidance it does not use."""
     from storycast.pipelines.families import get_family
 
@@ -97,6 +99,19 @@ def _check_for_family(settings: GenerationSettings, origin: Mapping[str, str], f
             f"true_cfg_scale {settings.true_cfg_scale} (from {origin['true_cfg_scale']}) is FLUX's classifier-free "
             f"guidance beside its embedded guidance; on {facts.family}, guidance_scale is classifier-free guidance "
             f"already. Fix: drop true_cfg_scale and set guidance_scale."
+        )
+    without = [i for i, frame in enumerate(story.frames) if frame.negative_prompt is None]
+    if (
+        settings.true_cfg_scale is not None
+        and settings.true_cfg_scale > 1
+        and not settings.negative_prompt
+        and without
+    ):
+        # FluxPipeline applies true CFG only with a negative prompt (do_true_cfg): without one it would be silently off.
+        raise SettingsError(
+            f"true_cfg_scale {settings.true_cfg_scale} (from {origin['true_cfg_scale']}) guides away from a negative "
+            f"prompt, and frames {without[:5]} have none. Fix: give one (--negative-prompt '...', settings."
+            f"negative_prompt or frames[i].negative_prompt), or drop true_cfg_scale."
         )
     if facts.guidance == "none" and settings.guidance_scale:
         raise SettingsError(
@@ -124,6 +139,12 @@ def _check_generation(settings: GenerationSettings, origin: Mapping[str, str]) -
         fail("batch_size", f"is out of range. Fix: use between 1 and {MAX_BATCH} frames per batch.")
     if not (math.isfinite(settings.guidance_scale) and settings.guidance_scale >= 0):
         fail("guidance_scale", "must be a finite number of at least 0 (the papers use 5 to 7.5).")
+    true_cfg = settings.true_cfg_scale
+    if true_cfg is not None and not (math.isfinite(true_cfg) and true_cfg >= 1):
+        fail(
+            "true_cfg_scale",
+            "must be a finite number of at least 1 (1 turns it off; e.g. 4.0 with a negative prompt).",
+        )
     if not 0 <= settings.seed <= MAX_SEED:
         fail("seed", f"is out of range. Fix: use a whole number between 0 and {MAX_SEED}.")
     if settings.seed_policy not in (None, *SEED_POLICIES):
