@@ -27,6 +27,11 @@ def cost_parser(description: str, method: str, presets: str) -> argparse.Argumen
     parser.add_argument("--frames", type=int, nargs="+", default=[10, 100], help="story lengths")
     parser.add_argument("--method-settings", default="{}", help=f"{method} settings as JSON")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    parser.add_argument(
+        "--depth",
+        help="flux-random's depth D,S,T (double-stream blocks, single-stream blocks, T5 layers) where the 12B model "
+        "does not fit (CPU runs); FLUX.1's widths are kept",
+    )
     parser.add_argument("--method", default="vanilla", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -71,6 +76,7 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
+    shrink_flux(getattr(args, "depth", None))
     models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
     generation = {"steps": args.steps, "width": args.size, "height": args.size}
     plan = plan_run(story, args.method, model=models, method_settings=settings, generation=generation)
@@ -97,6 +103,22 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
     return row, (method, models, plan)
 
 
+def shrink_flux(depth: str | None) -> None:
+    """In this worker process, flux-random at depth ``"D,S,T"`` (double-stream blocks, single-stream blocks, T5
+    layers) instead of FLUX.1's 19, 38 and 24, at full width: the 12B transformer and T5-XXL do not fit a 24 GB
+    machine's memory, their blocks do. Nothing else changes."""
+    if not depth:
+        return
+    import functools
+
+    from storycast.models import flux_components
+
+    double, single, t5 = (int(part) for part in depth.split(","))
+    flux_components.random_flux_components = functools.partial(
+        flux_components.random_flux_components, double_blocks=double, single_blocks=single, t5_layers=t5
+    )
+
+
 def peak_memory_mb(device: str) -> float:
     import torch
 
@@ -117,7 +139,7 @@ def print_table(rows: Sequence[dict[str, Any]], baseline: str, extra: Sequence[t
     """Rows of method, frames, UNet evaluations, seconds and peak memory per frame, with ratios to the ``baseline``
     method's row of the same length (or its first row). ``extra``: (key, header, format) columns."""
     header = (
-        f"{'method':<38} {'frames':>6} {'UNet evals/frame':>17} {'s/frame':>9} {'peak MB':>10}"
+        f"{'method':<38} {'frames':>6} {'evals/frame':>12} {'s/frame':>9} {'peak MB':>10}"
         + "".join(f" {title:>{len(title)}}" for _, title, _ in extra)
         + f" {'evals x':>8} {'time x':>7} {'mem x':>6}"
     )
@@ -129,7 +151,7 @@ def print_table(rows: Sequence[dict[str, Any]], baseline: str, extra: Sequence[t
         ref = base.get(row["frames"], first)
         cells = "".join(f" {format(row.get(key, float('nan')), fmt):>{len(title)}}" for key, title, fmt in extra)
         print(
-            f"{row['method']:<38} {row['frames']:>6} {row['evaluations_per_frame']:>17.1f} "
+            f"{row['method']:<38} {row['frames']:>6} {row['evaluations_per_frame']:>12.1f} "
             f"{row['seconds_per_frame']:>9.3f} {row['peak_memory_mb']:>10.0f}{cells} "
             f"{row['evaluations_per_frame'] / ref['evaluations_per_frame']:>8.2f} "
             f"{row['seconds_per_frame'] / ref['seconds_per_frame']:>7.2f} "
@@ -161,9 +183,13 @@ def compare_with_vanilla(
             ]  # fmt: skip
             if args.size:
                 arguments += ["--size", str(args.size)]
+            if args.depth:
+                arguments += ["--depth", args.depth]
             rows.append(run_worker(script, arguments))
+    depth = f" depth={args.depth} (double, single blocks, T5 layers)" if args.depth else ""
     print(
-        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} size={args.size or 'preset'}"
+        f"preset={args.preset} device={args.device} dtype={args.dtype} steps={args.steps} "
+        f"size={args.size or 'preset'}{depth}"
     )
     print_table(rows, "vanilla", extra=extra)
     growth = memory_growth(rows, method)
@@ -171,19 +197,21 @@ def compare_with_vanilla(
         print(growth)
 
 
-def all_token_bytes(models: Any, story: Any, frames: int) -> int:
-    """What a -inf-masked formulation would keep of ``frames`` frames: every token, both guidance halves, every
-    step and up-block self-attention layer, in the model's dtype."""
+def all_token_bytes(models: Any, story: Any, frames: int, blocks: Sequence[str] = ("up",)) -> int:
+    """What a -inf-masked formulation would keep of ``frames`` frames: every token of every step and shared layer
+    (``blocks``' self-attention), every guidance half, in the model's dtype: a UNet layer's tokens before
+    projection; a FLUX layer's image keys and values."""
     from storycast.attention.layers import select_layers
 
     backbone = models.backbone
     gen = story.settings
     _, height, width = backbone.latent_shape(gen.width, gen.height)
-    per_step = sum(
-        (height >> layer.level) * (width >> layer.level) * layer.module.to_q.in_features
-        for layer in select_layers(backbone.denoiser, kind="self", blocks=["up"])
-    )
-    return per_step * 2 * frames * gen.steps * backbone.dtype.itemsize
+    per_step = 0
+    for layer in select_layers(backbone.denoiser, kind="self", blocks=blocks):
+        channels = 2 * layer.module.inner_dim if layer.is_joint else layer.module.to_q.in_features
+        per_step += (height >> layer.level) * (width >> layer.level) * channels
+    halves = backbone.guidance(gen.guidance_scale, getattr(gen, "true_cfg_scale", None)).halves
+    return per_step * halves * frames * gen.steps * backbone.dtype.itemsize
 
 
 def cost_main(

@@ -247,3 +247,61 @@ def test_selecting_what_flux_lacks_names_what_it_has(transformer):
         select_layers(transformer, blocks=["up"])
     with pytest.raises(ValueError, match="levels=\\[0\\]"):
         select_layers(transformer, levels=[0])
+
+
+class AllFrames(StoryAttnProcessor):
+    """The naive reference of full cross-frame attention: every frame's image keys and values, each frame's own
+    last (guidance halves kept apart by the state's layout)."""
+
+    def key_tokens(self, attn, hidden, context):
+        state = self.state
+        by_frame = hidden.reshape(state.halves, state.frames, *hidden.shape[1:])
+        rows = []
+        for half in range(state.halves):
+            for frame in range(state.frames):
+                others = [by_frame[half, other] for other in range(state.frames) if other != frame]
+                rows.append(torch.cat([*others, by_frame[half, frame]]))
+        return torch.stack(rows)
+
+
+@pytest.mark.parametrize("blocks", [("double",), ("single",)])
+def test_auto_mask_attention_runs_unchanged_on_joint_attention(transformer, inputs, blocks):
+    """Storynizor's AMSA on FLUX's joint attention, as it is: with no masks yet, each frame attends to itself (the
+    stock computation); with masks covering every image token and no dropout, each frame attends to every other
+    frame's image tokens, which equals a naive processor concatenating them."""
+    from storycast.attention.automask import AutoMaskSelfAttention, AutoMaskState
+    from storycast.attention.character_masks import CharacterMasks
+
+    tokens = GRID[0] * GRID[1]
+    characters = [("mara",), ("mara",)]
+
+    def state(masks):
+        return AutoMaskState(
+            frames=ROWS, guidance=False, text_tokens=TEXT, character_masks=masks, dropout=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+    def processors(made, kind):
+        layers = [la for la in attention_layers(transformer) if la.block in blocks]
+        return {la.processor_key: kind(made, la.name, la.level) for la in layers}
+
+    stock = forward(transformer, inputs)
+    unmasked = state(CharacterMasks(characters, (2 * GRID[0], 2 * GRID[1])))
+    with install_processors(transformer, processors(unmasked, AutoMaskSelfAttention)):
+        assert torch.equal(forward(transformer, inputs), stock)
+
+    class FullMasks(CharacterMasks):
+        ready = True
+
+        def mask(self, frame, character, count, device=None):
+            return torch.ones(count, dtype=torch.bool) if count == tokens else None
+
+    masked = state(FullMasks(characters, (2 * GRID[0], 2 * GRID[1])))
+    with install_processors(transformer, processors(masked, AutoMaskSelfAttention)):
+        shared = forward(transformer, inputs)
+    naive = AttentionState(frames=ROWS, guidance=False, text_tokens=TEXT)
+    layers = [la for la in attention_layers(transformer) if la.block in blocks]
+    with install_processors(transformer, {la.processor_key: AllFrames(naive) for la in layers}):
+        reference = forward(transformer, inputs)
+    torch.testing.assert_close(shared, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(shared, stock, atol=1e-4)

@@ -84,19 +84,19 @@ def test_consistory_draws_a_two_character_story_end_to_end(tmp_path):
     assert [records[i]["metadata"]["role"] for i in range(5)] == ["anchor", "anchor", *["reads the anchors"] * 3]
     for index in (0, 1, 2, 4):
         assert records[index]["metadata"]["passes"] == 2
-        assert records[index]["metadata"]["unet_evaluations"] == 2 * PER_PASS  # 220 at T = 50
+        assert records[index]["metadata"]["denoiser_evaluations"] == 2 * PER_PASS  # 220 at T = 50
     # Frame 3 names nobody: it shares nothing and takes nothing, so its second pass would repeat its first.
     assert records[3]["metadata"]["passes"] == 1
-    assert records[3]["metadata"]["unet_evaluations"] == PER_PASS
+    assert records[3]["metadata"]["denoiser_evaluations"] == PER_PASS
     assert set(records[2]["extras"]) == {"mask-mara", "mask-tom"} and records[3]["extras"] == {}
     assert (out / "storyboard.png").is_file()
 
 
 def test_the_evaluations_per_frame_follow_the_settings(sdxl):
     one_pass = draw(sdxl, DOG, {"injection": "false"}, groups=[0, 1])
-    assert {r.metadata["unet_evaluations"] for r in one_pass.values()} == {PER_PASS}
+    assert {r.metadata["denoiser_evaluations"] for r in one_pass.values()} == {PER_PASS}
     no_blend = draw(sdxl, DOG, {"share_queries": "false", "injection": "false"}, groups=[0])
-    assert {r.metadata["unet_evaluations"] for r in no_blend.values()} == {2 * STEPS}
+    assert {r.metadata["denoiser_evaluations"] for r in no_blend.values()} == {2 * STEPS}
 
 
 def test_anchors_do_not_depend_on_later_frames_and_later_frames_see_only_the_anchors(sdxl):
@@ -122,7 +122,7 @@ def test_later_frames_batched_together_are_the_frames_of_one_by_one(sdxl):
     together = draw(sdxl, DOG, {"frames_per_group": "2"})
     for index in (2, 3):
         assert np.abs(pixels(alone[index].image) - pixels(together[index].image)).max() <= 1
-        assert together[index].metadata["unet_evaluations"] == alone[index].metadata["unet_evaluations"]
+        assert together[index].metadata["denoiser_evaluations"] == alone[index].metadata["denoiser_evaluations"]
 
 
 def test_a_later_frame_drawn_after_a_restart_rebuilds_the_anchors_and_is_the_same(sdxl):

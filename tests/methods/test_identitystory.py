@@ -158,9 +158,9 @@ def test_stage_one_of_several_frames_batched_draws_the_frames_of_one_by_one(mode
     assert len(calls) == 4 + stage_two
     for a, b in zip(alone[:2], together, strict=True):
         assert np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16)).max() <= 1
-        assert a.metadata["unet_evaluations"] == b.metadata["unet_evaluations"]
+        assert a.metadata["denoiser_evaluations"] == b.metadata["denoiser_evaluations"]
         assert a.seed == b.seed
-    assert counter.evaluations == sum(r.metadata["unet_evaluations"] for r in together)
+    assert counter.evaluations == sum(r.metadata["denoiser_evaluations"] for r in together)
 
 
 def test_latents_outside_every_mask_equal_stage_one_exactly(models):
@@ -208,7 +208,7 @@ def test_frame_without_characters_is_the_vanilla_frame(models, tmp_path):
     story = story_of(data, models, method, steps=3)
     result = method.generate(story, (0,), RunContext(cache_dir=tmp_path))[0]
     plain = VanillaMethod(models).generate(story, (0,), RunContext())[0]
-    assert result.metadata["unet_evaluations"] == 2 * 3
+    assert result.metadata["denoiser_evaluations"] == 2 * 3
     assert np.abs(np.asarray(result.image, dtype=np.int16) - np.asarray(plain.image, dtype=np.int16)).max() <= 1
 
 
@@ -222,7 +222,7 @@ def test_identity_library_hit_skips_discovery(models, tmp_path):
     assert len(library.keys()) == 1
     record = library.get(library.keys()[0])
     assert record.embedding.shape == (64,) and record.preview_path is not None
-    assert record.info["unet_evaluations"] == first.evaluations > 0
+    assert record.info["denoiser_evaluations"] == first.evaluations > 0
     assert len(record.info["kept"][0]) == 2  # 12 -> 7 -> 4 -> 2 with the test budget
 
     again = make_method(models)
@@ -301,7 +301,7 @@ def test_three_character_frame_and_frames_with_zero_one_two(models, tmp_path):
     results = method.generate(story, (0, 1, 2, 3), context)
     steps, s = 3, 1  # sweet spot: max(1, round(10 * 3 / 50)) = 1
     for result, count in zip(results, (3, 1, 2, 0), strict=True):
-        assert result.metadata["unet_evaluations"] == 2 * steps + 2 * count * (steps - s + 1)
+        assert result.metadata["denoiser_evaluations"] == 2 * steps + 2 * count * (steps - s + 1)
         assert {k for k in result.extras if k.startswith("mask_")} == {
             f"mask_{cid}" for cid in story.frames[result.index].characters
         }
@@ -388,7 +388,7 @@ def test_whole_story_through_the_runner_and_cli(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["frames"]) == 10
     frame = manifest["frames"][0]
-    assert frame["metadata"]["unet_evaluations"] == 2 * 2 + 2 * 2
+    assert frame["metadata"]["denoiser_evaluations"] == 2 * 2 + 2 * 2
     character = frame["characters"][0]
     assert set(frame["extras"]) == {"stage1", f"mask_{character}"}
     assert (out / frame["extras"][f"mask_{character}"]).is_file()

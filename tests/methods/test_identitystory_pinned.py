@@ -77,4 +77,4 @@ def test_a_tiny_identitystory_story_draws_what_it_drew_before(tmp_path):
         assert np.abs(image[8::16, 8::16, 0] - np.array(pinned["grid"])).max() <= 1
         changed = int((image != stage1).any(axis=-1).sum())
         assert abs(changed - pinned["changed"]) <= 0.01 * pinned["changed"]
-        assert result.metadata["unet_evaluations"] == pinned["evaluations"]
+        assert result.metadata["denoiser_evaluations"] == pinned["evaluations"]

@@ -263,7 +263,7 @@ def test_a_one_character_story_end_to_end(tmp_path):
         meta = record["metadata"]
         assert meta["one_prompt"] == whole and meta["expressed"] == context["context"]
         assert len(meta["suppressed"]) == 2 and meta["window"] == 3
-        assert meta["unet_evaluations"] == 2 * 4  # 2T: no identity pass
+        assert meta["denoiser_evaluations"] == 2 * 4  # 2T: no identity pass
         assert meta["ipca_tokens"] == 1 + identity_words  # the start token and the identity prompt's words
     assert (out / "storyboard.png").is_file()
 
@@ -286,16 +286,16 @@ def test_a_two_character_story_end_to_end(tmp_path):
         "a young woman with short red hair",
     ]
     assert meta[0]["one_prompt"] == meta[4]["one_prompt"] and meta[4]["suppressed"] == ["reading on a bench"]
-    assert all(m["unet_evaluations"] == 2 * 2 for m in meta)
+    assert all(m["denoiser_evaluations"] == 2 * 2 for m in meta)
 
 
-def test_unet_evaluations_are_2T_per_frame(sdxl):
+def test_denoiser_evaluations_are_2T_per_frame(sdxl):
     plan = planned(fox(), model=sdxl, generation={**GEN, "steps": 3})
     method = OnePromptOneStoryMethod(sdxl, plan.settings)
     with count_evaluations(sdxl.pipeline.unet) as counter:
         method.prepare(plan.story, RunContext())
         results = method.generate(plan.story, (0, 1, 2), RunContext())
-    assert counter.evaluations == 3 * 2 * 3 == sum(r.metadata["unet_evaluations"] for r in results)
+    assert counter.evaluations == 3 * 2 * 3 == sum(r.metadata["denoiser_evaluations"] for r in results)
 
 
 def test_switched_off_it_is_vanilla_sdxl_and_each_part_changes_the_frame(sdxl):

@@ -50,7 +50,7 @@ def test_photos_and_discovered_identities_draw_a_two_character_story_end_to_end(
     assert records[2]["metadata"]["identities"].keys() == {"mara", "tom"}
     assert records[3]["metadata"]["identities"] == {}  # a frame naming nobody is plain SDXL with the LoRA
     for record in records:
-        assert record["metadata"]["unet_evaluations"] == 2 * 4  # one guided pass per step: 2T
+        assert record["metadata"]["denoiser_evaluations"] == 2 * 4  # one guided pass per step: 2T
 
 
 def test_the_identity_is_fused_into_the_class_token_alone_from_the_merge_step(sdxl, tmp_path):

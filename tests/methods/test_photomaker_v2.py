@@ -79,7 +79,7 @@ def test_v2_draws_a_one_character_story_from_a_photo_end_to_end(tmp_path, faces)
     assert records[0]["metadata"]["identities"] == {"mara": "photos (1)"}
     assert records[1]["metadata"]["identities"] == {}
     for record in records:
-        assert record["metadata"]["unet_evaluations"] == 2 * STEPS  # one guided pass per step: 2T
+        assert record["metadata"]["denoiser_evaluations"] == 2 * STEPS  # one guided pass per step: 2T
         assert (out / record["file"]).is_file()
 
 
@@ -149,7 +149,7 @@ def test_two_characters_in_a_frame_get_their_own_copies(sdxl, tmp_path, faces):
     assert changed == spans[0] + spans[1]
     result = method.generate(story, (0,), RunContext())[0]
     assert result.metadata["identities"] == {"mara": "photos (1)", "tom": "photos (2)"}
-    assert result.metadata["unet_evaluations"] == 2 * STEPS
+    assert result.metadata["denoiser_evaluations"] == 2 * STEPS
 
 
 def test_a_character_without_photos_is_refused_before_drawing(tmp_path, faces, capsys):

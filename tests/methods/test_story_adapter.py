@@ -120,7 +120,7 @@ def test_a_story_is_drawn_end_to_end_with_every_round_kept(tmp_path, data):
     frames = len(data["frames"])
     for record in manifest["frames"]:
         meta = record["metadata"]
-        assert meta["unet_evaluations"] == (1 + 2) * 2 * 2  # (1 + rounds) x 2 x T
+        assert meta["denoiser_evaluations"] == (1 + 2) * 2 * 2  # (1 + rounds) x 2 x T
         assert meta["clip_encodings"] == 2  # each frame of the round before encoded once per round
         assert meta["scales"] == [0.3, 0.5] and meta["rounds_reused"] == []
         assert meta["round_files"] == [f"rounds/round_{r:02d}/frame_{record['index']:03d}.png" for r in range(3)]
@@ -171,7 +171,7 @@ def test_a_run_stopped_after_round_1_resumes_from_round_2(sdxl, tmp_path):
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())
     records = json.loads((out / "manifest.json").read_text())["frames"]
     assert [r["metadata"]["rounds_reused"] for r in records] == [[0, 1]] * 3
-    assert [r["metadata"]["unet_evaluations"] for r in records] == [2 * 2 * 2] * 3
+    assert [r["metadata"]["denoiser_evaluations"] for r in records] == [2 * 2 * 2] * 3
 
     # --overwrite draws every round again.
     with count_evaluations(sdxl.pipeline.unet) as third:
@@ -220,7 +220,7 @@ def test_every_frame_reads_every_frame_of_the_round_before(sdxl, tmp_path):
     assert np.abs(drawn["story"][1] - drawn["edited"][1]).max() > 0
 
 
-def test_unet_evaluations_and_clip_encodings_per_frame(sdxl):
+def test_denoiser_evaluations_and_clip_encodings_per_frame(sdxl):
     plan = planned(THREE_FRAMES, model=sdxl, settings={"rounds": "2"}, generation={**GEN, "batch_size": 2})
     method = method_for(sdxl, plan)
     encoder = method.adapter.image_encoder
@@ -238,7 +238,7 @@ def test_unet_evaluations_and_clip_encodings_per_frame(sdxl):
     frames, rounds, steps = 3, 2, GEN["steps"]
     assert counter.evaluations == frames * (1 + rounds) * 2 * steps
     assert sum(encoded) == rounds * frames  # N per round, not the authors' N^2
-    assert all(r.metadata["unet_evaluations"] == (1 + rounds) * 2 * steps for r in results)
+    assert all(r.metadata["denoiser_evaluations"] == (1 + rounds) * 2 * steps for r in results)
     assert all(r.metadata["round_files"] == [] for r in results)  # no run folder: nothing kept
 
 

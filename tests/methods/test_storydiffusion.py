@@ -71,7 +71,7 @@ def test_storydiffusion_draws_a_two_character_story_end_to_end(family, tmp_path)
     steps = manifest["generation"]["steps"]
     for record in manifest["frames"]:
         # Each frame is denoised once: the UNet evaluations of plain text-to-image (PNDM's extra step aside).
-        assert record["metadata"]["unet_evaluations"] == 2 * steps
+        assert record["metadata"]["denoiser_evaluations"] == 2 * steps
     assert manifest["frames"][2]["metadata"]["reads"] == ["mara", "tom"]
     assert (out / "storyboard.png").is_file()
 

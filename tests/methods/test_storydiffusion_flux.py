@@ -93,7 +93,7 @@ def test_a_two_character_story_costs_what_plain_text_to_image_costs(story_runs):
     steps = plan.generation.steps
     assert steps == FLUX_GEN["steps"]
     for mine, plain in zip(frames, vanilla, strict=True):
-        assert mine.metadata["unet_evaluations"] == plain.metadata["evaluations"] == steps
+        assert mine.metadata["denoiser_evaluations"] == plain.metadata["denoiser_evaluations"] == steps
 
 
 def test_consistent_attention_changes_the_frames_that_share_tokens(story_runs):
@@ -193,7 +193,7 @@ def test_true_cfg_keeps_the_guidance_halves_apart(tiny_flux):
     generation = {"steps": 3, "width": 64, "height": 64, "true_cfg_scale": 3.0, "negative_prompt": "blurry"}
     plan = planned(two_friends(), model=tiny_flux, settings={"sampling": "fixed"}, generation=generation)
     method, frames = draw_plan(plan, tiny_flux)
-    assert all(frame.metadata["unet_evaluations"] == 2 * 3 for frame in frames)
+    assert all(frame.metadata["denoiser_evaluations"] == 2 * 3 for frame in frames)
     (tokens,) = method.bank.get(("mara", "single_transformer_blocks.2.attn", 1))
     assert tokens.shape == (2, round(0.5 * 16), 2 * tiny_flux.backbone.denoiser.inner_dim)
     assert not torch.equal(tokens[0], tokens[1])

@@ -73,7 +73,7 @@ def test_storynizor_draws_a_two_character_story_end_to_end(preset, tmp_path):
     steps = manifest["generation"]["steps"]
     records = manifest["frames"]
     for record in records:
-        assert record["metadata"]["unet_evaluations"] == 2 * steps  # each frame denoised once
+        assert record["metadata"]["denoiser_evaluations"] == 2 * steps  # each frame denoised once
     assert records[0]["metadata"]["identity"] == {"mara": "photos (1: 0 face crop(s), 0 segmented)"}
     assert records[5]["metadata"]["identity"] == {"tom": "first-frame (frame 1)"}  # tom's crop in anchor 1
     assert records[2]["metadata"]["role"] == "reads the anchors"

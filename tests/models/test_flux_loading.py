@@ -194,7 +194,7 @@ def test_generate_draws_a_story_on_tiny_flux(story_file, tmp_path):
     assert manifest["model"]["family"] == "flux" and manifest["run_summary"]["model"]["family"] == "flux"
     assert manifest["generation"]["guidance_scale"] == 3.5 and manifest["generation"]["width"] == 128
     steps = manifest["generation"]["steps"]
-    assert all(frame["metadata"]["evaluations"] == steps for frame in manifest["frames"])
+    assert all(frame["metadata"]["denoiser_evaluations"] == steps for frame in manifest["frames"])
 
 
 @pytest.mark.parametrize(
@@ -231,8 +231,13 @@ def test_true_cfg_draws_two_rows_a_step_and_records_the_negative_prompt(tiny_flu
     generation = {"steps": 2, "width": 64, "height": 64, "negative_prompt": "blurry"}
     plain = draw(small_story_data(1), "vanilla", tiny_flux, generation=generation)
     guided = draw(small_story_data(1), "vanilla", tiny_flux, generation={**generation, "true_cfg_scale": 3.0})
-    assert plain.frames[0].metadata["evaluations"] == 2 and plain.frames[0].metadata["negative_prompt"] is None
-    assert guided.frames[0].metadata["evaluations"] == 4 and guided.frames[0].metadata["negative_prompt"] == "blurry"
+    assert (
+        plain.frames[0].metadata["denoiser_evaluations"] == 2 and plain.frames[0].metadata["negative_prompt"] is None
+    )
+    assert (
+        guided.frames[0].metadata["denoiser_evaluations"] == 4
+        and guided.frames[0].metadata["negative_prompt"] == "blurry"
+    )
     assert guided.plan.generation.true_cfg_scale == 3.0
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(guided.images[0]))
 
@@ -262,4 +267,4 @@ def test_true_cfg_needs_a_negative_prompt_and_then_draws_flux_pipelines_pixels(t
     ).images[0]
     difference = np.abs(np.asarray(frame.image, dtype=np.int16) - np.asarray(reference, dtype=np.int16))
     assert difference.max() <= 1
-    assert frame.metadata["evaluations"] == 4  # [uncond, cond] rows at each of the 2 steps
+    assert frame.metadata["denoiser_evaluations"] == 4  # [uncond, cond] rows at each of the 2 steps

@@ -34,7 +34,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variant", help="weight variant to load, e.g. fp16")
     group.add_argument("--model-config", metavar="ID|FOLDER", help="diffusers configs for a single-file --model")
     group.add_argument(
-        "--dtype", choices=DTYPE_NAMES, default="auto", help="weights dtype (auto: fp16 on CUDA, else fp32)"
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="auto",
+        help="weights dtype (auto: on CUDA fp16, bf16 for FLUX; else fp32)",
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     group.add_argument(

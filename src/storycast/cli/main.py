@@ -74,7 +74,9 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
         # diffusers/transformers chatter (deprecations, hub retries) is noise for a CLI user. Their loggers read
         # these variables when they are first configured, so nothing of theirs is imported here (light commands
         # such as `validate` never import them at all).
-        for name in ("diffusers", "transformers", "huggingface_hub"):
+        # torchao (the quant extra), when installed, reports native kernels it cannot load on this machine and
+        # torch's pytree deprecations of its enums at import: it runs without them, so that is noise too.
+        for name in ("diffusers", "transformers", "huggingface_hub", "torchao", "torch.utils._pytree"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -264,7 +264,7 @@ class IdentityFinder:
             "prompt": search,
             "budget": budget.__dict__,
             "kept": result.kept,
-            "unet_evaluations": counter.evaluations,
+            "denoiser_evaluations": counter.evaluations,
             "seconds": round(time.perf_counter() - started, 2),
         }
         return self.library.put(key, result.identity, info, preview=preview_sheet(result.previews))

@@ -53,7 +53,11 @@ class VanillaMethod(StoryMethod):
                 index=i,
                 image=image,
                 seed=seed,
-                metadata={"prompt": prompt, "negative_prompt": neg, "evaluations": drawn.evaluations // len(group)},
+                metadata={
+                    "prompt": prompt,
+                    "negative_prompt": neg,
+                    "denoiser_evaluations": drawn.evaluations // len(group),
+                },
             )
             for i, image, seed, prompt, neg in zip(group, drawn.images, seeds, prompts, used, strict=True)
         ]

@@ -353,7 +353,7 @@ class ConsiStoryMethod(StoryMethod):
                 "passes": passes,
                 "mask_area": areas,
                 "injected_pixels": injected.get(number, 0),
-                "unet_evaluations": evaluations // len(frames),
+                "denoiser_evaluations": evaluations // len(frames),
                 "anchor_bytes": self._anchors.nbytes if self._anchors else 0,
             },
             extras=extras,

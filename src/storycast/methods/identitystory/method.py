@@ -478,7 +478,7 @@ class IdentityStoryMethod(StoryMethod):
             "prompt": prompt,
             "negative_prompt": negative,
             "characters": {c.id: self._identities[c.id].key for c in characters},
-            "unet_evaluations": evaluations,
+            "denoiser_evaluations": evaluations,
             "sweet_spot_step": schedule.sweet_spot_step,
             "seed_used": found.seed,
             "mask_attempts": found.attempt + 1,

@@ -220,6 +220,6 @@ class OnePromptOneStoryMethod(StoryMethod):
                 "window": prompt.window,
                 "negative_prompt": negative,
                 "ipca_tokens": 0 if identity is None else int(identity.shape[1]),
-                "unet_evaluations": drawn.evaluations,
+                "denoiser_evaluations": drawn.evaluations,
             },
         )

@@ -135,7 +135,6 @@ class PhotoMakerMethod(StoryMethod):
                 self._sources[character.id] = f"library ({character.identity})"
                 continue
             if character.references and settings.identity != "discovered":
-
                 photos = read_photos(character.references, f"'{character.id}'")
                 self._identities[character.id] = photomaker_identity(self.adapter, photos)
                 self._sources[character.id] = f"photos ({len(photos)})"
@@ -212,7 +211,7 @@ class PhotoMakerMethod(StoryMethod):
                 "identities": {c: self._sources[c] for c in triggered},
                 "photomaker_version": self.adapter.version,
                 "merge_step": conditioning.merge_step,
-                "unet_evaluations": drawn.evaluations,
+                "denoiser_evaluations": drawn.evaluations,
             },
         )
 

@@ -219,7 +219,7 @@ class StoryAdapterMethod(StoryMethod):
                     "scales": list(scales),
                     "rounds_reused": list(range(first)),
                     "round_files": [store.file(r, index) for r in range(total)] if files else [],
-                    "unet_evaluations": counter.evaluations // len(frames),
+                    "denoiser_evaluations": counter.evaluations // len(frames),
                     "clip_encodings": encodings // len(frames),
                 },
             )

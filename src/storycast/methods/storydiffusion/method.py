@@ -186,7 +186,6 @@ class StoryDiffusionMethod(StoryMethod):
     def prepare(self, story: Story, context: RunContext) -> None:
         for character in story.appearing_characters():
             if character.references and character.id not in self._references:
-
                 photos = read_photos(character.references, f"'{character.id}'")
                 self._references[character.id] = photomaker_identity(self.adapter, photos)
         if self._references and str(self.models.device).startswith("cuda"):
@@ -239,7 +238,7 @@ class StoryDiffusionMethod(StoryMethod):
                     "role": "identity frame",
                     "character": character,
                     "identity_frames": list(frames),
-                    "unet_evaluations": evaluations // len(rows),
+                    "denoiser_evaluations": evaluations // len(rows),
                     "bank_bytes": self.bank.nbytes,
                 },
             )
@@ -269,7 +268,7 @@ class StoryDiffusionMethod(StoryMethod):
                 "negative_prompt": row.negative,
                 "role": "reads identity frames",
                 "reads": list(characters),
-                "unet_evaluations": evaluations,
+                "denoiser_evaluations": evaluations,
                 "bank_bytes": self.bank.nbytes,
             },
         )

@@ -398,7 +398,7 @@ class StorynizorMethod(StoryMethod):
                     c: self._identity_source.get(c, "none (AMSA only)") for c in story.frames[index].characters
                 },
                 "mask_area": areas,
-                "unet_evaluations": evaluations,
+                "denoiser_evaluations": evaluations,
                 "anchor_bytes": self.anchors.nbytes,
             },
             extras=extras,
