@@ -66,7 +66,7 @@ def denoise(
     """Run steps ``start .. stop - 1`` of ``scheduler`` from ``latents`` and return the latents after them.
 
     Args:
-        scheduler: A diffusers scheduler with its timesteps set (:func:`make_scheduler`); it keeps a step
+        scheduler: A diffusers scheduler with its timesteps set (a family's ``scheduler``); it keeps a step
             index, so each trajectory needs its own.
         latents: Latents entering step ``start`` (the initial noise when ``start`` is 0).
         noise_fn: The noise prediction of one step.

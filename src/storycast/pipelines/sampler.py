@@ -129,7 +129,6 @@ def sample(
             return backbone.guided_noise(model_input, t, conditioning, guidance)
 
     total = len(scheduler.timesteps)
-    done = start
 
     def after_step(step: DenoiseStep) -> None:
         if on_step is not None:
@@ -138,7 +137,7 @@ def sample(
             progress(step.index + 1, total)
 
     if progress is not None:
-        progress(done, total)
+        progress(start, total)
     with contextlib.ExitStack() as stack:
         counter = stack.enter_context(count_evaluations(backbone.denoiser))
         for install in installs:
