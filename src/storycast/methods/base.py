@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from storycast.errors import StorycastError
+    from storycast.methods.card import MethodCard
     from storycast.models.loading import LoadedModels
     from storycast.pipelines.families.base import Family
     from storycast.pipelines.sampler import Sampling
@@ -138,6 +139,8 @@ class StoryMethod(abc.ABC):
     """Model families the method runs on."""
     summary: ClassVar[str] = ""
     """One line for ``storycast methods``."""
+    card: ClassVar[MethodCard | None] = None
+    """Families and why, training, input, cost per frame and source (``storycast methods``, the README's table)."""
 
     def __init__(self, models: LoadedModels, settings: MethodSettings | None = None):
         self.check_family(models.family)

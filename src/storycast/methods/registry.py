@@ -49,6 +49,11 @@ def list_methods() -> list[str]:
     return sorted(_targets())
 
 
+def builtin_methods() -> list[str]:
+    """The methods storycast itself ships (not those of installed plug-ins)."""
+    return sorted(_BUILTIN)
+
+
 def get_method(name: str) -> type[StoryMethod]:
     """The method class registered under ``name``."""
     targets = _targets()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.pipelines.sampler import sample
 from storycast.settings import MethodSettings
 from storycast.story.model import Story
@@ -28,6 +29,13 @@ class VanillaMethod(StoryMethod):
     name = "vanilla"
     settings_class = VanillaSettings
     families = ("sdxl", "sd15", "flux")
+    card = MethodCard(
+        families_why="plain text-to-image runs on every family, through the one sampler (equal to diffusers' pipelines, tested)",
+        training="none",
+        inputs="text",
+        cost="the baseline: 2T UNet evaluations, T on FLUX.1-dev",
+        source="diffusers' StableDiffusion(XL)Pipeline and FluxPipeline",
+    )
     summary = "plain text-to-image per frame (no consistency mechanism)"
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:

@@ -30,6 +30,7 @@ from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning, merge_step
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.methods.identitystory.settings import DiscoverySettings
 from storycast.pipelines.families import SchedulerName
 from storycast.pipelines.sampler import sample
@@ -82,6 +83,13 @@ class PhotoMakerMethod(StoryMethod):
     name = "photomaker"
     settings_class = PhotoMakerMethodSettings
     families = ("sdxl",)
+    card = MethodCard(
+        families_why="PhotoMaker v1 and v2 are SDXL adapters",
+        training="pretrained adapter (TencentARC/PhotoMaker, PhotoMaker-V2)",
+        inputs="reference photos, or (v1) identities discovered from text",
+        cost="1.00x",
+        source="CVPR 2024 (arXiv 2312.04461); TencentARC/PhotoMaker",
+    )
     summary = (
         "PhotoMaker v1 or v2 (CVPR 2024) alone: identities from photos or (v1) discovered, merged from the demos' step"
     )
