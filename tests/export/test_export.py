@@ -73,7 +73,7 @@ def run(painted, tmp_path):
 def pdf_pages(path: Path, dpi: int, tmp_path: Path) -> list[Image.Image]:
     prefix = tmp_path / "pdftoppm" / "page"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(path), str(prefix)], check=True, timeout=120)
+    subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(path), str(prefix)], check=True, timeout=900)
     return [Image.open(p).convert("RGB") for p in sorted(prefix.parent.glob("page*.png"))]
 
 
