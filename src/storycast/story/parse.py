@@ -574,7 +574,41 @@ def _read_text(path: Path) -> str:
             ],
             path,
         )
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    problems = _unprintable_problems(text)
+    if problems:
+        raise StoryError(problems, path)
+    return text
+
+
+# YAML's printable set (YAML 1.1 §5.1, what PyYAML's reader accepts): tab, line breaks, the printable ASCII
+# range, NEL, and the rest of Unicode but for the C1 controls, surrogates and the non-characters U+FFFE, U+FFFF.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_MOJIBAKE = {"\x91": "‘", "\x92": "’", "\x93": "“", "\x94": "”", "\x96": "–", "\x97": "—", "\x85": "…"}
+"""C1 controls that are Windows-1252 punctuation read as Latin-1 (text pasted from a word processor)."""
+
+
+def _unprintable_problems(text: str, most: int = 5) -> list[Problem]:
+    """One problem per line (up to ``most``) holding a control character that YAML refuses; the same for JSON
+    files, so a story reads the same whichever format it is written in."""
+    problems: list[Problem] = []
+    seen: set[int] = set()
+    for match in _UNPRINTABLE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        if line in seen:
+            continue
+        seen.add(line)
+        character = match.group()
+        meant = _MOJIBAKE.get(character)
+        fix = (
+            f"replace it with {meant!r} (U+{ord(character):04X} is that character of Windows-1252 read as Latin-1)"
+            if meant
+            else "delete it or retype the text around it (a control character, often pasted with the text)"
+        )
+        problems.append(Problem("", f"(line {line}) holds the control character U+{ord(character):04X}", fix))
+        if len(problems) == most:
+            break
+    return problems
 
 
 def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
