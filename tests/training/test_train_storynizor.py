@@ -151,6 +151,42 @@ def test_bad_input_is_refused_and_nothing_is_lost(data, tmp_path, capsys):
     assert (out / "storynizor.safetensors").read_bytes() == before
 
 
+class _RunsCode:
+    """A pickled object whose loading would run code (what a crafted optimizer.pt can hold)."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("crafted", "objects other than tensors"),
+        ("truncated", "trainable.safetensors is unusable"),
+        ("no-optimizer", "optimizer.pt is unusable (it is missing)"),
+        ("garbage-state", "trainer_state.json is unusable"),
+    ],
+)
+def test_a_crafted_or_damaged_checkpoint_is_refused_without_running_it(data, tmp_path, monkeypatch, damage, says):
+    out = tmp_path / "run"
+    train_storynizor(data, out, settings(max_steps="1", checkpoint_every="1"), TINY)
+    checkpoint = checkpoint_dirs(out)[-1]
+    if damage == "crafted":
+        torch.save({"state": {}, "param_groups": [], "evil": _RunsCode()}, checkpoint / "optimizer.pt")
+    elif damage == "truncated":
+        weights = checkpoint / "trainable.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "no-optimizer":
+        (checkpoint / "optimizer.pt").unlink()
+    else:
+        (checkpoint / "trainer_state.json").write_text("{not json")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingError, match="cannot resume from") as caught:
+        train_storynizor(data, out, settings(max_steps="2", checkpoint_every="1"), TINY, resume="latest")
+    assert says in str(caught.value) and "Fix:" in str(caught.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_two_gloo_processes_train_in_sync_and_write_one_checkpoint(data, tmp_path):
     out = tmp_path / "ddp"
     worker = Path(__file__).with_name("ddp_worker.py")
