@@ -93,16 +93,18 @@ def test_validation_frames_ema_and_the_tracker(data, tmp_path):
     torch.testing.assert_close(exported["resampler.latents"], ema[key])  # the export is the average
 
 
-def test_the_trained_checkpoint_drives_generate(data, tmp_path):
+@pytest.mark.parametrize(("preset", "family"), [("tiny-sd15", "sd15"), ("tiny", "sdxl")])
+def test_the_trained_checkpoint_drives_generate(data, tmp_path, preset, family):
+    # SDXL trains with its added conditioning (pooled embedding and size ids), as it samples.
     import yaml
 
     from storycast.cli.main import main
 
     out = tmp_path / "ckpt"
-    assert main(["train", "storynizor", "--data", str(data), "--out", str(out), "--preset", "tiny-sd15",
+    assert main(["train", "storynizor", "--data", str(data), "--out", str(out), "--preset", preset,
                  "--max-steps", "2", "--set", "resolution=64", "--no-progress"]) == 0  # fmt: skip
     config = json.loads((out / "storynizor.json").read_text())
-    assert config["extra"]["lora"] == {"rank": 64, "alpha": 64.0} and config["family"] == "sd15"
+    assert config["extra"]["lora"] == {"rank": 64, "alpha": 64.0} and config["family"] == family
     photo = tmp_path / "mara.png"
     from PIL import Image
 
@@ -120,7 +122,7 @@ def test_the_trained_checkpoint_drives_generate(data, tmp_path):
         )
     )
     run = tmp_path / "run"
-    args = ["generate", str(story), "--method", "storynizor", "--preset", "tiny-sd15", "--out", str(run)]
+    args = ["generate", str(story), "--method", "storynizor", "--preset", preset, "--out", str(run)]
     assert main([*args, "--set", f"weights={out}"]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["frames"]) == 2

@@ -268,8 +268,9 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
 
     models = load_models(dataclasses.replace(spec, device=str(device), dtype="fp32"))
     pipe = models.pipeline
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if part is not None:
+            part.requires_grad_(False)
     if settings.init == "scratch":
         from storycast.identity.id_injector import IDInjector
         from storycast.identity.resampler import ResamplerConfig
@@ -312,7 +313,7 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
         extra={**dict(injector.config.extra), **({"lora": lora} if lora else {}), "stage": settings.stage},
     )
     frozen = FrozenParts(
-        pipe.vae, pipe.text_encoder, pipe.tokenizer, encoder, DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe.vae, models.backbone, pipe.tokenizer, encoder, DDPMScheduler.from_config(pipe.scheduler.config)
     )
     module = StorynizorTrainable(pipe.unet, injector, amsa=settings.amsa)
     models.attachments[("id-injector", f"<training>|{settings.image_encoder}")] = AttachedInjector(
