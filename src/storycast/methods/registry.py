@@ -26,6 +26,7 @@ _BUILTIN: dict[str, str] = {
     "1prompt1story": "storycast.methods.oneprompt.method:OnePromptOneStoryMethod",
     "consistory": "storycast.methods.consistory.method:ConsiStoryMethod",
     "story-adapter": "storycast.methods.story_adapter.method:StoryAdapterMethod",
+    "story2board": "storycast.methods.story2board.method:Story2BoardMethod",
 }
 _REGISTERED: dict[str, str] = {}
 
