@@ -178,3 +178,21 @@ def test_identities_list_show_remove(tmp_path, capsys):
     assert "no identity" in capsys.readouterr().err
     assert main(["identities", "remove", "abc", *cache]) == 0
     assert library.keys() == []
+
+
+def test_a_misspelt_flag_gets_the_subcommand_s_usage_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["generate", "story.yaml", "--stesp", "3"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: storycast generate") and "(did you mean --steps?)" in err
+    with pytest.raises(SystemExit):
+        main(["data", "build", "photos", "--out", "x", "--overwrte"])  # a nested subcommand's own usage
+    err = capsys.readouterr().err
+    assert err.startswith("usage: storycast data build") and "did you mean --overwrite?" in err
+
+
+def test_generate_help_says_vanilla_is_the_default_method(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "default: vanilla" in capsys.readouterr().out

@@ -48,7 +48,9 @@ def add_parser(subparsers: Any, name: str) -> None:
         name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("suites", nargs="+", metavar="SUITE", help="single, multi-2, ... or a folder of story files")
-    parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
+    parser.add_argument(
+        "-m", "--method", default="vanilla", help="method to draw with (default: vanilla; see `storycast methods`)"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N stories of each suite")
     parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
