@@ -11,7 +11,9 @@ Every attention change a method makes is a subclass that overrides one or two of
 - :meth:`StoryAttnProcessor.observe_probabilities`: sees the attention probabilities (map recorders),
   computed explicitly only for processors that set ``needs_probabilities``;
 - :meth:`StoryAttnProcessor.edit_query` and :meth:`StoryAttnProcessor.edit_output`: the projected query, and
-  the layer's output after ``to_out`` (query blending, feature injection).
+  the layer's output after ``to_out`` (query blending, feature injection);
+- :meth:`StoryAttnProcessor.observe_joint` (FLUX only): sees the queries, keys and values before rotary positions,
+  with the rotary table, for processors that re-position tokens or read attention to chosen text tokens.
 
 The processor has one body per kind of attention module, with the same override points:
 
@@ -109,6 +111,14 @@ class StoryAttnProcessor:
         """The (B, N, C) output after ``to_out``, before the residual and the reshape to an image. Default:
         unchanged."""
         return output
+
+    def observe_joint(
+        self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: Any, text: int
+    ) -> None:
+        """Sees a joint-attention call's (B, L, heads, head_dim) queries, keys and values after projection and
+        norms but *before* rotary positions, ``rotary`` (the (cos, sin) tables of the L positions, or None) and the
+        ``text`` tokens ahead of the image tokens; called before :meth:`key_tokens`. A processor that gives borrowed
+        keys positions of its own (CharaConsist's matched points) keeps what it needs from here. Default: nothing."""
 
     # -- the stock computation ---------------------------------------------------------------------
 
@@ -247,6 +257,7 @@ class StoryAttnProcessor:
             query, key, value = (torch.cat(pair, dim=1) for pair in ((text_q, query), (text_k, key), (text_v, value)))
         else:
             text = self.text_tokens(attn)
+        self.observe_joint(attn, query, key, value, rotary, text)
         if rotary is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 
