@@ -210,3 +210,13 @@ def test_the_plan_draws_identity_frames_first_and_readers_depend_on_them():
         1, 41, 10, 1, 11, 31
     )  # fmt: skip
     assert full.generation.guidance_scale == 3.5 and full.generation.seed_policy == "same"
+
+
+def test_masks_are_saved_beside_the_frames_when_asked(tiny_flux):
+    _, frames = draw_plan(planned(one_character(), tiny_flux, {"save_masks": "true"}, REFERENCE_GEN), tiny_flux)
+    for frame in frames:
+        mask = np.asarray(frame.extras["mask"])
+        assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
+        # The 8 x 8 token grid, each token a 16 x 16 block; as many foreground tokens as the frame reports.
+        assert int((mask[::16, ::16] == 255).sum()) == frame.metadata["foreground_tokens"]
+    assert {frame.metadata["foreground_tokens"] for frame in frames} != {0}

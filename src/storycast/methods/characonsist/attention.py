@@ -163,8 +163,7 @@ class CharaConsistState(AttentionState):
             self._maps = None
             if self.mode == "identity":
                 self.bank.put((self.characters[0], "mask"), labels != BACKGROUND)
-            else:
-                self.labels = labels
+            self.labels = labels
         if self._similarity:
             layers = max(1, self._similarity_layers)
             for number, character in enumerate(self.characters):

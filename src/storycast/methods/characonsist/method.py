@@ -201,7 +201,12 @@ class CharaConsistMethod(StoryMethod):
             matched_points={c: m.count for c, m in state.matches.items()},
             keeps_background=state.keep_background,
         )
-        return FrameResult(index, drawn.images[0], seed, metadata=metadata)
+        extras = (
+            {"mask": _mask_image(state, drawn.images[0].size)}
+            if settings.save_masks and state.labels is not None
+            else {}
+        )
+        return FrameResult(index, drawn.images[0], seed, metadata=metadata, extras=extras)
 
     def _state(self, story: Story, index: int, mode: str, settings: CharaConsistSettings) -> CharaConsistState:
         backbone = self.backbone
@@ -251,3 +256,12 @@ class CharaConsistMethod(StoryMethod):
 def _block_index(layer: str) -> int:
     """The block number of ``single_transformer_blocks.N.attn`` (A line 401)."""
     return int(layer.split(".")[1])
+
+
+def _mask_image(state: CharaConsistState, size: tuple[int, int]) -> Any:
+    """The frame's labels as a greyscale image of ``size``: 0 background, character k at 255 k / K."""
+    from PIL import Image
+
+    assert state.labels is not None
+    levels = (state.labels.view(state.grid).float() * 255 / max(1, len(state.characters))).round().byte()
+    return Image.fromarray(levels.cpu().numpy()).resize(size, Image.NEAREST)

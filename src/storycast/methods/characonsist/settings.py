@@ -91,6 +91,11 @@ class CharaConsistSettings(MethodSettings):
     background_every: int = setting(
         1, "Background sharing acts in every n-th single-stream block (A line 394: bg_share_freq=1, all of them)."
     )
+    save_masks: bool = setting(
+        False,
+        "Save each frame's last foreground mask beside it as <frame>_mask.png (black: background; grey levels: the "
+        "characters it names, in order), as I's --save_mask saves them.",
+    )
     bank_device: Literal["cpu", "model"] = setting(
         "cpu",
         "Where the identity frame's keys, values and attention outputs are kept: CPU memory, as the authors "
