@@ -31,13 +31,13 @@ def forward(model, inputs, processors=None):
 class Unchanged(StoryAttnProcessor):
     """Overrides the point and gives back what it got."""
 
-    def edit_joint_projections(self, attn, query, key, value, text):
+    def edit_joint_projections(self, attn, query, key, value, rotary, text):
         self.seen = (query.shape, text)
         return query, key, value
 
 
 class ImageValuesDoubled(StoryAttnProcessor):
-    def edit_joint_projections(self, attn, query, key, value, text):
+    def edit_joint_projections(self, attn, query, key, value, rotary, text):
         value = value.clone()
         value[:, text:] *= 2
         return query, key, value

@@ -84,6 +84,14 @@ def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return _box_any(grown, pixels, dim=-2)
 
 
+def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Binary erosion with a square (2 * pixels + 1)^2 structuring element, over the last two dims: a pixel stays
+    when every pixel within Chebyshev distance ``pixels`` inside the image is set. Pixels outside the image do not
+    erode (OpenCV's ``cv2.erode`` with its default border), so this is the complement of :func:`dilate` of the
+    complement."""
+    return ~dilate(~as_bool(mask), pixels)
+
+
 def _box_any(mask: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """True where any pixel within ``radius`` along ``dim`` is True."""
     length = mask.shape[dim]

@@ -25,6 +25,7 @@ _BUILTIN: dict[str, str] = {
     "photomaker": "storycast.methods.photomaker.method:PhotoMakerMethod",
     "1prompt1story": "storycast.methods.oneprompt.method:OnePromptOneStoryMethod",
     "consistory": "storycast.methods.consistory.method:ConsiStoryMethod",
+    "characonsist": "storycast.methods.characonsist.method:CharaConsistMethod",
     "story-adapter": "storycast.methods.story_adapter.method:StoryAdapterMethod",
     "story2board": "storycast.methods.story2board.method:Story2BoardMethod",
 }

@@ -107,7 +107,7 @@ class ReciprocalValueMixing(StoryAttnProcessor):
         self.block = block
 
     def edit_joint_projections(
-        self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, text: int
+        self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: Any, text: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         state = self.state
         if not state.records:
