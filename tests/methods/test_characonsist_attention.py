@@ -149,3 +149,16 @@ def test_one_layer_equals_the_authors_and_not_when_the_matches_positions_or_merg
     if keep_background:  # the identity background matters: without it the layer differs
         without = _authors(attn, hidden, rotary, text, grid, *inputs, False)
         assert (without - ours).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 28, 50])
+def test_step_windows_scaled_to_any_run_keep_the_authors_order(steps):
+    from storycast.methods.characonsist.settings import CharaConsistSettings
+    from storycast.settings import ResolveContext
+    from storycast.story.model import GenerationSettings
+
+    resolved = CharaConsistSettings().resolve(ResolveContext(GenerationSettings(steps=steps), "flux", True))
+    resolved.validate()  # merge_start <= merge_decay <= merge_end, attention_start <= attention_end
+    if steps == 50:  # the authors' own indices
+        assert (resolved.attention_start, resolved.attention_end, resolved.mask_step) == (1, 41, 10)
+        assert (resolved.merge_start, resolved.merge_decay, resolved.merge_end) == (1, 11, 31)

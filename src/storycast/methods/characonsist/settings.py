@@ -131,16 +131,23 @@ class CharaConsistSettings(MethodSettings):
         steps = context.generation.steps
         if steps is None:
             return self
-        return dataclasses.replace(
-            self,
-            **{
-                name: scaled_step(index, steps)
-                if name not in ("attention_start", "merge_start")
-                else max(1, scaled_step(index, steps))
-                for name, index in AUTHORS_STEP_INDICES.items()
-                if getattr(self, name) is None
-            },
-        )
+        scaled = {
+            name: scaled_step(index, steps)
+            if name not in ("attention_start", "merge_start")
+            else max(1, scaled_step(index, steps))
+            for name, index in AUTHORS_STEP_INDICES.items()
+            if getattr(self, name) is None
+        }
+        # Rounding a short run's steps can put a window's end before its start (merge_decay 11 of 50 is 0 of 2
+        # while merge_start is at least 1): a scaled end is moved up to its start, keeping the authors' order.
+        for low, high in (
+            ("attention_start", "attention_end"),
+            ("merge_start", "merge_decay"),
+            ("merge_decay", "merge_end"),
+        ):
+            if high in scaled:
+                scaled[high] = max(scaled[high], scaled.get(low, getattr(self, low)) or 0)
+        return dataclasses.replace(self, **scaled)
 
     def check_steps(self, steps: int) -> None:
         """Refuse step indices a ``steps``-step run does not reach (resolved settings)."""
