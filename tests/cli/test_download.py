@@ -231,6 +231,8 @@ def test_the_cache_copy_is_found_by_storycast_benchmark_only_when_complete(copy,
             assert "storycast download consistory-human" in str(err)
     assert found != target / "single"
     assert "holds 1 of the 2 files of split 'single'; skipped" in caplog.text
+    # --limit 1 asks only for story_000, which is there: the part-downloaded split serves it.
+    assert B.resolve_suite("single", limit=1).folder == target / "single"
 
 
 def test_a_split_found_nowhere_names_the_download(cache, tmp_path, monkeypatch, capsys):

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if helper:  # logs and progress bars from the main process only
         log.setLevel(logging.WARNING)
         args.progress = False
-    suites = [resolve_suite(name, args.bench_root, args.cache_dir) for name in args.suites]
+    suites = [resolve_suite(name, args.bench_root, args.cache_dir, args.limit) for name in args.suites]
     spec = model_spec_from_args(args)
     tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
     generation = generation_from_args(args)

@@ -256,10 +256,14 @@ def install(
     return result
 
 
-def split_files(folder: str | Path, split: str, checksums: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(files present, files expected) of ``split`` in a benchmark folder: equal when the split is complete."""
+def split_files(
+    folder: str | Path, split: str, checksums: Mapping[str, str] | None = None, first: int | None = None
+) -> tuple[int, int]:
+    """(files present, files expected) of ``split`` in a benchmark folder, or of its ``first`` stories only (what
+    ``--limit`` asks for): equal when those files are all there."""
     folder = Path(folder)
-    expected = [path for path in (CHECKSUMS if checksums is None else checksums) if path.partition("/")[0] == split]
+    table = CHECKSUMS if checksums is None else checksums
+    expected = sorted((path for path in table if path.partition("/")[0] == split), key=_order)[:first]
     return sum((folder / path).is_file() for path in expected), len(expected)
 
 
