@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from storycast.attention.thresholds import otsu_threshold
 from storycast.masks.attention import mask_from_map
 from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, TextConditioning
 from storycast.pipelines.denoise import DenoiseStep, denoise
@@ -164,29 +163,6 @@ def test_guidance_functions_match_their_formulas():
     torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond))
     torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), rescale_noise_cfg(guided, cond, 0.7))
     assert rescale_guidance(guided, cond, 0.0) is guided
-
-
-def naive_otsu(values, bins=256):
-    histogram = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0, 1))[0].astype(float)
-    p = histogram / histogram.sum()
-    centers = (np.arange(bins) + 0.5) / bins
-    variances = {}
-    for cut in range(1, bins):
-        w0, w1 = p[:cut].sum(), p[cut:].sum()
-        if w0 == 0 or w1 == 0:
-            continue
-        m0, m1 = (p[:cut] * centers[:cut]).sum() / w0, (p[cut:] * centers[cut:]).sum() / w1
-        variances[cut] = w0 * w1 * (m0 - m1) ** 2
-    best = max(variances.values())
-    ties = [cut for cut, variance in variances.items() if variance >= best - 1e-6 * best]
-    return ties[len(ties) // 2] / bins
-
-
-def test_otsu_matches_a_naive_search():
-    generator = np.random.default_rng(0)
-    for _ in range(5):
-        values = np.concatenate([generator.normal(0.25, 0.05, 500), generator.normal(0.7, 0.08, 300)])
-        assert abs(otsu_threshold(torch.tensor(values)) - naive_otsu(values)) <= 1 / 256
 
 
 def test_mask_from_map_finds_the_bright_region():

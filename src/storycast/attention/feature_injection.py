@@ -71,12 +71,9 @@ def nearest_in_mask(
 
 
 def dynamic_threshold(values: torch.Tensor) -> float:
-    """Otsu's threshold of ``values`` of any range (the authors' ``get_dynamic_threshold``); for constant values,
-    that value (nothing lies strictly below it)."""
-    low, high = float(values.min()), float(values.max())
-    if not high > low:
-        return low
-    return low + otsu_threshold((values - low) / (high - low)) * (high - low)
+    """Otsu's threshold of ``values`` over their own range (the authors' ``get_dynamic_threshold``, scikit-image's
+    ``threshold_otsu``); for constant values, that value (nothing lies strictly below it)."""
+    return otsu_threshold(values)
 
 
 @dataclass(frozen=True)
