@@ -154,6 +154,20 @@ def test_sd15_conditioning_has_text_only(tiny_sd15):
         prompt_encoder(tiny_sd15.pipeline, "sd15", "cpu")(["a cat"], [], width=64, height=64)
 
 
+def test_no_negative_prompt_is_what_each_pipeline_makes_without_one(tiny_sdxl, tiny_sd15):
+    """None is no negative prompt: SDXL (force_zeros_for_empty_prompt) zeros that row's text embeddings and keeps
+    the size ids; SD 1.5's pipeline encodes the empty prompt. A written one is encoded, row by row."""
+    sdxl = tiny_sdxl.backbone.encode(["a cat", "a dog"], [None, "blurry"], width=64, height=64)
+    written = tiny_sdxl.backbone.encode(["a cat", "a dog"], ["", "blurry"], width=64, height=64)
+    assert not sdxl.uncond.embeds[0].any() and not sdxl.uncond.pooled[0].any()
+    assert written.uncond.embeds[0].any()
+    for field in ("embeds", "pooled", "time_ids"):
+        assert getattr(sdxl.uncond, field)[1].equal(getattr(written.uncond, field)[1]), field
+    assert sdxl.uncond.time_ids.equal(written.uncond.time_ids)
+    sd15 = tiny_sd15.backbone.encode(["a cat"], [None], width=64, height=64)
+    assert sd15.uncond.embeds.equal(tiny_sd15.backbone.encode(["a cat"], [""], width=64, height=64).uncond.embeds)
+
+
 def test_guidance_functions_match_their_formulas():
     from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
