@@ -74,3 +74,12 @@ def test_otsu_equals_scikit_image_on_random_maps_ties_and_flat_maps():
         assert otsu_threshold(torch.from_numpy(array)) == float(filters.threshold_otsu(array))
     flat = np.full((4, 4), 0.3)
     assert otsu_threshold(torch.from_numpy(flat)) == float(filters.threshold_otsu(flat))
+
+
+def test_the_edge_cut_is_the_split_the_score_was_computed_for():
+    # Three flat levels: the best split is between the middle one and the top one. The middle level sits in the
+    # upper half of its bin, so scikit-image's centre cut puts it in the foreground; the edge cut does not.
+    values = torch.tensor([0.0] * 1650 + [0.1287] * 1921 + [1.0] * 525)
+    centre, edge = otsu_threshold(values), otsu_threshold(values, at="edge")
+    assert centre == pytest.approx(32.5 / 256) and edge == pytest.approx(33 / 256)
+    assert bool((values > centre).sum() == 1921 + 525) and bool((values > edge).sum() == 525)

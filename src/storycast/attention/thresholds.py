@@ -6,10 +6,12 @@ injection), the attention-map mask provider (:mod:`storycast.masks.attention`) a
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 
-def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+def otsu_threshold(values: torch.Tensor, bins: int = 256, at: Literal["centre", "edge"] = "centre") -> float:
     """Otsu's threshold (1979) of floating-point values, as scikit-image's ``filters.threshold_otsu`` defines it
     (ConsiStory cuts its masks and distances with that function: NVlabs/consistory@8158d41
     ``utils/general_utils.py``; scikit-image 0.22 to 0.26, ``filters/thresholding.py`` and ``exposure/exposure.py``).
@@ -20,6 +22,10 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
       centres weighted by their counts;
     - the threshold is the centre of the best bin k, the first of equal scores (``np.argmax``);
     - constant values give that value (nothing lies strictly above it).
+
+    ``at="edge"`` returns the best bin's upper edge instead: the split the score was computed for (the centre also
+    puts the upper half of the best bin in the foreground, which matters when values sit on a few levels). Our
+    own cuts use it (data building's contrast masks); the authors' methods' masks use the centre.
 
     Values strictly above the returned threshold form the foreground. Everything is computed in float64: the
     result equals ``threshold_otsu`` of the values' float64 copy exactly (tested). On a float32 or float16 array
@@ -45,7 +51,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     # rounded to float32 there (exactly, up to 2^24 values), and so here.
     weights = (weight_low[:-1].float() * weight_high[1:].float()).double()
     scores = weights * (mean_low[:-1] - mean_high[1:]) ** 2
-    return float(centres[int(scores.argmax())])
+    best = int(scores.argmax())
+    return float(centres[best] if at == "centre" else edges[best + 1])
 
 
 def normalise_map(attention_map: torch.Tensor) -> torch.Tensor:
