@@ -225,7 +225,9 @@ class StoryMethod(abc.ABC):
         """The settings with every automatic value decided for this story's generation settings and the
         loaded models (the planner records the same values in the manifest)."""
         facts = self.models.facts
-        return self.settings.resolve(ResolveContext(story.settings, facts.family, facts.tiny))
+        return self.settings.resolve(
+            ResolveContext(story.settings, facts.family, facts.tiny, references=story.uses_references())
+        )
 
     def prepare(self, story: Story, context: RunContext) -> None:  # noqa: B027 - optional hook
         """Work done once per run before drawing (identity discovery, loading trained weights)."""

@@ -326,7 +326,7 @@ def plan_run(
         settings = resolve_method_settings(story, method_class, method_settings, where=settings_origin)
     resolved = resolve_generation(story, facts, method_class, generation)
     story = dataclasses.replace(story, settings=resolved)
-    settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny))
+    settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny, references=story.uses_references()))
     method_class.check(story, settings, facts.family)
     groups = method_class.plan(story, settings)
     _check_coverage(method_class, groups, len(story))

@@ -220,11 +220,13 @@ class ConsiStoryMethod(StoryMethod):
         gen, backbone = story.settings, self.backbone
         sampling = self.sampling(story, settings.scheduler)
         anchors = self._anchors if mode else None
-        # 1. The prompts, and where each frame's characters' class words are in them.
+        # 1. The prompts, and where each frame's characters' class words are in them. No negative prompt gives zero
+        # unconditional embeddings, as the authors' pipeline call without one does (SDXL's
+        # force_zeros_for_empty_prompt); one the story writes is encoded.
         prompts = [story.prompt(i) for i in frames]
         conditioning = backbone.encode(
             prompts,
-            [story.negative_prompt(i) or "" for i in frames],
+            [story.negative_prompt(i) for i in frames],
             width=gen.width,
             height=gen.height,
             guidance=sampling.guidance,
@@ -458,9 +460,15 @@ class _PassRunner:
                 )
             )
         installs.append(lambda: freeu(unet, FREEU_SDXL if settings.freeu else None))
+        # The DIFT features: by default a view of the block's output, read after the UNet call, as the authors'.
         installs.append(
             lambda: _kept(
-                record_block_output(unet.up_blocks[0], rows, lambda: state.step == dift_step and not state.vanilla),
+                record_block_output(
+                    unet.up_blocks[0],
+                    rows,
+                    lambda: state.step == dift_step and not state.vanilla,
+                    copy=not settings.dift_after_freeu,
+                ),
                 features,
             )
         )

@@ -137,13 +137,7 @@ class OnePromptOneStoryMethod(StoryMethod):
         pipeline does (``force_zeros_for_empty_prompt``) when the authors call it without one."""
         settings = self.resolved_settings(story)
         pipe, gen = self.models.pipeline, story.settings
-        pair = self.backbone.encode([prompt.text], [negative or ""], width=gen.width, height=gen.height)
-        if negative is None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            uncond = pair.uncond
-            pair = GuidancePair(
-                uncond.replace(embeds=torch.zeros_like(uncond.embeds), pooled=torch.zeros_like(uncond.pooled)),
-                pair.cond,
-            )
+        pair = self.backbone.encode([prompt.text], [negative], width=gen.width, height=gen.height)
         if settings.svr.mode == "off":
             return pair
         tokens = P.prompt_tokens(pipe.tokenizer, prompt)
