@@ -13,7 +13,7 @@ from storycast.attention.layers import attention_layers, install_processors
 from storycast.attention.mutual import cross_probabilities, mutual_attention
 from storycast.attention.processor import StoryAttnProcessor
 from storycast.attention.state import AttentionState
-from storycast.attention.thresholds import otsu_bin_centre
+from storycast.attention.thresholds import otsu_threshold
 from storycast.masks.ops import largest_component, remove_small_components
 from storycast.pipelines.families.flux import image_positions
 from tests.attention import test_joint_attention as joint
@@ -96,7 +96,7 @@ def test_cross_probabilities_are_the_head_mean_of_a_full_softmax():
             assert torch.isclose(mutual[b, a], expected)
 
 
-def test_otsu_bin_centre_is_scikit_images_threshold():
+def test_otsu_threshold_on_story2board_s_maps_is_scikit_images_threshold():
     filters = pytest.importorskip("skimage.filters")
     rng = np.random.default_rng(0)
     for case in range(100):
@@ -104,9 +104,9 @@ def test_otsu_bin_centre_is_scikit_images_threshold():
         if case % 3 == 0:
             image[:2] = 0  # an empty gap between the classes: tied cuts, the first one wins
         theirs = filters.threshold_otsu(image)
-        ours = otsu_bin_centre(torch.from_numpy(image))
+        ours = otsu_threshold(torch.from_numpy(image))
         assert np.array_equal(image > theirs, image > ours), case
-    assert otsu_bin_centre(torch.full((3, 3), 0.25)) == 0.25
+    assert otsu_threshold(torch.full((3, 3), 0.25)) == 0.25
 
 
 def test_small_components_are_removed_as_scikit_image_removes_them():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from storycast.attention.thresholds import otsu_bin_centre
+from storycast.attention.thresholds import otsu_threshold
 from storycast.masks.ops import remove_small_components
 
 
@@ -48,7 +48,7 @@ def reciprocal_region(strength: torch.Tensor, grid: tuple[int, int], border: int
     if float(high - low) <= 0:
         return torch.zeros(grid, dtype=torch.bool, device=strength.device)
     scaled = (image - low) / (high - low)
-    return remove_small_components(scaled > otsu_bin_centre(scaled), min_size)
+    return remove_small_components(scaled > otsu_threshold(scaled), min_size)
 
 
 def reciprocal_pairs(
