@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.card import MethodCard
@@ -11,11 +10,6 @@ from storycast.pipelines.sampler import sample
 from storycast.settings import MethodSettings
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
-
-
-@dataclass(frozen=True)
-class VanillaSettings(MethodSettings):
-    """``vanilla`` has no settings of its own: frames follow the generation settings."""
 
 
 class VanillaMethod(StoryMethod):
@@ -27,7 +21,7 @@ class VanillaMethod(StoryMethod):
     """
 
     name = "vanilla"
-    settings_class = VanillaSettings
+    settings_class = MethodSettings  # no settings of its own: frames follow the generation settings
     families = ("sdxl", "sd15", "flux")
     card = MethodCard(
         families_why="plain text-to-image runs on every family, through the one sampler (equal to diffusers' pipelines, tested)",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from storycast.adapters.photomaker import PhotoMakerSettings
-from storycast.attention.consistent import CsaGate
 from storycast.pipelines.families import SchedulerName
 from storycast.settings import MethodSettings, ResolveContext, check_range, setting
+
+if TYPE_CHECKING:
+    from storycast.attention.consistent import CsaGate
 
 UNET_FAMILIES = ("sd15", "sdxl")
 
@@ -82,6 +84,8 @@ class ConsistentAttentionSettings(MethodSettings):
         return dataclasses.replace(self, blocks=("up",) if context.family in UNET_FAMILIES else ("single",))
 
     def gate(self) -> CsaGate:
+        from storycast.attention.consistent import CsaGate
+
         return CsaGate(self.plain_steps, self.early_threshold, self.late_threshold, self.gate_switch_step)
 
     def rate(self, rank: int) -> float:
