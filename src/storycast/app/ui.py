@@ -203,8 +203,9 @@ def build(app: App) -> gr.Blocks:
                             )
 
                     more_settings = gr.Textbox(
-                        label="more settings (KEY=VALUE a line, as --set)", lines=2, placeholder="attention.sa32=0.5"
-                    )
+                        label="more settings (KEY=VALUE a line, as --set)", lines=2, placeholder="attention.sa32=0.5",
+                        elem_id="more-settings",
+                    )  # fmt: skip
                     with gr.Accordion("All settings of this method", open=False):
                         method_help = gr.Markdown(help_text)
 
