@@ -34,6 +34,7 @@ settings: {width: 64, height: 64, steps: 2}
 """
 QUEUE_SIZE = 4
 MAX_UPLOAD_MB = 1
+MAX_FRAMES = 6
 
 
 def _free_port() -> int:
@@ -59,6 +60,7 @@ def served(tmp_path_factory, tiny_sdxl):
         device="cpu",
         queue_size=QUEUE_SIZE,
         max_upload_mb=MAX_UPLOAD_MB,
+        max_frames=MAX_FRAMES,
     )
     app, demo, url = ui.launch(config, block=False)
     app.drawer.keep(tiny_sdxl)
@@ -111,6 +113,12 @@ def _gallery(driver) -> list[str]:
     return [image.get_attribute("src") for image in driver.find_elements(By.CSS_SELECTOR, "#gallery img")]
 
 
+def _stop_enabled(driver) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, "stop").is_enabled()
+
+
 def _manifest(app, run: str) -> dict:
     return json.loads((app.folders.run_dir(run) / "manifest.json").read_text(encoding="utf-8"))
 
@@ -123,6 +131,7 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     wait = WebDriverWait(browser, 600, poll_frequency=0.2)
     browser.get(url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#title textarea"))
+    assert not _stop_enabled(browser)  # greyed: nothing draws
     _type(browser, "title", "Browser story")
     _type(browser, "char1-id", "mara")
     _type(browser, "char1-class", "woman")
@@ -131,8 +140,27 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     for field, value in (("width", "64"), ("height", "64"), ("steps", "2")):
         _type(browser, field, value)
 
-    browser.find_element(By.ID, "draw").click()
+    wait.until(lambda d: "ready: Draw draws every frame of 2 with vanilla" in d.find_element(By.ID, "check").text)
+
+    # The drawing is held until Stop has been seen enabled, so the test sees it while the drawing runs.
+    execute, started, seen = app.drawer._execute, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        started.set()
+        seen.wait(timeout=600)
+        return execute(*args, **kwargs)
+
+    app.drawer._execute = held
+    try:
+        browser.find_element(By.ID, "draw").click()
+        assert started.wait(timeout=600)
+        wait.until(_stop_enabled)
+    finally:
+        seen.set()
+        app.drawer._execute = execute
     wait.until(lambda d: "drew frame(s) 1, 2" in _status(d) and len(_gallery(d)) == 2)
+    wait.until(lambda d: not _stop_enabled(d))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#comic-preview img"))  # the comic page, previewed
     run = app.folders.run_names()[0]
     assert run in _status(browser)
     first = _manifest(app, run)
@@ -140,14 +168,16 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     assert first["run_summary"]["generation settings"]["width"] == 64
     frames_before = _gallery(browser)
 
-    _type(browser, "redraw-frame", "2")
+    browser.find_elements(By.CSS_SELECTOR, "#gallery img")[1].click()  # picks frame 2 for Redraw
+    wait.until(lambda d: "Frame 2 (seed 1) is picked" in _status(d))
+    assert browser.find_element(By.CSS_SELECTOR, "#redraw-frame input").get_attribute("value") == "2"
     _type(browser, "redraw-seed", "123")
     browser.find_element(By.ID, "redraw").click()
     wait.until(lambda d: "drew frame(s) 2; kept 1" in _status(d))
     second = _manifest(app, run)
     assert second["frames"][0] == first["frames"][0]  # kept as it was
     assert second["frames"][1]["seed"] == 123 and second["frames"][1]["drawn"] >= first["frames"][1]["drawn"]
-    frames_after = _gallery(browser)
+    frames_after = _gallery(browser)[-2:]  # the frames (after the picked frame's preview, while it is open)
     assert len(frames_after) == 2 and frames_after[0] == frames_before[0] and frames_after[1] != frames_before[1]
 
     browser.find_element(By.ID, "export").click()
@@ -206,15 +236,14 @@ def test_an_oversized_upload_is_refused(served, tmp_path):
 def test_a_run_outside_the_root_is_refused(served, tmp_path):
     app, url = served
     client = gradio_client.Client(url, verbose=False)
+    # The page says why in its status (the run's other outputs are left as they were).
     for name in ("../../etc", "/etc", "..", "a/../../b"):
-        with pytest.raises(gradio_client.exceptions.AppError, match="not a run name"):
-            client.predict(name, 0, api_name="/open_run")
+        assert "not a run name" in client.predict(name, 0, api_name="/open_run")[-1]
     outside = tmp_path / "outside-run"
     outside.mkdir()
     (outside / "manifest.json").write_text("{}", encoding="utf-8")
     (app.folders.runs / "linked").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(gradio_client.exceptions.AppError, match="outside the app's folder"):
-        client.predict("linked", 0, api_name="/open_run")
+    assert "outside the app's folder" in client.predict("linked", 0, api_name="/open_run")[-1]
     # Files are served from the run folders and downloads only: not the system's, not the uploads.
     secret = app.folders.uploads / "secret.png"
     secret.write_bytes(b"private")
@@ -270,3 +299,112 @@ def test_twenty_concurrent_requests_queue_without_a_crash(served):
     # The app still answers after the burst.
     again = client.predict(STORY_YAML, "vanilla", "tiny", "", api_name="/draw")
     assert again["drawn"] == [0]
+
+
+def test_the_page_says_what_is_wrong_before_and_when_drawing_and_offers_examples(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app, url = served
+    wait = WebDriverWait(browser, 600, poll_frequency=0.2)
+    browser.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#title textarea"))
+    runs_before = app.folders.run_names()
+    _type(browser, "title", "Lonely kite")
+    _type(browser, "char1-id", "nina")
+    _type(browser, "char1-class", "girl")
+    _type(browser, "char1-description", "a girl with a red kite")
+    _type(browser, "frames", "{nina} and a dog on the beach\nthe sea at night")
+    method = browser.find_element(By.CSS_SELECTOR, "#method input")
+    method.clear()
+    method.send_keys("storydiffusion", Keys.ENTER)
+    _type(browser, "more-settings", "id_length=3")
+    # Said as the story is written, before Draw: the planner's message, with its fix.
+    wait.until(lambda d: "'nina' appears alone in 1 frame(s)" in d.find_element(By.ID, "check").text)
+    assert "Fix: lower id_length" in browser.find_element(By.ID, "check").text
+    browser.find_element(By.ID, "draw").click()
+    wait.until(lambda d: "'nina' appears alone in 1 frame(s)" in _status(d))
+    # The message is in the page, not an empty "Error" badge on each output; nothing was drawn.
+    assert "Error" not in browser.find_element(By.TAG_NAME, "body").text
+    assert app.folders.run_names() == runs_before and not _stop_enabled(browser)
+
+    browser.find_element(By.ID, "example-lighthouse").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#title textarea").get_attribute("value") == (
+        "The Lighthouse Keeper"
+    ))  # fmt: skip
+    assert "{mara} climbing the spiral stairs" in browser.find_element(
+        By.CSS_SELECTOR, "#frames textarea"
+    ).get_attribute("value")
+    wait.until(
+        lambda d: "ready: Draw draws every frame of 6 with storydiffusion" in d.find_element(By.ID, "check").text
+    )
+
+
+def _join(url: str, api_name: str, data: list, session: str) -> str:
+    """Send a request into the queue as a client does; returns its event id."""
+    dependencies = httpx.get(f"{url}config", timeout=600).json()["dependencies"]
+    fn_index = next(d["id"] for d in dependencies if d.get("api_name") == api_name)
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    reply = httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=600)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["event_id"]
+
+
+def test_a_drawing_whose_client_left_stops_keeping_its_frames_and_frees_the_slot(served):
+    """The client reads the drawing's messages until its first frame is drawn, then goes away. The drawing is
+    held after that frame until the server stops it (only a stop lets it go on), so the test waits for events,
+    never for guessed durations."""
+    import uuid
+
+    app, url = served
+    story = STORY_YAML.replace(
+        '  - "{mara} reading a book"', '  - "{mara} reading a book"\n  - "{mara} asleep"\n  - "{mara} waving"'
+    )
+    session = uuid.uuid4().hex
+    execute, first_frame, ended = app.drawer._execute, threading.Event(), threading.Event()
+
+    def held(plan, spec, out_dir, progress):
+        def watched(event):
+            if event.stage == "frames" and event.completed == 1:
+                first_frame.set()
+                app.stops[session].wait(timeout=600)  # a ceiling: the server's stop releases it
+            progress(event)
+
+        try:
+            return execute(plan, spec, out_dir, watched)
+        finally:
+            ended.set()
+
+    app.drawer._execute = held
+    try:
+        _join(url, "draw", [story, "vanilla", "tiny", ""], session)
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=600) as s:
+            for line in s.iter_lines():
+                generating = line.startswith("data:") and json.loads(line[5:])["msg"] == "process_generating"
+                if generating and first_frame.is_set():
+                    break
+        # The connection is closed: the client is gone.
+        assert ended.wait(timeout=600)
+    finally:
+        app.stops.get(session, threading.Event()).set()
+        app.drawer._execute = execute
+    assert app.stops[session].is_set()
+    (run,) = [r for r in app.folders.run_names() if _manifest(app, r)["story"]["frames"] == 3]
+    manifest = _manifest(app, run)
+    assert manifest["status"] == "interrupted"
+    assert [bool(r) for r in manifest["frames"]] == [True, False, False]  # the frame drawn is kept
+    # The slot is free: the next drawing runs to its end.
+    client = gradio_client.Client(url, verbose=False)
+    assert client.predict(STORY_YAML, "vanilla", "tiny", "", api_name="/draw")["drawn"] == [0]
+
+
+def test_a_story_over_the_frame_cap_is_refused_through_the_api(served):
+    app, url = served
+    frames = "".join(f'  - "{{mara}} in room {n}"\n' for n in range(MAX_FRAMES + 1))
+    story = STORY_YAML.replace('  - "{mara} reading a book"\n', frames)
+    runs_before = app.folders.run_names()
+    client = gradio_client.Client(url, verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError, match=f"at most {MAX_FRAMES} \\(its --max-frames\\)"):
+        client.predict(story, "vanilla", "tiny", "", api_name="/draw")
+    assert app.folders.run_names() == runs_before

@@ -18,9 +18,30 @@ def test_help_names_the_flags(capsys):
         main(["app", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--preset", "--host", "--port", "--share", "--root", "--queue-size", "--max-upload-mb"):
+    for flag in (
+        "--preset",
+        "--host",
+        "--port",
+        "--share",
+        "--root",
+        "--queue-size",
+        "--max-upload-mb",
+        "--max-frames",
+    ):
         assert flag in out
     assert "127.0.0.1" in out
+    assert "longest story the app draws" in out and "(default 64)" in out
+
+
+def test_max_frames_reaches_the_app_s_settings():
+    import argparse
+
+    from storycast.cli.app import add_parser, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(), "app")
+    assert config_from_args(parser.parse_args(["app"])).max_frames == 64
+    assert config_from_args(parser.parse_args(["app", "--max-frames", "500"])).max_frames == 500
 
 
 def test_without_gradio_the_error_names_the_extra(monkeypatch, capsys, tmp_path):
@@ -43,7 +64,13 @@ def test_the_app_says_who_can_reach_it():
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"queue_size": 0}, "queue size"), ({"max_upload_mb": 0}, "upload limit"), ({"port": 70000}, "port")],
+    [
+        ({"queue_size": 0}, "queue size"),
+        ({"max_upload_mb": 0}, "upload limit"),
+        ({"port": 70000}, "port"),
+        ({"max_frames": 0}, "max_frames 0 is out of range"),
+        ({"max_frames": 2.5}, "max_frames 2.5 is not a whole number"),
+    ],
 )
 def test_bad_app_settings_are_errors(changes, message):
     with pytest.raises(SettingsError, match=message):

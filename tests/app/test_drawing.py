@@ -9,10 +9,20 @@ import zipfile
 
 import pytest
 
-from storycast.app.drawing import Drawer, export_download, frame_table, run_document, run_view
+from storycast.app.drawing import (
+    Drawer,
+    comic_preview,
+    export_download,
+    frame_table,
+    readiness,
+    run_document,
+    run_view,
+    shown_frame,
+)
 from storycast.app.folders import AppFolders, AppRequestError
 from storycast.app.story_form import CharacterFields, StoryFields, build_document, check_document, set_frame
 from storycast.cli.main import main
+from storycast.errors import ExportError, StorycastError
 from storycast.evaluation.runfolders import run_status
 
 
@@ -69,6 +79,10 @@ def test_redrawing_one_frame_keeps_the_other(folders, drawer):
     after = _manifest(folders, first.run)["frames"]
     assert after[0] == before[0] and (folders.run_dir(first.run) / "frames" / "frame_000.png").read_bytes() == frame0
     assert after[1]["seed"] == 123 and before[1]["seed"] != 123
+    # A click on the gallery's second frame picks frame 2 (its manifest record), what Redraw then redraws.
+    assert shown_frame(folders.run_dir(first.run), 1) == after[1]
+    with pytest.raises(AppRequestError, match="none at position 3"):
+        shown_frame(folders.run_dir(first.run), 2)
 
 
 def test_other_settings_start_a_new_run_and_say_so(folders, drawer):
@@ -78,6 +92,16 @@ def test_other_settings_start_a_new_run_and_say_so(folders, drawer):
     *_, other = drawer.draw(changed, "vanilla", "tiny", run=first.run)
     assert other.run != first.run and f"run {first.run} was drawn with other generation settings" in other.status
     assert _manifest(folders, first.run)["generation"]["steps"] == 2  # the first run is untouched
+
+
+def test_an_unfinished_run_has_no_comic_preview(folders, drawer):
+    story = check_document(_doc(2), folders)
+    stop = threading.Event()
+    for update in drawer.draw(story, "vanilla", "tiny", stop=stop):
+        if update.frames:
+            stop.set()
+    with pytest.raises(ExportError):
+        comic_preview(folders.run_dir(update.run))
 
 
 def test_a_stopped_drawing_keeps_its_frames_and_resumes(folders, drawer):
@@ -97,6 +121,78 @@ def test_a_stopped_drawing_keeps_its_frames_and_resumes(folders, drawer):
     *_, resumed = drawer.draw(story, "vanilla", "tiny", run=last.run)
     assert resumed.kept == [r["index"] for r in kept] and len(resumed.drawn) == 3 - len(kept)
     assert _manifest(folders, last.run)["status"] == "complete"
+
+
+def test_closing_a_drawing_stops_it_even_while_no_step_ends(folders, drawer):
+    """A server closes the drawing's iterator when its client has gone; the drawing yields at least every
+    HEARTBEAT_S seconds (here while its model would load), so the close comes, and the worker stops."""
+    story = check_document(_doc(2), folders)
+    held, release, finished = threading.Event(), threading.Event(), threading.Event()
+    execute = drawer._execute
+
+    def slow_start(plan, spec, out_dir, progress):
+        held.set()
+        release.wait(timeout=600)  # a ceiling: released when the iterator is closed
+        try:
+            return execute(plan, spec, out_dir, progress)
+        finally:
+            finished.set()
+
+    drawer._execute = slow_start
+    stop = threading.Event()
+    updates = drawer.draw(story, "vanilla", "tiny", stop=stop)
+    try:
+        assert "drawing frame(s) 1, 2" in next(updates).status
+        beat = next(updates)  # the worker starts, and is held: no progress event comes, this is the heartbeat
+        assert held.wait(timeout=600)
+        assert not beat.finished and beat.status.startswith("drawing into run") and not stop.is_set()
+        updates.close()
+        assert stop.is_set()
+    finally:
+        release.set()
+    assert finished.wait(timeout=600)
+    manifest = _manifest(folders, beat.run)
+    assert manifest["status"] == "interrupted" and not any(manifest["frames"])
+    # The slot is free: the next drawing gets the device and resumes the run.
+    drawer._execute = execute
+    *_, resumed = drawer.draw(story, "vanilla", "tiny", run=beat.run)
+    assert resumed.drawn == [0, 1] and _manifest(folders, beat.run)["status"] == "complete"
+
+
+def test_a_story_over_the_frame_cap_is_refused_before_anything_is_drawn(folders, tiny_sdxl):
+    drawer = Drawer(folders, device="cpu", max_frames=3)
+    drawer.keep(tiny_sdxl)
+    long_story = check_document(_doc(4), folders)
+    with pytest.raises(
+        AppRequestError, match=r"the story has 4 frames; this app draws at most 3 \(its --max-frames\)"
+    ):
+        next(drawer.draw(long_story, "vanilla", "tiny"))
+    with pytest.raises(AppRequestError, match="--max-frames 4"):
+        drawer.plan(long_story, "vanilla", "tiny", None, None)
+    assert folders.run_names() == [] and not any(folders.runs.iterdir())
+    *_, done = drawer.draw(check_document(_doc(3), folders), "vanilla", "tiny")
+    assert done.drawn == [0, 1, 2]
+
+
+def test_the_story_is_checked_against_the_method_without_a_model(folders, monkeypatch):
+    """What the page says as the story is written: the planner's refusals, or what Draw would draw; nothing is
+    loaded (loading is made to fail) and nothing is written."""
+    import storycast.models.loading as loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_models", no_loading)
+    drawer = Drawer(folders, device="cpu")
+    doc = _doc(2)
+    doc["characters"].append({"id": "nina", "description": "a girl with a kite", "class_word": "girl"})
+    doc["frames"] = ["{mara} and {nina} by the sea", "{mara} reading a book"]
+    story = check_document(doc, folders)
+    with pytest.raises(StorycastError, match="'nina' appears alone in 0 frame"):
+        drawer.plan(story, "storydiffusion", "tiny", None, None)
+    said = readiness(*drawer.plan(story, "storydiffusion", "tiny", {"identity_frames": "portraits"}, None), None)
+    assert said == "ready: Draw draws every frame of 2 with storydiffusion into a new run"
+    assert not any(folders.runs.iterdir())
 
 
 def test_bad_requests_fail_before_anything_is_drawn(folders, drawer):
@@ -121,6 +217,9 @@ def test_exports_and_the_evaluation_s_pictures(folders, drawer):
         assert archive.namelist() and all(n.startswith("grid-png/page_") for n in archive.namelist())
     shown = run_view(run_dir)
     assert shown.pictures == [] and shown.scores == "" and shown.storyboard == run_dir / "storyboard.png"
+    # The comic preview is the export's comic layout, page for page, at the preview's resolution.
+    (page,) = comic_preview(run_dir)
+    assert page.size == (496, 702) and len(set(page.convert("L").getdata())) > 16  # an A4 page at 60 DPI, drawn
     # `storycast evaluate` scores the app's run folder as any other; the app then shows what it wrote.
     assert main(["evaluate", "--preset", "tiny", "--no-progress", str(run_dir)]) == 0
     shown = run_view(run_dir)

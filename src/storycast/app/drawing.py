@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storycast.app.config import DEFAULT_MAX_FRAMES
 from storycast.app.folders import AppFolders, AppRequestError, new_run_name, zip_folder
 from storycast.errors import StorycastError
 from storycast.methods.base import ProgressEvent
 from storycast.runs.folder import FRAMES_DIR, MANIFEST_NAME, STORY_NAME, STORYBOARD_NAME
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from storycast.models.loading import LoadedModels
     from storycast.models.spec import ModelSpec
     from storycast.runs.plan import RunPlan
@@ -40,6 +43,13 @@ EVALUATION_PICTURES = ("scores.png", "results.png")
 """What ``storycast evaluate`` writes into an evaluated run folder: the contact sheet and the chart
 (:mod:`storycast.evaluation.runfolders`: ``CONTACT_SHEET_NAME``, ``RESULTS_CHART``)."""
 EVALUATION_TABLE = "results.md"
+HEARTBEAT_S = 1.0
+"""Longest wait between two updates of a drawing: one is yielded at least this often, even while a model loads
+or a step runs, so that the server notices a client that left (Gradio closes the drawing's generator when it
+next yields to a gone client, which stops the drawing)."""
+PREVIEW_DPI = 60
+"""Resolution of the comic preview's pages (an A4 page is 496 x 702 pixels): enough to see the layout on the page,
+quick to draw; the export itself is 150 DPI."""
 
 
 class DrawStopped(Exception):
@@ -79,8 +89,8 @@ def progress_line(stages: Mapping[str, ProgressEvent]) -> str:
     return " · ".join(parts)
 
 
-def run_frames(run_dir: Path) -> list[tuple[Path, str]]:
-    """(file, caption) of each frame the run's manifest records and the folder holds, in story order."""
+def held_frames(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, manifest record) of each frame the run's manifest records and the folder holds, in story order."""
     from storycast.evaluation.runfolders import read_json
 
     manifest = read_json(run_dir / MANIFEST_NAME) or {}
@@ -90,8 +100,48 @@ def run_frames(run_dir: Path) -> list[tuple[Path, str]]:
             continue
         path = run_dir / str(record.get("file", ""))
         if path.is_file() and path.resolve().is_relative_to((run_dir / FRAMES_DIR).resolve()):
-            found.append((path, f"frame {record['index'] + 1} · seed {record.get('seed')}"))
+            found.append((path, record))
     return found
+
+
+def run_frames(run_dir: Path) -> list[tuple[Path, str]]:
+    """(file, caption) of each frame the run's manifest records and the folder holds, in story order."""
+    return [
+        (path, f"frame {record['index'] + 1} · seed {record.get('seed')}") for path, record in held_frames(run_dir)
+    ]
+
+
+def shown_frame(run_dir: Path, position: int) -> dict[str, Any]:
+    """The manifest record of the frame shown at ``position`` (0-based) of the run's gallery (:func:`run_frames`):
+    what a click on a frame picks to redraw.
+
+    Raises:
+        AppRequestError: The run holds no frame at that position (it changed since the page showed it).
+    """
+    held = held_frames(run_dir)
+    if not 0 <= position < len(held):
+        raise AppRequestError(
+            f"run {run_dir.name} shows {len(held)} frame(s), none at position {position + 1}. Fix: open the run "
+            f"again and click one of its frames."
+        )
+    return held[position][1]
+
+
+def comic_preview(run_dir: Path) -> list[Image.Image]:
+    """The run's comic layout (``storycast export --layout comic``) as page images at :data:`PREVIEW_DPI`,
+    planned and drawn by the exporter's own functions; nothing is written.
+
+    Raises:
+        ExportError: The run is not finished (the exporter lays out a whole story), or a frame is damaged.
+    """
+    from storycast.export.api import plan_export
+    from storycast.export.render import render_pages
+    from storycast.export.settings import ExportSettings
+    from storycast.export.source import read_run
+
+    settings = ExportSettings(dpi=PREVIEW_DPI)
+    content = read_run(run_dir)
+    return list(render_pages(plan_export(content, "comic", settings), content, settings))
 
 
 @dataclass
@@ -149,10 +199,18 @@ def run_document(run_dir: Path, folders: AppFolders) -> tuple[dict[str, Any], di
 class Drawer:
     """Draws into the app's run folders; keeps the last loaded models; one drawing at a time."""
 
-    def __init__(self, folders: AppFolders, *, cache_dir: Path | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        folders: AppFolders,
+        *,
+        cache_dir: Path | None = None,
+        device: str = "auto",
+        max_frames: int = DEFAULT_MAX_FRAMES,
+    ):
         self.folders = folders
         self.cache_dir = cache_dir
         self.device = device
+        self.max_frames = max_frames
         self._lock = threading.Lock()
         self._loaded: tuple[ModelSpec, LoadedModels] | None = None
 
@@ -180,10 +238,17 @@ class Drawer:
         other settings), the run's name, and a note saying which it is. Nothing is loaded or written.
 
         Raises:
-            StorycastError: A bad method, setting or story (the planner's messages), or a bad run name.
+            AppRequestError: A story longer than the app's ``max_frames``, an unknown preset, a bad run name.
+            StorycastError: A bad method, setting or story (the planner's messages).
         """
         from storycast.runs.plan import plan_run
 
+        if len(story) > self.max_frames:
+            raise AppRequestError(
+                f"the story has {len(story)} frames; this app draws at most {self.max_frames} (its --max-frames), "
+                f"since one drawing holds its only drawing slot. Fix: shorten the story or split it, draw it with "
+                f"`storycast generate`, or start the app with --max-frames {len(story)}."
+            )
         spec = self.spec(preset)
         note = ""
 
@@ -216,7 +281,9 @@ class Drawer:
     ) -> Iterator[DrawUpdate]:
         """Draw what is left of ``story`` in run ``run`` (see :meth:`plan`), yielding an update on each progress
         event and after each group of frames. Closing the iterator, or setting ``stop``, stops the drawing at the
-        next progress event (the frames drawn so far are kept, and drawing again resumes)."""
+        next progress event (the frames drawn so far are kept, and drawing again resumes). An update comes at least
+        every :data:`HEARTBEAT_S` seconds, so that a server closing the iterator when its client has gone stops the
+        drawing even while a model loads or a long step runs."""
         plan, name, note = self.plan(story, method, preset, settings, run)
         out_dir = self.folders.run_dir(name)
         todo = plan.frames_to_draw
@@ -246,9 +313,15 @@ class Drawer:
         worker.start()
         stages: dict[str, ProgressEvent] = {}
         shown_at = 0.0
+        waiting = f"{note}drawing into run {name}"
         try:
             while True:
-                item = events.get()
+                try:
+                    item = events.get(timeout=HEARTBEAT_S)
+                except queue.Empty:
+                    said = f"run {name}: {progress_line(stages)}" if stages else waiting
+                    yield DrawUpdate(said, name, run_frames(out_dir))
+                    continue
                 if item is None:
                     break
                 if isinstance(item, BaseException):
@@ -310,6 +383,17 @@ def export_download(run_dir: Path, format: str, layout: str, folders: AppFolders
         return written[0]
     folder = written[0].parent
     return zip_folder(folder, folders.downloads / f"{run_dir.name}-{layout}-png.zip", top=folder.name)
+
+
+def readiness(plan: RunPlan, name: str, note: str, run: str | None) -> str:
+    """What Draw would do, in one line, from :meth:`Drawer.plan`'s answer (the planner's checks and the app's
+    limits passed, nothing loaded or written): what the page says of the story as it is written."""
+    todo, total = plan.frames_to_draw, len(plan.story)
+    if not todo:
+        return f"{note}ready: all {total} frames are in run {name}; Draw has nothing left to draw"
+    frames = "every frame" if len(todo) == total else f"frame(s) {', '.join(str(i + 1) for i in todo)}"
+    where = f"run {name}" if name == run else "a new run"
+    return f"{note}ready: Draw draws {frames} of {total} with {plan.method.name} into {where}"
 
 
 FRAME_TABLE_HEADERS = ["frame", "seed", "in the run", "characters", "text"]

@@ -7,11 +7,13 @@ shows what they return; nothing here decides what to draw.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,9 @@ class App:
 
         self.config = config
         self.folders = AppFolders.create(config.root)
-        self.drawer = drawing.Drawer(self.folders, cache_dir=config.cache_dir, device=config.device)
+        self.drawer = drawing.Drawer(
+            self.folders, cache_dir=config.cache_dir, device=config.device, max_frames=config.max_frames
+        )
         self.library = IdentityLibrary((config.cache_dir or default_cache_dir()) / "identities")
         self.stops: dict[str, threading.Event] = {}
 
@@ -75,11 +79,21 @@ def _method_help(method: str) -> tuple[str, str]:
     return f"**{cls.name}**: {cls.summary} [{', '.join(cls.families)}]", method_form.settings_help(cls.settings_class)
 
 
-def _fail(err: Exception, fields: story_form.StoryFields | None = None) -> gr.Error:
+def _problem(err: Exception, fields: story_form.StoryFields | None = None) -> str:
+    """A refusal as the page shows it (Markdown): every problem of a story, each on its line, or the message.
+
+    The page's handlers show refusals in a note beside the action instead of raising them: a raised error reaches
+    the page as a toast that fades and an empty "Error" badge on every output."""
     if isinstance(err, StoryError):
         slots = story_form.used_slots(fields) if fields is not None else None
-        return gr.Error("\n".join(story_form.problem_lines(err, slots)), title="The story has problems")
-    return gr.Error(str(err))
+        return "⚠ **The story has problems:**\n" + "\n".join(
+            f"- {line}" for line in story_form.problem_lines(err, slots)
+        )
+    return f"⚠ {err}"
+
+
+def _unchanged(count: int) -> list[Any]:
+    return [gr.update()] * count
 
 
 def build(app: App) -> gr.Blocks:
@@ -112,7 +126,17 @@ def build(app: App) -> gr.Blocks:
                         folders.run_names(), label="Runs", value=None, scale=2, allow_custom_value=True, elem_id="runs"
                     )
                     open_button = gr.Button("Open run", size="sm")
-                load_notes = gr.Markdown(elem_classes="storycast-note")
+                examples = _example_stories(app.config.example_folder)
+                if examples:
+                    with gr.Row(elem_id="examples"):
+                        gr.Markdown("Start from an example:", elem_classes="storycast-note")
+                        example_buttons = [
+                            (gr.Button(label, size="sm", elem_id=f"example-{path.stem}"), path)
+                            for label, path in examples
+                        ]
+                else:
+                    example_buttons = []
+                load_notes = gr.Markdown(elem_classes="storycast-note", elem_id="load-notes")
                 title = gr.Textbox(label="Title", elem_id="title")
                 with gr.Row():
                     style = gr.Textbox(label="Style (before each frame)", placeholder="A watercolor illustration of")
@@ -179,8 +203,9 @@ def build(app: App) -> gr.Blocks:
                             )
 
                     more_settings = gr.Textbox(
-                        label="more settings (KEY=VALUE a line, as --set)", lines=2, placeholder="attention.sa32=0.5"
-                    )
+                        label="more settings (KEY=VALUE a line, as --set)", lines=2, placeholder="attention.sa32=0.5",
+                        elem_id="more-settings",
+                    )  # fmt: skip
                     with gr.Accordion("All settings of this method", open=False):
                         method_help = gr.Markdown(help_text)
 
@@ -188,20 +213,38 @@ def build(app: App) -> gr.Blocks:
             with gr.Column(scale=6):
                 with gr.Row():
                     draw_button = gr.Button("Draw", variant="primary", elem_id="draw")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                    # Greyed out while nothing draws; the drawing's own updates switch it on and off.
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
                     new_run_button = gr.Button("New run", elem_id="new-run")
+                check = gr.Markdown(
+                    "The story is checked against the method as you write it.", elem_id="check",
+                    elem_classes="storycast-note",
+                )  # fmt: skip
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Frames", columns=4, height="auto", elem_id="gallery", interactive=False)
                 table = gr.Dataframe(
                     headers=drawing.FRAME_TABLE_HEADERS, type="array", interactive=False, label="Frames of the run"
                 )
                 with gr.Accordion("Redraw one frame", open=True):
+                    gr.Markdown(
+                        "Click a frame above to pick it: it is redrawn with a new seed (typed, or random) or its own "
+                        "seed and a new text, and the other frames are kept.",
+                        elem_classes="storycast-note",
+                    )
                     with gr.Row():
                         redraw_number = gr.Number(label="frame", precision=0, value=1, elem_id="redraw-frame")
                         redraw_seed = gr.Textbox(label="new seed", placeholder="random", elem_id="redraw-seed")
+                        redraw_same = gr.Checkbox(
+                            label="keep its seed (redraw with the new text)", value=False, elem_id="redraw-same-seed"
+                        )
                     redraw_text = gr.Textbox(label="new text (blank: keep)", elem_id="redraw-text")
                     redraw_button = gr.Button("Redraw this frame", elem_id="redraw")
                 storyboard = gr.Image(label="Storyboard", type="filepath", interactive=False, elem_id="storyboard")
+                with gr.Accordion("Comic pages (the export's comic layout)", open=True):
+                    comic = gr.Gallery(
+                        label="Comic pages", columns=2, height="auto", interactive=False, elem_id="comic-preview"
+                    )
+                    comic_note = gr.Markdown(elem_classes="storycast-note", elem_id="comic-note")
                 with gr.Accordion("Evaluation (runs scored with `storycast evaluate`)", open=False):
                     pictures = gr.Gallery(label="Contact sheet and chart", columns=2, interactive=False)
                     scores = gr.Markdown()
@@ -239,8 +282,8 @@ def build(app: App) -> gr.Blocks:
         form += [width, height, steps, guidance, seed, negative]
         # Handlers that take many fields get them as one {component: value} mapping (Gradio's set inputs).
         draw_inputs = {*form, doc_state, photos_state, run_state, method, preset, method_values, more_settings}
-        view = [gallery, table, storyboard, pictures, scores]
-        draw_outputs = [status, run_state, doc_state, *view, runs, export_file, run_file]
+        view = [gallery, table, storyboard, pictures, scores, comic, comic_note]
+        draw_outputs = [status, run_state, doc_state, *view, runs, export_file, run_file, stop_button]
 
         def fields_of(data: dict[Any, Any]) -> story_form.StoryFields:
             photos = data[photos_state]
@@ -272,36 +315,59 @@ def build(app: App) -> gr.Blocks:
 
         def view_values(run: str | None, story: Any = None) -> list[Any]:
             if run is None:
-                return [[], drawing.frame_table(story, None) if story is not None else [], None, [], ""]
+                return [[], drawing.frame_table(story, None) if story is not None else [], None, [], "", [], ""]
             run_dir = folders.run_dir(run)
             shown = drawing.run_view(run_dir)
             rows = drawing.frame_table(story, run_dir) if story is not None else []
             frames_v = [(str(p), c) for p, c in shown.frames]
             pictures_v = [(str(p), c) for p, c in shown.pictures]
-            return [frames_v, rows, str(shown.storyboard) if shown.storyboard else None, pictures_v, shown.scores]
+            try:
+                pages, comic_v = drawing.comic_preview(run_dir), ""
+            except StorycastError as err:
+                pages, comic_v = [], f"No comic pages yet: {err}"
+            board = str(shown.storyboard) if shown.storyboard else None
+            return [frames_v, rows, board, pictures_v, shown.scores, pages, comic_v]
+
+        def drawing_parts(data: dict[Any, Any], doc: dict) -> tuple[Any, str, dict[str, Any]]:
+            """The story, method and settings of a drawing from the form (the planner's and the app's checks
+            come after, in :meth:`~storycast.app.drawing.Drawer.plan`)."""
+            story = story_form.check_document(doc, folders)
+            method_v = data[method]
+            settings = method_form.overrides(
+                _settings_class(method_v), data[method_values].get(method_v, {}), data[more_settings]
+            )
+            return story, method_v, settings
+
+        def refused(message: str) -> list[Any]:
+            """The drawing outputs when a drawing is refused before it starts: the message in the status."""
+            return [message, *_unchanged(len(draw_outputs) - 2), gr.update(interactive=False)]
 
         def draw_story(doc: dict, fields: story_form.StoryFields, data: dict[Any, Any], request: gr.Request) -> Any:
-            method_v = data[method]
             try:
-                story = story_form.check_document(doc, folders)
-                settings = method_form.overrides(
-                    _settings_class(method_v), data[method_values].get(method_v, {}), data[more_settings]
-                )
+                story, method_v, settings = drawing_parts(data, doc)
                 updates = app.drawer.draw(
                     story, method_v, data[preset], settings, data[run_state], stop=_stop_for(app, request)
                 )
                 first = next(updates)
             except StorycastError as err:
-                raise _fail(err, fields) from None
-            hidden = gr.update(visible=False)
-            for update in _chain(first, updates):
-                frames_v = [(str(p), c) for p, c in update.frames]
-                if not update.finished:
-                    yield [update.status, update.run, doc, frames_v, *[gr.update()] * 4, gr.update(), hidden, hidden]
-                    continue
-                outcome = f"**{update.status}**" if not update.failed else f"⚠ {update.status}"
-                run_names = gr.update(choices=folders.run_names(), value=update.run)
-                yield [outcome, update.run, doc, *view_values(update.run, story), run_names, hidden, hidden]
+                yield refused(_problem(err, fields))
+                return
+            hidden, busy = gr.update(visible=False), gr.update(interactive=True)
+            shown_frames: list[Any] = []
+            # Closed explicitly: a page that leaves closes this generator, and closing the drawing's stops it.
+            with contextlib.closing(updates):
+                for update in _chain(first, updates):
+                    frames_v = [(str(p), c) for p, c in update.frames]
+                    if not update.finished:
+                        gallery_v = gr.update() if frames_v == shown_frames else frames_v
+                        shown_frames = frames_v
+                        yield [update.status, update.run, doc, gallery_v, *_unchanged(len(view) - 1), gr.update(),
+                               hidden, hidden, busy]  # fmt: skip
+                        continue
+                    outcome = f"**{update.status}**" if not update.failed else f"⚠ {update.status}"
+                    run_names = gr.update(choices=folders.run_names(), value=update.run)
+                    yield [outcome, update.run, doc, *view_values(update.run, story), run_names, hidden, hidden,
+                           gr.update(interactive=False)]  # fmt: skip
 
         def on_draw(data: dict[Any, Any], request: gr.Request) -> Any:
             fields = fields_of(data)
@@ -309,17 +375,21 @@ def build(app: App) -> gr.Blocks:
 
         def on_redraw(data: dict[Any, Any], request: gr.Request) -> Any:
             if data[run_state] is None:
-                raise gr.Error("Draw the story first: a frame is redrawn inside its run.")
+                yield [gr.update(), *refused("⚠ Draw the story first: a frame is redrawn inside its run.")]
+                return
             fields = fields_of(data)
             doc = story_form.build_document(fields, data[doc_state])
             typed = str(data[redraw_seed] or "").strip()
+            number = int(data[redraw_number] or 0)
             try:
-                chosen = story_form.seed_value(typed) if typed else secrets.randbelow(SEED_LIMIT)
-                doc = story_form.set_frame(
-                    doc, int(data[redraw_number] or 0), seed=chosen, text=data[redraw_text] or None
-                )
-            except AppRequestError as err:
-                raise gr.Error(str(err)) from None
+                if data[redraw_same]:
+                    chosen = _kept_seed(folders.run_dir(data[run_state]), number)
+                else:
+                    chosen = story_form.seed_value(typed) if typed else secrets.randbelow(SEED_LIMIT)
+                doc = story_form.set_frame(doc, number, seed=chosen, text=data[redraw_text] or None)
+            except StorycastError as err:
+                yield [gr.update(), *refused(_problem(err))]
+                return
             frames_v = story_form.document_to_fields(doc).frames
             for outputs in draw_story(doc, fields, data, request):
                 yield [frames_v, *outputs]
@@ -330,13 +400,29 @@ def build(app: App) -> gr.Blocks:
         )  # fmt: skip
         redraw_button.click(
             on_redraw,
-            {redraw_number, redraw_seed, redraw_text, *draw_inputs},
+            {redraw_number, redraw_seed, redraw_same, redraw_text, *draw_inputs},
             [frames, *draw_outputs],
             concurrency_id="device",
             concurrency_limit=1,
             api_name="redraw_frame",
             api_visibility="undocumented",
         )
+
+        def on_pick(run: str | None, event: gr.SelectData) -> Any:
+            """A click on a frame of the gallery picks it for Redraw (its number, and its text to edit)."""
+            if run is None:
+                return [*_unchanged(3), "⚠ Draw or open a run first."]
+            try:
+                record = drawing.shown_frame(folders.run_dir(run), int(event.index))
+            except StorycastError as err:
+                return [*_unchanged(3), _problem(err)]
+            number = int(record["index"]) + 1
+            said = f"Frame {number} (seed {record.get('seed')}) is picked: Redraw this frame redraws it."
+            return [number, record.get("text") or "", False, said]
+
+        gallery.select(
+            on_pick, run_state, [redraw_number, redraw_text, redraw_same, status], api_visibility="private"
+        )  # fmt: skip
 
         def on_stop(request: gr.Request) -> str:
             return _on_stop(app, request)
@@ -348,14 +434,40 @@ def build(app: App) -> gr.Blocks:
 
         new_run_button.click(on_new_run, None, [run_state, status, *view], api_visibility="private")
 
+        # -- checking the story as it is written (the planner's checks, no model loaded) -------------------
+        def on_check(data: dict[Any, Any]) -> str:
+            fields = fields_of(data)
+            if not fields.frames.strip():
+                return "Write a frame a line (or load a story) to draw."
+            try:
+                story, method_v, settings = drawing_parts(data, story_form.build_document(fields, data[doc_state]))
+                run_v = data[run_state]
+                return drawing.readiness(*app.drawer.plan(story, method_v, data[preset], settings, run_v), run_v)
+            except StorycastError as err:
+                return _problem(err, fields)
+
+        checked_by = [*form, method, preset, method_values, more_settings, photos_state, run_state]
+        # Not queued: the check is cheap (milliseconds) and must not take a drawing's place in the queue;
+        # "always_last" runs it once for the last of a burst of keystrokes instead of once for each.
+        gr.on(
+            [c.change for c in checked_by], on_check, draw_inputs, check, queue=False, trigger_mode="always_last",
+            show_progress="hidden", api_name="check_story", api_visibility="undocumented",
+        )  # fmt: skip
+
         # -- loading a story or a run -------------------------------------------------------------------
         load_outputs = [*form, doc_state, photos_state, run_state, load_notes, *[n for _, n in slot_photos]]
+        notes_at = load_outputs.index(load_notes)
 
         def loaded(doc: dict, notes: list[str], run: str | None) -> list[Any]:
             fields = story_form.document_to_fields(doc)
             photos = [list(slot.photos) for slot in fields.characters]
             notes_md = "\n".join(f"- {n}" for n in notes)
             return [*form_values(fields), doc, photos, run, notes_md, *[_photos_note(p) for p in photos]]
+
+        def not_loaded(message: str) -> list[Any]:
+            outputs = _unchanged(len(load_outputs))
+            outputs[notes_at] = message
+            return outputs
 
         def on_story_file(file: Any) -> Any:
             try:
@@ -365,19 +477,31 @@ def build(app: App) -> gr.Blocks:
                 doc, notes = story_form.load_document(path, folders)
                 return loaded(doc, notes, None)
             except StorycastError as err:
-                raise _fail(err) from None
+                return not_loaded(_problem(err))
 
         story_upload.upload(on_story_file, story_upload, load_outputs, api_name="load_story")
 
+        for button, path in example_buttons:
+
+            def on_example(path: Path = path) -> Any:
+                try:
+                    doc, notes = story_form.load_document(path, folders)
+                except StorycastError as err:
+                    return not_loaded(_problem(err))
+                return loaded(doc, [f"the example story {path.name}: edit it, or Draw it as it is", *notes], None)
+
+            button.click(on_example, None, load_outputs, api_name=f"example_{path.stem}")
+
         def on_open(name: str | None, version: float | None) -> Any:
+            open_outputs = len(load_outputs) + 5 + len(view) + 1
             if not name:
-                raise gr.Error("Pick a run first.")
+                return [*_unchanged(open_outputs - 1), "⚠ Pick a run first."]
             try:
                 run_dir = folders.run_dir(name)
                 doc, manifest, notes = drawing.run_document(run_dir, folders)
                 story = story_form.check_document(doc, folders)
             except StorycastError as err:
-                raise _fail(err) from None
+                return [*_unchanged(open_outputs - 1), _problem(err)]
             method_v = (manifest.get("method") or {}).get("name", default_method)
             source = (manifest.get("model") or {}).get("source")
             fields_v, more = method_form.overrides_of_run(
@@ -420,27 +544,27 @@ def build(app: App) -> gr.Blocks:
         # -- downloads ----------------------------------------------------------------------------------------
         def on_export(run: str | None, format_v: str, layout_v: str) -> Any:
             if run is None:
-                raise gr.Error("Draw or open a run first.")
+                return gr.update(), "⚠ Draw or open a run first."
             try:
                 path = drawing.export_download(folders.run_dir(run), format_v, layout_v, folders)
             except StorycastError as err:
-                raise _fail(err) from None
-            return gr.update(value=str(path), visible=True, label=f"Download {path.name}")
+                return gr.update(), _problem(err)
+            return gr.update(value=str(path), visible=True, label=f"Download {path.name}"), f"exported {path.name}"
 
         export_button.click(
-            on_export, [run_state, export_format, export_layout], export_file, concurrency_id="export",
+            on_export, [run_state, export_format, export_layout], [export_file, status], concurrency_id="export",
             api_name="export",
         )  # fmt: skip
 
         def on_archive(run: str | None) -> Any:
             if run is None:
-                raise gr.Error("Draw or open a run first.")
+                return gr.update(), "⚠ Draw or open a run first."
             from storycast.app.folders import zip_run
 
             path = zip_run(folders.run_dir(run), folders)
-            return gr.update(value=str(path), visible=True, label=f"Download {path.name}")
+            return gr.update(value=str(path), visible=True, label=f"Download {path.name}"), f"archived {path.name}"
 
-        run_button.click(on_archive, run_state, run_file, concurrency_id="export", api_visibility="private")
+        run_button.click(on_archive, run_state, [run_file, status], concurrency_id="export", api_visibility="private")
 
         # -- identity library -----------------------------------------------------------------------------------
         def on_library() -> Any:
@@ -449,7 +573,7 @@ def build(app: App) -> gr.Blocks:
             try:
                 entries, damaged = identities.list_identities(app.library)
             except StorycastError as err:
-                raise _fail(err) from None
+                return [*_unchanged(3), _problem(err)]
             previews = []
             for entry in entries:
                 if entry.preview is not None:
@@ -465,18 +589,18 @@ def build(app: App) -> gr.Blocks:
         )
 
         def on_reuse(key: str | None, slot: str) -> Any:
+            width = len(slot_fields[0])
+            outputs: list[Any] = _unchanged(width * SLOTS)
             if not key:
-                raise gr.Error("Pick an identity first.")
+                return [*outputs, "⚠ Pick an identity first."]
             try:
                 info = app.library.info(key)
             except (StorycastError, ValueError) as err:
-                raise gr.Error(str(err)) from None
+                return [*outputs, f"⚠ {err}"]
             reuse = identities.reuse_identity(key, info, folders)
             if reuse.problem:
-                raise gr.Error(f"identity {key[:8]} cannot be reused here: {reuse.problem}.")
+                return [*outputs, f"⚠ identity {key[:8]} cannot be reused here: {reuse.problem}."]
             number = int(slot) - 1
-            width = len(slot_fields[0])
-            outputs: list[Any] = [gr.update()] * (width * SLOTS)
             outputs[width * number] = reuse.id
             outputs[width * number + 2] = reuse.class_word or gr.update()
             outputs[width * number + 3] = reuse.description or gr.update()
@@ -496,7 +620,9 @@ def build(app: App) -> gr.Blocks:
         )
 
         # -- the API: a story drawn in one call (scripts, and the tests' concurrent requests) ------------------
-        def draw_api(story: str, method: str = default_method, preset: str = "", settings: str = "") -> dict:
+        def draw_api(
+            story: str, method: str = default_method, preset: str = "", settings: str = "", request: gr.Request = None
+        ) -> Iterator[dict]:
             """Draw a story (YAML or JSON text) into a new run; returns the run's name and frames.
 
             settings: the method's settings as KEY=VALUE lines (as --set).
@@ -505,12 +631,22 @@ def build(app: App) -> gr.Blocks:
                 doc = _story_text(story, folders)
                 parsed = story_form.check_document(doc, folders)
                 overrides = method_form.overrides(_settings_class(method), {}, settings)
-                *_, last = app.drawer.draw(parsed, method, preset or app.config.preset, overrides)
+                updates = app.drawer.draw(
+                    parsed, method, preset or app.config.preset, overrides, stop=_stop_for(app, request)
+                )
+                first = next(updates)
             except StorycastError as err:
                 raise gr.Error(str(err)) from None
+            # A generator, so that Gradio closes it when the client goes away: closing the drawing stops it at its
+            # next step (frames drawn are kept) and frees the drawing slot. Progress is yielded as it comes.
+            last = first
+            with contextlib.closing(updates):
+                for last in _chain(first, updates):
+                    if not last.finished:
+                        yield {"run": last.run, "status": last.status, "drawn": [], "kept": []}
             if last.failed:
                 raise gr.Error(last.status)
-            return {"run": last.run, "status": last.status, "drawn": last.drawn, "kept": last.kept}
+            yield {"run": last.run, "status": last.status, "drawn": last.drawn, "kept": last.kept}
 
         gr.api(draw_api, api_name="draw", concurrency_id="device", concurrency_limit=1)
     return demo
@@ -555,6 +691,40 @@ def _on_stop(app: App, request: gr.Request) -> str:
     return "Stopping after the current step..."
 
 
+def _kept_seed(run_dir: Path, number: int) -> int:
+    """The seed frame ``number`` (1-based) was drawn with in the run (to redraw it with a new text only)."""
+    from storycast.evaluation.runfolders import read_json
+
+    records = (read_json(run_dir / drawing.MANIFEST_NAME) or {}).get("frames") or []
+    record = records[number - 1] if 1 <= number <= len(records) else None
+    if not isinstance(record, dict) or not isinstance(record.get("seed"), int):
+        raise AppRequestError(
+            f"frame {number} is not drawn in run {run_dir.name}, so it has no seed to keep. Fix: untick 'keep its "
+            f"seed', or pick a drawn frame."
+        )
+    return record["seed"]
+
+
+def _example_stories(folder: Path | None) -> list[tuple[str, Path]]:
+    """(title, file) of each example story in ``folder`` (a story file that does not parse is left out)."""
+    if folder is None or not folder.is_dir():
+        return []
+    import yaml
+
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            logger.warning("example story %s is left out: %s", path, err)
+            continue
+        if isinstance(data, dict) and data.get("frames"):
+            found.append((str(data.get("title") or path.stem), path))
+    return found
+
+
 def _upload_path(file: Any) -> Path:
     path = getattr(file, "name", None) or getattr(file, "path", None) or file
     if not isinstance(path, (str, Path)):
@@ -579,7 +749,7 @@ def _on_photos(app: App, number: int, files: Any, photos: list[list[str]]) -> An
                 )
             )  # fmt: skip
     except StorycastError as err:
-        raise gr.Error(str(err)) from None
+        return gr.update(), _problem(err)
     photos = [list(p) for p in photos]
     photos[number] = stored
     return photos, _photos_note(stored)

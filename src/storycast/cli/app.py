@@ -19,7 +19,13 @@ folder under ROOT/runs/ (as `storycast generate --out` writes: it resumes, and `
 
 
 def add_parser(subparsers: Any, name: str) -> None:
-    from storycast.app.config import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE_SIZE, LOCAL_HOST
+    from storycast.app.config import (
+        DEFAULT_MAX_FRAMES,
+        DEFAULT_MAX_UPLOAD_MB,
+        DEFAULT_QUEUE_SIZE,
+        LOCAL_HOST,
+        field_help,
+    )
     from storycast.models.presets import BASE_PRESETS
 
     parser = subparsers.add_parser(
@@ -52,6 +58,13 @@ def add_parser(subparsers: Any, name: str) -> None:
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest uploaded photo or story file in MiB (default {DEFAULT_MAX_UPLOAD_MB:g}; story files at most 1)",
     )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=DEFAULT_MAX_FRAMES,
+        help=f"{field_help('max_frames')} (default {DEFAULT_MAX_FRAMES})",
+    )
+    parser.add_argument("--examples", type=Path, help=field_help("examples"))
     parser.set_defaults(handler=run)
 
 
@@ -68,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         device=args.device,
         queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb,
+        max_frames=args.max_frames,
+        examples=args.examples,
     )
 
 
