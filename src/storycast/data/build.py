@@ -240,7 +240,6 @@ class Builder:
         self, item: SourceItem, image: Any, characters: Sequence[str], class_words: dict[str, str]
     ) -> list[np.ndarray] | None:
         """One boolean mask per character, or None when they cannot be found."""
-        from PIL import Image
 
         if item.masks:
             files = [item.masks.get(c) or (item.masks.get("") if len(characters) == 1 else None) for c in characters]

@@ -85,12 +85,20 @@ def read_text(path: Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise SourceError(f"{what} {path} cannot be read ({err.strerror or err}). Fix: check its permissions.") from None
+        raise SourceError(
+            f"{what} {path} cannot be read ({err.strerror or err}). Fix: check its permissions."
+        ) from None
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding, body = "utf-16", data  # the codec reads the byte order from the mark, and drops it
     else:
         encoding, body = "utf-8", data.removeprefix(codecs.BOM_UTF8)
     fix = "Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`, or your editor's 'save with encoding')."
+    if encoding == "utf-8" and b"\x00" in body:  # text never holds NUL; UTF-16 without a byte-order mark does
+        line = body[: body.index(b"\x00")].count(b"\n") + 1
+        raise SourceError(
+            f"{what} {path}, line {line}: holds NUL bytes, as UTF-16 without a byte-order mark does (or the file is "
+            f"not text). {fix}"
+        )
     try:
         text = body.decode(encoding)
     except UnicodeDecodeError as err:
@@ -99,12 +107,6 @@ def read_text(path: Path, what: str) -> str:
             f"{what} {path}, line {line}: byte {body[err.start : err.start + 1].hex()} at offset {err.start} is not "
             f"{encoding.upper()} text. {fix}"
         ) from None
-    if "\x00" in text:  # valid UTF-8, but text never holds NUL: UTF-16 without a byte-order mark does
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise SourceError(
-            f"{what} {path}, line {line}: holds NUL bytes, as UTF-16 without a byte-order mark does (or the file is "
-            f"not text). {fix}"
-        )
     return text
 
 
