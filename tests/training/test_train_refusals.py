@@ -124,8 +124,14 @@ def test_a_linked_out_trains_and_a_damaged_run_folder_is_named(data, tmp_path, c
     (real / "checkpoints" / "step-abc").mkdir()
     assert main([*args, "--max-steps", "2", "--resume"]) == 0
     assert json.loads((real / "latest.json").read_text())["step"] == 2
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    (real / "checkpoints" / "step-000003").symlink_to(keep, target_is_directory=True)  # once rmtree's OSError
+    assert main([*args, "--max-steps", "3", "--resume", str(real / "checkpoints" / "step-000002")]) == 0
+    assert not (real / "checkpoints" / "step-000003").is_symlink() and (keep / "notes.txt").read_text() == "mine"
     capsys.readouterr()
     for garbage in ("{not json", "[1, 2]", "1" * 5000):
         (real / "train_settings.json").write_text(garbage)
-        assert main([*args, "--max-steps", "3", "--resume"]) == 2
+        assert main([*args, "--max-steps", "4", "--resume"]) == 2
         one_error_line(capsys, "train_settings.json is unusable", "Fix: start a new run elsewhere")

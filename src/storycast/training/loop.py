@@ -460,8 +460,7 @@ def _save_checkpoint(
     if not accelerator.is_main_process:
         return
     target = out / CHECKPOINTS / f"step-{step:06d}"
-    if target.exists():
-        shutil.rmtree(target)
+    _remove(target)
     state = _trainable_state(module, accelerator)
     with atomic_directory(target) as staging:
         save_file(state, str(staging / "trainable.safetensors"))
@@ -476,7 +475,15 @@ def _save_checkpoint(
     kept = checkpoint_dirs(out)
     if settings.keep_checkpoints:
         for old in kept[: -settings.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder of the run; a link put in its place is removed, never what it points to."""
+    if checkpoint.is_symlink():
+        checkpoint.unlink()
+    elif checkpoint.exists():
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _export(folder: Path, state: dict[str, torch.Tensor], parts: dict[str, Any], files_only: bool = False) -> None:
