@@ -174,3 +174,26 @@ def test_thousands_of_images_stream_through_the_progress_callback(tmp_path):
     assert rows["bo"].sources[:2] == ["bo/0000.png", "bo/0001.png"] and rows["bo"].captions[1] == (
         "a person, picture 1"
     )
+
+
+def test_a_half_written_analysis_is_made_again_on_resume(tmp_path, monkeypatch):
+    from storycast.data import build as module
+
+    root = one_character(tmp_path / "src")
+    original, calls = module.Builder.masks, []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the power went off")
+        return original(self, *args)
+
+    monkeypatch.setattr(module.Builder, "masks", failing)
+    with pytest.raises(RuntimeError, match="power"):
+        build_dataset(root, tmp_path / "data", tiny=True)
+    records = sorted((tmp_path / "data.partial" / "items").glob("*.json"))
+    assert len(records) == 2
+    records[0].write_text('{"name": "000.png", "charac')  # what an interrupted write once left
+    calls.clear()
+    info = build_dataset(root, tmp_path / "data", tiny=True)
+    assert info.images == 4 and len(calls) == 3  # the damaged one and the two never analysed

@@ -240,7 +240,6 @@ class Builder:
         self, item: SourceItem, image: Any, characters: Sequence[str], class_words: dict[str, str]
     ) -> list[np.ndarray] | None:
         """One boolean mask per character, or None when they cannot be found."""
-
         if item.masks:
             files = [item.masks.get(c) or (item.masks.get("") if len(characters) == 1 else None) for c in characters]
             if all(files):
@@ -387,12 +386,20 @@ def _cached_embedding(builder: Builder, image: Any, stem: Path) -> Any:
 
     source, cached = stem.with_name(stem.name + ".source.png"), stem.with_name(stem.name + ".embedding.pt")
     if not source.is_file():
-        image.save(source)
+        _write_whole(source, lambda path: image.save(path, format="PNG"))
     if cached.is_file():
         return torch.load(cached, weights_only=True)
     embedding = builder.embed(image)
-    torch.save(embedding, cached)
+    _write_whole(cached, lambda path: torch.save(embedding, path))
     return embedding
+
+
+def _write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a file beside ``path``, renamed over it when done: an interrupted build leaves no half file
+    that a resumed one would read. (No fsync: this is the build's own work folder, not the user's files.)"""
+    partial = path.with_name(path.name + ".part")
+    write(partial)
+    os.replace(partial, path)
 
 
 def build_dataset(
@@ -446,8 +453,9 @@ def build_dataset(
             words.setdefault(name, settings.class_word)
         record = work / "items" / f"{key}.json"
         if record.is_file():  # analysed by an earlier, interrupted build
-            entry = Analysed(**json.loads(record.read_text()))
-            return dataclasses.replace(entry, characters=list(characters))  # found identities are renumbered
+            with contextlib.suppress(ValueError, TypeError):  # unreadable: analysed again
+                entry = Analysed(**json.loads(record.read_text(encoding="utf-8")))
+                return dataclasses.replace(entry, characters=list(characters))  # found identities are renumbered
         masks = builder.masks(item, image, characters, words)
         if masks is None:
             drop("characters not found")
@@ -462,7 +470,7 @@ def build_dataset(
             item.name(scanned.root) if frame is None else f"{item.path.relative_to(scanned.root).as_posix()}#{frame}"
         )
         entry = Analysed(name, list(characters), caption, mask_files, f"{key}.png")
-        record.write_text(json.dumps(asdict(entry)))
+        _write_whole(record, lambda path: path.write_text(json.dumps(asdict(entry)), encoding="utf-8"))  # written last
         return entry
 
     # 1. Every image, one at a time: known characters analysed now; the others embedded for clustering.
