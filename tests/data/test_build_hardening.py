@@ -180,11 +180,11 @@ def test_a_half_written_analysis_is_made_again_on_resume(tmp_path, monkeypatch):
     from storycast.data import build as module
 
     root = one_character(tmp_path / "src")
-    original, calls = module.Builder.masks, []
+    original, calls, stop = module.Builder.masks, [], {"at": 3}
 
     def failing(self, *args):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == stop["at"]:
             raise RuntimeError("the power went off")
         return original(self, *args)
 
@@ -195,5 +195,6 @@ def test_a_half_written_analysis_is_made_again_on_resume(tmp_path, monkeypatch):
     assert len(records) == 2
     records[0].write_text('{"name": "000.png", "charac')  # what an interrupted write once left
     calls.clear()
+    stop["at"] = 0
     info = build_dataset(root, tmp_path / "data", tiny=True)
     assert info.images == 4 and len(calls) == 3  # the damaged one and the two never analysed
