@@ -272,24 +272,35 @@ def convert_value(value: Any, annotation: Any, where: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise SettingsError(f"{where}: expected a whole number, got {value!r}.")
+        raise SettingsError(f"{where}: expected a whole number, got {_shown(value)}.")
     if annotation is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
         elif isinstance(value, str):
             with contextlib.suppress(ValueError):
                 number = float(value)
         if number is None:
-            raise SettingsError(f"{where}: expected a number, got {value!r}.")
+            raise SettingsError(f"{where}: expected a number, got {_shown(value)}.")
         if not math.isfinite(number):
-            raise SettingsError(f"{where}: expected a finite number, got {value!r}.")
+            raise SettingsError(f"{where}: expected a finite number, got {_shown(value)}.")
         return number
     if annotation is str:
         if isinstance(value, str):
             return value
         raise SettingsError(f"{where}: expected text, got {value!r}.")
     return value
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters: a 5,000-digit number in an error message is noise."""
+    if isinstance(value, int) and abs(value) >= 10**60:
+        try:
+            return f"a number of {len(str(abs(value)))} digits"
+        except ValueError:  # Python writes no integer of more than 4300 digits
+            return "a number of more than 4300 digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def check_range(name: str, value: float | None, low: float | None = None, high: float | None = None) -> None:
@@ -302,4 +313,4 @@ def check_range(name: str, value: float | None, low: float | None = None, high: 
             if low is not None and high is not None
             else (f"at least {low}" if low is not None else f"at most {high}")
         )
-        raise SettingsError(f"{name} must be {bounds}, got {value}.")
+        raise SettingsError(f"{name} must be {bounds}, got {_shown(value)}.")

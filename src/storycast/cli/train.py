@@ -51,10 +51,12 @@ def load_settings(config: Path | None, assignments: dict[str, Any], max_steps: i
         import yaml
 
         try:
-            data = yaml.safe_load(Path(config).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            data = yaml.safe_load(Path(config).read_bytes()) or {}  # bytes: YAML reads UTF-8 and UTF-16 marks
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+            # ValueError: Python refuses to read an integer of more than 4300 digits.
+            reason = type(err).__name__ if isinstance(err, (OSError, yaml.YAMLError)) else str(err).split(";")[0]
             raise SettingsError(
-                f"--config {config} cannot be read ({type(err).__name__}). Fix: a YAML mapping of settings."
+                f"--config {config} cannot be read ({reason}). Fix: a YAML mapping of settings."
             ) from None
         if not isinstance(data, dict):
             raise SettingsError(f"--config {config} must be a mapping of settings (name: value).")

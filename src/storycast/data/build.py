@@ -22,6 +22,7 @@ set only), and deletes only the ``DATA.partial/`` folder it marked as its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,12 +141,12 @@ def ensure_class_words(caption: str, words: Sequence[str]) -> str:
     )
 
 
-def _key(item: SourceItem, root: Path, frame: int | None, settings: BuildSettings) -> str:
+def _key(item: SourceItem, root: Path, frame: int | None, settings: str) -> str:
+    """The work-folder name of one image's analysis: its file, frame, size, time and the build settings (as
+    ``json.dumps(asdict(settings))``, made once per build)."""
     stat = item.path.stat()
-    text = json.dumps(
-        [item.path.relative_to(root).as_posix(), frame, stat.st_size, stat.st_mtime_ns, asdict(settings)]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    text = json.dumps([item.path.relative_to(root).as_posix(), frame, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(f"{text[:-1]}, {settings}]".encode()).hexdigest()[:20]
 
 
 class Builder:
@@ -174,9 +176,13 @@ class Builder:
                 yield index, self._shrink(image)
             return
         try:
-            with Image.open(item.path) as opened:
+            with _pixel_limit(), Image.open(item.path) as opened:
                 image = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageTooLarge(
+                f"{item.path} is left out: {err} Fix: to use it, shrink it below {Image.MAX_IMAGE_PIXELS} pixels."
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise StorycastError(
                 f"{item.path} is not a readable image ({type(err).__name__}). Fix: replace or remove it; the build "
                 f"resumes where it stopped."
@@ -234,12 +240,10 @@ class Builder:
         self, item: SourceItem, image: Any, characters: Sequence[str], class_words: dict[str, str]
     ) -> list[np.ndarray] | None:
         """One boolean mask per character, or None when they cannot be found."""
-        from PIL import Image
-
         if item.masks:
             files = [item.masks.get(c) or (item.masks.get("") if len(characters) == 1 else None) for c in characters]
             if all(files):
-                return [np.asarray(Image.open(f).convert("L").resize(image.size)) > 127 for f in files]  # type: ignore[arg-type]
+                return [_read_mask(f, item.path, image.size) for f in files]  # type: ignore[arg-type]
         kind = self._mask_kind()
         if kind == "contrast":
             if len(characters) != 1:
@@ -337,6 +341,44 @@ class Builder:
         return processor.decode(ids[0], skip_special_tokens=True).strip()
 
 
+class ImageTooLarge(StorycastError):
+    """A source image is over PIL's pixel limit (a decompression bomb, or a huge scan): it is left out, counted."""
+
+
+@contextlib.contextmanager
+def _pixel_limit() -> Iterator[None]:
+    """PIL's decompression-bomb warning (an image over ``Image.MAX_IMAGE_PIXELS``, 89 megapixels by default) raised
+    as an error: such an image would be decoded whole (hundreds of MB) only to be shrunk to ``max_side``."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _read_mask(file: Path, image_file: Path, size: tuple[int, int]) -> np.ndarray:
+    """A sidecar mask (white = the character) at ``size``, or an error naming it: a mask the user gave that cannot
+    be read is never replaced by a guessed one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _pixel_limit(), Image.open(file) as opened:
+            return np.asarray(opened.convert("L").resize(size)) > 127
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise StorycastError(
+            f"the mask {file} (of {image_file.name}) is not a readable image ({reason}). Fix: replace it with a black "
+            f"and white PNG of the image (white = the character), or remove it and the build finds the mask itself."
+        ) from None
+
+
 def _cached_embedding(builder: Builder, image: Any, stem: Path) -> Any:
     """The identity embedding of an image of an unknown character, kept beside its source image in the work
     folder (``<key>.source.png``, ``<key>.embedding.pt``; a resumed build reads both back); None without a face."""
@@ -344,12 +386,20 @@ def _cached_embedding(builder: Builder, image: Any, stem: Path) -> Any:
 
     source, cached = stem.with_name(stem.name + ".source.png"), stem.with_name(stem.name + ".embedding.pt")
     if not source.is_file():
-        image.save(source)
+        _write_whole(source, lambda path: image.save(path, format="PNG"))
     if cached.is_file():
         return torch.load(cached, weights_only=True)
     embedding = builder.embed(image)
-    torch.save(embedding, cached)
+    _write_whole(cached, lambda path: torch.save(embedding, path))
     return embedding
+
+
+def _write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a file beside ``path``, renamed over it when done: an interrupted build leaves no half file
+    that a resumed one would read. (No fsync: this is the build's own work folder, not the user's files.)"""
+    partial = path.with_name(path.name + ".part")
+    write(partial)
+    os.replace(partial, path)
 
 
 def build_dataset(
@@ -371,7 +421,7 @@ def build_dataset(
     """
     from PIL import Image
 
-    from storycast.data.ops import average_hash, background_hash, near_duplicates
+    from storycast.data.ops import DistinctHashes, average_hash, background_hash
     from storycast.utils.io import atomic_directory
 
     settings = settings or BuildSettings()
@@ -380,8 +430,15 @@ def build_dataset(
     _check_out(Path(source).expanduser(), out, work, overwrite)
     scanned = scan_source(source)
     builder = Builder(settings, tiny=tiny, device=device, local_files_only=local_files_only)
-    (work / "items").mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARK).touch()
+    try:
+        (work / "items").mkdir(parents=True, exist_ok=True)
+        (work / WORK_MARK).touch()
+    except OSError as err:
+        raise StorycastError(
+            f"cannot write the work folder '{work}' ({err.strerror or err}). Fix: pick an --out in a folder you can "
+            f"write to."
+        ) from None
+    settings_text = json.dumps(asdict(settings))
     words = {name: word or settings.class_word for name, word in scanned.class_words.items()}
     dropped: dict[str, int] = {}
 
@@ -396,8 +453,9 @@ def build_dataset(
             words.setdefault(name, settings.class_word)
         record = work / "items" / f"{key}.json"
         if record.is_file():  # analysed by an earlier, interrupted build
-            entry = Analysed(**json.loads(record.read_text()))
-            return dataclasses.replace(entry, characters=list(characters))  # found identities are renumbered
+            with contextlib.suppress(ValueError, TypeError):  # unreadable: analysed again
+                entry = Analysed(**json.loads(record.read_text(encoding="utf-8")))
+                return dataclasses.replace(entry, characters=list(characters))  # found identities are renumbered
         masks = builder.masks(item, image, characters, words)
         if masks is None:
             drop("characters not found")
@@ -412,7 +470,7 @@ def build_dataset(
             item.name(scanned.root) if frame is None else f"{item.path.relative_to(scanned.root).as_posix()}#{frame}"
         )
         entry = Analysed(name, list(characters), caption, mask_files, f"{key}.png")
-        record.write_text(json.dumps(asdict(entry)))
+        _write_whole(record, lambda path: path.write_text(json.dumps(asdict(entry)), encoding="utf-8"))  # written last
         return entry
 
     # 1. Every image, one at a time: known characters analysed now; the others embedded for clustering.
@@ -421,12 +479,16 @@ def build_dataset(
     for done, item in enumerate(scanned.items):
         if progress is not None:
             progress(done, len(scanned.items))
-        for frame, image in builder.frames_of(item):
-            key = _key(item, scanned.root, frame, settings)
-            if item.characters is None:
-                unknown.append((key, item, frame, _cached_embedding(builder, image, work / "items" / key)))
-            elif (entry := analyse(item, frame, image, item.characters, key)) is not None:
-                analysed.append(entry)
+        try:
+            for frame, image in builder.frames_of(item):
+                key = _key(item, scanned.root, frame, settings_text)
+                if item.characters is None:
+                    unknown.append((key, item, frame, _cached_embedding(builder, image, work / "items" / key)))
+                elif (entry := analyse(item, frame, image, item.characters, key)) is not None:
+                    analysed.append(entry)
+        except ImageTooLarge as err:
+            logger.warning("%s", err)
+            drop("images over PIL's pixel limit (decompression-bomb guard)")
     if progress is not None:
         progress(len(scanned.items), len(scanned.items))
     # 2. Identities of the rest: clusters of their embeddings (all of them, so a resumed build numbers alike).
@@ -444,7 +506,9 @@ def build_dataset(
             if (entry := analyse(item, frame, image, (f"{settings.class_word}_{label:03d}",), key)) is not None:
                 analysed.append(entry)
 
-    # 3. Sets by the characters they show; filters inside each set (hashes only: one image open at a time).
+    # 3. Sets by the characters they show; filters inside each set, in source order, one image open at a time: an
+    # image is kept unless it nearly repeats an earlier image that is not a near duplicate, or the background of an
+    # earlier kept one. A decision never depends on later images, so a set stops at max_images kept.
     def load(file: str, mode: str = "RGB") -> Any:
         with Image.open(work / "items" / file) as opened:
             return opened.convert(mode)
@@ -454,22 +518,22 @@ def build_dataset(
         by_set.setdefault(tuple(sorted(entry.characters)), []).append(entry)
     planned: list[tuple[tuple[str, ...], list[Analysed]]] = []
     for names, entries in sorted(by_set.items()):
-        duplicates = set(
-            near_duplicates([average_hash(load(e.image_file)) for e in entries], settings.near_duplicate_bits)
-        )
-        kept = [e for i, e in enumerate(entries) if i not in duplicates]
-        drop("near duplicates", len(duplicates))
-        if settings.background_bits >= 0:
-            hashes = [
-                background_hash(
-                    load(e.image_file), np.any([np.asarray(load(m, "L")) > 127 for m in e.mask_files], axis=0)
-                )
-                for e in kept
-            ]
-            repeated = set(near_duplicates(hashes, settings.background_bits))
-            drop("repeated backgrounds", len(repeated))
-            kept = [e for i, e in enumerate(kept) if i not in repeated]
-        kept = kept[: settings.max_images]
+        distinct, backgrounds = DistinctHashes(settings.near_duplicate_bits), DistinctHashes(settings.background_bits)
+        kept: list[Analysed] = []
+        for position, entry in enumerate(entries):
+            if len(kept) == settings.max_images:
+                drop(f"over max_images ({settings.max_images}) in a set", len(entries) - position)
+                break
+            image = load(entry.image_file)
+            if not distinct.add(average_hash(image)):
+                drop("near duplicates")
+                continue
+            if settings.background_bits >= 0:
+                character = np.any([np.asarray(load(m, "L")) > 127 for m in entry.mask_files], axis=0)
+                if not backgrounds.add(background_hash(image, character)):
+                    drop("repeated backgrounds")
+                    continue
+            kept.append(entry)
         if len(kept) < settings.min_images:
             drop(f"sets under {settings.min_images} images", len(kept))
             continue
@@ -525,19 +589,25 @@ def _check_out(source: Path, out: Path, work: Path, overwrite: bool) -> None:
     ``overwrite``, which replaces a data set only); and a ``OUT.partial`` folder the build did not make."""
     from storycast.data.format import MANIFEST_FILE
 
-    mine, theirs = out.resolve(), source.resolve()
+    for path in (out, work):
+        if path.is_symlink():
+            raise StorycastError(
+                f"'{path}' is a symbolic link (to '{os.readlink(path)}'); a build does not replace or write through "
+                f"links. Fix: pass the folder it points to as --out, or another --out."
+            )
+    try:
+        mine, theirs = out.resolve(), source.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a loop of links in a folder above
+        raise StorycastError(
+            f"'{out}' or the source '{source}' cannot be resolved ({err}). Fix: remove the loop of links, or pick "
+            f"other folders."
+        ) from None
     if mine == theirs or theirs.is_relative_to(mine) or mine.is_relative_to(theirs):
         where = "is" if mine == theirs else ("holds" if theirs.is_relative_to(mine) else "lies inside")
         raise StorycastError(
             f"--out '{out}' {where} the source folder '{source}'; building there would replace or mix with your "
             f"photos. Fix: pick an --out outside the source, e.g. {theirs.parent / (theirs.name + '-data')}."
         )
-    for path in (out, work):
-        if path.is_symlink():
-            raise StorycastError(
-                f"'{path}' is a symbolic link; a build does not replace or write through links. Fix: pass the "
-                f"folder it points to ({path.resolve()}) as --out, or another --out."
-            )
     if os.path.lexists(out):
         dataset = out.is_dir() and (out / MANIFEST_FILE).is_file()
         if not overwrite or not dataset:

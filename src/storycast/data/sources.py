@@ -17,12 +17,17 @@
       scenes/tea.png: [mara, tom]
 
 Videos (``.mp4 .mov .mkv .webm .avi``) are sampled every ``every_seconds`` through PyAV, at most
-``max_frames`` frames each.
+``max_frames`` frames each. Text files (captions, ``characters.yaml``) are read as UTF-8, with or without a
+byte-order mark, or as UTF-16 with one; anything else is refused naming the file and the line.
+
+The folder is listed once: a source of ten thousand images is scanned in one pass over its files, never one
+directory listing per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import codecs
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +75,41 @@ class SourceFolder:
     class_words: dict[str, str]
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of ``path``: UTF-8 (a byte-order mark is dropped), or UTF-16 when it starts with a byte-order mark.
+
+    Raises:
+        SourceError: The file cannot be read, or holds bytes that are not such text (Latin-1, UTF-16 without a
+            byte-order mark, binary data), naming the file, the line and the fix.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SourceError(
+            f"{what} {path} cannot be read ({err.strerror or err}). Fix: check its permissions."
+        ) from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding, body = "utf-16", data  # the codec reads the byte order from the mark, and drops it
+    else:
+        encoding, body = "utf-8", data.removeprefix(codecs.BOM_UTF8)
+    fix = "Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`, or your editor's 'save with encoding')."
+    if encoding == "utf-8" and b"\x00" in body:  # text never holds NUL; UTF-16 without a byte-order mark does
+        line = body[: body.index(b"\x00")].count(b"\n") + 1
+        raise SourceError(
+            f"{what} {path}, line {line}: holds NUL bytes, as UTF-16 without a byte-order mark does (or the file is "
+            f"not text). {fix}"
+        )
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = body[: err.start].decode(encoding, errors="replace").count("\n") + 1
+        raise SourceError(
+            f"{what} {path}, line {line}: byte {body[err.start : err.start + 1].hex()} at offset {err.start} is not "
+            f"{encoding.upper()} text. {fix}"
+        ) from None
+    return text
+
+
 def read_sidecar(root: Path) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     """(class words, image -> characters) from ``characters.yaml``; empty when there is none."""
     import yaml
@@ -78,8 +118,8 @@ def read_sidecar(root: Path) -> tuple[dict[str, str], dict[str, tuple[str, ...]]
     if not path.is_file():
         return {}, {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        data = yaml.safe_load(read_text(path, "the sidecar")) or {}
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer of more than 4300 digits
         raise SourceError(
             f"{path} cannot be read ({type(err).__name__}). Fix: write valid YAML (see `storycast data build --help`)."
         ) from None
@@ -121,6 +161,8 @@ def scan_source(root: str | Path) -> SourceFolder:
         files = sorted(p for p in root.rglob("*") if p.is_file())
     except OSError as err:
         raise SourceError(f"source folder '{root}' cannot be read ({err}). Fix: check its permissions.") from None
+    present = set(files)
+    masks_of = sidecar_masks(files)
     for path in files:
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES or ".mask" in path.stem:
@@ -130,11 +172,8 @@ def scan_source(root: str | Path) -> SourceFolder:
         if characters is None and path.parent != root:
             characters = (path.relative_to(root).parts[0],)  # a sub-folder per character
         caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text().strip() if caption_file.is_file() else None
-        masks = {
-            ("" if m.stem.endswith(".mask") else m.stem.split(".mask-", 1)[1]): m
-            for m in path.parent.glob(f"{path.stem}.mask*.png")
-        }
+        caption = read_text(caption_file, "the caption").strip() if caption_file in present else None
+        masks = masks_of.get(path.with_suffix(""), {})
         if suffix in VIDEO_SUFFIXES:
             items.append(SourceItem(path, 0, characters, caption, {}))  # frames expanded when read
         else:
@@ -146,6 +185,24 @@ def scan_source(root: str | Path) -> SourceFolder:
             f"({', '.join(sorted(VIDEO_SUFFIXES))}). Fix: point at the folder that holds them."
         )
     return SourceFolder(root, items, {**dict.fromkeys(unknown, ""), **words})
+
+
+def sidecar_masks(files: Iterable[Path]) -> dict[Path, dict[str, Path]]:
+    """The sidecar masks among ``files``, by the image they belong to (its path without suffix): ``x.mask.png``
+    is the only character's ("" key), ``x.mask-tom.png`` tom's."""
+    found: dict[Path, dict[str, Path]] = {}
+    for path in files:
+        if path.suffix != ".png":
+            continue
+        stem = path.name[: -len(".png")]
+        if stem.endswith(".mask"):
+            image, character = stem[: -len(".mask")], ""
+        elif ".mask-" in stem:
+            image, _, character = stem.partition(".mask-")
+        else:
+            continue
+        found.setdefault(path.with_name(image), {})[character] = path
+    return found
 
 
 def video_frames(path: Path, every_seconds: float, max_frames: int) -> Iterator[tuple[int, Any]]:

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from storycast.errors import StorycastError
+from storycast.models.checkpoints import first_line
 from storycast.training.settings import StorynizorTrainSettings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,9 @@ class TrainResult:
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
-    return sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    """The run's checkpoint folders, oldest first (anything else under ``checkpoints/`` is not one)."""
+    found = [p for p in (out / CHECKPOINTS).glob("step-*") if p.name[5:].isdigit() and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def _settings_json(settings: StorynizorTrainSettings) -> dict[str, Any]:
@@ -107,11 +111,12 @@ def train_storynizor(
             f"character."
         )
     read = functools.lru_cache(maxsize=16)(sets.__getitem__)
+    # Without CUDA (or asked for the CPU), accelerate finds torchrun's processes only when told it runs on CPUs.
+    on_cpu = str(getattr(model, "device", "auto")) == "cpu" or not torch.cuda.is_available()
+    _check_run(settings, data, len(items), on_cpu, local_files_only=bool(getattr(model, "local_files_only", False)))
     start = _check_out(out, settings, resume)
 
     # 2. The processes, the models, the trained parts.
-    # Without CUDA (or asked for the CPU), accelerate finds torchrun's processes only when told it runs on CPUs.
-    on_cpu = str(getattr(model, "device", "auto")) == "cpu" or not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=on_cpu,
         mixed_precision=settings.mixed_precision,
@@ -204,8 +209,84 @@ def train_storynizor(
     return result
 
 
+def _check_run(
+    settings: StorynizorTrainSettings, data: str | Path, items: int, on_cpu: bool, *, local_files_only: bool
+) -> None:
+    """Refuse, before any model loads, settings that this data set or this machine cannot run."""
+    import importlib.util
+
+    if settings.stage == 1 and settings.batch_size > items:
+        raise TrainingError(
+            f"batch_size {settings.batch_size} is more than the {items} images of the data set {data}: a batch would "
+            f"repeat images. Fix: --set batch_size={items} or less, or build a larger data set."
+        )
+    if on_cpu and settings.mixed_precision == "fp16":
+        raise TrainingError(
+            "mixed_precision=fp16 needs a CUDA GPU, and this run is on the CPU. Fix: --set mixed_precision=bf16 (CPUs "
+            "run bfloat16) or no, or run on a GPU."
+        )
+    if settings.log_with != "none":
+        modules = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}[settings.log_with]
+        if not any(importlib.util.find_spec(name) for name in modules):
+            raise TrainingError(
+                f"log_with={settings.log_with} needs the {modules[0]} package, which is not installed. Fix: pip "
+                f"install {modules[0]}, or --set log_with=none."
+            )
+    _check_init(settings.init, local_files_only=local_files_only)
+
+
+SAFETENSORS_LIMIT = 100 * 2**20
+"""A safetensors header larger than this is no checkpoint's (ours hold a few hundred tensors: some kB)."""
+
+
+def _check_init(init: str, *, local_files_only: bool) -> None:
+    """Refuse an ``init`` that names no checkpoint (a file of another kind, a folder without one, a path that does
+    not exist), naming it, before the models load; a Hub id is left to the loader, which downloads it."""
+    from storycast.identity.id_injector import CHECKPOINT_FILE
+    from storycast.models.checkpoints import looks_like_path
+
+    if init in ("ip-adapter-plus-face", "scratch"):
+        return
+    fix = (
+        f"Fix: --set init= a storynizor checkpoint folder (it holds {CHECKPOINT_FILE}), an ID-Injector or "
+        f"IP-Adapter-Plus .safetensors/.bin file, 'ip-adapter-plus-face' or 'scratch'."
+    )
+    path = Path(init).expanduser()
+    if not path.exists():
+        if looks_like_path(init) or local_files_only:
+            raise TrainingError(f"init '{init}' does not exist. {fix}")
+        return  # owner/name: a Hub id
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise TrainingError(f"init '{init}' is a folder without {CHECKPOINT_FILE}. {fix}")
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(9)
+    except OSError as err:
+        raise TrainingError(f"init '{file}' cannot be read ({err.strerror or err}). {fix}") from None
+    # What a checkpoint file starts with: safetensors an 8-byte header length then '{'; torch.save a zip archive;
+    # an older torch.save a pickle's protocol byte.
+    size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    safetensors = head[8:9] == b"{" and 0 < size <= SAFETENSORS_LIMIT
+    if not (safetensors or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise TrainingError(f"init '{file}' is not a checkpoint (neither safetensors nor a torch file). {fix}")
+    if safetensors:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors reports a damaged header with its own error types
+            raise TrainingError(f"init '{file}' is a damaged safetensors file ({first_line(err)}). {fix}") from None
+
+
 def _check_out(out: Path, settings: StorynizorTrainSettings, resume: str | None) -> Path | None:
     """The checkpoint to resume from (None: a new run), or an error that keeps the folder as it is."""
+    if os.path.lexists(out) and not out.is_dir():
+        what = "a link to nothing" if out.is_symlink() and not out.exists() else "a file"
+        raise TrainingError(
+            f"--out '{out}' is {what}, not a folder; a run writes its checkpoints into a folder. Fix: another --out."
+        )
     saved = out / SETTINGS_FILE
     if resume is None:
         if saved.is_file() or checkpoint_dirs(out):
@@ -224,7 +305,16 @@ def _check_out(out: Path, settings: StorynizorTrainSettings, resume: str | None)
         if not (checkpoint / STATE_FILE).is_file():
             raise TrainingError(f"'{checkpoint}' is not a checkpoint folder (no {STATE_FILE}). Fix: --resume latest.")
     if saved.is_file():
-        before = json.loads(saved.read_text())
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, a 5,000-digit number
+            before = err
+        if not isinstance(before, dict):
+            reason = first_line(before) if isinstance(before, BaseException) else "it is not a mapping of settings"
+            raise TrainingError(
+                f"cannot resume the run in '{out}': {saved} is unusable ({reason}), so the settings it was trained "
+                f"with are unknown. Fix: start a new run elsewhere (its checkpoints can start it: --set init=PATH)."
+            )
         now = _settings_json(settings)
         changed = sorted(
             key for key in set(before) | set(now) if key not in RESUME_MAY_CHANGE and before.get(key) != now.get(key)
@@ -253,7 +343,8 @@ def _pick(
 @functools.lru_cache(maxsize=2)
 def _epoch_order(items: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of one epoch (drawn once per epoch, not once per sample)."""
-    return torch.randperm(items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    # Reduced to 63 bits as step_generator does (manual_seed takes 64): equal for the seeds of earlier runs.
+    return torch.randperm(items, generator=torch.Generator().manual_seed((seed * 7919 + epoch) % 2**63))
 
 
 def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> dict[str, Any]:
@@ -369,8 +460,7 @@ def _save_checkpoint(
     if not accelerator.is_main_process:
         return
     target = out / CHECKPOINTS / f"step-{step:06d}"
-    if target.exists():
-        shutil.rmtree(target)
+    _remove(target)
     state = _trainable_state(module, accelerator)
     with atomic_directory(target) as staging:
         save_file(state, str(staging / "trainable.safetensors"))
@@ -385,7 +475,15 @@ def _save_checkpoint(
     kept = checkpoint_dirs(out)
     if settings.keep_checkpoints:
         for old in kept[: -settings.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder of the run; a link put in its place is removed, never what it points to."""
+    if checkpoint.is_symlink():
+        checkpoint.unlink()
+    elif checkpoint.exists():
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _export(folder: Path, state: dict[str, torch.Tensor], parts: dict[str, Any], files_only: bool = False) -> None:

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storycast.settings import MethodSettings, check_range, setting
+from storycast.story.limits import MAX_SEED
+
+MAX_BATCH_SIZE = 1024
+"""Most images per process and step (our bound: far above what one GPU holds at 512 px, where IP-Adapter trains 8;
+a larger number is a typo, refused before anything loads)."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,17 @@ class StorynizorTrainSettings(MethodSettings):
     )
     resolution: int = setting(512, "Training side in pixels (512, then 768: the spec's two passes).")
     frames: int = setting(4, "Frames per group in stage 2 (the spec's N = 4).")
-    batch_size: int = setting(8, "Images per process and step in stage 1 (IP-Adapter's 8); stage 2 takes one group.")
+    batch_size: int = setting(
+        8,
+        f"Images per process and step in stage 1 (IP-Adapter's 8; at most {MAX_BATCH_SIZE} and the data set's image "
+        f"count); stage 2 takes one group.",
+    )
     max_steps: int = setting(1000, "Optimizer steps to train (a budget: the paper's number is unknown).")
     gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step.")
     mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", "Mixed precision of the trained forward pass.")
-    seed: int = setting(0, "Seed of everything random: data order, frames, noise, timesteps, SRS, drops.")
+    seed: int = setting(
+        0, f"Seed of everything random: data order, frames, noise, timesteps, SRS, drops (0 to {MAX_SEED})."
+    )
     init: str = setting(
         "ip-adapter-plus-face",
         "Weights the injector starts from: 'ip-adapter-plus-face' (the public SD 1.5 weights; random ones of that "
@@ -122,7 +133,8 @@ class StorynizorTrainSettings(MethodSettings):
                 f"resolution must be a multiple of 64 (the UNet's downsampling), got {self.resolution}."
             )
         check_range("frames", self.frames, 2)
-        check_range("batch_size", self.batch_size, 1)
+        check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_range("seed", self.seed, 0, MAX_SEED)
         check_range("max_steps", self.max_steps, 1)
         check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         check_range("lora_rank", self.lora_rank, 1)
