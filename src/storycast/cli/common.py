@@ -73,12 +73,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
     group.add_argument(
-        "--channels-last", action="store_true", help="UNet in channels-last layout (speed; same output)"
+        "--channels-last", action="store_true", help="UNet in channels-last layout (speed; same output; not FLUX)"
     )
     group.add_argument(
         "--compile",
         action="store_true",
-        help="compile the UNet's repeated blocks (speed; same output; first frame slower)",
+        help="compile the denoiser's repeated blocks (the UNet's transformer blocks, FLUX's double- and "
+        "single-stream blocks; speed; same output; the first frame, and a method's first processors, slower)",
     )
     group.add_argument(
         "--lora",

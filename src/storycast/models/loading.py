@@ -391,7 +391,8 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     if spec.channels_last or spec.compile:
         from storycast.models.speed import apply_speed_options
 
-        info["speed"] = apply_speed_options(pipe, device, channels_last=spec.channels_last, compile=spec.compile)
+        denoiser = getattr(pipe, get_family(family).denoiser_name)
+        info["speed"] = apply_speed_options(denoiser, device, channels_last=spec.channels_last, compile=spec.compile)
     pipe.set_progress_bar_config(disable=True)
     defaults = preset.defaults if preset is not None else defaults_for(family, guidance)
     info.update(

@@ -78,9 +78,11 @@ class ModelSpec:
         local_files_only: Never contact the Hub; use the local cache only.
         seed: Seed of the random weights of tiny presets.
         loras: LoRAs loaded into the base model and active in every pass.
-        channels_last: The UNet in channels-last memory layout (a speed option; same output).
-        compile: Compile the UNet's repeated blocks (a speed option; same output; falls back with a warning where
-            torch cannot compile).
+        channels_last: The UNet in channels-last memory layout (a speed option; same output; FLUX's transformer,
+            which has no convolutions, is left as it is).
+        compile: Compile the denoiser's repeated blocks (the UNet's transformer blocks; FLUX's double- and
+            single-stream blocks): a speed option, same output; falls back with a warning where torch cannot
+            compile.
     """
 
     source: str = "sdxl"
