@@ -82,6 +82,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "single-stream blocks; speed; same output; the first frame, and a method's first processors, slower)",
     )
     group.add_argument(
+        "--cache",
+        metavar="none|KIND[:VALUE]",
+        default="none",
+        help="FLUX: a lossy step cache (diffusers' hooks) that skips work of some steps, reset for every draw: "
+        "first-block[:THRESHOLD] (0.05), pab[:SKIP] (2), faster[:SKIP] (2), taylorseer[:INTERVAL] (5), "
+        "mag[:THRESHOLD] (0.06). Pixels change, so it names the run; vanilla and storydiffusion take it "
+        "(storydiffusion's identity frames draw uncached)",
+    )
+    group.add_argument(
         "--lora",
         action="append",
         metavar="SOURCE[@SCALE]",
@@ -108,6 +117,7 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         loras=tuple(LoraSpec.parse(text) for text in args.lora or ()),
         channels_last=getattr(args, "channels_last", False),
         compile=getattr(args, "compile", False),
+        cache=getattr(args, "cache", "none"),
     )
 
 

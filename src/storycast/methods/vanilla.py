@@ -29,6 +29,7 @@ class VanillaMethod(StoryMethod):
     settings_class = VanillaSettings
     families = ("sdxl", "sd15", "flux")
     summary = "plain text-to-image per frame (no consistency mechanism)"
+    step_cache_safe = True  # one evaluation of one batch per step, nothing shared between draws
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         gen = story.settings

@@ -24,7 +24,7 @@ from storycast.models.detect import (
     pipeline_kwargs,
     short_reason,
 )
-from storycast.models.facts import ModelFacts, identity_from_info
+from storycast.models.facts import ModelFacts, check_step_cache, identity_from_info
 from storycast.models.presets import BasePreset, FamilyDefaults, config_repo_for, defaults_for
 from storycast.models.quantization import check_quantize, quantize_denoiser
 from storycast.models.spec import ModelSpec
@@ -80,8 +80,11 @@ class LoadedModels:
     def backbone(self) -> Family:
         """The pipeline seen through its family's protocol: what methods encode, sample and decode with."""
         from storycast.pipelines.families import get_family
+        from storycast.pipelines.step_cache import StepCache
 
-        return get_family(self.family)(self.pipeline, self.device)
+        backbone = get_family(self.family)(self.pipeline, self.device)
+        backbone.step_cache = StepCache.parse(self.spec.cache)
+        return backbone
 
     @property
     def facts(self) -> ModelFacts:
@@ -368,6 +371,7 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         raise ModelLoadError(f"'{spec.source}' is a {family} model, but family '{spec.family}' was asked for.")
     dtype = resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype)
     text_encoder_device = _text_encoder_device(spec, family)
+    check_step_cache(spec, family)
     check_quantize(spec.quantize, device, dtype)  # before any weights are read
     pipe, info = _load_pipeline(kind, family, guidance, spec, preset, dtype)
     if spec.offload != "none" and not device.startswith("cuda"):
@@ -402,6 +406,7 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         offload=offload,
         text_encoder_device=text_encoder_device,
         quantize=spec.quantize,
+        cache=spec.cache,
     )
     return LoadedModels(
         pipeline=pipe,

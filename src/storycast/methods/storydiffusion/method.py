@@ -92,6 +92,10 @@ class StoryDiffusionMethod(StoryMethod):
     settings_class = StoryDiffusionSettings
     families = ("sdxl", "sd15", "flux")
     summary = "StoryDiffusion (NeurIPS 2024): consistent self-attention over each character's identity frames"
+    # Under a step cache (--cache), identity frames are drawn uncached (_draw): the bank holds every step and layer
+    # a reader may read. Readers run cached: a skipped block reads nothing, and the state's step comes from the
+    # sampler, not from counting calls.
+    step_cache_safe = True
 
     settings: StoryDiffusionSettings
 
@@ -344,6 +348,7 @@ class StoryDiffusionMethod(StoryMethod):
             installs=installs,
             states=[state],
             progress=denoise_progress(context.progress),
+            cache=mode != "write",  # the bank is written at every step and layer, never skipped
         )
         return drawn.images, drawn.evaluations
 
