@@ -61,9 +61,18 @@ def one_character_story(frames: int, references: Sequence[str] = ()) -> Any:
     )
 
 
-def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def measure(
+    args: argparse.Namespace,
+    story: Any,
+    settings: dict[str, Any],
+    model_options: dict[str, Any] | None = None,
+    *,
+    warmup: bool = False,
+) -> tuple[dict[str, Any], Any]:
     """Draw ``story`` with ``args.method`` in this process: the common row (UNet evaluations, seconds and peak
-    memory per frame) and the method object (for method-specific columns). Preparation is not timed."""
+    memory per frame) and the method object (for method-specific columns). Preparation is not timed.
+    ``model_options``: further ``ModelSpec`` fields (compile, cache); ``warmup``: draw the story once, untimed,
+    first (compilation happens there)."""
     import time
 
     import torch
@@ -77,13 +86,18 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     shrink_flux(getattr(args, "depth", None))
-    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
+    spec = ModelSpec(source=args.preset, device=args.device, dtype=args.dtype, **(model_options or {}))
+    models = load_models(spec)
     generation = {"steps": args.steps, "width": args.size, "height": args.size}
     plan = plan_run(story, args.method, model=models, method_settings=settings, generation=generation)
     method = plan.method(models, plan.settings)
     context = RunContext()
     sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
     method.prepare(plan.story, context)
+    if warmup:
+        with torch.no_grad():
+            for group in plan.groups:
+                method.generate(plan.story, group.frames, context)
     sync()
     started = time.perf_counter()
     with torch.no_grad(), count_evaluations(models.backbone.denoiser) as counter:
