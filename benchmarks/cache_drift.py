@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import one_character_story, shrink_flux
+from harness import one_character_story, print_columns, shrink_flux
 
 from storycast.pipelines.step_cache import CACHE_DEFAULTS
 
@@ -38,6 +38,10 @@ CONFIGS = [*CACHE_DEFAULTS, "first-block:0.2"]
 """Every preset at its default, and First Block Cache at a threshold that skips on random weights too."""
 HELD_OUT = ("single/story_069.json", "multi-2/story_009.json")
 """The last story of each split of ConsiStory-Human."""
+COLUMNS = [
+    ("cache", 18), ("s/frame", 8), ("time x", 7), ("FLOPs x", 8), ("CLIP-T", 7), ("dCLIP-T", 8), ("CLIP-I", 7),
+    ("DINO", 6), ("PSNR dB", 8),
+]  # fmt: skip
 DEFAULT_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "ConsiStory-Human"
 
 
@@ -170,24 +174,24 @@ def main() -> None:
         f"steps={args.steps} size={args.size} frames={frames_drawn} ({len(story_set)} stories) "
         f"extractors={args.extractors}"
     )
-    header = (
-        f"{'cache':<18} {'s/frame':>8} {'time x':>7} {'FLOPs x':>8} {'CLIP-T':>7} {'dCLIP-T':>8} "
-        f"{'CLIP-I':>7} {'DINO':>6} {'PSNR dB':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+    table = []
     for row in rows:
-        clip_i = 100 * paired_cosine(row["clip"], base["clip"]).mean().item()
-        dino_i = 100 * paired_cosine(row["dino"], base["dino"]).mean().item()
         psnrs = [psnr(a, b) for a, b in zip(row["images"], base["images"], strict=True)]
         finite = [p for p in psnrs if math.isfinite(p)]
-        mean_psnr = sum(finite) / len(finite) if finite else math.inf
-        print(
-            f"{row['cache']:<18} {row['seconds_per_frame']:>8.3f} "
-            f"{row['seconds_per_frame'] / base['seconds_per_frame']:>7.2f} {row['flops'] / base['flops']:>8.2f} "
-            f"{row['clip_t']:>7.2f} {row['clip_t'] - base['clip_t']:>8.2f} {clip_i:>7.2f} {dino_i:>6.2f} "
-            f"{mean_psnr:>8.1f}"
+        table.append(
+            [
+                row["cache"],
+                f"{row['seconds_per_frame']:.3f}",
+                f"{row['seconds_per_frame'] / base['seconds_per_frame']:.2f}",
+                f"{row['flops'] / base['flops']:.2f}",
+                f"{row['clip_t']:.2f}",
+                f"{row['clip_t'] - base['clip_t']:.2f}",
+                f"{100 * paired_cosine(row['clip'], base['clip']).mean().item():.2f}",
+                f"{100 * paired_cosine(row['dino'], base['dino']).mean().item():.2f}",
+                f"{sum(finite) / len(finite):.1f}" if finite else "inf",
+            ]
         )
+    print_columns(COLUMNS, table)
 
 
 if __name__ == "__main__":

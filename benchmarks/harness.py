@@ -141,6 +141,16 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def print_columns(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> None:
+    """A plain-text table: ``columns`` of (title, width), the first left-aligned, the others right-aligned."""
+    lines = [[title for title, _ in columns], *rows]
+    for number, cells in enumerate(lines):
+        first, *rest = zip(cells, (width for _, width in columns), strict=True)
+        print(" ".join([f"{first[0]:<{first[1]}}", *(f"{cell:>{width}}" for cell, width in rest)]))
+        if number == 0:
+            print("-" * (sum(width for _, width in columns) + len(columns) - 1))
+
+
 def run_worker(script: str, arguments: Sequence[str]) -> dict[str, Any]:
     """Run ``script --worker ARGUMENTS`` in a fresh process; its last stdout line is the JSON result."""
     result = subprocess.run([sys.executable, script, "--worker", *arguments], capture_output=True, text=True)
