@@ -177,7 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
 
 CONFIGS = {
-    # name: (transformer storage, T5 on the GPU, blocks resident (None: all))
+    # name: (transformer storage, text encoders on the GPU, blocks resident (None: all))
     "plain bf16": ("bf16", True, None),
     "int8": ("int8", True, None),
     "t5-cpu": ("bf16", False, None),
@@ -195,7 +195,7 @@ equals the plain one)."""
 
 def gpu_gb(config: str, figures: dict[str, float], activations: dict[str, float], bank: float) -> tuple[float, str]:
     """GB on the GPU at the peak of ``config`` and the arithmetic of it."""
-    mode, t5_on_gpu, resident = CONFIGS[config]
+    mode, encoders_on_gpu, resident = CONFIGS[config]
     if resident is None:
         transformer = figures[f"transformer {mode}"]
         parts = [f"transformer {transformer:.2f}"]
@@ -203,11 +203,11 @@ def gpu_gb(config: str, figures: dict[str, float], activations: dict[str, float]
         largest = max(figures[f"double block {mode}"], figures[f"single block {mode}"])
         transformer = resident * largest + figures[f"outside blocks {mode}"]
         parts = [f"{resident} blocks + rest {transformer:.2f}"]
-    total = transformer + figures["clip"] + figures["vae"]
-    parts += [f"CLIP {figures['clip']:.2f}", f"VAE {figures['vae']:.2f}"]
-    if t5_on_gpu:
-        total += figures["t5"]
-        parts.append(f"T5 {figures['t5']:.2f}")
+    total = transformer + figures["vae"]
+    parts.append(f"VAE {figures['vae']:.2f}")
+    if encoders_on_gpu:  # --text-encoder-device cpu moves both, CLIP-L and T5
+        total += figures["t5"] + figures["clip"]
+        parts += [f"T5 {figures['t5']:.2f}", f"CLIP {figures['clip']:.2f}"]
     # bf16 activations: half of the fp32 ones measured on the CPU (the GPU run checks it).
     stage = max(activations.get("transformer", 0.0), activations.get("decode", 0.0)) / 2
     total += stage + bank + CUDA_OVERHEAD_GB
