@@ -21,9 +21,9 @@ from storycast.models.spec import ModelSpec
 IDENTITY_KEYS = ("source", "repo_id", "revision", "path", "family", "dtype", "seed", "loras")
 """The provenance fields that make a run: a frame drawn with other values of these is another frame."""
 OPTIONAL_IDENTITY_KEYS = ("quantize", "cache")
-"""Identity fields recorded only when set (a quantized denoiser, a step cache draw other pixels): a model without them has the
-identity, and its runs the keys, they had before these fields existed. Offload and device placement are not here:
-they move weights, not pixels."""
+"""Identity fields recorded only when set (a quantized denoiser or a step cache draws other pixels): a model without
+them has the identity, and its runs the keys, they had before these fields existed. Offload, device placement and
+compilation are not here: they move weights or run them faster, not change pixels."""
 UNSET = (None, "none")
 """Values of an optional identity field that leave it out."""
 
