@@ -23,7 +23,7 @@ IDENTITY_KEYS = ("source", "repo_id", "revision", "path", "family", "dtype", "se
 OPTIONAL_IDENTITY_KEYS = ("quantize", "cache")
 """Identity fields recorded only when set (a quantized denoiser or a step cache draws other pixels): a model without
 them has the identity, and its runs the keys, they had before these fields existed. Offload, device placement and
-compilation are not here: they move weights or run them faster, not change pixels."""
+compilation are not here: they move weights or run them faster; the pixels stay the same."""
 UNSET = (None, "none")
 """Values of an optional identity field that leave it out."""
 
