@@ -9,6 +9,16 @@ EXAMPLES = REPO_ROOT / "examples"
 BENCH = REPO_ROOT.parent / "shared" / "bench" / "ConsiStory-Human"
 
 
+def raised_by_storycast(filename: str) -> bool:
+    """Whether a warning's ``filename`` is a file of storycast's own package (the installed or the cloned one),
+    judged by folder: a clone named "storycast" holding its virtual environment puts every library's files under a
+    path that contains the name."""
+    import storycast
+
+    package = Path(storycast.__file__).resolve().parent
+    return Path(filename).resolve().is_relative_to(package)
+
+
 def small_story_data(frames: int = 4) -> dict:
     """A valid story document with one character and ``frames`` frames."""
     return {

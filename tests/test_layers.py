@@ -37,7 +37,7 @@ def _run(source: Path) -> subprocess.CompletedProcess[str]:
     paths = [str(source), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     command = [_lint_imports(), "--config", str(ROOT / "pyproject.toml"), "--no-cache"]
-    return subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _layers() -> list[str]:

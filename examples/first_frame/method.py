@@ -20,6 +20,7 @@ from storycast.attention.layers import install_processors, select_layers
 from storycast.attention.processor import FrameSharingProcessor, KeyTokens, stack_rows
 from storycast.attention.state import AttentionState
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.pipelines.sampler import sample
 from storycast.settings import MethodSettings, check_range, setting
 from storycast.story.model import Story
@@ -83,6 +84,13 @@ class FirstFrameMethod(StoryMethod):
     settings_class = FirstFrameSettings
     families = ("sdxl", "sd15", "flux")
     summary = "toy example: every frame attends to the first frame's tokens (docs/adding-a-method.md)"
+    card = MethodCard(
+        families_why="sharing attention tokens needs only the processors' key_tokens point, which every family has",
+        training="training-free",
+        inputs="text",
+        cost="1.00x",
+        source="docs/adding-a-method.md (a worked example, not a published method)",
+    )
 
     settings: FirstFrameSettings
 

@@ -55,11 +55,13 @@ class ResolveContext:
         generation: The run's resolved generation settings (steps, size, guidance).
         family: The model family ("sdxl" or "sd15").
         tiny: The model is a tiny demo preset (budgets are scaled down so that demos run in seconds).
+        references: A character some frame names has reference photos (a method may draw differently with them).
     """
 
     generation: GenerationSettings
     family: str
     tiny: bool = False
+    references: bool = False
 
 
 @dataclass(frozen=True)

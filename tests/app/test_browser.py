@@ -120,7 +120,7 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     app, url = served
-    wait = WebDriverWait(browser, 90, poll_frequency=0.2)
+    wait = WebDriverWait(browser, 600, poll_frequency=0.2)
     browser.get(url)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#title textarea"))
     _type(browser, "title", "Browser story")
@@ -155,7 +155,7 @@ def test_write_draw_redraw_and_download_a_story_in_the_browser(served, browser):
     button = browser.find_element(By.ID, "export-file")
     assert "comic.pdf" in button.text
     button.click()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # a ceiling: the loop ends when the download is there
     while time.monotonic() < deadline:
         # Chromium writes a download to a hidden temporary file (.org.chromium...) or a .crdownload first.
         done = [
@@ -178,7 +178,7 @@ def test_an_upload_with_a_path_in_its_name_stays_in_the_upload_folders(served, t
     target = tmp_path / "escaped.png"
     evil_name = "../" * 12 + str(target).lstrip("/")
     with photo.open("rb") as handle:
-        reply = httpx.post(f"{url}gradio_api/upload", files={"files": (evil_name, handle, "image/png")}, timeout=30)
+        reply = httpx.post(f"{url}gradio_api/upload", files={"files": (evil_name, handle, "image/png")}, timeout=600)
     assert reply.status_code == 200
     (received,) = reply.json()
     assert not target.exists()
@@ -198,7 +198,7 @@ def test_an_oversized_upload_is_refused(served, tmp_path):
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(MAX_UPLOAD_MB * 2**20 + 1024))
     before = sorted(app.folders.uploads.iterdir())
     with big.open("rb") as handle:
-        reply = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", handle, "image/png")}, timeout=30)
+        reply = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", handle, "image/png")}, timeout=600)
     assert reply.status_code == 413 and "maximum allowed size" in reply.text
     assert sorted(app.folders.uploads.iterdir()) == before
 
@@ -219,7 +219,7 @@ def test_a_run_outside_the_root_is_refused(served, tmp_path):
     secret = app.folders.uploads / "secret.png"
     secret.write_bytes(b"private")
     for path in ("/etc/passwd", str(secret), str(app.folders.root / "runs" / ".." / "uploads" / "secret.png")):
-        assert httpx.get(f"{url}gradio_api/file={path}", timeout=30).status_code == 403, path
+        assert httpx.get(f"{url}gradio_api/file={path}", timeout=600).status_code == 403, path
 
 
 def test_twenty_concurrent_requests_queue_without_a_crash(served):
@@ -237,7 +237,7 @@ def test_twenty_concurrent_requests_queue_without_a_crash(served):
             most, first = max(most, running), calls == 1
         try:
             if first:
-                release.wait(timeout=60)
+                release.wait(timeout=600)
             return execute(*args, **kwargs)
         finally:
             with lock:
@@ -247,14 +247,14 @@ def test_twenty_concurrent_requests_queue_without_a_crash(served):
     try:
         client = gradio_client.Client(url, verbose=False)
         jobs = [client.submit(STORY_YAML, "vanilla", "tiny", "", api_name="/draw") for _ in range(20)]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a ceiling: the loop ends when the refusals are in
         while sum(job.done() for job in jobs) < 20 - 1 - QUEUE_SIZE and time.monotonic() < deadline:
             time.sleep(0.1)
         release.set()
         answers, busy = [], []
         for job in jobs:
             try:
-                answers.append(job.result(timeout=120))
+                answers.append(job.result(timeout=600))
             except Exception as err:  # the queue's answer when it is full
                 busy.append(str(err))
     finally:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +21,7 @@ from storycast.cli.main import main
 from storycast.errors import SettingsError
 from storycast.evaluation import bench_data
 from storycast.evaluation import benchmark as B
+from storycast.utils.io import sha256_file
 from tests.helpers import BENCH
 
 needs_shared = pytest.mark.skipif(not BENCH.is_dir(), reason=f"needs the shared ConsiStory-Human copy at {BENCH}")
@@ -121,6 +123,53 @@ def test_a_damaged_file_is_refused_by_name(copy, tmp_path, monkeypatch, capsys):
     assert "single/story_001.json" in err and "Fix:" in err and "Traceback" not in err
 
 
+def test_a_to_that_is_a_file_is_refused_before_anything_is_read(copy, tmp_path, monkeypatch, capsys):
+    root, table = copy
+    monkeypatch.setattr(bench_data, "CHECKSUMS", table)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for to in (mine, mine / "bench"):
+        assert main(["download", "consistory-human", "--from", str(root), "--to", str(to)]) == 2
+        err = capsys.readouterr().err
+        assert "is a file" in err and "Fix:" in err and "Traceback" not in err
+    assert mine.read_text() == "mine"
+
+
+def test_a_link_inside_the_target_is_never_written_through(copy, tmp_path, monkeypatch, capsys):
+    root, table = copy
+    monkeypatch.setattr(bench_data, "CHECKSUMS", table)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "single").symlink_to(outside, target_is_directory=True)
+    assert main(["download", "consistory-human", "--from", str(root), "--to", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and str(target / "single") in err and "Traceback" not in err
+    assert list(outside.iterdir()) == []
+    # A link naming the whole folder is the user's choice, and is followed.
+    linked = tmp_path / "linked"
+    linked.symlink_to(outside, target_is_directory=True)
+    assert sorted(bench_data.install(linked, source=root, checksums=table).written) == sorted(table)
+
+
+def test_a_huge_file_in_from_is_hashed_in_chunks_and_never_read_whole(copy, tmp_path, monkeypatch):
+    root, table = copy
+    huge = root / "single" / "story_001.json"
+    with open(huge, "wb") as handle:  # sparse: 3 GiB on paper, nothing on disk
+        handle.truncate(3 * 2**30)
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path):
+        assert path.stat().st_size < 2**20, f"{path} read whole"
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(bench_data, "sha256_file", lambda path: "0" * 64 if path == huge else sha256_file(path))
+    with pytest.raises(bench_data.BenchDataError, match=r"single/story_001\.json"):
+        bench_data.install(tmp_path / "target", source=root, checksums=table)
+
+
 def test_an_interrupted_copy_resumes(copy, tmp_path):
     root, table = copy
     target = tmp_path / "target"
@@ -182,6 +231,8 @@ def test_the_cache_copy_is_found_by_storycast_benchmark_only_when_complete(copy,
             assert "storycast download consistory-human" in str(err)
     assert found != target / "single"
     assert "holds 1 of the 2 files of split 'single'; skipped" in caplog.text
+    # --limit 1 asks only for story_000, which is there: the part-downloaded split serves it.
+    assert B.resolve_suite("single", limit=1).folder == target / "single"
 
 
 def test_a_split_found_nowhere_names_the_download(cache, tmp_path, monkeypatch, capsys):
@@ -298,7 +349,7 @@ def test_download_list_imports_no_heavy_library():
         "import sys\nfrom storycast.cli.main import main\nmain(['download', '--list'])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers'}))"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
 

@@ -139,6 +139,46 @@ def test_the_cli_builds_offline_and_refuses_to_replace_a_data_set(source, tmp_pa
     assert "3 set(s), 14 images" in capsys.readouterr().out
 
 
+def _listing(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["the source", "its parent", "inside it"])
+def test_an_out_that_is_holds_or_lies_in_the_source_is_refused_and_the_photos_kept(source, tmp_path, capsys, where):
+    from storycast.cli.main import main
+
+    out = {"the source": source, "its parent": source.parent, "inside it": source / "data"}[where]
+    before = _listing(source)
+    assert main(["data", "build", str(source), "--out", str(out), "--preset", "tiny", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "source folder" in err and "Fix:" in err and "Traceback" not in err
+    assert _listing(source) == before
+
+
+def test_a_folder_of_the_user_s_named_like_the_work_folder_is_never_deleted(source, tmp_path):
+    mine = tmp_path / "data.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(StorycastError, match="not the work folder of an earlier build"):
+        build_dataset(source, tmp_path / "data", tiny=True)
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_only_a_data_set_and_never_through_a_link(source, tmp_path, capsys):
+    from storycast.cli.main import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["data", "build", str(source), "--out", str(mine), "--preset", "tiny", "--overwrite"]) == 2
+    assert "not a storycast data set" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
+    link = tmp_path / "link"
+    link.symlink_to(mine, target_is_directory=True)
+    assert main(["data", "build", str(source), "--out", str(link), "--preset", "tiny", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "Traceback" not in err and (mine / "notes.txt").read_text() == "mine"
+
+
 def test_videos_are_sampled_into_frames(tmp_path):
     import av
 

@@ -73,7 +73,7 @@ def run(painted, tmp_path):
 def pdf_pages(path: Path, dpi: int, tmp_path: Path) -> list[Image.Image]:
     prefix = tmp_path / "pdftoppm" / "page"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(path), str(prefix)], check=True, timeout=120)
+    subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(path), str(prefix)], check=True, timeout=900)
     return [Image.open(p).convert("RGB") for p in sorted(prefix.parent.glob("page*.png"))]
 
 
@@ -357,3 +357,123 @@ def test_a_long_list_of_missing_frames_is_counted_not_spelled_out(run, monkeypat
         ExportError, match=r"missing 3 of its 7 frames: 1 \(frames/frame_001.png\), 2 \(.*\) and 1 more"
     ):
         export_run(run, "pdf", "comic")
+
+
+# Damaged runs and outputs that are not ours: a clear refusal, never a traceback, never a lost file -----------
+
+
+@pytest.mark.parametrize("damage", ["not an image", "truncated", "empty", "20000x20000"])
+@pytest.mark.parametrize("format", ["html", "pdf", "cbz", "png"])
+def test_every_format_refuses_a_damaged_frame_alike(run, damage, format):
+    frame = run / "frames" / "frame_002.png"
+    if damage == "not an image":
+        frame.write_text("hello")
+    elif damage == "truncated":
+        frame.write_bytes(frame.read_bytes()[:120])
+    elif damage == "empty":
+        frame.write_bytes(b"")
+    else:
+        Image.new("1", (20000, 20000)).save(frame)  # a decompression bomb to PIL
+    with pytest.raises(ExportError, match=r"frame '.*frame_002.png' cannot be read as an image.*Fix: delete it"):
+        export_run(run, format, "grid", settings=ExportSettings(dpi=40))
+    assert not (run / "exports").exists() or not any((run / "exports").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: m.__setitem__("story", [1, 2]), "'story' is a list, not the mapping"),
+        (lambda m: m.__setitem__("method", "x"), "'method' is a str, not the mapping"),
+        (lambda m: m["frames"][0].__setitem__("file", "frames/fr\x00ame.png"), "holds a NUL character"),
+    ],
+)
+def test_a_damaged_manifest_is_one_clear_error(run, capsys, edit, says):
+    from storycast.cli.main import main
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    edit(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["export", str(run), "--format", "pdf"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Fix:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("format", ["pdf", "cbz"])
+def test_a_title_of_200000_characters_is_cut_to_its_page(run, tmp_path, format):
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["story"]["title"] = "x" * 200_000  # one "word": wrapped at the line's width, not drawn whole
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (written,) = export_run(run, format, "book", tmp_path / f"book.{format}", ExportSettings(dpi=40))
+    assert written.stat().st_size > 0
+
+
+def test_a_long_book_pdf_holds_one_page_at_a_time(run, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from storycast.export import render
+
+    alive, most = 0, 0
+    original = render.render_page
+
+    def gone():
+        nonlocal alive
+        alive -= 1
+
+    def counting(*args, **kwargs):
+        nonlocal alive, most
+        gc.collect()  # pages the writer let go of are counted as gone before the next is drawn
+        page = original(*args, **kwargs)
+        alive += 1
+        most = max(most, alive)
+        weakref.finalize(page, gone)
+        return page
+
+    monkeypatch.setattr(render, "render_page", counting)
+    (pdf,) = export_run(run, "pdf", "book", tmp_path / "book.pdf", ExportSettings(dpi=40))
+    assert most <= 2, f"{most} of {FRAMES + 1} pages were held at once"
+    assert pdf.read_bytes().startswith(b"%PDF-1.4") and pdf.read_bytes().rstrip().endswith(b"%%EOF")
+
+
+def test_outputs_of_the_user_are_never_replaced_or_written_through(run, tmp_path, capsys):
+    from storycast.cli.main import main
+
+    mine = tmp_path / "mine.pdf"
+    mine.write_bytes(b"my own pdf")
+    assert main(["export", str(run), "-o", str(mine), "--dpi", "40"]) == 2
+    assert "already exists" in capsys.readouterr().err and mine.read_bytes() == b"my own pdf"
+    assert main(["export", str(run), "-o", str(mine), "--dpi", "40", "--overwrite"]) == 0
+    assert mine.read_bytes().startswith(b"%PDF")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "comic.pdf").write_bytes(b"someone else's")
+    (run / "exports").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["export", str(run), "--dpi", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "Traceback" not in err
+    assert (elsewhere / "comic.pdf").read_bytes() == b"someone else's"
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    link = tmp_path / "pages-link"
+    link.symlink_to(pages, target_is_directory=True)
+    assert main(["export", str(run), "--format", "png", "-o", str(link), "--dpi", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "Traceback" not in err and link.is_symlink()
+
+
+@needs_pdftoppm
+def test_the_streamed_pdf_keeps_any_title_and_each_page_size(tmp_path):
+    from storycast.export.pdf import write_pdf_stream
+
+    title = "Mara’s tale — 日本 🙂 (a) \\ <b>"
+    pages = (Image.new("RGB", (200 + 10 * i, 300), COLOR) for i, COLOR in enumerate([(200, 0, 0), (0, 200, 0)]))
+    pdf = write_pdf_stream(tmp_path / "t.pdf", pages, dpi=100, title=title, subject="s", creator="storycast")
+    info = subprocess.run(["pdfinfo", "-f", "1", "-l", "2", str(pdf)], capture_output=True, text=True, check=True)
+    assert f"Title:           {title}" in info.stdout and "Pages:           2" in info.stdout
+    assert "144 x 216 pts" in info.stdout and "151.2 x 216 pts" in info.stdout
+    assert info.stderr == ""
+    with pytest.raises(ValueError, match="at least one page"):
+        write_pdf_stream(tmp_path / "none.pdf", [], dpi=100, title="t")
+    assert not (tmp_path / "none.pdf").exists()

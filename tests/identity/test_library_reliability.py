@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import random
 import shutil
 from pathlib import Path
@@ -155,14 +156,44 @@ def test_the_reported_problem_names_what_is_wrong(library, warnings_logged):
     assert "shape [4, 4]" in warnings_logged.text
 
 
-def test_a_library_folder_that_is_a_file_gives_one_clear_error(tmp_path, capsys):
+def test_a_library_folder_that_is_a_file_is_moved_aside_and_the_library_recovers(tmp_path, warnings_logged):
     root = tmp_path / "identities"
     root.write_text("oops")
     library = IdentityLibrary(root)
-    for call in (lambda: library.get(KEY), lambda: library.put(KEY, _embedding(), INFO), library.keys):
-        with pytest.raises(IdentityLibraryError, match="is a file, not a folder") as caught:
-            call()
-        assert str(root) in str(caught.value) and "Fix:" in str(caught.value)
+    with library.claim(KEY):  # what every identitystory run does first (NotADirectoryError before)
+        assert library.get(KEY) is None
+        library.put(KEY, _embedding(), INFO)
+    assert root.is_dir() and library.keys() == [KEY]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("identities.damaged-")]
+    assert len(aside) == 1 and aside[0].read_text() == "oops"  # the user's file is kept, never deleted
+    assert "was a file, not a folder" in warnings_logged.text and str(aside[0]) in warnings_logged.text
+
+
+@pytest.mark.parametrize("call", ["keys", "get", "put"])
+def test_every_entry_point_recovers_from_a_library_file(tmp_path, call):
+    root = tmp_path / "identities"
+    root.write_text("oops")
+    library = IdentityLibrary(root)
+    {"keys": library.keys, "get": lambda: library.get(KEY), "put": lambda: library.put(KEY, _embedding(), INFO)}[
+        call
+    ]()
+    assert [p.read_text() for p in tmp_path.glob("identities.damaged-*")] == ["oops"]
+
+
+def test_a_library_file_that_cannot_be_moved_gives_one_clear_error(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "identities"
+    root.write_text("oops")
+    real_rename = os.rename
+
+    def refuse(src, dst):
+        if str(src) == str(root):
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(IdentityLibraryError, match="is a file, not a folder") as caught:
+        IdentityLibrary(root).get(KEY)
+    assert str(root) in str(caught.value) and "Fix:" in str(caught.value) and "Permission denied" in str(caught.value)
     assert main(["identities", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(root) in err and "Fix:" in err

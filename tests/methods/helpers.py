@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from storycast.models.spec import ModelSpec
@@ -27,7 +29,7 @@ def two_friends(frames=None, **extra):
             {"id": "mara", "description": "a young woman with short red hair", "class_word": "woman"},
             {"id": "tom", "description": "an old man with a grey beard", "class_word": "man"},
         ],
-        "frames": frames or list(TWO_FRIENDS_FRAMES),
+        "frames": copy.deepcopy(frames or TWO_FRIENDS_FRAMES),  # a test may edit its copy
         **extra,
     }
 

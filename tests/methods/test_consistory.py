@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from storycast.errors import SettingsError, StoryError
@@ -139,15 +140,18 @@ def test_memory_is_flat_in_story_length(sdxl):
 
 
 def test_with_everything_off_consistory_equals_the_stock_pipeline(sdxl):
+    """The stock pipeline called as the authors call theirs: without a negative prompt (zero unconditional
+    embeddings), or with the one a frame writes."""
     from storycast.utils.torch_utils import make_generator
 
     off = {"sdsa": "false", "share_queries": "false", "injection": "false", "freeu": "false", "scheduler": "model"}
-    plan = planned(DOG, model=sdxl, settings=off)
-    results = draw(sdxl, DOG, off)
+    data = {**DOG, "frames": [dict(DOG["frames"][0], negative_prompt="blurry"), *DOG["frames"][1:]]}
+    plan = planned(data, model=sdxl, settings=off)
+    results = draw(sdxl, data, off)
     for index, result in results.items():
         stock = sdxl.pipeline(
             plan.story.prompt(index),
-            negative_prompt="",
+            negative_prompt=plan.story.negative_prompt(index),
             num_inference_steps=STEPS,
             guidance_scale=plan.story.settings.guidance_scale,
             width=64,
@@ -155,6 +159,65 @@ def test_with_everything_off_consistory_equals_the_stock_pipeline(sdxl):
             generator=make_generator(plan.story.frame_seed(index)),
         ).images[0]
         assert np.abs(pixels(result.image) - pixels(stock)).max() <= 1
+
+
+def spy_on_encode(models, monkeypatch):
+    """The guidance pairs the method encodes, in order."""
+    encoded = []
+    original = models.backbone.encode
+
+    def encode(*args, **kwargs):
+        encoded.append(original(*args, **kwargs))
+        return encoded[-1]
+
+    monkeypatch.setattr(models.backbone, "encode", encode)
+    return encoded
+
+
+def test_no_negative_prompt_gives_zero_unconditional_embeddings_and_a_written_one_is_encoded(sdxl, monkeypatch):
+    """The authors call their SDXL pipeline without a negative prompt, so diffusers' force_zeros_for_empty_prompt
+    makes the unconditional embeddings zeros, per-token and pooled; a negative prompt the story writes is encoded."""
+    encoded = spy_on_encode(sdxl, monkeypatch)
+    data = {**DOG, "frames": [dict(DOG["frames"][0], negative_prompt="blurry"), *DOG["frames"][1:]]}
+    plan = planned(data, model=sdxl)
+    draw(sdxl, data, {"injection": "false", "share_queries": "false"}, groups=[0])  # the anchors, frames 0 and 1
+    uncond = encoded[0].uncond
+    pipe = sdxl.pipeline
+    _, written, _, written_pooled = pipe.encode_prompt(
+        prompt=[plan.story.prompt(0)], device="cpu", negative_prompt=["blurry"]
+    )
+    torch.testing.assert_close(uncond.embeds[0], written[0])  # (encoded in a batch of two here)
+    torch.testing.assert_close(uncond.pooled[0], written_pooled[0])
+    assert written.abs().max() > 0.1
+    assert not uncond.embeds[1].any() and not uncond.pooled[1].any()  # frame 1 has none: zeros
+    _, none, _, none_pooled = pipe.encode_prompt(prompt=[plan.story.prompt(1)], device="cpu", negative_prompt=None)
+    assert not none.any() and not none_pooled.any()  # what the authors' call gets
+    assert uncond.time_ids.equal(encoded[0].cond.time_ids)  # the size ids stay
+
+
+def test_dift_features_are_read_after_freeu_scaled_them_in_place_unless_set_otherwise(sdxl):
+    """The authors keep a view of the first up block's output; the next block's FreeU scales the first half of its
+    channels by b2 in place before the correspondences read it. dift_after_freeu=false keeps the unscaled output."""
+    from storycast.pipelines.freeu import FREEU_SDXL
+
+    def anchor_features(settings):
+        plan = planned(DOG, model=sdxl, settings=settings)
+        method = ConsiStoryMethod(sdxl, plan.settings)
+        method.prepare(plan.story, RunContext())
+        method.generate(plan.story, plan.groups[0].frames, RunContext())
+        return torch.stack(method._anchors.features)
+
+    scaled = anchor_features({})
+    unscaled = anchor_features({"dift_after_freeu": "false"})
+    half = unscaled.shape[1] // 2
+    assert sdxl.pipeline.unet.up_blocks[1].resolution_idx == 1  # the block whose FreeU factor is b2
+    # The Gaussian smoothing is per channel and linear: scaling before it is scaling after it.
+    torch.testing.assert_close(scaled[:, :half], unscaled[:, :half] * FREEU_SDXL.b2)
+    torch.testing.assert_close(scaled[:, half:], unscaled[:, half:], rtol=0, atol=0)
+    assert not torch.allclose(scaled, unscaled)
+    # Without FreeU the two are the same features.
+    off = anchor_features({"freeu": "false"})
+    torch.testing.assert_close(off, anchor_features({"freeu": "false", "dift_after_freeu": "false"}), rtol=0, atol=0)
 
 
 def test_the_model_is_left_as_it_was(sdxl):

@@ -101,7 +101,8 @@ def naive_batch(models, plan):
     size = {"width": gen.width, "height": gen.height}
     guidance = backbone.guidance(gen.guidance_scale)
     frames = list(range(len(story)))
-    conditioning = backbone.encode([story.prompt(i) for i in frames], [""] * len(frames), **size)
+    # Their pipeline is called without a negative prompt: zero unconditional embeddings.
+    conditioning = backbone.encode([story.prompt(i) for i in frames], [None] * len(frames), **size)
     _, height, width = backbone.latent_shape(gen.width, gen.height)
     noise = backbone.initial_latents(
         backbone.scheduler(gen.steps, kind="ddim", **size),
@@ -125,8 +126,9 @@ def naive_batch(models, plan):
         features = {}
 
         def hook(module, args, output):
+            # DIFTLatentStore keeps the output itself: the next block's FreeU scales it in place before it is read.
             if state.step == dift_step and not state.vanilla:
-                features["dift"] = output[len(frames) :].clone()
+                features["dift"] = output.detach()[len(frames) :]
 
         def predict(x, t, i):
             if 1 <= i <= gen.steps // 10:

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from storycast.attention.thresholds import otsu_threshold
 from storycast.masks.attention import mask_from_map
 from storycast.pipelines.conditioning import GuidancePair, SDXLConditioning, TextConditioning
 from storycast.pipelines.denoise import DenoiseStep, denoise
@@ -155,6 +154,20 @@ def test_sd15_conditioning_has_text_only(tiny_sd15):
         prompt_encoder(tiny_sd15.pipeline, "sd15", "cpu")(["a cat"], [], width=64, height=64)
 
 
+def test_no_negative_prompt_is_what_each_pipeline_makes_without_one(tiny_sdxl, tiny_sd15):
+    """None is no negative prompt: SDXL (force_zeros_for_empty_prompt) zeros that row's text embeddings and keeps
+    the size ids; SD 1.5's pipeline encodes the empty prompt. A written one is encoded, row by row."""
+    sdxl = tiny_sdxl.backbone.encode(["a cat", "a dog"], [None, "blurry"], width=64, height=64)
+    written = tiny_sdxl.backbone.encode(["a cat", "a dog"], ["", "blurry"], width=64, height=64)
+    assert not sdxl.uncond.embeds[0].any() and not sdxl.uncond.pooled[0].any()
+    assert written.uncond.embeds[0].any()
+    for field in ("embeds", "pooled", "time_ids"):
+        assert getattr(sdxl.uncond, field)[1].equal(getattr(written.uncond, field)[1]), field
+    assert sdxl.uncond.time_ids.equal(written.uncond.time_ids)
+    sd15 = tiny_sd15.backbone.encode(["a cat"], [None], width=64, height=64)
+    assert sd15.uncond.embeds.equal(tiny_sd15.backbone.encode(["a cat"], [""], width=64, height=64).uncond.embeds)
+
+
 def test_guidance_functions_match_their_formulas():
     from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg
 
@@ -164,29 +177,6 @@ def test_guidance_functions_match_their_formulas():
     torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond))
     torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), rescale_noise_cfg(guided, cond, 0.7))
     assert rescale_guidance(guided, cond, 0.0) is guided
-
-
-def naive_otsu(values, bins=256):
-    histogram = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0, 1))[0].astype(float)
-    p = histogram / histogram.sum()
-    centers = (np.arange(bins) + 0.5) / bins
-    variances = {}
-    for cut in range(1, bins):
-        w0, w1 = p[:cut].sum(), p[cut:].sum()
-        if w0 == 0 or w1 == 0:
-            continue
-        m0, m1 = (p[:cut] * centers[:cut]).sum() / w0, (p[cut:] * centers[cut:]).sum() / w1
-        variances[cut] = w0 * w1 * (m0 - m1) ** 2
-    best = max(variances.values())
-    ties = [cut for cut, variance in variances.items() if variance >= best - 1e-6 * best]
-    return ties[len(ties) // 2] / bins
-
-
-def test_otsu_matches_a_naive_search():
-    generator = np.random.default_rng(0)
-    for _ in range(5):
-        values = np.concatenate([generator.normal(0.25, 0.05, 500), generator.normal(0.7, 0.08, 300)])
-        assert abs(otsu_threshold(torch.tensor(values)) - naive_otsu(values)) <= 1 / 256
 
 
 def test_mask_from_map_finds_the_bright_region():

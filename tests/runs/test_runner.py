@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storycast.errors import RunFolderError, SettingsError
+from storycast.errors import RunFolderError, StoryError
 from storycast.methods.base import ProgressEvent
 from storycast.runs.runner import RunOptions, generate_story
 from storycast.story.parse import load_story
@@ -113,7 +113,8 @@ def test_method_settings_from_the_story_file_are_validated(tiny_sdxl, write_stor
     data = small_story_data(1)
     data["methods"] = {"vanilla": {"strength": 2}}
     story = load_story(write_story(data))
-    with pytest.raises(SettingsError, match=r"methods\.vanilla\.strength"):
+    # A problem of the story file (with its others, before anything loads), so a StoryError naming the field.
+    with pytest.raises(StoryError, match=r"methods\.vanilla\.strength: unknown setting"):
         run(story, tiny_sdxl, tmp_path / "run")
 
 

@@ -203,7 +203,29 @@ frames:
 def test_yaml_syntax_error_names_the_line(write_story):
     path = write_story("title: x\nframes:\n  - text: [unclosed\n")
     problems = validate_story_file(path)
-    assert len(problems) == 1 and "invalid YAML" in problems[0].message and "line" in problems[0].message
+    assert len(problems) == 1 and problems[0].message.startswith("(line 3) the '[' opened here is not closed")
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "fix"),
+    [
+        # PyYAML notices an unclosed quote at the end of the file: the line to edit is where it was opened.
+        ('title: "abc\nframes:\n  - x\n', "(line 1) a quote opened here is not closed", "close the quote"),
+        ("title: a: b\nframes:\n  - x\n", "(line 1) a value holds ': '", "put the value in quotes"),
+        ("frames:\n\t- x\n", "(line 2) a tab indents this line", "indent with spaces"),
+        ("frames:\n  - text: a\n   seed: 3\n", "(line 3) this line is indented differently", "line up the items"),
+        ("title: {a: b\nframes: [x]\n", "(line 1) the '{' opened here is not closed", "close it with '}'"),
+    ],
+)
+def test_yaml_syntax_errors_point_at_the_line_to_edit_and_say_what_to_do(write_story, text, message, fix):
+    (problem,) = validate_story_file(write_story(text))
+    assert problem.message.startswith(message) and problem.fix.startswith(fix)
+
+
+def test_a_key_written_twice_is_reported_with_every_other_problem(write_story):
+    problems = validate_story_file(write_story("title: x\ntitle: y\nframes: 5\nsettings: {stesp: 3}\n"))
+    assert [p.field for p in problems] == ["title", "settings.stesp", "frames"]
+    assert "written twice" in problems[0].message and "did you mean 'steps'" in problems[1].fix
 
 
 def test_json_story(tmp_path):

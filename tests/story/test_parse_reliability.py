@@ -98,6 +98,34 @@ def frame_paths(tmp_path, name):
     return problems
 
 
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_control_characters_are_refused_with_their_line_and_the_character_meant(tmp_path, suffix):
+    # U+0092 is Windows-1252's right quote decoded as Latin-1; PyYAML's reader refuses it with a ReaderError.
+    path = tmp_path / f"story{suffix}"
+    body = (
+        '{"frames": [\n  "a\xc2\x92b",\n  "c\x01d"\n]}'
+        if suffix == ".json"
+        else 'frames:\n  - "a\xc2\x92b"\n  - "c\x01d"\n'
+    )
+    path.write_bytes(body.encode("latin-1"))
+    with pytest.raises(StoryError) as info:
+        load_story(path)
+    problems = info.value.problems
+    assert [p.message for p in problems] == [
+        "(line 2) holds the control character U+0092",
+        "(line 3) holds the control character U+0001",
+    ]
+    assert "'’'" in problems[0].fix and "delete it" in problems[1].fix
+
+
+def test_printable_unicode_is_read_as_written(tmp_path):
+    path = tmp_path / "story.yaml"
+    data = small_story_data(1)
+    data["frames"][0]["text"] = "{mara} says “hé” — ok… 日本 🙂\tend"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    assert load_story(path).frames[0].text == data["frames"][0]["text"]
+
+
 def test_paths_with_a_nul_byte_are_refused(tmp_path):
     for problem in frame_paths(tmp_path, "photos/ma\0ra.png").values():
         assert "NUL byte" in problem.message and "remove it" in problem.fix

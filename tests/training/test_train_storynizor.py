@@ -93,16 +93,18 @@ def test_validation_frames_ema_and_the_tracker(data, tmp_path):
     torch.testing.assert_close(exported["resampler.latents"], ema[key])  # the export is the average
 
 
-def test_the_trained_checkpoint_drives_generate(data, tmp_path):
+@pytest.mark.parametrize(("preset", "family"), [("tiny-sd15", "sd15"), ("tiny", "sdxl")])
+def test_the_trained_checkpoint_drives_generate(data, tmp_path, preset, family):
+    # SDXL trains with its added conditioning (pooled embedding and size ids), as it samples.
     import yaml
 
     from storycast.cli.main import main
 
     out = tmp_path / "ckpt"
-    assert main(["train", "storynizor", "--data", str(data), "--out", str(out), "--preset", "tiny-sd15",
+    assert main(["train", "storynizor", "--data", str(data), "--out", str(out), "--preset", preset,
                  "--max-steps", "2", "--set", "resolution=64", "--no-progress"]) == 0  # fmt: skip
     config = json.loads((out / "storynizor.json").read_text())
-    assert config["extra"]["lora"] == {"rank": 64, "alpha": 64.0} and config["family"] == "sd15"
+    assert config["extra"]["lora"] == {"rank": 64, "alpha": 64.0} and config["family"] == family
     photo = tmp_path / "mara.png"
     from PIL import Image
 
@@ -120,7 +122,7 @@ def test_the_trained_checkpoint_drives_generate(data, tmp_path):
         )
     )
     run = tmp_path / "run"
-    args = ["generate", str(story), "--method", "storynizor", "--preset", "tiny-sd15", "--out", str(run)]
+    args = ["generate", str(story), "--method", "storynizor", "--preset", preset, "--out", str(run)]
     assert main([*args, "--set", f"weights={out}"]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["frames"]) == 2
@@ -149,6 +151,42 @@ def test_bad_input_is_refused_and_nothing_is_lost(data, tmp_path, capsys):
     with pytest.raises(TrainingError, match=r"other settings \(lora_rank\)"):
         train_storynizor(data, out, settings(max_steps="2", lora_rank="4"), TINY, resume="latest")
     assert (out / "storynizor.safetensors").read_bytes() == before
+
+
+class _RunsCode:
+    """A pickled object whose loading would run code (what a crafted optimizer.pt can hold)."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("crafted", "objects other than tensors"),
+        ("truncated", "trainable.safetensors is unusable"),
+        ("no-optimizer", "optimizer.pt is unusable (it is missing)"),
+        ("garbage-state", "trainer_state.json is unusable"),
+    ],
+)
+def test_a_crafted_or_damaged_checkpoint_is_refused_without_running_it(data, tmp_path, monkeypatch, damage, says):
+    out = tmp_path / "run"
+    train_storynizor(data, out, settings(max_steps="1", checkpoint_every="1"), TINY)
+    checkpoint = checkpoint_dirs(out)[-1]
+    if damage == "crafted":
+        torch.save({"state": {}, "param_groups": [], "evil": _RunsCode()}, checkpoint / "optimizer.pt")
+    elif damage == "truncated":
+        weights = checkpoint / "trainable.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "no-optimizer":
+        (checkpoint / "optimizer.pt").unlink()
+    else:
+        (checkpoint / "trainer_state.json").write_text("{not json")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingError, match="cannot resume from") as caught:
+        train_storynizor(data, out, settings(max_steps="2", checkpoint_every="1"), TINY, resume="latest")
+    assert says in str(caught.value) and "Fix:" in str(caught.value)
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_two_gloo_processes_train_in_sync_and_write_one_checkpoint(data, tmp_path):

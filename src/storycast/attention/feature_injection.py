@@ -71,12 +71,9 @@ def nearest_in_mask(
 
 
 def dynamic_threshold(values: torch.Tensor) -> float:
-    """Otsu's threshold of ``values`` of any range (the authors' ``get_dynamic_threshold``); for constant values,
-    that value (nothing lies strictly below it)."""
-    low, high = float(values.min()), float(values.max())
-    if not high > low:
-        return low
-    return low + otsu_threshold((values - low) / (high - low)) * (high - low)
+    """Otsu's threshold of ``values`` over their own range (the authors' ``get_dynamic_threshold``, scikit-image's
+    ``threshold_otsu``); for constant values, that value (nothing lies strictly below it)."""
+    return otsu_threshold(values)
 
 
 @dataclass(frozen=True)
@@ -242,15 +239,22 @@ def injection_steps(num_steps: int, start: float, end: float) -> range:
 
 
 @contextlib.contextmanager
-def record_block_output(module: torch.nn.Module, rows: slice, when: Any) -> Iterator[dict[str, torch.Tensor]]:
+def record_block_output(
+    module: torch.nn.Module, rows: slice, when: Any, *, copy: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
     """Keep a module's output rows (DIFT features: the first up block's output, cond half) on the calls where
-    ``when()`` is true; the latest is under ``"features"``. The hook is removed on exit (no forked UNet)."""
+    ``when()`` is true; the latest is under ``"features"``. The hook is removed on exit (no forked UNet).
+
+    ``copy=False`` keeps a view of the output instead, as ConsiStory's ``DIFTLatentStore`` does, so that what the
+    rest of the same forward pass changes in place shows in it: with FreeU on, the next up block scales the first
+    half of its input's channels in place (diffusers' ``apply_freeu``) before the authors' correspondences read it.
+    """
     found: dict[str, torch.Tensor] = {}
 
     def hook(_: Any, __: Any, output: Any) -> None:
         if when():
-            tensor = output[0] if isinstance(output, tuple) else output
-            found["features"] = tensor[rows].detach().clone()
+            tensor = (output[0] if isinstance(output, tuple) else output).detach()[rows]
+            found["features"] = tensor.clone() if copy else tensor
 
     handle = module.register_forward_hook(hook)
     try:

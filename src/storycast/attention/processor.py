@@ -11,7 +11,10 @@ Every attention change a method makes is a subclass that overrides one or two of
 - :meth:`StoryAttnProcessor.observe_probabilities`: sees the attention probabilities (map recorders),
   computed explicitly only for processors that set ``needs_probabilities``;
 - :meth:`StoryAttnProcessor.edit_query` and :meth:`StoryAttnProcessor.edit_output`: the projected query, and
-  the layer's output after ``to_out`` (query blending, feature injection).
+  the layer's output after ``to_out`` (query blending, feature injection);
+- :meth:`StoryAttnProcessor.edit_joint_projections` (joint attention only): the [text, image] queries, keys and
+  values of every head after projection and norms, before rotary positions, with the rotary table (value mixing
+  between tokens; re-positioning borrowed keys; reading attention to chosen text tokens).
 
 The processor has one body per kind of attention module, with the same override points:
 
@@ -109,6 +112,17 @@ class StoryAttnProcessor:
         """The (B, N, C) output after ``to_out``, before the residual and the reshape to an image. Default:
         unchanged."""
         return output
+
+    def edit_joint_projections(
+        self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: Any, text: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint attention (FLUX) only: the (B, L, heads, head_dim) queries, keys and values of the [text, image]
+        sequence, its first ``text`` tokens the text, after the projections and the q/k norms and before rotary
+        positions, with ``rotary`` (the (cos, sin) tables of the L positions, or None); called before
+        :meth:`key_tokens`. What is returned is what the layer goes on with; a processor that only reads them (one
+        that gives borrowed keys positions of its own keeps what it needs here) returns them as they are.
+        Default: unchanged."""
+        return query, key, value
 
     # -- the stock computation ---------------------------------------------------------------------
 
@@ -247,6 +261,7 @@ class StoryAttnProcessor:
             query, key, value = (torch.cat(pair, dim=1) for pair in ((text_q, query), (text_k, key), (text_v, value)))
         else:
             text = self.text_tokens(attn)
+        query, key, value = self.edit_joint_projections(attn, query, key, value, rotary, text)
         if rotary is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 

@@ -48,7 +48,9 @@ def add_parser(subparsers: Any, name: str) -> None:
         name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("suites", nargs="+", metavar="SUITE", help="single, multi-2, ... or a folder of story files")
-    parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
+    parser.add_argument(
+        "-m", "--method", default="vanilla", help="method to draw with (default: vanilla; see `storycast methods`)"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N stories of each suite")
     parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if helper:  # logs and progress bars from the main process only
         log.setLevel(logging.WARNING)
         args.progress = False
-    suites = [resolve_suite(name, args.bench_root, args.cache_dir) for name in args.suites]
+    suites = [resolve_suite(name, args.bench_root, args.cache_dir, args.limit) for name in args.suites]
     spec = model_spec_from_args(args)
     tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
     generation = generation_from_args(args)

@@ -41,6 +41,7 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument(
         "-o", "--out", type=Path, help="output file (a folder for png); default: RUN/exports/<layout>.<format>"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     page = parser.add_argument_group("page")
     page.add_argument(
         "--page",
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         title_page=not args.no_title_page,
     )
     format = args.format or (format_of(args.out) if args.out is not None else None) or "pdf"
-    written = export_run(args.run, format, args.layout, args.out, settings)
+    written = export_run(args.run, format, args.layout, args.out, settings, overwrite=args.overwrite)
     if format == "png":
         print(f"{args.layout}: {len(written)} page(s) -> {written[0].parent}")
     else:

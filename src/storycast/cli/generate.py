@@ -43,7 +43,9 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument(
         "story", type=Path, help="story file (.yaml/.json, ours or ConsiStory-Human), or a folder of them"
     )
-    parser.add_argument("-m", "--method", default="vanilla", help="method to draw with (see `storycast methods`)")
+    parser.add_argument(
+        "-m", "--method", default="vanilla", help="method to draw with (default: vanilla; see `storycast methods`)"
+    )
     parser.add_argument("-o", "--out", type=Path, help="run folder (default: runs/<story name>-<method>)")
     add_method_settings_argument(parser)
     add_model_arguments(parser)

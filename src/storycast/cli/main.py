@@ -62,6 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but an unknown option is reported by the (sub)command it was given to, with that
+    command's usage and the closest of its options (argparse reports it at the top level, with the top-level usage)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = _chosen_parser(parser, args)
+        unknown = next((extra for extra in extras if extra.startswith("-")), extras[0])
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        if unknown.startswith("-"):
+            import difflib
+
+            options = [option for option in command._option_string_actions if option.startswith("--")]
+            close = difflib.get_close_matches(unknown.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        command.error(message)
+    return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``args`` went through."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            return parser
+        chosen = getattr(args, actions[0].dest, None) if actions[0].dest != argparse.SUPPRESS else None
+        if chosen is None or chosen not in actions[0].choices:
+            return parser
+        parser = actions[0].choices[chosen]
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler()
@@ -89,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Inside the handler: an interrupt while the command starts is as clean as one while it works.
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parse_arguments(parser, argv)
         _configure_logging(args.verbose, args.quiet)
         return int(args.handler(args) or 0)
     except StorycastError as err:

@@ -10,7 +10,10 @@ HELP = "list the methods (with their settings) and the model presets"
 
 def add_parser(subparsers: Any, name: str) -> None:
     parser = subparsers.add_parser(name, help=HELP, description=HELP)
-    parser.add_argument("name", nargs="?", help="show one method's settings and defaults")
+    parser.add_argument("name", nargs="?", help="show one method's card (families and why, cost, source) and settings")
+    parser.add_argument(
+        "--table", action="store_true", help="print the methods as a Markdown table (the README's table of methods)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -36,16 +39,37 @@ def print_settings(settings_class: Any) -> None:
             print(f"        {line}")
 
 
+def print_card(method: Any) -> None:
+    """The method's card: families and why, training, input, cost per frame, source."""
+    import textwrap
+
+    from storycast.methods.card import family_labels
+
+    card = method.card
+    rows = [("families", f"{family_labels(method.families)}" + (f": {card.families_why}" if card else ""))]
+    if card is not None:
+        rows += [("training", card.training), ("input", card.inputs), ("cost", card.cost), ("from", card.source)]
+    for label, text in rows:
+        print("\n".join(textwrap.wrap(f"  {label + ':':<12}{text}", width=110, subsequent_indent=" " * 14)))
+
+
 def run(args: argparse.Namespace) -> int:
     from storycast.methods.registry import get_method, list_methods
     from storycast.models.presets import ADAPTERS, BASE_PRESETS
 
     names = [args.name] if args.name else list_methods()
+    if args.table:
+        from storycast.methods.card import methods_table
+
+        print(methods_table(get_method(name) for name in names))
+        return 0
     print("methods:")
     for name in names:
         method = get_method(name)
         print(f"  {name:<16} {method.summary}  [{', '.join(method.families)}]")
     if args.name:
+        print()
+        print_card(get_method(args.name))
         print(f"\nsettings (story file: methods: {{{args.name}: {{...}}}}; command line: --set NAME=VALUE):")
         print_settings(get_method(args.name).settings_class)
         return 0

@@ -26,19 +26,38 @@ def _files(paths: list[Path]) -> list[Path]:
     return files
 
 
+TINY_PRESETS = {"sdxl": "tiny", "sd15": "tiny-sd15", "flux": "tiny-flux"}
+"""A stand-in model per family: planning needs a model's facts, and these are known without loading anything."""
+
+
+def _check_for_method(story: Any, name: str) -> None:
+    """Everything the planner refuses before loading, for the chosen method on its own (first) family, with the
+    story's settings (its ``methods:`` entry, its generation settings); imports the method, loads no model."""
+    from storycast.methods.registry import get_method
+    from storycast.models.spec import ModelSpec
+    from storycast.runs.plan import plan_run
+
+    method = get_method(name)
+    preset = TINY_PRESETS.get(method.families[0], "tiny")
+    plan_run(story, method, model=ModelSpec(source=preset, device="cpu"))
+
+
 def run(args: argparse.Namespace) -> int:
     from storycast.errors import StorycastError, StoryError
     from storycast.methods.registry import get_method
+    from storycast.runs.plan import check_method_names
     from storycast.story.parse import load_story
 
+    if args.method:
+        get_method(args.method)  # an unknown --method: did-you-mean, before any file is read
     failed = 0
     for path in _files(args.stories):
         try:
             story = load_story(path)
+            # What the planner refuses before any model loads: methods and their settings (no torch imported).
+            check_method_names(story)
             if args.method:
-                get_method(args.method).settings_class.from_mapping(
-                    story.methods.get(args.method), where=f"{path}: methods.{args.method}"
-                )
+                _check_for_method(story, args.method)
         except StoryError as err:
             failed += 1
             for problem in err.problems:

@@ -15,7 +15,9 @@ Steps (``docs/training.md``):
 6. **write** the parquet shards, the card and a contact sheet per set, atomically.
 
 Each image's analysis is kept in ``DATA.partial/`` as it is made, so an interrupted build resumes where it
-stopped; the data set replaces nothing until it is complete.
+stopped; the data set replaces nothing until it is complete. A build never loses the user's files: it refuses an
+output that is, holds or lies inside the source, a link, or anything but a data set (``--overwrite`` replaces a data
+set only), and deletes only the ``DATA.partial/`` folder it marked as its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -368,21 +371,17 @@ def build_dataset(
     """
     from PIL import Image
 
-    from storycast.data.format import MANIFEST_FILE
     from storycast.data.ops import average_hash, background_hash, near_duplicates
     from storycast.utils.io import atomic_directory
 
     settings = settings or BuildSettings()
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        what = "a data set" if (out / MANIFEST_FILE).is_file() else "files"
-        raise StorycastError(
-            f"'{out}' already holds {what}. Fix: pass --overwrite (overwrite=True in Python) to replace it, or another --out."
-        )
+    work = out.with_name(out.name + ".partial")
+    _check_out(Path(source).expanduser(), out, work, overwrite)
     scanned = scan_source(source)
     builder = Builder(settings, tiny=tiny, device=device, local_files_only=local_files_only)
-    work = out.with_name(out.name + ".partial")
     (work / "items").mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARK).touch()
     words = {name: word or settings.class_word for name, word in scanned.class_words.items()}
     dropped: dict[str, int] = {}
 
@@ -512,8 +511,48 @@ def build_dataset(
             return one
 
         write_dataset([make(names, kept) for names, kept in planned], staging, info)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # ours: _check_out refused a work folder without our mark
     return info
+
+
+WORK_MARK = ".storycast-build"
+"""The file that marks a ``DATA.partial`` folder as a build's own work (the only kind a build deletes)."""
+
+
+def _check_out(source: Path, out: Path, work: Path, overwrite: bool) -> None:
+    """Refuse, before anything is read, an ``out`` the build would lose the user's files through: the source
+    itself, a folder holding it or one inside it; a link; something other than a data set (even with
+    ``overwrite``, which replaces a data set only); and a ``OUT.partial`` folder the build did not make."""
+    from storycast.data.format import MANIFEST_FILE
+
+    mine, theirs = out.resolve(), source.resolve()
+    if mine == theirs or theirs.is_relative_to(mine) or mine.is_relative_to(theirs):
+        where = "is" if mine == theirs else ("holds" if theirs.is_relative_to(mine) else "lies inside")
+        raise StorycastError(
+            f"--out '{out}' {where} the source folder '{source}'; building there would replace or mix with your "
+            f"photos. Fix: pick an --out outside the source, e.g. {theirs.parent / (theirs.name + '-data')}."
+        )
+    for path in (out, work):
+        if path.is_symlink():
+            raise StorycastError(
+                f"'{path}' is a symbolic link; a build does not replace or write through links. Fix: pass the "
+                f"folder it points to ({path.resolve()}) as --out, or another --out."
+            )
+    if os.path.lexists(out):
+        dataset = out.is_dir() and (out / MANIFEST_FILE).is_file()
+        if not overwrite or not dataset:
+            what = "a data set" if dataset else "files that are not a storycast data set"
+            fix = (
+                "pass --overwrite (overwrite=True in Python) to replace it, or another --out"
+                if dataset
+                else "pick another --out (--overwrite replaces only a data set a build made)"
+            )
+            raise StorycastError(f"'{out}' already holds {what}. Fix: {fix}.")
+    if os.path.lexists(work) and not (work / WORK_MARK).is_file():
+        raise StorycastError(
+            f"'{work}' exists and is not the work folder of an earlier build (a build keeps its analyses there and "
+            f"deletes it when done). Fix: move it away, or pick another --out."
+        )
 
 
 def write_contact_sheets(sets: Sequence[CharacterSet], folder: Path, thumb: int = 128, columns: int = 8) -> None:

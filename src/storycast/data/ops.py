@@ -81,7 +81,8 @@ def contrast_mask(image: Image.Image, border: int = 2) -> np.ndarray:
     if top <= 0:
         return np.zeros(distance.shape, dtype=bool)
     scaled = torch.from_numpy(distance / top)
-    mask = scaled > otsu_threshold(scaled)
+    # Our own segmenter, not an author's: cut where Otsu's classes split (a few flat colours sit on few levels).
+    mask = scaled > otsu_threshold(scaled, at="edge")
     return largest_component(mask).numpy().astype(bool)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -124,6 +125,30 @@ def _local_candidates(source: Path, path: str) -> list[Path]:
     return [source / path, source / f"{BENCH_NAME}-{split}" / name, source / repo_path(path)]
 
 
+def _check_target(target: Path) -> None:
+    """Refuse a ``--to`` that is a file (or lies under one) before anything is fetched."""
+    for folder in (target, *target.parents):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise SettingsError(
+                f"--to '{target}' cannot be the benchmark folder: '{folder}' is a file. Fix: name a folder (new or "
+                f"existing), e.g. --to {target.parent / (target.name + '-bench')}."
+            )
+
+
+def _inside(target: Path, path: str) -> Path:
+    """``target / path``, refused when a symbolic link inside ``target`` would send the write elsewhere (the
+    folder itself may be a link: the user named it)."""
+    destination = target / path
+    for part in (*reversed(destination.relative_to(target).parents[:-1]), Path(path)):
+        if (target / part).is_symlink():
+            raise SettingsError(
+                f"'{target / part}' is a symbolic link inside the benchmark folder; storycast does not write through "
+                f"it (the files would land outside '{target}'). Fix: remove the link, or pass --to a folder "
+                f"without links inside."
+            )
+    return destination
+
+
 def download_bytes(url: str, timeout: float = 60.0) -> bytes:
     """The body at ``url``.
 
@@ -174,6 +199,7 @@ def install(
                 f"--from '{source}' is not a folder. Fix: pass the {BENCH_NAME} folder (holding single/, multi-2/, "
                 f"multi-3/) or the bench/ folder of a {REPO} checkout."
             )
+    _check_target(target)
     fetch = fetch or download_bytes
     result = InstallResult(target=target)
     missing: list[str] = []
@@ -182,7 +208,7 @@ def install(
     progress(ProgressEvent("files", 0, len(paths), BENCH_NAME))
     for number, path in enumerate(paths, start=1):
         expected = table[path]
-        destination = target / path
+        destination = _inside(target, path)
         if destination.is_file():
             if sha256_file(destination) == expected:
                 result.kept.append(path)
@@ -192,14 +218,16 @@ def install(
         if source is None:
             origin = raw_url(path)
             data = fetch(origin)
+            digest = hashlib.sha256(data).hexdigest()
         else:
             found = next((p for p in _local_candidates(source, path) if p.is_file()), None)
             if found is None:
                 missing.append(path)
                 progress(ProgressEvent("files", number, len(paths), BENCH_NAME))
                 continue
-            origin, data = str(found), found.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+            # Hashed in chunks first: a file of the wrong size (a 3 GiB file named like a story) is never held whole.
+            origin, digest = str(found), sha256_file(found)
+            data = found.read_bytes() if digest == expected else b""
         if digest != expected:
             logger.error("%s: SHA-256 %s, expected %s", origin, digest, expected)
             damaged.append(path)
@@ -228,10 +256,14 @@ def install(
     return result
 
 
-def split_files(folder: str | Path, split: str, checksums: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(files present, files expected) of ``split`` in a benchmark folder: equal when the split is complete."""
+def split_files(
+    folder: str | Path, split: str, checksums: Mapping[str, str] | None = None, first: int | None = None
+) -> tuple[int, int]:
+    """(files present, files expected) of ``split`` in a benchmark folder, or of its ``first`` stories only (what
+    ``--limit`` asks for): equal when those files are all there."""
     folder = Path(folder)
-    expected = [path for path in (CHECKSUMS if checksums is None else checksums) if path.partition("/")[0] == split]
+    table = CHECKSUMS if checksums is None else checksums
+    expected = sorted((path for path in table if path.partition("/")[0] == split), key=_order)[:first]
     return sum((folder / path).is_file() for path in expected), len(expected)
 
 

@@ -79,9 +79,13 @@ def _story_files(folder: Path) -> tuple[Path, ...]:
 
 
 def resolve_suite(
-    name: str | Path, bench_root: str | Path | None = None, cache_dir: str | Path | None = None
+    name: str | Path,
+    bench_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
 ) -> Suite:
-    """A named split ('single', 'multi-2', ...) or a folder of story files.
+    """A named split ('single', 'multi-2', ...) or a folder of story files. A downloaded split whose download was
+    interrupted is used only when the stories asked for (all, or the first ``limit``) are there.
 
     Raises:
         SettingsError: Neither a folder nor a split found under the bench roots (the message lists them).
@@ -99,7 +103,7 @@ def resolve_suite(
             if not (candidate.is_dir() and _story_files(candidate)):
                 continue
             if candidate == downloaded / str(name):
-                present, expected = bench_data.split_files(downloaded, str(name))
+                present, expected = bench_data.split_files(downloaded, str(name), first=limit)
                 if present < expected:
                     # An interrupted `storycast download`: finish it rather than score a part of the split.
                     logger.warning(

@@ -1,7 +1,8 @@
 """Numbers the papers published, as data, with where each comes from.
 
 They are printed beside our own numbers in results and comparison tables, under the eval preset
-whose protocol produced them. ConsiStory only plots its numbers (no table), so it has no rows here.
+whose protocol produced them. ConsiStory only plots its numbers (no table), so it has no rows here; CharaConsist
+and Story2Board report no ConsiStory-Human numbers (Story2Board evaluates on its own Rich Storyboard Benchmark).
 """
 
 from __future__ import annotations

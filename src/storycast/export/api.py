@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from storycast.errors import ExportError
@@ -58,6 +59,7 @@ def export_run(
     layout: str = "comic",
     out: str | Path | None = None,
     settings: ExportSettings | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Export the run in ``run_dir`` as ``layout`` pages in ``format``; return the files written.
 
@@ -70,6 +72,8 @@ def export_run(
         out: The file (or, for png, the folder) to write; default :func:`default_output`. Its folder must exist;
             a file's name must end as its format does (``.pdf``, ``.cbz``, ``.html``).
         settings: Page size, resolution, margins, grid and comic choices (default: A4 at 150 DPI).
+        overwrite: Replace an existing ``out`` (the default output, the run's own ``exports/``, is replaced
+            without it: every file there is an export's).
 
     Raises:
         ExportError: An unknown format or layout, a folder that is not a finished run, missing frames, or an
@@ -84,7 +88,14 @@ def export_run(
     settings = settings or ExportSettings()
     content = read_run(run_dir)
     target = Path(out) if out is not None else default_output(run_dir, format, layout)
+    if out is None:
+        _check_exports_folder(target.parent, Path(run_dir))
     check_output(target, format, create_parent=out is None)
+    if out is not None and format != "png" and os.path.lexists(target) and not overwrite:
+        raise ExportError(
+            f"output '{target}' already exists. Fix: pass --overwrite (overwrite=True in Python) to replace it, or "
+            f"name another -o."
+        )
     pages = plan_export(content, layout, settings)
     logger.info(
         "exporting %d frames of %s as %d %s page(s) -> %s", len(content), content.path, len(pages), layout, target
@@ -131,6 +142,11 @@ def check_output(target: Path, format: str, *, create_parent: bool = False) -> N
         raise ExportError(
             f"output '{target}' is a folder. Fix: name a file, e.g. {target / ('export' + SUFFIXES[format][0])}."
         )
+    if format == "png" and target.is_symlink():
+        raise ExportError(
+            f"output '{target}' is a symbolic link; a png export replaces the folder it names, so it does not write "
+            f"through links. Fix: name the folder itself ({target.resolve()}), or a new folder."
+        )
     if format == "png" and target.exists():
         if not target.is_dir():
             raise ExportError(
@@ -143,6 +159,16 @@ def check_output(target: Path, format: str, *, create_parent: bool = False) -> N
                 f"output folder '{target}' holds files that are not exported pages ({shown}); a png export replaces "
                 "the whole folder. Fix: name a new folder, or an earlier png export's."
             )
+
+
+def _check_exports_folder(folder: Path, run: Path) -> None:
+    """The run's ``exports/`` must be a folder inside the run: a link would send default exports (which replace
+    what is there) elsewhere."""
+    if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(run.resolve())):
+        raise ExportError(
+            f"'{folder}' is a symbolic link out of the run; default exports replace files there, so they are not "
+            f"written through it. Fix: name the output with -o, or replace the link with a folder."
+        )
 
 
 def _write(

@@ -125,6 +125,9 @@ def _place(box: Box, page: Page) -> str:
 
 
 def _image(content: RunContent, index: int) -> str:
+    from storycast.export.render import load_frame
+
+    load_frame(content, index)  # decoded whole, as the other formats do: a damaged frame is refused, not embedded
     path = content.frames[index]
     mime = mimetypes.guess_type(path.name)[0] or "image/png"
     data = base64.b64encode(path.read_bytes()).decode("ascii")

@@ -71,6 +71,7 @@ def read_run(run_dir: str | Path) -> RunContent:
             f"'{path}' is not a storycast run folder ({why}). Fix: pass the --out folder of `storycast generate`."
         )
     manifest = folder.previous
+    _check_manifest(folder.manifest_path, manifest, path)
     records = manifest.get("frames")
     if not isinstance(records, list) or not records:
         raise ExportError(f"'{folder.manifest_path}' lists no frames. Fix: draw the run with `storycast generate`.")
@@ -128,9 +129,29 @@ def _without_paths(key: str, value: Any) -> Any:
     ]
 
 
+MANIFEST_MAPPINGS = ("story", "method")
+"""Manifest fields an export reads as mappings (the title, the method's name)."""
+
+
+def _check_manifest(manifest_path: Path, manifest: Mapping[str, Any], run: Path) -> None:
+    """Refuse a manifest whose fields an export reads have the wrong shape (a damaged or hand-edited file)."""
+    for key in MANIFEST_MAPPINGS:
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise ExportError(
+                f"'{manifest_path}': '{key}' is a {type(value).__name__}, not the mapping a run's manifest holds (the "
+                f"file is damaged). Fix: {_redraw(manifest, run)} (finished frames are kept), then export again."
+            )
+
+
 def _frame_path(run: Path, index: int, record: Any) -> Path | None:
     if not isinstance(record, Mapping) or not isinstance(record.get("file"), str):
         return None
+    if "\0" in record["file"]:
+        raise ExportError(
+            f"'{run / MANIFEST_NAME}': frame {index}'s file name holds a NUL character (the manifest is damaged). "
+            f"Fix: redraw the run with `storycast generate`."
+        )
     file = run / record["file"]
     if not file.resolve().is_relative_to(run.resolve()):
         raise ExportError(

@@ -36,27 +36,13 @@ def png_bytes(page: Image.Image, dpi: int) -> bytes:
 
 
 def write_pdf(path: str | Path, pages: Iterable[Image.Image], *, dpi: int, title: str, subject: str = "") -> Path:
-    """A PDF with one page per image, each page the image's size at ``dpi``.
+    """A PDF with one page per image, each page the image's size at ``dpi``, written one page at a time (a
+    1,000-page book holds one page in memory, not all of them)."""
+    from storycast.export.pdf import write_pdf_stream
 
-    Pillow's PDF writer takes every page at once, so they are all held in memory while it writes (an A4 page
-    is about 6 MB at 150 DPI, 26 MB at 300).
-    """
-    images = list(pages)
-    if not images:
-        raise ValueError("a PDF needs at least one page")
-    buffer = io.BytesIO()
-    images[0].save(
-        buffer,
-        format="PDF",
-        save_all=True,
-        append_images=images[1:],
-        resolution=float(dpi),
-        quality=PDF_QUALITY,
-        title=title,
-        subject=subject,
-        creator=f"storycast {__version__}",
+    return write_pdf_stream(
+        path, pages, dpi=dpi, title=title, subject=subject, creator=f"storycast {__version__}", quality=PDF_QUALITY
     )
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_cbz(

@@ -12,7 +12,8 @@ An entry is written whole into a staging folder and swapped in by renames under 
 ``<root>/.lock``; readers read it under a shared lock, so they see one whole entry or none (POSIX ``flock``;
 where there is none the renames alone keep entries whole, but a read racing a replacement may miss it). A
 damaged entry (unreadable, wrong shape, NaN, a changed byte) is reported, moved into
-``<root>/.damaged/<key>-<UTC time>`` and treated as missing, so the next run discovers it again.
+``<root>/.damaged/<key>-<UTC time>`` and treated as missing, so the next run discovers it again. A file in
+the library folder's place is moved aside the same way, to ``<root>.damaged-<UTC time>`` beside it.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ class IdentityLibrary:
         so a character is discovered once however many processes draw it (a file lock in the library)."""
         from storycast.utils.io import file_lock
 
+        self._make_root()
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
         with file_lock(locks / f"{key}.lock"):
@@ -294,14 +296,41 @@ class IdentityLibrary:
     # -- the library folder -------------------------------------------------------------------------
 
     def _root_exists(self) -> bool:
+        """Whether the library folder exists. Something else in its place (a file, a dangling link) is damage like
+        a damaged entry: it is reported and moved aside beside it (``<root>.damaged-<UTC time>``, never deleted),
+        and the library starts again empty."""
         if self.root.is_dir():
             return True
         if os.path.lexists(self.root):
-            raise IdentityLibraryError(
-                f"the identity library {self.root} is a file, not a folder, so identities can be neither found "
-                f"nor stored. Fix: move it away or delete it (rm '{self.root}'); storycast makes the folder again."
-            )
+            self._set_root_aside()
         return False
+
+    def _set_root_aside(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for attempt in range(100):
+            destination = self.root.with_name(f"{self.root.name}.damaged-{stamp}" + (f"-{attempt}" if attempt else ""))
+            if os.path.lexists(destination):
+                continue
+            try:
+                os.rename(self.root, destination)
+            except FileNotFoundError:  # another process moved it first
+                return
+            except OSError as err:
+                break_reason = err
+                break
+            logger.warning(
+                "the identity library %s was a file, not a folder: moved aside to %s; identities are discovered "
+                "again and stored in a new folder",
+                self.root,
+                destination,
+            )
+            return
+        else:
+            break_reason = "no free name"
+        raise IdentityLibraryError(
+            f"the identity library {self.root} is a file, not a folder, and it cannot be moved aside "
+            f"({break_reason}). Fix: move it away or delete it (rm '{self.root}'); storycast makes the folder again."
+        )
 
     def _make_root(self) -> None:
         if self._root_exists():

@@ -42,8 +42,8 @@ import torch
 
 from storycast.errors import SettingsError
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError
+from storycast.masks.settings import BOX_THRESHOLD, DETECTOR_ID, SEGMENTER_ID, TEXT_THRESHOLD
 from storycast.models.checkpoints import load_checkpoint
-from storycast.models.presets import ADAPTERS
 from storycast.utils.torch_utils import DEVICE_NAMES, DTYPE_NAMES, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
@@ -53,10 +53,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DETECTOR_ID = ADAPTERS["grounding-dino"].repo_id
-SEGMENTER_ID = ADAPTERS["sam"].repo_id
-BOX_THRESHOLD = 0.3
-TEXT_THRESHOLD = 0.25
 PASSES = ("per-word", "joint")
 ORDERS = ("score", "left-to-right")
 OTHER_PROVIDERS_HINT = "or use the 'attention' or 'user' mask provider"

@@ -12,7 +12,9 @@ sweet-spot step s = 10. Use :func:`scale_pixels` for other resolutions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +84,14 @@ def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return _box_any(grown, pixels, dim=-2)
 
 
+def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Binary erosion with a square (2 * pixels + 1)^2 structuring element, over the last two dims: a pixel stays
+    when every pixel within Chebyshev distance ``pixels`` inside the image is set. Pixels outside the image do not
+    erode (OpenCV's ``cv2.erode`` with its default border), so this is the complement of :func:`dilate` of the
+    complement."""
+    return ~dilate(~as_bool(mask), pixels)
+
+
 def _box_any(mask: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """True where any pixel within ``radius`` along ``dim`` is True."""
     length = mask.shape[dim]
@@ -95,13 +105,11 @@ def _box_any(mask: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     return (counts.index_select(dim, high) - counts.index_select(dim, low)) > 0
 
 
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """Keep only the largest 4-connected component of each (H, W) mask (batched over leading dims).
-
-    The authors' ``scipy.ndimage.label`` (default 4-connectivity in 2-D) followed by the argmax of the
-    component sizes: labels are numbered in row-major order of first pixel, so on a tie the component met
-    first wins. An empty mask stays empty. The result is bool on the input's device.
-    """
+def _by_component(mask: torch.Tensor, keep: Any) -> torch.Tensor:
+    """Each (H, W) image of ``mask`` (batched over leading dims) cut into 4-connected components by
+    ``scipy.ndimage.label`` (its default 2-D connectivity), and the pixels of the components ``keep(sizes)`` accepts
+    (a bool array over the components, numbered in row-major order of their first pixel); bool, on the input's
+    device."""
     import numpy as np
     from scipy import ndimage
 
@@ -113,9 +121,26 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     for image, out in zip(images, kept, strict=True):
         labels, count = ndimage.label(image)
         if count:
-            sizes = np.bincount(labels.ravel())[1:]
-            out[...] = labels == sizes.argmax() + 1  # argmax: the first maximum, i.e. the first component met
+            chosen = np.concatenate([[False], keep(np.bincount(labels.ravel())[1:])])
+            out[...] = chosen[labels]
     return torch.from_numpy(kept).reshape(mask.shape).to(mask.device)
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """Keep only the largest 4-connected component of each (H, W) mask (batched over leading dims).
+
+    The authors' ``scipy.ndimage.label`` (default 4-connectivity in 2-D) followed by the argmax of the
+    component sizes: labels are numbered in row-major order of first pixel, so on a tie the component met
+    first wins. An empty mask stays empty. The result is bool on the input's device.
+    """
+    # argmax: the first maximum, i.e. the first component met
+    return _by_component(mask, lambda sizes: np.arange(len(sizes)) == sizes.argmax())
+
+
+def remove_small_components(mask: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Drop the 4-connected components of fewer than ``min_size`` pixels from each (H, W) mask (batched over leading
+    dims), as scikit-image's ``remove_small_objects(mask, min_size)`` with its default connectivity 1."""
+    return _by_component(mask, lambda sizes: sizes >= min_size)
 
 
 def make_disjoint(masks: Masks) -> torch.Tensor:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from storycast.errors import StorycastError
+    from storycast.methods.card import MethodCard
     from storycast.models.loading import LoadedModels
     from storycast.pipelines.families.base import Family
     from storycast.pipelines.sampler import Sampling
@@ -144,6 +145,8 @@ class StoryMethod(abc.ABC):
     the one before) and no draw writes tokens that another draw reads per step and layer, or such writing draws
     run uncached (``sample(..., cache=False)``). Otherwise a skipped block would leave a reader a step with
     nothing written for it. Methods that have not said so are refused the cache before any model loads."""
+    card: ClassVar[MethodCard | None] = None
+    """Families and why, training, input, cost per frame and source (``storycast methods``, the README's table)."""
 
     def __init__(self, models: LoadedModels, settings: MethodSettings | None = None):
         self.check_family(models.family)
@@ -240,7 +243,9 @@ class StoryMethod(abc.ABC):
         """The settings with every automatic value decided for this story's generation settings and the
         loaded models (the planner records the same values in the manifest)."""
         facts = self.models.facts
-        return self.settings.resolve(ResolveContext(story.settings, facts.family, facts.tiny))
+        return self.settings.resolve(
+            ResolveContext(story.settings, facts.family, facts.tiny, references=story.uses_references())
+        )
 
     def prepare(self, story: Story, context: RunContext) -> None:  # noqa: B027 - optional hook
         """Work done once per run before drawing (identity discovery, loading trained weights)."""

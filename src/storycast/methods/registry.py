@@ -14,6 +14,7 @@ from storycast.errors import UnknownMethodError
 
 if TYPE_CHECKING:
     from storycast.methods.base import StoryMethod
+    from storycast.settings import MethodSettings
 
 ENTRY_POINT_GROUP = "storycast.methods"
 
@@ -25,8 +26,25 @@ _BUILTIN: dict[str, str] = {
     "photomaker": "storycast.methods.photomaker.method:PhotoMakerMethod",
     "1prompt1story": "storycast.methods.oneprompt.method:OnePromptOneStoryMethod",
     "consistory": "storycast.methods.consistory.method:ConsiStoryMethod",
+    "characonsist": "storycast.methods.characonsist.method:CharaConsistMethod",
     "story-adapter": "storycast.methods.story_adapter.method:StoryAdapterMethod",
+    "story2board": "storycast.methods.story2board.method:Story2BoardMethod",
 }
+_BUILTIN_SETTINGS: dict[str, str] = {
+    "vanilla": "storycast.settings:MethodSettings",
+    "identitystory": "storycast.methods.identitystory.settings:IdentityStorySettings",
+    "storydiffusion": "storycast.methods.storydiffusion.settings:StoryDiffusionSettings",
+    "storynizor": "storycast.methods.storynizor.settings:StorynizorSettings",
+    "photomaker": "storycast.methods.photomaker.settings:PhotoMakerMethodSettings",
+    "1prompt1story": "storycast.methods.oneprompt.settings:OnePromptSettings",
+    "consistory": "storycast.methods.consistory.settings:ConsiStorySettings",
+    "story-adapter": "storycast.methods.story_adapter.settings:StoryAdapterSettings",
+    "characonsist": "storycast.methods.characonsist.settings:CharaConsistSettings",
+    "story2board": "storycast.methods.story2board.settings:Story2BoardSettings",
+}
+"""Each built-in method's settings class, in a module that imports no torch, diffusers or transformers: what
+``storycast validate`` checks a story's ``methods:`` against before anything heavy loads (a test holds it equal to
+each method's ``settings_class``)."""
 _REGISTERED: dict[str, str] = {}
 
 
@@ -47,6 +65,20 @@ def _targets() -> dict[str, str]:
 
 def list_methods() -> list[str]:
     return sorted(_targets())
+
+
+def builtin_methods() -> list[str]:
+    """The methods storycast itself ships (not those of installed plug-ins)."""
+    return sorted(_BUILTIN)
+
+
+def get_settings_class(name: str) -> type[MethodSettings]:
+    """The settings class of the method registered under ``name``: for a built-in method without importing the
+    method itself (no torch), for a plug-in through its class."""
+    if name in _BUILTIN_SETTINGS and _targets().get(name) == _BUILTIN[name]:
+        module_name, _, class_name = _BUILTIN_SETTINGS[name].partition(":")
+        return getattr(importlib.import_module(module_name), class_name)
+    return get_method(name).settings_class
 
 
 def get_method(name: str) -> type[StoryMethod]:

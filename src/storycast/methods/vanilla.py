@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.pipelines.sampler import sample
 from storycast.settings import MethodSettings
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
-
-
-@dataclass(frozen=True)
-class VanillaSettings(MethodSettings):
-    """``vanilla`` has no settings of its own: frames follow the generation settings."""
 
 
 class VanillaMethod(StoryMethod):
@@ -26,8 +21,15 @@ class VanillaMethod(StoryMethod):
     """
 
     name = "vanilla"
-    settings_class = VanillaSettings
+    settings_class = MethodSettings  # no settings of its own: frames follow the generation settings
     families = ("sdxl", "sd15", "flux")
+    card = MethodCard(
+        families_why="plain text-to-image runs on every family, through the one sampler (equal to diffusers' pipelines, tested)",
+        training="none",
+        inputs="text",
+        cost="the baseline: 2T UNet evaluations, T on FLUX.1-dev",
+        source="diffusers' StableDiffusion(XL)Pipeline and FluxPipeline",
+    )
     summary = "plain text-to-image per frame (no consistency mechanism)"
     step_cache_safe = True  # one evaluation of one batch per step, nothing shared between draws
 

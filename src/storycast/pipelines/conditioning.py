@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
@@ -29,6 +29,8 @@ class TextConditioning:
     """
 
     embeds: torch.Tensor
+    text_fields: ClassVar[tuple[str, ...]] = ("embeds",)
+    """The fields that come from the text encoders (not SDXL's size ids)."""
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -60,6 +62,19 @@ class TextConditioning:
         """A copy with some fields replaced (e.g. ``embeds`` after an identity is fused in)."""
         return dataclasses.replace(self, **changes)
 
+    def without_text(self: C, rows: Sequence[bool]) -> C:
+        """A copy whose text fields are zeros in the rows where ``rows`` is true: the unconditional rows of
+        diffusers' SDXL pipeline called without a negative prompt (``force_zeros_for_empty_prompt``)."""
+        if len(rows) != len(self):
+            raise ValueError(f"got {len(rows)} row flags for {len(self)} rows")
+        zeroed = torch.tensor(list(rows), dtype=torch.bool, device=self.embeds.device)
+        changes = {}
+        for name in self.text_fields:
+            tensor = getattr(self, name)
+            where = zeroed.view(-1, *([1] * (tensor.ndim - 1)))
+            changes[name] = torch.where(where, torch.zeros((), dtype=tensor.dtype, device=tensor.device), tensor)
+        return self.replace(**changes)
+
     @property
     def text_tokens(self) -> int:
         """Per-token embeddings per row (77 for CLIP; T5's maximum sequence length for FLUX)."""
@@ -78,6 +93,7 @@ class SDXLConditioning(TextConditioning):
 
     pooled: torch.Tensor
     time_ids: torch.Tensor
+    text_fields: ClassVar[tuple[str, ...]] = ("embeds", "pooled")
 
     def denoiser_inputs(self) -> dict[str, Any]:
         return {
@@ -93,6 +109,7 @@ class FluxConditioning(TextConditioning):
     so the family makes them from L when it calls the transformer."""
 
     pooled: torch.Tensor
+    text_fields: ClassVar[tuple[str, ...]] = ("embeds", "pooled")
 
     def denoiser_inputs(self) -> dict[str, Any]:
         return {"encoder_hidden_states": self.embeds, "pooled_projections": self.pooled}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, StoryMethod
-from storycast.methods.registry import get_method, list_methods
+from storycast.methods.registry import get_method, get_settings_class, list_methods
 from storycast.models.facts import ModelFacts, model_facts
 from storycast.settings import MethodSettings, ResolveContext
 from storycast.story.inputs import frame_inputs
@@ -244,15 +244,29 @@ def resolve_method_settings(
     return settings.updated(overrides, where=where)
 
 
-def check_method_names(story: Story) -> None:
-    """Every name under the story's ``methods:`` must be a method (a misspelt one would be silently ignored)."""
+def method_section_problems(story: Story) -> list[Problem]:
+    """Every problem of the story's ``methods:`` section, without importing any method (no torch): a name that is
+    no method (with did-you-mean), and each named method's unknown or invalid settings. A misspelt name or setting
+    would otherwise be silently ignored."""
     known = list_methods()
     problems = []
-    for name in story.methods:
+    for name, values in story.methods.items():
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known methods: {', '.join(known)}"
             problems.append(Problem(f"methods.{name}", "unknown method", f"rename it ({hint})"))
+            continue
+        try:
+            get_settings_class(name).from_mapping(values, where=f"methods.{name}")
+        except SettingsError as err:
+            message, _, fix = str(err).partition(" Fix: ")
+            problems.append(Problem("", message.rstrip("."), fix))
+    return problems
+
+
+def check_method_names(story: Story) -> None:
+    """Raise every problem of the story's ``methods:`` section at once (:func:`method_section_problems`)."""
+    problems = method_section_problems(story)
     if problems:
         raise StoryError(problems, story.source)
 
@@ -327,7 +341,7 @@ def plan_run(
         settings = resolve_method_settings(story, method_class, method_settings, where=settings_origin)
     resolved = resolve_generation(story, facts, method_class, generation)
     story = dataclasses.replace(story, settings=resolved)
-    settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny))
+    settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny, references=story.uses_references()))
     method_class.check(story, settings, facts.family)
     groups = method_class.plan(story, settings)
     _check_coverage(method_class, groups, len(story))

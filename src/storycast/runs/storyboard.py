@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -21,30 +21,49 @@ def default_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def wrap_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; the last line ends with an ellipsis if text remains."""
+    """Greedy word wrap to ``width`` pixels; a word wider than a line is broken where the line ends; the last line
+    ends with an ellipsis if text remains."""
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fits(line: str) -> bool:
+        return draw.textlength(line, font=font) <= width
+
     lines: list[str] = []
     current = ""
-    words = text.split()
-    for position, word in enumerate(words):
-        candidate = f"{current} {word}".strip()
-        if draw.textlength(candidate, font=font) <= width or not current:
+    for piece in _pieces(text.split(), fits, width):
+        candidate = f"{current} {piece}".strip()
+        if fits(candidate) or not current:
             current = candidate
             continue
         lines.append(current)
-        current = word
-        if len(lines) == max_lines:
+        current = piece
+        if len(lines) == max_lines:  # ``piece`` and what follows it do not fit
+            last = lines[-1]
+            while last and not fits(last + " …"):
+                last = last[:-1]
+            lines[-1] = last.rstrip() + " …"
             current = ""
-            remaining = words[position:]
-            if remaining:
-                last = lines[-1]
-                while last and draw.textlength(last + " …", font=font) > width:
-                    last = last[:-1]
-                lines[-1] = last.rstrip() + " …"
             break
     if current:
         lines.append(current)
     return lines[:max_lines]
+
+
+def _pieces(words: Sequence[str], fits: Callable[[str], bool], width: int) -> Iterator[str]:
+    """The words, each wider than a line broken into the longest prefixes that fit (lazily: a 200,000-character
+    "word" is measured only as far as the lines drawn from it)."""
+    for word in words:
+        # Glyphs are at least a pixel wide, so a line holds at most ``width`` characters: longer words are not
+        # measured whole.
+        while len(word) > width or not fits(word):
+            low, high = 1, min(len(word) - 1, max(1, width))
+            while low < high:  # the longest prefix that fits (at least one character)
+                middle = (low + high + 1) // 2
+                low, high = (middle, high) if fits(word[:middle]) else (low, middle - 1)
+            yield word[:low]
+            word = word[low:]
+        if word:
+            yield word
 
 
 def render_storyboard(

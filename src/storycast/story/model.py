@@ -148,6 +148,10 @@ class Story:
         named = {cid for frame in self.frames for cid in frame.characters}
         return [c for c in self.characters if c.id in named]
 
+    def uses_references(self) -> bool:
+        """Whether a character some frame names has reference photos."""
+        return any(c.references for c in self.appearing_characters())
+
     def frame_characters(self, index: int) -> tuple[Character, ...]:
         return tuple(self.character(cid) for cid in self.frames[index].characters)
 

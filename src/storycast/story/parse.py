@@ -282,13 +282,15 @@ def _int_digits(text: str) -> int:
     return len(text)
 
 
-def _check_nodes(root: Any) -> tuple[dict[str, int], list[Problem]]:
-    """Field path -> line of a composed YAML document, and what composing lets through: keys written twice,
-    whole numbers too long to read, base-60 numbers forced by a tag. The composer has bounded the walk."""
+def _check_nodes(root: Any) -> tuple[dict[str, int], list[Problem], list[Problem]]:
+    """Field path -> line of a composed YAML document, and what composing lets through: whole numbers too long to
+    read and base-60 numbers forced by a tag (the document cannot be built with them), then keys written twice
+    (it can: YAML keeps the last). The composer has bounded the walk."""
     import yaml
 
     lines: dict[str, int] = {}
     problems: list[Problem] = []
+    twice: list[Problem] = []  # last: they leave the document readable (YAML keeps the last value)
 
     def scalar_ok(node: Any, path: str) -> bool:
         line = node.start_mark.line + 1
@@ -325,7 +327,7 @@ def _check_nodes(root: Any) -> tuple[dict[str, int], list[Problem]]:
                     key = (key_node.tag, key_node.value)
                     line = key_node.start_mark.line + 1
                     if key in seen:
-                        problems.append(
+                        twice.append(
                             Problem(
                                 key_path,
                                 f"(line {line}) the field '{_short(key_node.value)}' is written twice "
@@ -340,33 +342,74 @@ def _check_nodes(root: Any) -> tuple[dict[str, int], list[Problem]]:
                 walk(item, _join(path, index))
 
     walk(root, "")
-    return lines, problems
+    return lines, problems, twice
 
 
-def _load_yaml(text: str, source: Path) -> tuple[Any, dict[str, int]]:
+def _load_yaml(text: str, source: Path) -> tuple[Any, dict[str, int], list[Problem]]:
+    """The document, its field lines, and the keys written twice (as problems reported with the document's
+    others: YAML keeps the last, so the rest of the file is still checked)."""
     import yaml
 
     loader = _story_loader()(text)
     try:
         root = loader.get_single_node()
         if root is None:
-            return None, {}
-        lines, problems = _check_nodes(root)
-        if problems:
-            raise StoryError(problems, source)
-        return loader.construct_document(root), lines
+            return None, {}, []
+        lines, unreadable, twice = _check_nodes(root)
+        if unreadable:
+            raise StoryError(unreadable + twice, source)
+        return loader.construct_document(root), lines, twice
     except _Refused as refused:
         raise StoryError([refused.problem], source) from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"(line {mark.line + 1}) " if mark is not None else ""
-        reason = getattr(err, "problem", None) or str(err)
-        fix = (
-            "quote the value if it is text" if isinstance(err, yaml.constructor.ConstructorError) else "fix the syntax"
-        )
-        raise StoryError([Problem("", f"{where}invalid YAML: {reason}", fix)], source) from None
+        raise StoryError([yaml_syntax_problem(err)], source) from None
     finally:
         loader.dispose()
+
+
+def yaml_syntax_problem(err: Any) -> Problem:
+    """A YAML error as the line where the mistake is and what to do there: PyYAML notices a mistake where it can
+    no longer read on (an unclosed quote at the end of the file), so the line it names is often not the one to
+    edit; its context mark is."""
+    import yaml
+
+    problem = str(getattr(err, "problem", None) or err)
+    context = str(getattr(err, "context", None) or "")
+    mark, context_mark = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    opened = context_mark.line + 1 if context_mark is not None else line
+    at = f"(line {line}) " if line is not None else ""
+    if isinstance(err, yaml.constructor.ConstructorError):
+        return Problem("", f"{at}invalid YAML: {problem}", "quote the value if it is text")
+    if "quoted scalar" in context:
+        return Problem(
+            "",
+            f"(line {opened}) a quote opened here is not closed (YAML read to line {line} looking for its end)",
+            "close the quote on that line; inside double quotes write a quote as \\\", inside single quotes as ''",
+        )
+    if "mapping values are not allowed" in problem:
+        return Problem(
+            "",
+            f"{at}a value holds ': ', which YAML reads as a second key",
+            'put the value in quotes, e.g. text: "Mara says: hello"',
+        )
+    if "'\\t'" in problem:
+        return Problem("", f"{at}a tab indents this line", "indent with spaces: YAML does not allow tabs")
+    if "flow sequence" in context or "flow mapping" in context:
+        bracket = "[" if "sequence" in context else "{"
+        return Problem(
+            "",
+            f"(line {opened}) the '{bracket}' opened here is not closed before line {line}",
+            f"close it with '{']' if bracket == '[' else '}'}', and separate its items with commas",
+        )
+    if "block" in context and ("expected <block end>" in problem or "expected key" in problem):
+        return Problem(
+            "",
+            f"{at}this line is indented differently from the lines above it (from line {opened})",
+            "line up the items of a list, or the fields of a mapping, in one column",
+        )
+    where = f" ({context} from line {opened})" if context else ""
+    return Problem("", f"{at}invalid YAML: {problem}{where}", f"check line {line} and the line before it")
 
 
 class _JsonObject(dict):
@@ -417,7 +460,7 @@ def _json_too_deep(text: str) -> int | None:
     return None
 
 
-def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int]]:
+def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int], list[Problem]]:
     line = _json_too_deep(text)
     if line is not None:
         problem = Problem("", f"(line {line}) lists and objects are nested more than {MAX_DEPTH} deep", _DEPTH_FIX)
@@ -428,7 +471,8 @@ def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int]]:
         raise StoryError(
             [Problem("", f"(line {err.lineno}) invalid JSON: {err.msg}", "fix the syntax")], source
         ) from None
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, str]] = []  # numbers that cannot be read: the document cannot be used
+    twice: list[tuple[str, str, str]] = []  # keys written twice: it can (JSON keeps the last)
     count = 0
 
     def plain(value: Any, path: str) -> Any:
@@ -450,7 +494,7 @@ def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int]]:
         if isinstance(value, _JsonObject):
             count += len(value)  # keys count as values, as YAML's composer counts them
             for key in value.duplicates:
-                found.append(
+                twice.append(
                     (
                         _join(path, key),
                         f"the field '{_short(key)}' is written twice; JSON would keep only the last",
@@ -462,12 +506,12 @@ def _load_json(text: str, source: Path) -> tuple[Any, dict[str, int]]:
 
     data = plain(data, "")
     lines = _yaml_lines(text)
+    problems = _Problems(lines)
+    for path, message, fix in found + twice:
+        problems.add(path, message, fix)
     if found:
-        problems = _Problems(lines)
-        for path, message, fix in found:
-            problems.add(path, message, fix)
         raise StoryError(problems.items, source)
-    return data, lines
+    return data, lines, problems.items
 
 
 def _yaml_lines(text: str) -> dict[str, int]:
@@ -574,7 +618,41 @@ def _read_text(path: Path) -> str:
             ],
             path,
         )
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    problems = _unprintable_problems(text)
+    if problems:
+        raise StoryError(problems, path)
+    return text
+
+
+# YAML's printable set (YAML 1.1 §5.1, what PyYAML's reader accepts): tab, line breaks, the printable ASCII
+# range, NEL, and the rest of Unicode but for the C1 controls, surrogates and the non-characters U+FFFE, U+FFFF.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_MOJIBAKE = {"\x91": "‘", "\x92": "’", "\x93": "“", "\x94": "”", "\x96": "–", "\x97": "—", "\x85": "…"}
+"""C1 controls that are Windows-1252 punctuation read as Latin-1 (text pasted from a word processor)."""
+
+
+def _unprintable_problems(text: str, most: int = 5) -> list[Problem]:
+    """One problem per line (up to ``most``) holding a control character that YAML refuses; the same for JSON
+    files, so a story reads the same whichever format it is written in."""
+    problems: list[Problem] = []
+    seen: set[int] = set()
+    for match in _UNPRINTABLE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        if line in seen:
+            continue
+        seen.add(line)
+        character = match.group()
+        meant = _MOJIBAKE.get(character)
+        fix = (
+            f"replace it with {meant!r} (U+{ord(character):04X} is that character of Windows-1252 read as Latin-1)"
+            if meant
+            else "delete it or retype the text around it (a control character, often pasted with the text)"
+        )
+        problems.append(Problem("", f"(line {line}) holds the control character U+{ord(character):04X}", fix))
+        if len(problems) == most:
+            break
+    return problems
 
 
 def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
@@ -586,6 +664,15 @@ def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
     budgets (:data:`MAX_DEPTH`, :data:`MAX_ALIASES`, :data:`MAX_VALUES`).
     """
     path = Path(path)
+    data, lines, problems = _read_document(path)
+    if problems:
+        raise StoryError(problems, path)
+    return data, lines
+
+
+def _read_document(path: Path) -> tuple[Any, dict[str, int], list[Problem]]:
+    """:func:`read_document`'s reading, with the problems that leave a document readable (keys written twice)
+    returned rather than raised, so that a story's other problems are reported with them."""
     text = _read_text(path)
     if path.suffix.lower() == ".json":
         return _load_json(text, path)
@@ -593,14 +680,24 @@ def read_document(path: str | Path) -> tuple[Any, dict[str, int]]:
 
 
 def load_story(path: str | Path) -> Story:
-    """Read and validate a story file. The format (ours or ConsiStory-Human) is detected from its content."""
+    """Read and validate a story file. The format (ours or ConsiStory-Human) is detected from its content.
+    Every problem is reported at once: keys written twice together with the rest of the story's."""
     from storycast.story import benchmark
 
     path = Path(path)
-    data, lines = read_document(path)
-    if benchmark.is_consistory_human(data):
-        return benchmark.from_consistory_human(data, source=path)
-    return parse_story(data, source=path, base_dir=path.parent, lines=lines)
+    data, lines, early = _read_document(path)
+    try:
+        if benchmark.is_consistory_human(data):
+            story = benchmark.from_consistory_human(data, source=path)
+        else:
+            story = parse_story(data, source=path, base_dir=path.parent, lines=lines)
+    except StoryError as err:
+        if not early:
+            raise
+        raise StoryError(early + list(err.problems), path) from None
+    if early:
+        raise StoryError(early, path)
+    return story
 
 
 def validate_story_file(path: str | Path) -> list[Problem]:

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,8 +268,9 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
 
     models = load_models(dataclasses.replace(spec, device=str(device), dtype="fp32"))
     pipe = models.pipeline
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if part is not None:
+            part.requires_grad_(False)
     if settings.init == "scratch":
         from storycast.identity.id_injector import IDInjector
         from storycast.identity.resampler import ResamplerConfig
@@ -311,7 +313,7 @@ def _load_parts(settings: StorynizorTrainSettings, spec: Any, device: Any) -> di
         extra={**dict(injector.config.extra), **({"lora": lora} if lora else {}), "stage": settings.stage},
     )
     frozen = FrozenParts(
-        pipe.vae, pipe.text_encoder, pipe.tokenizer, encoder, DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe.vae, models.backbone, pipe.tokenizer, encoder, DDPMScheduler.from_config(pipe.scheduler.config)
     )
     module = StorynizorTrainable(pipe.unet, injector, amsa=settings.amsa)
     models.attachments[("id-injector", f"<training>|{settings.image_encoder}")] = AttachedInjector(
@@ -418,19 +420,54 @@ def _load_checkpoint(
     from safetensors.torch import load_file
 
     unwrapped = accelerator.unwrap_model(module)
-    state = load_file(str(checkpoint / "trainable.safetensors"))
+    state = _read_checkpoint_file(checkpoint / "trainable.safetensors", lambda path: load_file(str(path)))
     expected = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
     if set(state) != expected:
         raise TrainingError(
             f"the checkpoint {checkpoint} trains other parameters than this run ({len(set(state) ^ expected)} differ). "
             f"Fix: resume with the settings it was made with."
         )
+    step = _read_checkpoint_file(checkpoint / STATE_FILE, _read_step)
+    # weights_only: a checkpoint is data, never code (a pickled object in optimizer.pt would otherwise run).
+    for name, target in (("optimizer.pt", optimizer), ("schedule.pt", schedule)):
+        saved = _read_checkpoint_file(
+            checkpoint / name, lambda path: torch.load(path, map_location="cpu", weights_only=True)
+        )
+        try:
+            target.load_state_dict(saved)
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            raise _damaged(checkpoint / name, f"it does not fit this run's {name[:-3]} ({err})") from None
     unwrapped.load_state_dict(state, strict=False)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
-    schedule.load_state_dict(torch.load(checkpoint / "schedule.pt", map_location="cpu", weights_only=False))
     if ema is not None and (checkpoint / "ema.safetensors").is_file():
-        ema.state = load_file(str(checkpoint / "ema.safetensors"))
-    return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])
+        ema.state = _read_checkpoint_file(checkpoint / "ema.safetensors", lambda path: load_file(str(path)))
+    return step
+
+
+def _read_step(path: Path) -> int:
+    step = json.loads(path.read_text(encoding="utf-8"))["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"'step' is {step!r}, not a step number")
+    return step
+
+
+def _read_checkpoint_file(path: Path, read: Any) -> Any:
+    """``read(path)``, with every way the file can be missing or damaged turned into one clear error."""
+    if not path.is_file():
+        raise _damaged(path, "it is missing")
+    try:
+        return read(path)
+    except Exception as err:  # safetensors, pickle, JSON and OS errors all mean the same thing here
+        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain data, which storycast does not load"
+        raise _damaged(path, reason) from None
+
+
+def _damaged(path: Path, reason: str) -> TrainingError:
+    return TrainingError(
+        f"cannot resume from {path.parent}: {path.name} is unusable ({reason}). Fix: resume from another checkpoint "
+        f"(the run folder keeps the last ones), or start again without --resume."
+    )
 
 
 def _flat(settings: StorynizorTrainSettings) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from storycast.attention.automask import AutoMaskState, install_automask_attenti
 from storycast.attention.character_masks import CharacterMasks, word_token_positions
 from storycast.attention.injection import IdentityInjectionState, install_identity_injection
 from storycast.data.format import CharacterSet
+from storycast.pipelines.guidance import Guidance
 from storycast.training.losses import attention_mask_alignment, diffusion_loss, masked_feature_consistency
 from storycast.training.settings import StorynizorTrainSettings
 from storycast.training.shuffle import drop_conditions, shuffled_references
@@ -199,13 +200,15 @@ class StorynizorTrainable(nn.Module):
         self,
         noisy: torch.Tensor,
         timesteps: torch.Tensor,
-        text: torch.Tensor,
+        text: Mapping[str, Any],
         features: torch.Tensor,
         zero_features: torch.Tensor,
         batch: Batch,
         positions: Sequence[Mapping[str, Sequence[int]]],
     ) -> tuple[torch.Tensor, dict[tuple[int, str], torch.Tensor]]:
-        """The UNet's prediction and the class words' (differentiable) maps at ``MASK_LEVEL``, per (frame, character)."""
+        """The UNet's prediction and the class words' (differentiable) maps at ``MASK_LEVEL``, per (frame, character).
+        ``text`` is the captions' conditioning as the UNet takes it (``TextConditioning.denoiser_inputs``: the
+        hidden states, and SDXL's pooled embedding and size ids)."""
         frames = noisy.shape[0]
         latent_size = tuple(noisy.shape[-2:])
         tokens = self.injector.resampler(torch.cat([features, zero_features]))  # (refs + 1, q, D)
@@ -229,7 +232,7 @@ class StorynizorTrainable(nn.Module):
             )
             if self.amsa and batch.group:
                 stack.enter_context(install_automask_attention(self.unet, amsa))
-            prediction = self.unet(noisy, timesteps, text).sample
+            prediction = self.unet(noisy, timesteps, **text).sample
         return prediction, recorder.recorded_maps()
 
 
@@ -238,7 +241,9 @@ class FrozenParts:
     """The frozen models a step uses outside the trained module."""
 
     vae: Any
-    text_encoder: Any
+    backbone: Any
+    """The base model's family (``pipelines.families``): encodes the captions as sampling does (SDXL: both text
+    encoders, the pooled embedding and the size ids)."""
     tokenizer: Any
     image_encoder: Any
     scheduler: Any
@@ -260,14 +265,9 @@ def training_loss(
     with torch.no_grad():
         pixels = batch.pixels.to(device, dtype)
         latents = frozen.vae.encode(pixels).latent_dist.sample(generator=generator) * frozen.vae.config.scaling_factor
-        ids = frozen.tokenizer(
-            batch.captions,
-            padding="max_length",
-            truncation=True,
-            max_length=frozen.tokenizer.model_max_length,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        text = frozen.text_encoder(ids)[0]
+        height, width = pixels.shape[-2:]
+        text = frozen.backbone.encode(batch.captions, None, width=width, height=height, guidance=Guidance(None))
+        text = text.cond.denoiser_inputs()
         references = batch.references or []
         if references:
             features, zero = patch_features(frozen.image_encoder, references)

@@ -49,6 +49,7 @@ from storycast.attention.subject_attention import SubjectAttentionState, install
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.methods.consistory.settings import DROPOUT_SEED_OFFSET, ConsiStorySettings
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.pipelines.conditioning import GuidancePair
@@ -101,6 +102,13 @@ class ConsiStoryMethod(StoryMethod):
     name = "consistory"
     settings_class = ConsiStorySettings
     families = ("sdxl",)
+    card = MethodCard(
+        families_why="its subject masks, shared attention and DIFT feature injection are defined on SDXL's UNet, as the authors' code is",
+        training="training-free",
+        inputs="text",
+        cost="2.20x (a vanilla pass for query blending, an injection pass)",
+        source="SIGGRAPH 2024 (arXiv 2402.03286); NVlabs/consistory @ 8158d41 (non-commercial licence)",
+    )
     summary = "ConsiStory (SIGGRAPH 2024): subject-driven shared attention + feature injection, training-free"
 
     settings: ConsiStorySettings
@@ -212,11 +220,13 @@ class ConsiStoryMethod(StoryMethod):
         gen, backbone = story.settings, self.backbone
         sampling = self.sampling(story, settings.scheduler)
         anchors = self._anchors if mode else None
-        # 1. The prompts, and where each frame's characters' class words are in them.
+        # 1. The prompts, and where each frame's characters' class words are in them. No negative prompt gives zero
+        # unconditional embeddings, as the authors' pipeline call without one does (SDXL's
+        # force_zeros_for_empty_prompt); one the story writes is encoded.
         prompts = [story.prompt(i) for i in frames]
         conditioning = backbone.encode(
             prompts,
-            [story.negative_prompt(i) or "" for i in frames],
+            [story.negative_prompt(i) for i in frames],
             width=gen.width,
             height=gen.height,
             guidance=sampling.guidance,
@@ -450,9 +460,15 @@ class _PassRunner:
                 )
             )
         installs.append(lambda: freeu(unet, FREEU_SDXL if settings.freeu else None))
+        # The DIFT features: by default a view of the block's output, read after the UNet call, as the authors'.
         installs.append(
             lambda: _kept(
-                record_block_output(unet.up_blocks[0], rows, lambda: state.step == dift_step and not state.vanilla),
+                record_block_output(
+                    unet.up_blocks[0],
+                    rows,
+                    lambda: state.step == dift_step and not state.vanilla,
+                    copy=not settings.dift_after_freeu,
+                ),
                 features,
             )
         )

@@ -69,6 +69,13 @@ class ConsiStorySettings(MethodSettings):
         "Timestep whose first-up-block output gives the DIFT features (DIFTLatentStore steps=[261]: DDIM step 36 "
         "of 50); with other step counts, the step whose timestep is closest.",
     )
+    dift_after_freeu: bool = setting(
+        True,
+        "DIFT features as the authors' correspondences read them: the first up block's output after the next "
+        "block's FreeU has scaled the first half of its channels by b2 = 1.2 in place (DIFTLatentStore keeps a view "
+        "of the output; diffusers' apply_freeu scales in place). false: the block's output as it left the block, "
+        "unscaled (FreeU's intent for the backbone, not for features). The same either way with freeu=false.",
+    )
     mask_steps: int = setting(
         20,
         "Steps whose cross-attention maps are averaged into the subject masks, the last ones "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from storycast.adapters.controlnet import ControlNetSettings
 from storycast.adapters.photomaker import PhotoMakerSettings
-from storycast.masks.registry import MaskSettings
+from storycast.masks.settings import MaskSettings
 from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ import torch
 
 from storycast.errors import Problem, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.card import MethodCard
 from storycast.methods.oneprompt import prompts as P
 from storycast.methods.oneprompt.settings import OnePromptSettings
 from storycast.methods.oneprompt.svr import reweight_encoders
@@ -44,6 +45,13 @@ class OnePromptOneStoryMethod(StoryMethod):
     name = "1prompt1story"
     settings_class = OnePromptSettings
     families = ("sdxl",)
+    card = MethodCard(
+        families_why="its Singular-Value Reweighting and identity-preserving cross-attention act on SDXL's CLIP prompt embeddings and UNet cross-attention, as the authors' code does; not ported to FLUX's T5 and joint attention",
+        training="training-free",
+        inputs="text",
+        cost="1.00x",
+        source="ICLR 2025 (arXiv 2501.13554); byliutao/1Prompt1Story @ 34e22ac",
+    )
     summary = (
         "1Prompt1Story (ICLR 2025): the story in one prompt, Singular-Value Reweighting and Identity-Preserving "
         "Cross-Attention (training-free, 1x SDXL)"
@@ -129,13 +137,7 @@ class OnePromptOneStoryMethod(StoryMethod):
         pipeline does (``force_zeros_for_empty_prompt``) when the authors call it without one."""
         settings = self.resolved_settings(story)
         pipe, gen = self.models.pipeline, story.settings
-        pair = self.backbone.encode([prompt.text], [negative or ""], width=gen.width, height=gen.height)
-        if negative is None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            uncond = pair.uncond
-            pair = GuidancePair(
-                uncond.replace(embeds=torch.zeros_like(uncond.embeds), pooled=torch.zeros_like(uncond.pooled)),
-                pair.cond,
-            )
+        pair = self.backbone.encode([prompt.text], [negative], width=gen.width, height=gen.height)
         if settings.svr.mode == "off":
             return pair
         tokens = P.prompt_tokens(pipe.tokenizer, prompt)

@@ -18,28 +18,18 @@ Everything here is pure: strings and token ids in, strings and positions out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from storycast.story.model import PLACEHOLDER, Story, join_prompt
+from storycast.story.model import Story, join_prompt
+from storycast.story.phrases import frame_cast, frame_phrase
 
 Counting = Literal["tokens", "words"]
 WORD_LIMIT = 77
 """The authors' limit on the word count of the identity prompt and the frames (``get_max_window_length``)."""
 
-_LEADING_CAST = re.compile(r"\s*\{[^{}]+\}(?:\s*(?:,\s*and|,|and|&)\s*\{[^{}]+\})*(?:[\s,;:]+|$)")
-"""Placeholders a frame text starts with ("{mara} and {tom} "), not a possessive ("{mara}'s dog")."""
-
-
 # -- the story in one prompt ------------------------------------------------------------------------------
-
-
-def frame_cast(story: Story, index: int) -> tuple[str, ...]:
-    """The ids of the characters frame ``index`` names, in the story's order of characters."""
-    named = set(story.frames[index].characters)
-    return tuple(c.id for c in story.characters if c.id in named)
 
 
 def identity_prompt(story: Story, cast: Sequence[str]) -> str:
@@ -50,26 +40,6 @@ def identity_prompt(story: Story, cast: Sequence[str]) -> str:
     """
     descriptions = " and ".join(story.character(cid).description.strip() for cid in cast)
     return join_prompt(story.style, descriptions)
-
-
-def frame_phrase(story: Story, index: int) -> str:
-    """The frame's phrase in the single prompt: what the frame shows besides its characters.
-
-    The frame's ``context`` when the story gives one (a benchmark story's setting, which is exactly the authors'
-    frame prompt). Otherwise the frame text without the characters it starts with ("{mara} and {tom} having tea"
-    -> "having tea"), any later mention written as "the <class word>" ("a cat watching {mara} cook" -> "a cat
-    watching the woman cook"): the characters themselves are in the identity prompt.
-    """
-    frame = story.frames[index]
-    if frame.context is not None and frame.context.strip():
-        return frame.context.strip()
-    text = frame.text
-    leading = _LEADING_CAST.match(text)
-    if leading is not None:
-        text = text[leading.end() :]
-    words = {c.id: c.class_word for c in story.characters}
-    text = PLACEHOLDER.sub(lambda m: f"the {words[m.group(1)]}" if m.group(1) in words else m.group(0), text)
-    return " ".join(text.split())
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from storycast.methods.oneprompt.svr import Reweighting
+from storycast.methods.oneprompt.reweighting import Reweighting
 from storycast.pipelines.families import SchedulerName
 from storycast.settings import MethodSettings, check_range, setting
 

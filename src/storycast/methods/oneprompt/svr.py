@@ -21,22 +21,18 @@ These are pure functions: tensors in, new tensors out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from storycast.methods.oneprompt.reweighting import Reweighting
+
 SvrMode = Literal["svr", "svr-eot", "off"]
 END_DECAY = 0.9
 """Scale of the end and padding rows at each call in mode "svr-eot" (the authors' ``9e-1``)."""
-
-
-@dataclass(frozen=True)
-class Reweighting:
-    """The singular-value map ``sigma -> beta * sigma * exp(-alpha * sigma)``."""
-
-    alpha: float
-    beta: float
+SUPPRESS = Reweighting(0.01, 0.05)
+ENHANCE = Reweighting(-0.01, 1.0)
+"""The authors' (alpha, beta) of the suppressed and the expressed phrases (the settings' defaults)."""
 
 
 def reweight_singular_values(
@@ -66,8 +62,8 @@ def reweight_prompt(
     end_positions: Sequence[int],
     *,
     mode: SvrMode = "svr",
-    suppress: Reweighting = Reweighting(0.01, 0.05),
-    enhance: Reweighting = Reweighting(-0.01, 1.0),
+    suppress: Reweighting = SUPPRESS,
+    enhance: Reweighting = ENHANCE,
 ) -> torch.Tensor:
     """One encoder's (L, d) per-token embeddings after SVR for the frame whose phrase is ``phrases[express]``.
 
@@ -108,8 +104,8 @@ def reweight_encoders(
     end_positions: Sequence[int],
     *,
     mode: SvrMode = "svr",
-    suppress: Reweighting = Reweighting(0.01, 0.05),
-    enhance: Reweighting = Reweighting(-0.01, 1.0),
+    suppress: Reweighting = SUPPRESS,
+    enhance: Reweighting = ENHANCE,
 ) -> torch.Tensor:
     """SVR of (B, L, D) or (L, D) embeddings that are several encoders' side by side (``widths`` sum to D),
     each part on its own (:func:`reweight_prompt`, same arguments), every row of the batch alike."""

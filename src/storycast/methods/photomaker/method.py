@@ -20,60 +20,20 @@ evaluations per frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from storycast.adapters.photomaker import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, PhotoMakerSettings, attach_photomaker
+from storycast.adapters.photomaker import PHOTOMAKER_REPO, PHOTOMAKER_V1_FILE, attach_photomaker
 from storycast.errors import Problem, SettingsError, StoryError
-from storycast.identity.photomaker_prompt import MergedConditioning, merge_step
+from storycast.identity.photomaker_prompt import MergedConditioning
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.identitystory.settings import DiscoverySettings
-from storycast.pipelines.families import SchedulerName
+from storycast.methods.card import MethodCard
+from storycast.methods.photomaker.settings import PhotoMakerMethodSettings
 from storycast.pipelines.sampler import sample
-from storycast.settings import MethodSettings, check_range, setting
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
-
-
-@dataclass(frozen=True)
-class PhotoMakerMethodSettings(MethodSettings):
-    """Settings of the PhotoMaker baseline."""
-
-    identity: Literal["auto", "photos", "discovered"] = setting(
-        "auto",
-        "Where identities come from: 'photos' (each character's reference photos, required), 'discovered' "
-        "(IdentityStory's discovery from the description, through the identity library), 'auto' (photos when a "
-        "character has them, else discovered). PhotoMaker v2 reads photos only: every character needs them.",
-    )
-    style_strength: float = setting(
-        0.2,
-        "Share of the steps drawn from the text alone before the identity is merged (the PhotoMaker demos' "
-        "style_strength_ratio 20 %; the merge step is capped at 30, as their pipeline does).",
-    )
-    scheduler: SchedulerName = setting(
-        "model", "Sampler: the model's own (Euler on SDXL base, the PhotoMaker demos')."
-    )
-    photomaker: PhotoMakerSettings = setting(factory=PhotoMakerSettings, help="PhotoMaker v1 or v2 weights.")
-    discovery: DiscoverySettings = setting(
-        factory=DiscoverySettings, help="IdentityStory's discovery, for characters without photos (v1 only)."
-    )
-    face_models: str | None = setting(
-        None,
-        "PhotoMaker v2 only: folder of the insightface pack whose detector and ArcFace embed each reference photo "
-        "(default: ~/.insightface/models/<face_pack>).",
-    )
-    face_pack: Literal["buffalo_l", "antelopev2"] = setting(
-        "buffalo_l", "PhotoMaker v2 only: the insightface pack (the authors' FaceAnalysis default, buffalo_l)."
-    )
-
-    def validate(self) -> None:
-        check_range("style_strength", self.style_strength, 0, 1)
-
-    def merge_step(self, steps: int) -> int:
-        return merge_step(self.style_strength, steps)
 
 
 class PhotoMakerMethod(StoryMethod):
@@ -82,6 +42,13 @@ class PhotoMakerMethod(StoryMethod):
     name = "photomaker"
     settings_class = PhotoMakerMethodSettings
     families = ("sdxl",)
+    card = MethodCard(
+        families_why="PhotoMaker v1 and v2 are SDXL adapters",
+        training="pretrained adapter (TencentARC/PhotoMaker, PhotoMaker-V2)",
+        inputs="reference photos, or (v1) identities discovered from text",
+        cost="1.00x",
+        source="CVPR 2024 (arXiv 2312.04461); TencentARC/PhotoMaker",
+    )
     summary = (
         "PhotoMaker v1 or v2 (CVPR 2024) alone: identities from photos or (v1) discovered, merged from the demos' step"
     )

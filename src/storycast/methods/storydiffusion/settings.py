@@ -1,20 +1,22 @@
 """Settings of ``storydiffusion``, with the authors' defaults.
 
 Sources (HVision-NKU/StoryDiffusion@8de45e4): the low-VRAM app ``gradio_app_sdxl_specific_id_low_vram.py``
-(the one the README recommends) for id_length, sampling rates, steps, guidance, resolution and the
-PhotoMaker merge; ``SpatialAttnProcessor2_0`` there for the gate; every variant for DDIM and FreeU.
+(the one the README recommends) for id_length, sampling rates, steps, guidance, resolution, the scheduler and the
+PhotoMaker merge; ``SpatialAttnProcessor2_0`` there for the gate; every variant for FreeU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from storycast.adapters.photomaker import PhotoMakerSettings
-from storycast.attention.consistent import CsaGate
 from storycast.pipelines.families import SchedulerName
 from storycast.settings import MethodSettings, ResolveContext, check_range, setting
+
+if TYPE_CHECKING:
+    from storycast.attention.consistent import CsaGate
 
 UNET_FAMILIES = ("sd15", "sdxl")
 
@@ -82,6 +84,8 @@ class ConsistentAttentionSettings(MethodSettings):
         return dataclasses.replace(self, blocks=("up",) if context.family in UNET_FAMILIES else ("single",))
 
     def gate(self) -> CsaGate:
+        from storycast.attention.consistent import CsaGate
+
         return CsaGate(self.plain_steps, self.early_threshold, self.late_threshold, self.gate_switch_step)
 
     def rate(self, rank: int) -> float:
@@ -109,8 +113,10 @@ class StoryDiffusionSettings(MethodSettings):
     )
     scheduler: SchedulerName | None = setting(
         None,
-        "Sampler. None: DDIM on the UNet families, as every variant of the authors' code; on FLUX its own "
-        "flow-matching Euler ('model', the only one it runs).",
+        "Sampler. None: the checkpoint's own ('model'), as the low-VRAM app's default run draws with the pipeline it "
+        "loaded at start (its DDIM line 584 is commented out); DDIM on the UNet families when a character has "
+        "reference photos, as the app then reloads the pipeline and sets DDIM (line 767). FLUX: its flow-matching "
+        "Euler, the only one it runs.",
     )
     freeu: bool | None = setting(
         None,
@@ -136,7 +142,7 @@ class StoryDiffusionSettings(MethodSettings):
         unet = context.family in UNET_FAMILIES
         return dataclasses.replace(
             resolved,
-            scheduler=self.scheduler or ("ddim" if unet else "model"),
+            scheduler=self.scheduler or ("ddim" if unet and context.references else "model"),
             freeu=unet if self.freeu is None else self.freeu,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from storycast.masks.registry import MaskSettings
+from storycast.masks.settings import MaskSettings
 from storycast.models.presets import ADAPTERS, PLUS_FACE_WEIGHTS, VIT_H_ENCODER
 from storycast.pipelines.families import SchedulerName
 from storycast.settings import MethodSettings, check_range, setting

@@ -118,14 +118,19 @@ class Family(abc.ABC):
     def encode(
         self,
         prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None,
+        negative_prompts: Sequence[str | None] | None,
         *,
         width: int,
         height: int,
         guidance: Guidance | None = None,
     ) -> GuidancePair:
         """The conditioning of ``prompts``, with unconditional rows from ``negative_prompts`` when ``guidance`` has
-        two halves (``None``: the family's classifier-free default)."""
+        two halves (``None``: the family's classifier-free default).
+
+        A negative prompt that is None is no negative prompt: its row is the one the family's diffusers pipeline
+        makes when called without one (SDXL: zeros where the model's config sets ``force_zeros_for_empty_prompt``;
+        otherwise the empty prompt's embeddings). ``""`` is always encoded. ``negative_prompts=None``: the empty
+        prompt for every row."""
 
     @abc.abstractmethod
     def scheduler(self, steps: int, *, width: int, height: int, kind: str = "model") -> Any:

@@ -139,7 +139,7 @@ class Flux(Family):
     def encode(
         self,
         prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None,
+        negative_prompts: Sequence[str | None] | None,
         *,
         width: int,
         height: int,
@@ -151,7 +151,9 @@ class Flux(Family):
         negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
-        return GuidancePair(self._encode(negatives), cond)
+        # FluxPipeline runs true CFG only with a negative prompt (the planner refuses true_cfg_scale without one):
+        # no negative prompt is the empty one.
+        return GuidancePair(self._encode([n if n is not None else "" for n in negatives]), cond)
 
     def _encode(self, prompts: list[str]) -> FluxConditioning:
         embeds, pooled, _ = self.pipe.encode_prompt(

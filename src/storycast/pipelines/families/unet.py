@@ -72,7 +72,7 @@ class UNetFamily(Family):
     def encode(
         self,
         prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None,
+        negative_prompts: Sequence[str | None] | None,
         *,
         width: int,
         height: int,
@@ -81,10 +81,20 @@ class UNetFamily(Family):
         negatives = list(negative_prompts) if negative_prompts is not None else [""] * len(prompts)
         if len(prompts) != len(negatives):
             raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
-        pair = self.encode_pair(list(prompts), negatives, width, height)
+        pair = self.encode_pair(list(prompts), [n if n is not None else "" for n in negatives], width, height)
         if guidance is not None and guidance.halves == 1:
             return GuidancePair(None, pair.cond)
+        missing = [n is None for n in negatives]
+        if any(missing) and self.zeros_without_negative:
+            assert pair.uncond is not None
+            pair = GuidancePair(pair.uncond.without_text(missing), pair.cond)
         return pair
+
+    @property
+    def zeros_without_negative(self) -> bool:
+        """Whether the pipeline makes zero unconditional embeddings when called without a negative prompt (SDXL
+        base's ``force_zeros_for_empty_prompt``; SD 1.5's pipeline encodes the empty prompt)."""
+        return bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))
 
     def encode_pair(self, prompts: list[str], negatives: list[str], width: int, height: int) -> GuidancePair:
         """Both halves, as the family's pipeline encodes them."""
