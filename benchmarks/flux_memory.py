@@ -2,7 +2,8 @@
 saves in memory, for vanilla and StoryDiffusion.
 
 For each method and configuration (plain; offload model; offload group; the text encoders on the CPU; int8 weights;
-int8 with the text encoders on the CPU), a fresh process loads the models with those ``ModelSpec`` options, draws a
+int8 with the text encoders on the CPU; that with group offload, the smallest 24 GB combination; for
+StoryDiffusion, its bank in CPU memory), a fresh process loads the models with those ``ModelSpec`` options, draws a
 one-character story and reports seconds per frame, the memory the loaded models hold before drawing (CUDA:
 ``memory_allocated``; CPU: the resident set) and the peak over the run (CUDA: ``max_memory_allocated``; CPU: the
 peak resident set), with ratios to the plain row of the same method. Offload needs CUDA: on a CPU the loader drops
@@ -16,7 +17,8 @@ it with a warning, and the table says so in the ``applied`` column.
 
 The last command answers whether a 1024 px, 8-frame FLUX.1-dev story fits a 24 GB GPU: a configuration fits where
 its peak is under 24 GB (about 22,900 MB allocated, leaving room for the CUDA context and the allocator's cache).
-``--depth D,S,T`` builds flux-random with D double-stream blocks, S single-stream blocks and T T5 layers (FLUX.1:
+``benchmarks/flux_budget.py`` works the same question out from FLUX.1-dev's exact weight sizes and activations
+measured on a CPU (where the full model does not fit). ``--depth D,S,T`` builds flux-random with D double-stream blocks, S single-stream blocks and T T5 layers (FLUX.1:
 19, 38, 24) at the real widths, for CPU runs; the header line states it, and the numbers are then not FLUX.1's.
 """
 
@@ -37,8 +39,13 @@ CONFIGS = {
     "t5-cpu": {"text_encoder_device": "cpu"},
     "int8": {"quantize": "int8"},
     "int8+t5-cpu": {"quantize": "int8", "text_encoder_device": "cpu"},
+    "int8+t5-cpu+group": {"quantize": "int8", "text_encoder_device": "cpu", "offload": "group"},
+    "bank-cpu": {},
 }
 """ModelSpec options of each configuration ("plain" is the baseline every ratio is taken against)."""
+METHOD_CONFIGS = {"bank-cpu": {"storydiffusion": {"bank_device": "cpu"}}}
+"""Method settings of a configuration, per method (a configuration a method has none for is skipped for it):
+StoryDiffusion's bank kept in CPU memory."""
 METHODS = ("vanilla", "storydiffusion")
 FLUX_DEPTH = (19, 38, 24)
 """FLUX.1's double-stream blocks, single-stream blocks and T5 layers."""
@@ -72,6 +79,7 @@ def worker(args: argparse.Namespace) -> dict:
             flux_components.random_flux_components, double_blocks=double, single_blocks=single, t5_layers=t5
         )
     options = CONFIGS[args.config]
+    settings = METHOD_CONFIGS.get(args.config, {}).get(args.method, {})
     models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype, **options))
     loaded_mb = resident_mb(models.device)
     story = one_character_story(args.frames)
@@ -79,9 +87,10 @@ def worker(args: argparse.Namespace) -> dict:
     sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
     sync()
     started = time.perf_counter()
-    result = draw(story, args.method, models, generation=generation)
+    result = draw(story, args.method, models, generation=generation, method_settings=settings)
     sync()
     applied = [f"offload {models.info['offload']}"] if "offload" in options else []
+    applied += [f"{key}={value}" for key, value in settings.items()]
     if models.info.get("text_encoder_device"):
         applied.append(f"encoders on {models.info['text_encoder_device']}")
     if models.info.get("quantization"):
@@ -96,13 +105,14 @@ def worker(args: argparse.Namespace) -> dict:
         "seconds_per_frame": (time.perf_counter() - started) / len(result.images),
         "loaded_mb": loaded_mb,
         "peak_memory_mb": peak_memory_mb(models.device),
+        "bank_mb": max(frame.metadata.get("bank_bytes", 0) for frame in result.frames) / 2**20,
     }
 
 
 def print_table(rows: list[dict]) -> None:
     header = (
         f"{'method':<15} {'config':<14} {'applied':<38} {'s/frame':>9} {'loaded MB':>10} {'peak MB':>9} "
-        f"{'time x':>7} {'loaded x':>9} {'peak x':>7}"
+        f"{'bank MB':>8} {'time x':>7} {'loaded x':>9} {'peak x':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -114,7 +124,8 @@ def print_table(rows: list[dict]) -> None:
         )
         print(
             f"{row['method']:<15} {row['config']:<14} {row['applied']:<38} {row['seconds_per_frame']:>9.3f} "
-            f"{row['loaded_mb']:>10.0f} {row['peak_memory_mb']:>9.0f} {time_x:>7.2f} {loaded_x:>9.2f} {peak_x:>7.2f}"
+            f"{row['loaded_mb']:>10.0f} {row['peak_memory_mb']:>9.0f} {row['bank_mb']:>8.0f} {time_x:>7.2f} "
+            f"{loaded_x:>9.2f} {peak_x:>7.2f}"
         )
 
 
@@ -151,6 +162,8 @@ def main() -> None:
     rows, failed = [], []
     for method in args.methods:
         for config in configs:
+            if config in METHOD_CONFIGS and method not in METHOD_CONFIGS[config]:
+                continue
             arguments = [
                 "--method", method, "--config", config, "--preset", args.preset, "--device", args.device,
                 "--dtype", args.dtype, "--steps", str(args.steps), "--frames", str(args.frames),

@@ -12,6 +12,13 @@ character and is not in the per-frame numbers. Writes ``suite.json`` and ``suite
     python benchmarks/gpu_suite.py --out /tmp/suite --device cpu --families sdxl --size 128 --steps 2 \
         --story-frames 2 --threads 2                                             # SDXL-size weights on a CPU
 
+The methods are every registered method (``storycast methods``; a method added to the registry joins the suite),
+each on the families it runs on, against that family's vanilla in the same run. FLUX also gets rows for its speed
+options (``OPTION_ROWS``): vanilla compiled (``--compile``; one untimed warm-up draw first, where compilation
+happens) and under step caches (``--cache``, lossy: ``benchmarks/cache_drift.py`` measures how far the frames
+move), and every other FLUX method that takes a cache under First Block Cache; their ratios are to plain vanilla.
+``--dry-run`` prints the rows it would draw.
+
 Story-Adapter runs ``rounds=1`` here (its 10 rounds cost (1 + 10) / (1 + 1) = 5.5x the row), so that the suite
 stays within its minutes; every other method runs its defaults.
 
@@ -35,10 +42,16 @@ FAMILIES = {
 }
 FAMILY_DTYPE = {"flux": "bf16"}
 """A family's dtype on the GPU where it is not the suite's (FLUX overflows in fp16; it runs in bf16)."""
-METHODS = (
-    "vanilla", "identitystory", "storydiffusion", "storynizor", "photomaker", "consistory", "1prompt1story",
-    "story-adapter",
-)  # fmt: skip
+OPTION_ROWS: dict[str, dict[str, dict]] = {
+    "flux": {
+        "compile": {"compile": True},
+        "cache first-block": {"cache": "first-block"},
+        "cache taylorseer": {"cache": "taylorseer"},
+    },
+}
+"""Per family, vanilla's speed-option rows: ModelSpec fields by row name."""
+CACHE_ROW = "cache first-block"
+"""The option row every other method that takes a step cache gets on a family with option rows."""
 SUITE_SETTINGS = {
     # Discovery is paid once per character, before the timed frames: a small budget keeps the suite short (random
     # weights have no identity to find anyway).
@@ -90,13 +103,20 @@ def worker(args: argparse.Namespace) -> dict:
     args.preset, args.size, args.frames = preset, args.size or size, [args.story_frames]
     args.method_settings = json.dumps(SUITE_SETTINGS.get(args.method, {}))
     settings = SUITE_SETTINGS.get(args.method, {})
-    row, (_, models, plan) = measure(args, one_character_story(args.story_frames), settings)
+    options = OPTION_ROWS.get(args.family, {}).get(args.option, {}) if args.option else {}
+    story = one_character_story(args.story_frames)
+    row, (_, models, plan) = measure(args, story, settings, options, warmup=bool(options.get("compile")))
     flops = denoiser_flops(models, plan.story.settings.width, plan.story.settings.height)
     rate = matmul_rate(args.device, args.dtype, 512 if args.tiny or args.device == "cpu" else 8192)
     frame_flops = flops * row["evaluations_per_frame"]
     return {
         **row,
         "family": args.family,
+        "option": args.option or "-",
+        "applied": {
+            **models.info.get("speed", {}),
+            **({"cache": models.info["cache"]} if options.get("cache") else {}),
+        },
         "preset": preset,
         "size": plan.story.settings.width,
         "dtype": args.dtype,
@@ -116,18 +136,41 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             if m in args.methods
         ),
         "",
-        "| family | method | px | evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | mem x |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| family | method | option | px | evals/frame | s/frame | peak MB | GFLOP/eval | floor share | time x | "
+        "mem x |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        base = next(r for r in rows if r["family"] == row["family"] and r["method"] == "vanilla")
+        base = next(
+            r for r in rows if r["family"] == row["family"] and r["method"] == "vanilla" and r["option"] == "-"
+        )
         lines.append(
-            f"| {row['family']} | {row['method']} | {row['size']} | {row['evaluations_per_frame']:.1f} | "
+            f"| {row['family']} | {row['method']} | {row['option']} | {row['size']} | "
+            f"{row['evaluations_per_frame']:.1f} | "
             f"{row['seconds_per_frame']:.3f} | {row['peak_memory_mb']:.0f} | {row['gflops_per_evaluation']:.1f} | "
             f"{row['compute_floor_share']:.1%} | {row['seconds_per_frame'] / base['seconds_per_frame']:.2f} | "
             f"{row['peak_memory_mb'] / base['peak_memory_mb']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def planned_rows(families: list[str], methods: list[str]) -> list[tuple[str, str, str | None]]:
+    """(family, method, option row or None) in drawing order: per family, vanilla first, every method that runs on
+    it, then the option rows (vanilla's, then the cache row of every other method that takes a cache)."""
+    from storycast.methods.registry import get_method
+
+    rows: list[tuple[str, str, str | None]] = []
+    for family in families:
+        names = [m for m in ["vanilla", *[m for m in methods if m != "vanilla"]] if family in get_method(m).families]
+        rows += [(family, name, None) for name in names]
+        options = OPTION_ROWS.get(family, {})
+        rows += [(family, "vanilla", option) for option in options if "vanilla" in names]
+        rows += [
+            (family, name, CACHE_ROW)
+            for name in names
+            if name != "vanilla" and CACHE_ROW in options and get_method(name).step_cache_safe
+        ]
+    return rows
 
 
 def main() -> None:
@@ -140,10 +183,12 @@ def main() -> None:
     parser.add_argument("--story-frames", type=int, default=4, help="frames of the measured story")
     parser.add_argument("--size", type=int, help="image side instead of the family's (a CPU run of the real weights)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", help="methods to time (default: every registered method)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--family", help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="print the rows it would draw (JSON) and stop")
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--option", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cpu" and args.dtype == "fp16":
@@ -151,31 +196,35 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    from storycast.methods.registry import get_method
+    from storycast.methods.registry import list_methods
 
+    args.methods = args.methods or list_methods()
+    planned = planned_rows(args.families, args.methods)
+    if args.dry_run:
+        print(json.dumps(planned))
+        return
     rows: list[dict] = []
     failed: list[str] = []
-    for family in args.families:
-        for method in ["vanilla", *[m for m in args.methods if m != "vanilla"]]:
-            if family not in get_method(method).families:
-                continue
-            dtype = args.dtype if args.device == "cpu" else FAMILY_DTYPE.get(family, args.dtype)
-            arguments = [
-                "--family", family, "--method", method, "--device", args.device, "--dtype", dtype,
-                "--steps", str(args.steps), "--story-frames", str(args.story_frames), "--threads", str(args.threads),
-                "--out", str(args.out),
-            ]  # fmt: skip
-            if args.tiny:
-                arguments.append("--tiny")
-            if args.size:
-                arguments += ["--size", str(args.size)]
-            try:
-                rows.append(run_worker(__file__, arguments))
-            except SystemExit as failure:  # one method failing does not lose the others' minutes on the GPU
-                failed.append(f"{family} {method}: {failure}")
-                print(f"{family} {method} FAILED: {failure}", file=sys.stderr)
-                continue
-            print(f"{family} {method}: {rows[-1]['seconds_per_frame']:.3f} s/frame", file=sys.stderr)
+    for family, method, option in planned:
+        dtype = args.dtype if args.device == "cpu" else FAMILY_DTYPE.get(family, args.dtype)
+        arguments = [
+            "--family", family, "--method", method, "--device", args.device, "--dtype", dtype,
+            "--steps", str(args.steps), "--story-frames", str(args.story_frames), "--threads", str(args.threads),
+            "--out", str(args.out),
+        ]  # fmt: skip
+        if option:
+            arguments += ["--option", option]
+        if args.tiny:
+            arguments.append("--tiny")
+        if args.size:
+            arguments += ["--size", str(args.size)]
+        try:
+            rows.append(run_worker(__file__, arguments))
+        except SystemExit as failure:  # one method failing does not lose the others' minutes on the GPU
+            failed.append(f"{family} {method} {option or ''}: {failure}")
+            print(f"{family} {method} {option or ''} FAILED: {failure}", file=sys.stderr)
+            continue
+        print(f"{family} {method} {option or ''}: {rows[-1]['seconds_per_frame']:.3f} s/frame", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suite.json").write_text(
         json.dumps({"rows": rows, "failed": failed, "args": vars(args)}, indent=2, default=str) + "\n"

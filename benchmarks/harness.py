@@ -61,9 +61,18 @@ def one_character_story(frames: int, references: Sequence[str] = ()) -> Any:
     )
 
 
-def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def measure(
+    args: argparse.Namespace,
+    story: Any,
+    settings: dict[str, Any],
+    model_options: dict[str, Any] | None = None,
+    *,
+    warmup: bool = False,
+) -> tuple[dict[str, Any], Any]:
     """Draw ``story`` with ``args.method`` in this process: the common row (UNet evaluations, seconds and peak
-    memory per frame) and the method object (for method-specific columns). Preparation is not timed."""
+    memory per frame) and the method object (for method-specific columns). Preparation is not timed.
+    ``model_options``: further ``ModelSpec`` fields (compile, cache); ``warmup``: draw the story once, untimed,
+    first (compilation happens there)."""
     import time
 
     import torch
@@ -77,13 +86,18 @@ def measure(args: argparse.Namespace, story: Any, settings: dict[str, Any]) -> t
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     shrink_flux(getattr(args, "depth", None))
-    models = load_models(ModelSpec(source=args.preset, device=args.device, dtype=args.dtype))
+    spec = ModelSpec(source=args.preset, device=args.device, dtype=args.dtype, **(model_options or {}))
+    models = load_models(spec)
     generation = {"steps": args.steps, "width": args.size, "height": args.size}
     plan = plan_run(story, args.method, model=models, method_settings=settings, generation=generation)
     method = plan.method(models, plan.settings)
     context = RunContext()
     sync = torch.cuda.synchronize if models.device.startswith("cuda") else (lambda: None)
     method.prepare(plan.story, context)
+    if warmup:
+        with torch.no_grad():
+            for group in plan.groups:
+                method.generate(plan.story, group.frames, context)
     sync()
     started = time.perf_counter()
     with torch.no_grad(), count_evaluations(models.backbone.denoiser) as counter:
@@ -125,6 +139,16 @@ def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_columns(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]]) -> None:
+    """A plain-text table: ``columns`` of (title, width), the first left-aligned, the others right-aligned."""
+    lines = [[title for title, _ in columns], *rows]
+    for number, cells in enumerate(lines):
+        first, *rest = zip(cells, (width for _, width in columns), strict=True)
+        print(" ".join([f"{first[0]:<{first[1]}}", *(f"{cell:>{width}}" for cell, width in rest)]))
+        if number == 0:
+            print("-" * (sum(width for _, width in columns) + len(columns) - 1))
 
 
 def run_worker(script: str, arguments: Sequence[str]) -> dict[str, Any]:

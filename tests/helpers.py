@@ -79,3 +79,23 @@ def write_benchmark_file(path: Path, kind: str = "multi-2", frames: int = 5) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(benchmark_document(kind, frames), indent=4) + "\n", encoding="utf-8")
     return path
+
+
+def flux_transformer_inputs(transformer, rows: int = 2, text: int = 7, grid: tuple[int, int] = (4, 6)) -> dict:
+    """Random inputs of one call of a (tiny) FLUX transformer: ``rows`` rows of a ``grid`` of image tokens and
+    ``text`` text tokens, timesteps 0.7 and 0.4, embedded guidance 3.5, FluxPipeline's positions."""
+    import torch
+
+    from storycast.pipelines.families.flux import image_positions
+
+    generator = torch.Generator().manual_seed(0)
+    config = transformer.config
+    return {
+        "hidden_states": torch.randn(rows, grid[0] * grid[1], config.in_channels, generator=generator),
+        "encoder_hidden_states": torch.randn(rows, text, config.joint_attention_dim, generator=generator),
+        "pooled_projections": torch.randn(rows, config.pooled_projection_dim, generator=generator),
+        "timestep": torch.linspace(0.7, 0.4, rows),
+        "guidance": torch.full([rows], 3.5),
+        "img_ids": image_positions(*grid),
+        "txt_ids": torch.zeros(text, 3),
+    }

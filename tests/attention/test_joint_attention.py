@@ -15,6 +15,7 @@ from storycast.attention.processor import StoryAttnProcessor
 from storycast.attention.state import AttentionState
 from storycast.models.flux_components import tiny_flux_components
 from storycast.pipelines.families.flux import image_positions
+from tests.helpers import flux_transformer_inputs
 
 ROWS, TEXT, GRID = 2, 7, (4, 6)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -28,18 +29,7 @@ def transformer():
 
 @pytest.fixture(scope="module")
 def inputs(transformer):
-    generator = torch.Generator().manual_seed(0)
-    config = transformer.config
-    tokens = GRID[0] * GRID[1]
-    return {
-        "hidden_states": torch.randn(ROWS, tokens, config.in_channels, generator=generator),
-        "encoder_hidden_states": torch.randn(ROWS, TEXT, config.joint_attention_dim, generator=generator),
-        "pooled_projections": torch.randn(ROWS, config.pooled_projection_dim, generator=generator),
-        "timestep": torch.tensor([0.7, 0.4]),
-        "guidance": torch.full([ROWS], 3.5),
-        "img_ids": image_positions(*GRID),
-        "txt_ids": torch.zeros(TEXT, 3),
-    }
+    return flux_transformer_inputs(transformer, ROWS, TEXT, GRID)
 
 
 def forward(model, inputs):

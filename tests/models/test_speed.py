@@ -36,7 +36,7 @@ def test_regional_compilation_equals_the_uncompiled_unet():
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
     with torch.no_grad():
         expected = pipe.unet(sample, 10, text).sample
-        applied = apply_speed_options(pipe, "cpu", channels_last=False, compile=True)
+        applied = apply_speed_options(pipe.unet, "cpu", channels_last=False, compile=True)
         assert applied == {"compile": "repeated blocks"}
         torch.testing.assert_close(pipe.unet(sample, 10, text).sample, expected, atol=1e-4, rtol=1e-4)
 
@@ -45,7 +45,7 @@ def test_compilation_falls_back_with_the_reason_where_torch_cannot_compile(monke
     monkeypatch.setattr("storycast.models.speed.shutil.which", lambda name: None)
     pipe = tiny_pipeline("sd15")
     with caplog.at_level(logging.WARNING, logger="storycast"):
-        applied = apply_speed_options(pipe, "cpu", channels_last=False, compile=True)
+        applied = apply_speed_options(pipe.unet, "cpu", channels_last=False, compile=True)
     assert applied == {"compile": "off (no C compiler was found for the CPU backend)"}
     assert any("runs uncompiled" in r.getMessage() for r in caplog.records)
     assert not hasattr(pipe.unet, "_orig_mod")  # the UNet is the plain one

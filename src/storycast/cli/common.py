@@ -73,12 +73,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-slicing", action="store_true", help="decode one image of a batch at a time")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub")
     group.add_argument(
-        "--channels-last", action="store_true", help="UNet in channels-last layout (speed; same output)"
+        "--channels-last", action="store_true", help="UNet in channels-last layout (speed; same output; not FLUX)"
     )
     group.add_argument(
         "--compile",
         action="store_true",
-        help="compile the UNet's repeated blocks (speed; same output; first frame slower)",
+        help="compile the denoiser's repeated blocks (the UNet's transformer blocks, FLUX's double- and "
+        "single-stream blocks; speed; same output; the first frame, and a method's first processors, slower)",
+    )
+    group.add_argument(
+        "--cache",
+        metavar="none|KIND[:VALUE]",
+        default="none",
+        help="FLUX: a lossy step cache (diffusers' hooks) that skips work of some steps, reset for every draw: "
+        "first-block[:THRESHOLD] (0.05), pab[:SKIP] (2), faster[:SKIP] (2), taylorseer[:INTERVAL] (5), "
+        "mag[:THRESHOLD] (0.06). Pixels change, so it names the run; vanilla and storydiffusion take it "
+        "(storydiffusion's identity frames draw uncached)",
     )
     group.add_argument(
         "--lora",
@@ -107,6 +117,7 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
         loras=tuple(LoraSpec.parse(text) for text in args.lora or ()),
         channels_last=getattr(args, "channels_last", False),
         compile=getattr(args, "compile", False),
+        cache=getattr(args, "cache", "none"),
     )
 
 

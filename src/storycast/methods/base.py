@@ -139,6 +139,12 @@ class StoryMethod(abc.ABC):
     """Model families the method runs on."""
     summary: ClassVar[str] = ""
     """One line for ``storycast methods``."""
+    step_cache_safe: ClassVar[bool] = False
+    """Whether the method may draw under a lossy step cache (``--cache``, :mod:`storycast.pipelines.step_cache`):
+    True where each step of a draw is one denoiser evaluation of the same batch (the cache compares a step with
+    the one before) and no draw writes tokens that another draw reads per step and layer, or such writing draws
+    run uncached (``sample(..., cache=False)``). Otherwise a skipped block would leave a reader a step with
+    nothing written for it. Methods that have not said so are refused the cache before any model loads."""
     card: ClassVar[MethodCard | None] = None
     """Families and why, training, input, cost per frame and source (``storycast methods``, the README's table)."""
 
@@ -158,6 +164,18 @@ class StoryMethod(abc.ABC):
             raise SettingsError(
                 f"method '{cls.name}' runs on {' or '.join(cls.families)} models, but the model is {family}. "
                 f"Fix: pick a matching --preset/--model."
+            )
+
+    @classmethod
+    def check_step_cache(cls, cache: str | None) -> None:
+        """Refuse a step cache (``ModelSpec.cache``'s name; None or "none": no cache) the method is not safe under."""
+        if cache not in (None, "none") and not cls.step_cache_safe:
+            from storycast.errors import SettingsError
+
+            raise SettingsError(
+                f"method '{cls.name}' does not run under a step cache (cache '{cache}'): its draws may share tokens "
+                f"across frames or steps that a skipped block would leave unwritten. Fix: drop --cache, or use a "
+                f"method that takes one (vanilla, storydiffusion)."
             )
 
     @classmethod

@@ -31,6 +31,7 @@ class VanillaMethod(StoryMethod):
         source="diffusers' StableDiffusion(XL)Pipeline and FluxPipeline",
     )
     summary = "plain text-to-image per frame (no consistency mechanism)"
+    step_cache_safe = True  # one evaluation of one batch per step, nothing shared between draws
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
         gen = story.settings

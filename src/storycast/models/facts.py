@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storycast.errors import SettingsError
 from storycast.models.presets import FamilyDefaults, defaults_for
 from storycast.models.spec import ModelSpec
 
 IDENTITY_KEYS = ("source", "repo_id", "revision", "path", "family", "dtype", "seed", "loras")
 """The provenance fields that make a run: a frame drawn with other values of these is another frame."""
-OPTIONAL_IDENTITY_KEYS = ("quantize",)
-"""Identity fields recorded only when set (a quantized denoiser draws other pixels): a model without them has the
-identity, and its runs the keys, they had before these fields existed. Offload and device placement are not here:
-they move weights, not pixels."""
+OPTIONAL_IDENTITY_KEYS = ("quantize", "cache")
+"""Identity fields recorded only when set (a quantized denoiser or a step cache draws other pixels): a model without
+them has the identity, and its runs the keys, they had before these fields existed. Offload, device placement and
+compilation are not here: they move weights or run them faster; the pixels stay the same."""
 UNSET = (None, "none")
 """Values of an optional identity field that leave it out."""
 
@@ -99,6 +100,7 @@ def model_facts(model: ModelSpec | Any) -> ModelFacts:
     else:
         identity.update(repo_id=spec.source, revision=spec.revision or "main")
     identity["family"] = family
+    check_step_cache(spec, family)
     device = resolve_device(spec.device)
     identity["dtype"] = dtype_name(resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype))
     identity.update({key: getattr(spec, key) for key in OPTIONAL_IDENTITY_KEYS if getattr(spec, key) not in UNSET})
@@ -110,3 +112,14 @@ def model_facts(model: ModelSpec | Any) -> ModelFacts:
         identity=identity,
         guidance=guidance,
     )
+
+
+def check_step_cache(spec: ModelSpec, family: str) -> None:
+    """Refuse ``spec.cache`` on a family whose denoiser takes no step cache, before any weights are read."""
+    from storycast.pipelines.families import get_family
+
+    if spec.cache != "none" and not get_family(family).step_caches:
+        raise SettingsError(
+            f"cache '{spec.cache}': step caches hook the blocks of FLUX's transformer, but '{spec.source}' is a "
+            f"{family} model. Fix: drop --cache (ModelSpec(cache='none'))."
+        )

@@ -24,7 +24,7 @@ from storycast.models.detect import (
     pipeline_kwargs,
     short_reason,
 )
-from storycast.models.facts import ModelFacts, identity_from_info
+from storycast.models.facts import ModelFacts, check_step_cache, identity_from_info
 from storycast.models.presets import BasePreset, FamilyDefaults, config_repo_for, defaults_for
 from storycast.models.quantization import check_quantize, quantize_denoiser
 from storycast.models.spec import ModelSpec
@@ -80,8 +80,11 @@ class LoadedModels:
     def backbone(self) -> Family:
         """The pipeline seen through its family's protocol: what methods encode, sample and decode with."""
         from storycast.pipelines.families import get_family
+        from storycast.pipelines.step_cache import StepCache
 
-        return get_family(self.family)(self.pipeline, self.device)
+        backbone = get_family(self.family)(self.pipeline, self.device)
+        backbone.step_cache = StepCache.parse(self.spec.cache)
+        return backbone
 
     @property
     def facts(self) -> ModelFacts:
@@ -368,6 +371,7 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         raise ModelLoadError(f"'{spec.source}' is a {family} model, but family '{spec.family}' was asked for.")
     dtype = resolve_dtype(spec.dtype, device, auto=get_family(family).auto_dtype)
     text_encoder_device = _text_encoder_device(spec, family)
+    check_step_cache(spec, family)
     check_quantize(spec.quantize, device, dtype)  # before any weights are read
     pipe, info = _load_pipeline(kind, family, guidance, spec, preset, dtype)
     if spec.offload != "none" and not device.startswith("cuda"):
@@ -391,7 +395,8 @@ def load_models(spec: ModelSpec) -> LoadedModels:
     if spec.channels_last or spec.compile:
         from storycast.models.speed import apply_speed_options
 
-        info["speed"] = apply_speed_options(pipe, device, channels_last=spec.channels_last, compile=spec.compile)
+        denoiser = getattr(pipe, get_family(family).denoiser_name)
+        info["speed"] = apply_speed_options(denoiser, device, channels_last=spec.channels_last, compile=spec.compile)
     pipe.set_progress_bar_config(disable=True)
     defaults = preset.defaults if preset is not None else defaults_for(family, guidance)
     info.update(
@@ -401,6 +406,7 @@ def load_models(spec: ModelSpec) -> LoadedModels:
         offload=offload,
         text_encoder_device=text_encoder_device,
         quantize=spec.quantize,
+        cache=spec.cache,
     )
     return LoadedModels(
         pipeline=pipe,

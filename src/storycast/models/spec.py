@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from storycast.errors import SettingsError
 from storycast.models.presets import FAMILIES
+from storycast.pipelines.step_cache import StepCache
 from storycast.utils.torch_utils import DTYPE_NAMES
 
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
@@ -78,9 +79,15 @@ class ModelSpec:
         local_files_only: Never contact the Hub; use the local cache only.
         seed: Seed of the random weights of tiny presets.
         loras: LoRAs loaded into the base model and active in every pass.
-        channels_last: The UNet in channels-last memory layout (a speed option; same output).
-        compile: Compile the UNet's repeated blocks (a speed option; same output; falls back with a warning where
-            torch cannot compile).
+        channels_last: The UNet in channels-last memory layout (a speed option; same output; FLUX's transformer,
+            which has no convolutions, is left as it is).
+        cache: A lossy step cache every draw runs with (FLUX only; :mod:`storycast.pipelines.step_cache`):
+            "none", or ``KIND[:VALUE]`` with KIND one of first-block, pab, faster, taylorseer, mag (e.g.
+            "first-block:0.08"); kept as ``KIND:VALUE``. Pixels change, so it is part of the run's identity; methods
+            that have not declared themselves safe under a cache are refused it before loading.
+        compile: Compile the denoiser's repeated blocks (the UNet's transformer blocks; FLUX's double- and
+            single-stream blocks): a speed option, same output; falls back with a warning where torch cannot
+            compile.
     """
 
     source: str = "sdxl"
@@ -101,6 +108,7 @@ class ModelSpec:
     loras: tuple[LoraSpec, ...] = ()
     channels_last: bool = False
     compile: bool = False
+    cache: str = "none"
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -123,6 +131,8 @@ class ModelSpec:
                 f"quantize '{self.quantize}' and offload 'sequential' do not go together: accelerate's layer-by-layer "
                 f"offload cannot move torchao's quantized weights. Fix: use --offload group (or model) with --quantize."
             )
+        step_cache = StepCache.parse(self.cache)
+        object.__setattr__(self, "cache", step_cache.label if step_cache is not None else "none")
         if self.text_encoder_device is not None and self.offload in ("model", "sequential"):
             raise SettingsError(
                 f"text_encoder_device '{self.text_encoder_device}' and offload '{self.offload}' both place the text "

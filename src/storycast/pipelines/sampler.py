@@ -86,6 +86,7 @@ def sample(
     stop: int | None = None,
     step_generators: Sequence[torch.Generator] | None = None,
     decode: bool = True,
+    cache: bool = True,
 ) -> Sampled:
     """Draw one batch: a row per generator, each from its own seed's noise.
 
@@ -107,6 +108,9 @@ def sample(
         start: First step; stop: the step to stop before (default: the end).
         step_generators: Passed to stochastic schedulers' steps (ancestral, DDPM).
         decode: Decode the final latents to images.
+        cache: Draw with the backbone's step cache where it has one (``ModelSpec.cache``: lossy, opt-in), enabled
+            for this draw alone and removed after it, so that nothing cached crosses into another draw. False:
+            every block at every step (a pass whose attention writes what other draws read per step and layer).
     """
     guidance = sampling.guidance
     size = {"width": sampling.width, "height": sampling.height}
@@ -142,6 +146,11 @@ def sample(
         counter = stack.enter_context(count_evaluations(backbone.denoiser))
         for install in installs:
             stack.enter_context(install() if callable(install) else install)
+        step_state = list(states)
+        if cache and backbone.step_cache is not None:
+            steps = len(scheduler.timesteps[start:stop])
+            clock = backbone.step_cache.draw(backbone.denoiser, steps=steps, guided=guidance.halves == 2)
+            step_state.append(stack.enter_context(clock))
         final = denoise(
             scheduler,
             latents,
@@ -149,7 +158,7 @@ def sample(
             start=start,
             stop=stop,
             on_step=after_step,
-            step_state=list(states),
+            step_state=step_state,
             generator=step_generators,
         )
     images = backbone.decode(final) if decode else []

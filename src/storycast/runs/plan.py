@@ -330,6 +330,7 @@ def plan_run(
     method_class = type(method) if instance is not None else get_method(method) if isinstance(method, str) else method
     facts = model if isinstance(model, ModelFacts) else model_facts(model)
     method_class.check_family(facts.family)
+    method_class.check_step_cache(facts.identity.get("cache"))
     if instance is not None:
         if method_settings:
             raise SettingsError(

@@ -100,6 +100,10 @@ class StoryDiffusionMethod(StoryMethod):
         source="NeurIPS 2024 (arXiv 2405.01434); HVision-NKU/StoryDiffusion @ 8de45e4",
     )
     summary = "StoryDiffusion (NeurIPS 2024): consistent self-attention over each character's identity frames"
+    # Under a step cache (--cache), identity frames are drawn uncached (_draw): the bank holds every step and layer
+    # a reader may read. Readers run cached: a skipped block reads nothing, and the state's step comes from the
+    # sampler, not from counting calls.
+    step_cache_safe = True
 
     settings: StoryDiffusionSettings
 
@@ -352,6 +356,7 @@ class StoryDiffusionMethod(StoryMethod):
             installs=installs,
             states=[state],
             progress=denoise_progress(context.progress),
+            cache=mode != "write",  # the bank is written at every step and layer, never skipped
         )
         return drawn.images, drawn.evaluations
 

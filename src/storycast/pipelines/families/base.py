@@ -30,6 +30,7 @@ from storycast.pipelines.guidance import Guidance
 
 if TYPE_CHECKING:
     from storycast.attention.layers import AttentionLayer
+    from storycast.pipelines.step_cache import StepCache
 
 
 class Family(abc.ABC):
@@ -58,6 +59,10 @@ class Family(abc.ABC):
     """The dtype of ``--dtype auto`` on CUDA."""
     needs_negative_prompts: ClassVar[bool] = True
     """Its default guidance reads negative prompts (classifier-free guidance)."""
+    step_caches: ClassVar[bool] = False
+    """Its denoiser takes diffusers' step caches (``enable_cache``: FLUX's transformer; a UNet does not)."""
+    step_cache: StepCache | None = None
+    """The lossy step cache every draw of this backbone runs with (``ModelSpec.cache``), None: none."""
 
     def __init__(self, pipe: Any, device: Any):
         self.pipe = pipe

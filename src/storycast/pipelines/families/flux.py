@@ -95,6 +95,7 @@ class Flux(Family):
     size_multiple = 16
     auto_dtype = "bf16"
     needs_negative_prompts = False
+    step_caches = True
 
     def __init__(self, pipe: Any, device: Any, max_sequence_length: int | None = None):
         super().__init__(pipe, device)
