@@ -39,11 +39,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from storycast.errors import SettingsError
+
+if TYPE_CHECKING:  # ModelSpec parses --cache from light commands: nothing heavy at import
+    import torch
 
 CACHE_DEFAULTS: dict[str, float] = {
     "first-block": 0.05,
