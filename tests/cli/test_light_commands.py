@@ -70,10 +70,12 @@ def test_validate_with_a_method_runs_the_planner_s_checks_without_loading(tmp_pa
     assert "no character (or group of characters) is named by two frames" in capsys.readouterr().out
 
 
-def test_every_builtin_method_s_settings_are_readable_without_the_method():
-    from storycast.methods.registry import builtin_methods, get_method, get_settings_class
+def test_every_builtin_method_is_described_without_importing_it_as_its_class_says():
+    from storycast.methods.card import MethodAbout
+    from storycast.methods.registry import builtin_methods, get_about, get_method, get_settings_class
 
     for name in builtin_methods():
+        assert get_about(name) == MethodAbout.of(get_method(name)), name
         assert get_settings_class(name) is get_method(name).settings_class, name
 
 
@@ -82,13 +84,16 @@ def test_every_builtin_method_s_settings_are_readable_without_the_method():
     [
         ["validate", str(EXAMPLES / "lighthouse.yaml")],
         ["validate", "{tmp}/methods.yaml"],  # every method's settings checked, still no torch
+        ["methods"],
+        ["methods", "storydiffusion"],  # its card and every setting
+        ["methods", "--table"],
         ["convert", str(EXAMPLES / "lighthouse.yaml"), "--to", "storycast", "-o", "{tmp}/out.yaml"],
         ["identities", "--cache-dir", "{tmp}"],
         ["--help"],
         ["data", "--help"],
         ["train", "--help"],
     ],
-    ids=lambda c: " ".join(c[:1]) if c[0] != "--help" else "help",
+    ids=lambda c: " ".join(c[:2]) if c[0] != "--help" else "help",
 )
 def test_a_light_command_imports_no_heavy_library(command, tmp_path):
     (tmp_path / "methods.yaml").write_text(METHODS_STORY, encoding="utf-8")

@@ -54,24 +54,25 @@ def print_card(method: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storycast.methods.registry import get_method, list_methods
+    # Built-in methods are described by their about.py modules: nothing here imports torch.
+    from storycast.methods.registry import get_about, list_methods
     from storycast.models.presets import ADAPTERS, BASE_PRESETS
 
     names = [args.name] if args.name else list_methods()
     if args.table:
         from storycast.methods.card import methods_table
 
-        print(methods_table(get_method(name) for name in names))
+        print(methods_table(get_about(name) for name in names))
         return 0
     print("methods:")
     for name in names:
-        method = get_method(name)
-        print(f"  {name:<16} {method.summary}  [{', '.join(method.families)}]")
+        about = get_about(name)
+        print(f"  {name:<16} {about.summary}  [{', '.join(about.families)}]")
     if args.name:
         print()
-        print_card(get_method(args.name))
+        print_card(get_about(args.name))
         print(f"\nsettings (story file: methods: {{{args.name}: {{...}}}}; command line: --set NAME=VALUE):")
-        print_settings(get_method(args.name).settings_class)
+        print_settings(get_about(args.name).settings)
         return 0
     print("model presets (--preset):")
     for preset in BASE_PRESETS.values():

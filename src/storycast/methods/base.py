@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from storycast.errors import StorycastError
-    from storycast.methods.card import MethodCard
+    from storycast.methods.card import MethodAbout, MethodCard
     from storycast.models.loading import LoadedModels
     from storycast.pipelines.families.base import Family
     from storycast.pipelines.sampler import Sampling
@@ -147,6 +147,17 @@ class StoryMethod(abc.ABC):
     nothing written for it. Methods that have not said so are refused the cache before any model loads."""
     card: ClassVar[MethodCard | None] = None
     """Families and why, training, input, cost per frame and source (``storycast methods``, the README's table)."""
+
+    def __init_subclass__(cls, about: MethodAbout | None = None, **kwargs: Any) -> None:
+        """``class XMethod(StoryMethod, about=ABOUT)``: the name, summary, families, settings class and card from
+        the method's ``about.py``, where they are readable without importing the method (no torch)."""
+        super().__init_subclass__(**kwargs)
+        if about is not None:
+            cls.name = about.name
+            cls.summary = about.summary
+            cls.families = about.families
+            cls.settings_class = about.settings
+            cls.card = about.card
 
     def __init__(self, models: LoadedModels, settings: MethodSettings | None = None):
         self.check_family(models.family)

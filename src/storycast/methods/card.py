@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storycast.methods.base import StoryMethod
+    from storycast.settings import MethodSettings
 
 FAMILY_LABELS = {"sd15": "SD 1.5", "sdxl": "SDXL", "flux": "FLUX.1"}
 """How the families are written for people (the registry's names are the command line's)."""
@@ -38,11 +39,37 @@ class MethodCard:
     source: str
 
 
+@dataclass(frozen=True)
+class MethodAbout:
+    """What is known of a method without importing it (its module imports torch): what ``storycast methods`` lists
+    and ``storycast validate`` checks. A built-in method keeps it in its folder's ``about.py`` and its class takes it
+    (``class XMethod(StoryMethod, about=ABOUT)``); a plug-in's is read from its class.
+
+    Attributes:
+        name: The registry name (``--method``).
+        summary: One line for ``storycast methods``.
+        families: Model families the method runs on.
+        settings: Its settings class (a module that imports no torch).
+        card: Families and why, training, input, cost, source.
+    """
+
+    name: str
+    summary: str
+    families: tuple[str, ...]
+    settings: type[MethodSettings]
+    card: MethodCard | None = None
+
+    @classmethod
+    def of(cls, method: Any) -> MethodAbout:
+        """The facts of a method class (a plug-in's, read from its class attributes)."""
+        return cls(method.name, method.summary, tuple(method.families), method.settings_class, method.card)
+
+
 def family_labels(families: Iterable[str]) -> str:
     return ", ".join(FAMILY_LABELS.get(name, name) for name in families)
 
 
-def methods_table(methods: Iterable[type[StoryMethod]]) -> str:
+def methods_table(methods: Iterable[MethodAbout | type[StoryMethod]]) -> str:
     """The README's table: one row per method (name, families, training, inputs, cost per frame, source)."""
     lines = [
         "| method | families | training | input | cost per frame (x vanilla) | from |",

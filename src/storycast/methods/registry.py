@@ -14,6 +14,7 @@ from storycast.errors import UnknownMethodError
 
 if TYPE_CHECKING:
     from storycast.methods.base import StoryMethod
+    from storycast.methods.card import MethodAbout
     from storycast.settings import MethodSettings
 
 ENTRY_POINT_GROUP = "storycast.methods"
@@ -30,21 +31,21 @@ _BUILTIN: dict[str, str] = {
     "story-adapter": "storycast.methods.story_adapter.method:StoryAdapterMethod",
     "story2board": "storycast.methods.story2board.method:Story2BoardMethod",
 }
-_BUILTIN_SETTINGS: dict[str, str] = {
-    "vanilla": "storycast.settings:MethodSettings",
-    "identitystory": "storycast.methods.identitystory.settings:IdentityStorySettings",
-    "storydiffusion": "storycast.methods.storydiffusion.settings:StoryDiffusionSettings",
-    "storynizor": "storycast.methods.storynizor.settings:StorynizorSettings",
-    "photomaker": "storycast.methods.photomaker.settings:PhotoMakerMethodSettings",
-    "1prompt1story": "storycast.methods.oneprompt.settings:OnePromptSettings",
-    "consistory": "storycast.methods.consistory.settings:ConsiStorySettings",
-    "story-adapter": "storycast.methods.story_adapter.settings:StoryAdapterSettings",
-    "characonsist": "storycast.methods.characonsist.settings:CharaConsistSettings",
-    "story2board": "storycast.methods.story2board.settings:Story2BoardSettings",
+_BUILTIN_ABOUT: dict[str, str] = {
+    "vanilla": "storycast.methods.vanilla_about:ABOUT",
+    "identitystory": "storycast.methods.identitystory.about:ABOUT",
+    "storydiffusion": "storycast.methods.storydiffusion.about:ABOUT",
+    "storynizor": "storycast.methods.storynizor.about:ABOUT",
+    "photomaker": "storycast.methods.photomaker.about:ABOUT",
+    "1prompt1story": "storycast.methods.oneprompt.about:ABOUT",
+    "consistory": "storycast.methods.consistory.about:ABOUT",
+    "story-adapter": "storycast.methods.story_adapter.about:ABOUT",
+    "characonsist": "storycast.methods.characonsist.about:ABOUT",
+    "story2board": "storycast.methods.story2board.about:ABOUT",
 }
-"""Each built-in method's settings class, in a module that imports no torch, diffusers or transformers: what
-``storycast validate`` checks a story's ``methods:`` against before anything heavy loads (a test holds it equal to
-each method's ``settings_class``)."""
+"""Each built-in method's :class:`~storycast.methods.card.MethodAbout`, in a module that imports no torch,
+diffusers or transformers: what ``storycast methods`` lists and ``storycast validate`` checks before anything heavy
+loads (the method classes take theirs from the same objects)."""
 _REGISTERED: dict[str, str] = {}
 
 
@@ -72,13 +73,20 @@ def builtin_methods() -> list[str]:
     return sorted(_BUILTIN)
 
 
+def get_about(name: str) -> MethodAbout:
+    """What is known of the method registered under ``name``: for a built-in method without importing it (no
+    torch), for a plug-in from its class."""
+    if name in _BUILTIN_ABOUT and _targets().get(name) == _BUILTIN.get(name):
+        module_name, _, attribute = _BUILTIN_ABOUT[name].partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    from storycast.methods.card import MethodAbout
+
+    return MethodAbout.of(get_method(name))
+
+
 def get_settings_class(name: str) -> type[MethodSettings]:
-    """The settings class of the method registered under ``name``: for a built-in method without importing the
-    method itself (no torch), for a plug-in through its class."""
-    if name in _BUILTIN_SETTINGS and _targets().get(name) == _BUILTIN[name]:
-        module_name, _, class_name = _BUILTIN_SETTINGS[name].partition(":")
-        return getattr(importlib.import_module(module_name), class_name)
-    return get_method(name).settings_class
+    """The settings class of the method registered under ``name`` (see :func:`get_about`)."""
+    return get_about(name).settings
 
 
 def get_method(name: str) -> type[StoryMethod]:

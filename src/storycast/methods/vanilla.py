@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.vanilla_about import ABOUT
 from storycast.pipelines.sampler import sample
-from storycast.settings import MethodSettings
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
 
-class VanillaMethod(StoryMethod):
+class VanillaMethod(StoryMethod, about=ABOUT):
     """Each frame drawn from its own prompt and seed, frames batched ``batch_size`` at a time, as the family's stock
     diffusers pipeline draws them (a test holds each family to its pipeline, seed for seed).
 
@@ -20,17 +19,6 @@ class VanillaMethod(StoryMethod):
     which other frames share its batch (up to float rounding of batched matrix products).
     """
 
-    name = "vanilla"
-    settings_class = MethodSettings  # no settings of its own: frames follow the generation settings
-    families = ("sdxl", "sd15", "flux")
-    card = MethodCard(
-        families_why="plain text-to-image runs on every family, through the one sampler (equal to diffusers' pipelines, tested)",
-        training="none",
-        inputs="text",
-        cost="the baseline: 2T UNet evaluations, T on FLUX.1-dev",
-        source="diffusers' StableDiffusion(XL)Pipeline and FluxPipeline",
-    )
-    summary = "plain text-to-image per frame (no consistency mechanism)"
     step_cache_safe = True  # one evaluation of one batch per step, nothing shared between draws
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:

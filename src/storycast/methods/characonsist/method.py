@@ -26,7 +26,7 @@ from storycast.attention.cache import TokenCache
 from storycast.attention.layers import install_processors, select_layers
 from storycast.errors import SettingsError, StorycastError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.characonsist.about import ABOUT
 from storycast.methods.characonsist.attention import CharaConsistAttention, CharaConsistState, StepWindows
 from storycast.methods.characonsist.points import merge_weights
 from storycast.methods.characonsist.prompts import token_groups
@@ -48,23 +48,8 @@ def identity_frames(story: Story) -> dict[str, int]:
     return found
 
 
-class CharaConsistMethod(StoryMethod):
+class CharaConsistMethod(StoryMethod, about=ABOUT):
     """CharaConsist's point-tracking attention and token merge on FLUX (see the module docstring)."""
-
-    name = "characonsist"
-    settings_class = CharaConsistSettings
-    families = ("flux",)
-    card = MethodCard(
-        families_why=(
-            "built on FLUX's joint attention with rotary positions (masks from image-to-text attention in one softmax, "
-            "identity keys moved to matched points by their positions), as the authors' code is"
-        ),
-        training="training-free",
-        inputs="text",
-        cost="1.22x for a frame reading an identity frame (a first pass to the mask step), 1x for identity frames",
-        source="ICCV 2025 (arXiv 2507.11533); Murray-Wang/CharaConsist @ 759018c",
-    )
-    summary = "CharaConsist (ICCV 2025): point-tracking attention and adaptive token merge to an identity frame (FLUX)"
 
     settings: CharaConsistSettings
 

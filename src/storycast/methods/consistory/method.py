@@ -49,7 +49,7 @@ from storycast.attention.subject_attention import SubjectAttentionState, install
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.consistory.about import ABOUT
 from storycast.methods.consistory.settings import DROPOUT_SEED_OFFSET, ConsiStorySettings
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.pipelines.conditioning import GuidancePair
@@ -96,20 +96,8 @@ def union_mask(
     return torch.stack(found).any(dim=0) if found else None
 
 
-class ConsiStoryMethod(StoryMethod):
+class ConsiStoryMethod(StoryMethod, about=ABOUT):
     """ConsiStory on SDXL (see the module docstring)."""
-
-    name = "consistory"
-    settings_class = ConsiStorySettings
-    families = ("sdxl",)
-    card = MethodCard(
-        families_why="its subject masks, shared attention and DIFT feature injection are defined on SDXL's UNet, as the authors' code is",
-        training="training-free",
-        inputs="text",
-        cost="2.20x (a vanilla pass for query blending, an injection pass)",
-        source="SIGGRAPH 2024 (arXiv 2402.03286); NVlabs/consistory @ 8158d41 (non-commercial licence)",
-    )
-    summary = "ConsiStory (SIGGRAPH 2024): subject-driven shared attention + feature injection, training-free"
 
     settings: ConsiStorySettings
 

@@ -19,8 +19,8 @@ from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, 
 from storycast.masks.ops import clean_masks, scale_pixels
 from storycast.masks.registry import build_provider, choose_provider, fallback_reason, shares_the_gpu
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
-from storycast.methods.card import MethodCard
 from storycast.methods.identitystory import injection, prompts
+from storycast.methods.identitystory.about import ABOUT
 from storycast.methods.identitystory.identities import identity_finder
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
@@ -73,20 +73,8 @@ class _Progress:
         self.context.progress(ProgressEvent("denoise", completed, self.total))
 
 
-class IdentityStoryMethod(StoryMethod):
+class IdentityStoryMethod(StoryMethod, about=ABOUT):
     """IdentityStory on SDXL + PhotoMaker v1 (see ``storycast.methods.identitystory``)."""
-
-    name = "identitystory"
-    settings_class = IdentityStorySettings
-    families = ("sdxl",)
-    card = MethodCard(
-        families_why="its identity-preserving generator is PhotoMaker v1, an SDXL adapter (FLUX through PuLID-FLUX is planned, as our extension)",
-        training="training-free (pretrained PhotoMaker v1)",
-        inputs="text (identities discovered once per character) or reference photos",
-        cost="1.82x (182 evaluations for a one-character frame at T = 50) + discovery once per character",
-        source="AAAI 2026 (arXiv 2512.23519); Correr-Zhou/IdentityStory @ 882cfd7c",
-    )
-    summary = "IdentityStory (AAAI 2026): identity discovery + re-denoising identity injection (SDXL + PhotoMaker)"
 
     settings: IdentityStorySettings
 

@@ -22,8 +22,8 @@ import torch
 
 from storycast.errors import Problem, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
 from storycast.methods.oneprompt import prompts as P
+from storycast.methods.oneprompt.about import ABOUT
 from storycast.methods.oneprompt.settings import OnePromptSettings
 from storycast.methods.oneprompt.svr import reweight_encoders
 from storycast.pipelines.conditioning import GuidancePair
@@ -39,23 +39,8 @@ DROPOUT_SEED_OFFSET = 6067
 """Offset from a frame's seed to the seed of IPCA's key dropout (a prime: another stream than the noise)."""
 
 
-class OnePromptOneStoryMethod(StoryMethod):
+class OnePromptOneStoryMethod(StoryMethod, about=ABOUT):
     """1Prompt1Story on SDXL (see the module docstring)."""
-
-    name = "1prompt1story"
-    settings_class = OnePromptSettings
-    families = ("sdxl",)
-    card = MethodCard(
-        families_why="its Singular-Value Reweighting and identity-preserving cross-attention act on SDXL's CLIP prompt embeddings and UNet cross-attention, as the authors' code does; not ported to FLUX's T5 and joint attention",
-        training="training-free",
-        inputs="text",
-        cost="1.00x",
-        source="ICLR 2025 (arXiv 2501.13554); byliutao/1Prompt1Story @ 34e22ac",
-    )
-    summary = (
-        "1Prompt1Story (ICLR 2025): the story in one prompt, Singular-Value Reweighting and Identity-Preserving "
-        "Cross-Attention (training-free, 1x SDXL)"
-    )
 
     settings: OnePromptSettings
 

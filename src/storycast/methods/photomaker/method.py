@@ -29,29 +29,15 @@ from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.photomaker.about import ABOUT
 from storycast.methods.photomaker.settings import PhotoMakerMethodSettings
 from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
 
 
-class PhotoMakerMethod(StoryMethod):
+class PhotoMakerMethod(StoryMethod, about=ABOUT):
     """PhotoMaker (v1 or v2, as the weights are) on SDXL, each frame on its own (see the module docstring)."""
-
-    name = "photomaker"
-    settings_class = PhotoMakerMethodSettings
-    families = ("sdxl",)
-    card = MethodCard(
-        families_why="PhotoMaker v1 and v2 are SDXL adapters",
-        training="pretrained adapter (TencentARC/PhotoMaker, PhotoMaker-V2)",
-        inputs="reference photos, or (v1) identities discovered from text",
-        cost="1.00x",
-        source="CVPR 2024 (arXiv 2312.04461); TencentARC/PhotoMaker",
-    )
-    summary = (
-        "PhotoMaker v1 or v2 (CVPR 2024) alone: identities from photos or (v1) discovered, merged from the demos' step"
-    )
 
     settings: PhotoMakerMethodSettings
 

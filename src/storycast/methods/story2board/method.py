@@ -26,7 +26,7 @@ from storycast.attention.cache import TokenCache
 from storycast.attention.layers import install_processors
 from storycast.errors import SettingsError, StorycastError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.story2board.about import ABOUT
 from storycast.methods.story2board.attention import CanvasState, flux_blocks, mixing_processors, panel_anchoring
 from storycast.methods.story2board.canvas import Storyboard, canvas_height, canvas_prompt, split_canvas, storyboards
 from storycast.methods.story2board.settings import Story2BoardSettings
@@ -39,23 +39,8 @@ READER_ROLE = "reads the reference panel of "
 PLAIN_ROLE = "plain frame"
 
 
-class Story2BoardMethod(StoryMethod):
+class Story2BoardMethod(StoryMethod, about=ABOUT):
     """Story2Board on FLUX.1 (see the module docstring)."""
-
-    name = "story2board"
-    settings_class = Story2BoardSettings
-    families = ("flux",)
-    card = MethodCard(
-        families_why=(
-            "defined on FLUX's joint attention (text and both panels in one softmax, block indices over its 57 "
-            "blocks), as the authors' code is; a UNet version would be a different method"
-        ),
-        training="training-free",
-        inputs="text",
-        cost="(n - 1)/n x for a storyboard of n frames, each evaluation over a canvas of twice the image tokens",
-        source="arXiv 2508.09983 (2025); DavidDinkevich/Story2Board @ 92ef110 (MIT)",
-    )
-    summary = "Story2Board (2025): each frame beside an anchored reference panel, with reciprocal value mixing"
 
     settings: Story2BoardSettings
 

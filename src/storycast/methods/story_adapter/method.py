@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.story_adapter.about import ABOUT
 from storycast.methods.story_adapter.rounds import RoundStore, round_keys
 from storycast.methods.story_adapter.settings import (
     NEGATIVE_PROMPT,
@@ -78,23 +78,8 @@ def with_references(pair: GuidancePair, embeds: torch.Tensor) -> GuidancePair:
     return GuidancePair(uncond, add(pair.cond, cond))
 
 
-class StoryAdapterMethod(StoryMethod):
+class StoryAdapterMethod(StoryMethod, about=ABOUT):
     """Story-Adapter on SDXL (see the module docstring)."""
-
-    name = "story-adapter"
-    settings_class = StoryAdapterSettings
-    families = ("sdxl",)
-    card = MethodCard(
-        families_why="it reads earlier frames through IP-Adapter's SDXL weights (h94/IP-Adapter), as the authors do",
-        training="training-free (pretrained IP-Adapter)",
-        inputs="text",
-        cost="(1 + rounds)x: 11x at the default 10 rounds",
-        source="arXiv 2410.06244; UCSC-VLAA/story-adapter @ 6f1c402",
-    )
-    summary = (
-        "Story-Adapter (arXiv 2024): every frame redrawn round after round with IP-Adapter over all frames of the "
-        "round before (training-free, (1 + rounds) x SDXL)"
-    )
 
     settings: StoryAdapterSettings
 

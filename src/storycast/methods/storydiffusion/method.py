@@ -33,7 +33,7 @@ from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
+from storycast.methods.storydiffusion.about import ABOUT
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.pipelines.families import check_scheduler
 from storycast.pipelines.freeu import FREEU, freeu
@@ -86,20 +86,9 @@ class _Row:
     triggered: dict[str, str]
 
 
-class StoryDiffusionMethod(StoryMethod):
+class StoryDiffusionMethod(StoryMethod, about=ABOUT):
     """StoryDiffusion's Consistent Self-Attention on SDXL or SD 1.5 (see the module docstring)."""
 
-    name = "storydiffusion"
-    settings_class = StoryDiffusionSettings
-    families = ("sdxl", "sd15", "flux")
-    card = MethodCard(
-        families_why="consistent self-attention needs only self-attention over image tokens, which every family has; the authors' code is SDXL and SD 1.5, FLUX.1 (its single-stream blocks) is our extension",
-        training="training-free",
-        inputs="text; reference photos through PhotoMaker v1 (SDXL)",
-        cost="1.00x (a token bank flat in story length)",
-        source="NeurIPS 2024 (arXiv 2405.01434); HVision-NKU/StoryDiffusion @ 8de45e4",
-    )
-    summary = "StoryDiffusion (NeurIPS 2024): consistent self-attention over each character's identity frames"
     # Under a step cache (--cache), identity frames are drawn uncached (_draw): the bank holds every step and layer
     # a reader may read. Readers run cached: a skipped block reads nothing, and the state's step comes from the
     # sampler, not from counting calls.

@@ -30,8 +30,8 @@ from storycast.attention.injection import IdentityInjectionState, install_identi
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StorycastError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.card import MethodCard
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
+from storycast.methods.storynizor.about import ABOUT
 from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
 from storycast.models.presets import PLUS_FACE_WEIGHTS
 from storycast.pipelines.sampler import sample
@@ -48,20 +48,8 @@ def uses_photos(character: Character, settings: StorynizorSettings) -> bool:
     return bool(character.references) and settings.identity != "none"
 
 
-class StorynizorMethod(StoryMethod):
+class StorynizorMethod(StoryMethod, about=ABOUT):
     """Storynizor on SD 1.5 (and SDXL where the parts allow; see ``docs/methods/storynizor.md``)."""
-
-    name = "storynizor"
-    settings_class = StorynizorSettings
-    families = ("sd15", "sdxl")
-    card = MethodCard(
-        families_why="its ID-Injector is a cross-attention adapter of a UNet (IP-Adapter-Plus-Face weights for SD 1.5 and SDXL until you train your own); there is none for FLUX",
-        training="trained ID-Injector (`storycast train storynizor`; public IP-Adapter-Plus-Face weights until then)",
-        inputs="text and reference photos (AMSA alone for a character without photos)",
-        cost="1.00x",
-        source="AAAI 2025 (arXiv 2409.19624); no code released: written from the paper",
-    )
-    summary = "Storynizor (AAAI 2025): auto-mask self-attention across frames + masked identity injection"
 
     settings: StorynizorSettings
 
