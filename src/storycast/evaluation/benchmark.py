@@ -75,7 +75,18 @@ def bench_roots(bench_root: str | Path | None = None, cache_dir: str | Path | No
 
 
 def _story_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STORY_SUFFIXES))
+    """The story files of a suite folder: its own YAML/JSON files, else, in ViStoryBench's layout, the ``story.json``
+    of each numbered story folder in number order (as the benchmark's ``get_story_name_list``)."""
+    files = tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STORY_SUFFIXES))
+    if files:
+        return files
+    numbered = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return tuple(p / "story.json" for p in numbered if (p / "story.json").is_file())
+
+
+def story_name(story_file: Path) -> str:
+    """A story's name in a suite: a ViStory story's folder (``01``), else the file's name without its ending."""
+    return story_file.parent.name if story_file.name == "story.json" else story_file.stem
 
 
 def resolve_suite(
@@ -94,7 +105,10 @@ def resolve_suite(
     if path.is_dir():
         files = _story_files(path)
         if not files:
-            raise SettingsError(f"suite folder '{path}' has no story files ({', '.join(STORY_SUFFIXES)}).")
+            raise SettingsError(
+                f"suite folder '{path}' has no story files ({', '.join(STORY_SUFFIXES)}) and no numbered story folders "
+                f"holding a story.json (ViStoryBench's layout). Fix: pass a folder of stories."
+            )
         return Suite(path.resolve().name, path, files)
     roots = bench_roots(bench_root, cache_dir)
     downloaded = bench_data.default_target(cache_dir)
@@ -198,7 +212,7 @@ def run_benchmark(
         )
     out_dir = Path(options.out_dir)
     layout = [
-        (suite, story_file, out_dir / suite.name / story_file.stem)
+        (suite, story_file, out_dir / suite.name / story_name(story_file))
         for suite in suites
         for story_file in suite.files[: options.limit]
     ]

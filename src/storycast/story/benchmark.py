@@ -35,7 +35,8 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _character_id(token: str, taken: set[str]) -> str:
+def character_id(token: str, taken: set[str]) -> str:
+    """An id (letters, digits, underscores, starting with a letter) made from ``token``, not in ``taken``."""
     base = re.sub(r"[^A-Za-z0-9_]+", "_", token.strip()).strip("_").lower() or "character"
     if not base[0].isalpha():
         base = f"c_{base}"
@@ -78,7 +79,7 @@ def from_consistory_human(data: Mapping[str, Any], *, source: str | Path | None 
 
     taken: set[str] = set()
     characters = [
-        Character(id=_character_id(token, taken), description=description, class_word=token)
+        Character(id=character_id(token, taken), description=description, class_word=token)
         for description, token in zip(descriptions, tokens, strict=True)
     ]
     for index, character in enumerate(characters):
@@ -313,7 +314,7 @@ def _frames_to_write(story: Story, *, drop_frames: bool) -> tuple[list[int], lis
 def _read_back_ids(story: Story) -> list[str]:
     """The ids :func:`from_consistory_human` gives the story's characters (made from their class words)."""
     taken: set[str] = set()
-    return [_character_id(c.class_word, taken) for c in story.characters]
+    return [character_id(c.class_word, taken) for c in story.characters]
 
 
 def _check_reads_back(document: dict[str, Any], kept: list[int], source: Path | None) -> None:

@@ -680,15 +680,18 @@ def _read_document(path: Path) -> tuple[Any, dict[str, int], list[Problem]]:
 
 
 def load_story(path: str | Path) -> Story:
-    """Read and validate a story file. The format (ours or ConsiStory-Human) is detected from its content.
+    """Read and validate a story file. The format (ours, ConsiStory-Human, or a ViStory ``story.json``) is
+    detected from its content.
     Every problem is reported at once: keys written twice together with the rest of the story's."""
-    from storycast.story import benchmark
+    from storycast.story import benchmark, vistory
 
     path = Path(path)
     data, lines, early = _read_document(path)
     try:
         if benchmark.is_consistory_human(data):
             story = benchmark.from_consistory_human(data, source=path)
+        elif vistory.is_vistory(data):
+            story = vistory.from_vistory(data, source=path)
         else:
             story = parse_story(data, source=path, base_dir=path.parent, lines=lines)
     except StoryError as err:
