@@ -15,6 +15,7 @@ def test_a_vistory_folder_is_a_benchmark_suite_and_a_rerun_redraws_nothing(tmp_p
     command = ["benchmark", str(root), "--preset", "tiny", "--steps", "1", "--width", "64", "--height", "64",
                "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(command) == 0
+    assert json.loads((out / "benchmark.json").read_text())["language"] == "en"
     runs = sorted(p.name for p in (out / "ViStory").iterdir() if p.is_dir())
     assert runs == ["01", "02"]
     manifest = json.loads((out / "ViStory" / "01" / "manifest.json").read_text())

@@ -92,3 +92,13 @@ def test_a_damaged_story_is_refused_by_field_and_the_others_still_read(tmp_path,
     assert main(["validate", str(root)]) == 1
     out = capsys.readouterr().out
     assert "ok: " in out and "02" in out.split("ok: ", 1)[1]  # one broken story does not stop the other
+
+
+def test_the_command_line_reads_a_story_in_the_language_asked(tmp_path):
+    root = write_vistory(tmp_path / "ViStory")
+    for language in ("en", "ch"):
+        target = tmp_path / f"01-{language}.yaml"
+        assert main(["convert", str(root / "01" / "story.json"), "--lang", language, "-o", str(target)]) == 0
+        frames = yaml.safe_load(target.read_text(encoding="utf-8"))["frames"]
+        assert [frame["text"] for frame in frames] == naive_prompts(STORIES["01"], language)
+    assert main(["validate", str(root), "--lang", "ch"]) == 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from storycast.cli.common import (
     add_generation_arguments,
+    add_language_argument,
     add_method_settings_argument,
     add_model_arguments,
     generation_from_args,
@@ -53,6 +54,7 @@ def add_parser(subparsers: Any, name: str) -> None:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N stories of each suite")
+    add_language_argument(parser)
     parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
     add_method_settings_argument(parser)
     add_model_arguments(parser)
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     options = BenchmarkOptions(
         out_dir=args.out,
         limit=args.limit,
+        language=args.lang,
         cache_dir=args.cache_dir,
         command=shlex.join(["storycast", *sys.argv[1:]]) if sys.argv else None,
         storyboard=not args.no_storyboard,

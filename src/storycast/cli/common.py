@@ -142,6 +142,16 @@ def add_method_settings_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_language_argument(parser: argparse.ArgumentParser) -> None:
+    """``--lang``: the language ViStoryBench stories (``story.json``) are read in."""
+    parser.add_argument(
+        "--lang",
+        choices=("en", "ch"),
+        default="en",
+        help="language ViStoryBench stories (story.json) are read in: en (default) or ch; other files as written",
+    )
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     """Generation settings that override the story files (``generation_from_args`` reads them back)."""
     gen = parser.add_argument_group(title)

@@ -33,10 +33,13 @@ to consistory-human:
 
 
 def add_parser(subparsers: Any, name: str) -> None:
+    from storycast.cli.common import add_language_argument
+
     parser = subparsers.add_parser(
         name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", type=Path, help="a story file, or a folder of them")
+    add_language_argument(parser)
     parser.add_argument("-o", "--output", type=Path, help="output file (or folder for a folder); default: print")
     parser.add_argument(
         "--to",
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         files = [args.source]
     for path in files:
-        story = load_story(path)
+        story = load_story(path, language=args.lang)
         target = args.to or ("storycast" if story.source_format != "storycast" else "consistory-human")
         text, losses = render(story, target, drop_frames=args.drop_frames)
         for problem in losses:

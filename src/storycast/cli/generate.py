@@ -10,6 +10,7 @@ from typing import Any
 
 from storycast.cli.common import (
     add_generation_arguments,
+    add_language_argument,
     add_method_settings_argument,
     add_model_arguments,
     generation_from_args,
@@ -48,6 +49,7 @@ def add_parser(subparsers: Any, name: str) -> None:
     )
     parser.add_argument("-o", "--out", type=Path, help="run folder (default: runs/<story name>-<method>)")
     add_method_settings_argument(parser)
+    add_language_argument(parser)
     add_model_arguments(parser)
     add_generation_arguments(parser, "generation (override the story file)")
     out = parser.add_argument_group("output")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from storycast.runs.shards import launched_processes
 
-    story = load_story(args.story)
+    story = load_story(args.story, language=args.lang)
     if launched_processes() > 1:
         return _generate_split(args, log, story)
     with long_work(args.progress) as bars:  # SIGTERM anywhere in the command is a clean interrupt
@@ -167,7 +169,7 @@ def _generate_folder(args: argparse.Namespace, log: Any) -> int:
     if launched_processes() > 1 and os.environ.get("RANK", "0") != "0":
         log.setLevel(logging.WARNING)  # logs and progress bars from the main process only
         args.progress = False
-    stories = [load_story(path) for path in files]  # every file checked before any work
+    stories = [load_story(path, language=args.lang) for path in files]  # every file checked before any work
     spec = model_spec_from_args(args)
     settings, generation = parse_assignments(args.settings), generation_from_args(args)
     plans = [

@@ -10,9 +10,12 @@ HELP = "check story files and print every problem (exit status 1 if any)"
 
 
 def add_parser(subparsers: Any, name: str) -> None:
+    from storycast.cli.common import add_language_argument
+
     parser = subparsers.add_parser(name, help=HELP, description=HELP)
     parser.add_argument("stories", type=Path, nargs="+", metavar="STORY", help="story files or folders of them")
     parser.add_argument("--method", help="also check the story's settings for this method")
+    add_language_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in _files(args.stories):
         try:
-            story = load_story(path)
+            story = load_story(path, language=args.lang)
             # What the planner refuses before any model loads: methods and their settings (no torch imported).
             check_method_names(story)
             if args.method:

@@ -150,6 +150,7 @@ class BenchmarkOptions:
         command: The command line, recorded in the run manifests and benchmark.json.
         storyboard: Write each run's storyboard sheet.
         overwrite: Redraw every story, replacing runs of other settings in its folder.
+        language: The language ViStoryBench stories are read in ("en" or "ch"; recorded in benchmark.json).
     """
 
     out_dir: Path
@@ -158,6 +159,7 @@ class BenchmarkOptions:
     command: str | None = None
     storyboard: bool = True
     overwrite: bool = False
+    language: str = "en"
     shard: tuple[int, int] = (0, 1)
     """(I, N): draw and score only stories i with i % N == I (a job array's task), write no tables."""
     merge: bool = False
@@ -216,7 +218,9 @@ def run_benchmark(
         for suite in suites
         for story_file in suite.files[: options.limit]
     ]
-    stories = [load_story(story_file) for _, story_file, _ in layout]  # every story file is checked before any work
+    stories = [
+        load_story(story_file, language=options.language) for _, story_file, _ in layout
+    ]  # every story file is checked before any work
     # The method's own protocol (its paper's seeds...) unless the command line says otherwise.
     from storycast.methods.registry import get_method
 
@@ -268,6 +272,7 @@ def run_benchmark(
             {"name": s.name, "folder": str(s.folder), "stories": len(s.files[: options.limit])} for s in suites
         ],
         "limit": options.limit,
+        "language": options.language,
         "generation": {k: v for k, v in generation.items() if v is not None},
         "protocol": protocol,
         "method_settings": dict(method_settings or {}),

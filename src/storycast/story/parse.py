@@ -679,9 +679,9 @@ def _read_document(path: Path) -> tuple[Any, dict[str, int], list[Problem]]:
     return _load_yaml(text, path)
 
 
-def load_story(path: str | Path) -> Story:
-    """Read and validate a story file. The format (ours, ConsiStory-Human, or a ViStory ``story.json``) is
-    detected from its content.
+def load_story(path: str | Path, *, language: str = "en") -> Story:
+    """Read and validate a story file. The format (ours, ConsiStory-Human, or a ViStory ``story.json``, read in
+    ``language``: "en" or "ch") is detected from its content.
     Every problem is reported at once: keys written twice together with the rest of the story's."""
     from storycast.story import benchmark, vistory
 
@@ -691,7 +691,7 @@ def load_story(path: str | Path) -> Story:
         if benchmark.is_consistory_human(data):
             story = benchmark.from_consistory_human(data, source=path)
         elif vistory.is_vistory(data):
-            story = vistory.from_vistory(data, source=path)
+            story = vistory.from_vistory(data, source=path, language=language)
         else:
             story = parse_story(data, source=path, base_dir=path.parent, lines=lines)
     except StoryError as err:
