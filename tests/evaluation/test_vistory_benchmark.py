@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from storycast.cli.main import main
 from tests.story.vistory_fixture import write_vistory
 
@@ -24,3 +26,19 @@ def test_a_vistory_folder_is_a_benchmark_suite_and_a_rerun_redraws_nothing(tmp_p
     capsys.readouterr()
     assert main(command) == 0
     assert "0 stor(ies) drawn" in capsys.readouterr().err
+
+
+def test_the_lite_split_keeps_the_benchmark_s_lite_stories_and_only_for_vistory_folders(tmp_path):
+    from storycast.errors import SettingsError
+    from storycast.evaluation.benchmark import resolve_suite, select_split
+    from storycast.story.vistory import LITE_STORIES, split_stories
+    from tests.evaluation.fakes import write_suite
+
+    assert len(LITE_STORIES) == 20 and split_stories(["01", "02", "8", "79"], "lite") == ["01", "8", "79"]
+    suite = resolve_suite(write_vistory(tmp_path / "ViStory"))
+    assert select_split(suite, "full") == suite
+    lite = select_split(suite, "lite")
+    assert lite.name == "ViStory-lite" and [f.parent.name for f in lite.files] == ["01"]  # 02 is not a lite story
+    other = resolve_suite(write_suite(tmp_path / "mine"))
+    with pytest.raises(SettingsError, match="not a ViStoryBench folder"):
+        select_split(other, "lite")

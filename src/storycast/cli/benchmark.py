@@ -55,6 +55,12 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N stories of each suite")
     add_language_argument(parser)
+    parser.add_argument(
+        "--split",
+        choices=("full", "lite"),
+        default="full",
+        help="ViStoryBench folders: every story (full) or the benchmark's 20 lite stories (lite)",
+    )
     parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
     add_method_settings_argument(parser)
     add_model_arguments(parser)
@@ -78,7 +84,7 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark
+    from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark, select_split
     from storycast.evaluation.report import summary_table
     from storycast.models.presets import BASE_PRESETS
     from storycast.runs.shards import launched_processes, parse_shard
@@ -88,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if helper:  # logs and progress bars from the main process only
         log.setLevel(logging.WARNING)
         args.progress = False
-    suites = [resolve_suite(name, args.bench_root, args.cache_dir, args.limit) for name in args.suites]
+    suites = [
+        select_split(resolve_suite(name, args.bench_root, args.cache_dir, args.limit), args.split)
+        for name in args.suites
+    ]
     spec = model_spec_from_args(args)
     tiny = args.model is None and BASE_PRESETS.get(spec.source) is not None and BASE_PRESETS[spec.source].tiny
     generation = generation_from_args(args)

@@ -84,6 +84,26 @@ def _story_files(folder: Path) -> tuple[Path, ...]:
     return tuple(p / "story.json" for p in numbered if (p / "story.json").is_file())
 
 
+def select_split(suite: Suite, split: str) -> Suite:
+    """``suite`` reduced to a ViStoryBench split ("full": as it is; "lite": the benchmark's 20 lite stories, its name
+    ending in "-lite" so that its runs and tables are its own).
+
+    Raises:
+        SettingsError: "lite" asked of a suite that is not in ViStoryBench's layout.
+    """
+    from storycast.story.vistory import split_stories
+
+    if split == "full":
+        return suite
+    if not suite.files or any(f.name != "story.json" for f in suite.files):
+        raise SettingsError(
+            f"--split {split} selects ViStoryBench stories, but suite '{suite.name}' is not a ViStoryBench folder "
+            f"(numbered story folders holding story.json). Fix: leave --split out, or pass the ViStory folder."
+        )
+    kept = set(split_stories([f.parent.name for f in suite.files], split))
+    return Suite(f"{suite.name}-{split}", suite.folder, tuple(f for f in suite.files if f.parent.name in kept))
+
+
 def story_name(story_file: Path) -> str:
     """A story's name in a suite: a ViStory story's folder (``01``), else the file's name without its ending."""
     return story_file.parent.name if story_file.name == "story.json" else story_file.stem

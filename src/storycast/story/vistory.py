@@ -27,7 +27,7 @@ description names it too); documented in docs/story-format.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,20 @@ CLASS_WORDS = (
     "mouse", "lion", "tiger", "owl", "monkey", "pig", "duck", "frog", "fish", "creature", "animal", "monster",
 )  # fmt: skip
 """Words a character's description is searched for, in this order, to name what it is (``class_word``)."""
+
+
+LITE_STORIES = ("01", "08", "09", "15", "17", "19", "24", "27", "28", "29", "32", "41", "52", "53", "55", "57", "60",
+                "64", "68", "79")  # fmt: skip
+"""ViStoryBench-Lite: the 20 stories of the benchmark's lite split (``utils/extract_lite_stories.py``,
+``LITE_DATA``, at 514cc31)."""
+SPLITS = ("full", "lite")
+
+
+def split_stories(names: Sequence[str], split: str) -> list[str]:
+    """The story folder names (``"01"``...) of ``split``: all of them ("full") or the lite ones, in their order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return list(names) if split == "full" else [name for name in names if name.zfill(2) in LITE_STORIES]
 
 
 def is_vistory(data: Any) -> bool:
