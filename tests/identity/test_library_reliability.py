@@ -169,6 +169,25 @@ def test_a_library_folder_that_is_a_file_is_moved_aside_and_the_library_recovers
     assert "was a file, not a folder" in warnings_logged.text and str(aside[0]) in warnings_logged.text
 
 
+def test_a_library_folder_another_process_makes_meanwhile_is_not_moved_aside(tmp_path, monkeypatch):
+    # The CI race this holds: process A looks (no folder yet), process B makes the folder, A looks again and
+    # must see B's folder, not damage to move aside (which lost B's discovery and made A discover it again).
+    import storycast.identity.library as library_module
+
+    root = tmp_path / "identities"
+    real_stat = os.stat
+
+    def stat_then_other_process_mkdirs(path, *args, **kwargs):
+        if Path(path) == root and not os.path.lexists(root):
+            root.mkdir()  # B makes it right after A's first look
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(library_module.os, "stat", stat_then_other_process_mkdirs)
+    assert IdentityLibrary(root).keys() == []
+    assert root.is_dir() and not list(tmp_path.glob("identities.damaged-*"))
+
+
 @pytest.mark.parametrize("call", ["keys", "get", "put"])
 def test_every_entry_point_recovers_from_a_library_file(tmp_path, call):
     root = tmp_path / "identities"

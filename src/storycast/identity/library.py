@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -299,10 +300,20 @@ class IdentityLibrary:
         """Whether the library folder exists. Something else in its place (a file, a dangling link) is damage like
         a damaged entry: it is reported and moved aside beside it (``<root>.damaged-<UTC time>``, never deleted),
         and the library starts again empty."""
-        if self.root.is_dir():
+        try:
+            if stat.S_ISDIR(os.stat(self.root).st_mode):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        # Look again without following links: another process may have made the folder since the first look, and
+        # a folder it just made is not damage (moving it aside would lose what that process is writing).
+        try:
+            mode = os.lstat(self.root).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISDIR(mode):
             return True
-        if os.path.lexists(self.root):
-            self._set_root_aside()
+        self._set_root_aside()
         return False
 
     def _set_root_aside(self) -> None:
