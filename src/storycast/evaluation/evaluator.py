@@ -52,6 +52,7 @@ from storycast.evaluation.runfolders import (
     run_status,
 )
 from storycast.evaluation.scoring import FrameFaces, StoryInputs, StoryScores, score_story
+from storycast.evaluation.vistory_scoring import VISTORY_METRICS
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
 from storycast.utils.io import (
     atomic_directory,
@@ -85,6 +86,11 @@ ROLE_FLAGS: dict[str, str] = {
     "dino": "--dino-model",
     "faces": "--face-models",
     "qalign": "--qalign-model",
+    # ViStoryBench's character metrics (vistory_scoring.py)
+    "detector": "--eval-set detector_model=",
+    "arcface": "--face-models",
+    "adaface": "--eval-set adaface_model=",
+    "facenet": "--eval-set facenet_model=",
 }
 """The command-line flag that points each extractor at a local copy (named in missing-file errors)."""
 
@@ -168,6 +174,12 @@ def model_sources(preset: EvalPreset, options: ExtractorOptions) -> dict[str, Mo
         sources["faces"] = pick("faces", options.face_models, "")
     if metrics & set(QALIGN_TASKS):
         sources["qalign"] = pick("qalign", options.qalign_model, preset.qalign_model)
+    if metrics & VISTORY_METRICS:  # ViStoryBench: GroundingDINO, CLIP for non-humans, the face ensemble
+        sources.setdefault("clip", clip)
+        sources["detector"] = pick("detector", None, preset.detector_model)
+        sources["arcface"] = pick("arcface", options.face_models, "")
+        sources["adaface"] = pick("adaface", None, preset.adaface_model)
+        sources["facenet"] = pick("facenet", None, preset.facenet_model)
     return sources
 
 
@@ -299,7 +311,7 @@ class Evaluator:
 
         source = self.sources[role]
         identity: dict[str, Any] = {"role": role, "format": FEATURE_FORMAT, "tiny": source.tiny}
-        if role == "faces":
+        if role in ("faces", "arcface"):
             from storycast.vision.faces import FaceSettings, find_face_models
 
             settings = FaceSettings(pack=self.preset.face_pack)
@@ -407,7 +419,7 @@ class Evaluator:
                     setting=source.flag,
                 )
             )
-        elif role == "faces":
+        elif role in ("faces", "arcface"):
             from storycast.vision.faces import FaceAnalyzer, FaceSettings
 
             folder = self._write_tiny_face_pack() if source.tiny else self._face_folder(source)
@@ -415,6 +427,14 @@ class Evaluator:
             model = FaceAnalyzer.from_folder(
                 folder, settings=FaceSettings(pack=self.preset.face_pack), device=face_device, setting=source.flag
             )
+        elif role in ("detector", "adaface", "facenet"):
+            from storycast.evaluation.vistory_scoring import load_vistory_extractor
+
+            model = load_vistory_extractor(
+                role, source.source, source.tiny, cache_dir=self.cache_dir, device=device, dtype=dtype,
+                local_files_only=local_only, caption=self.preset.detector_caption,
+                box_threshold=self.preset.box_threshold,
+            )  # fmt: skip
         elif role == "qalign":
             from storycast.evaluation.quality import OneAlignScorer, TinyQualityScorer
 
@@ -659,6 +679,14 @@ class Evaluator:
                     self._write_contact_sheet(run, scores)
                 return ScoredRun(run, scores, reused=True)
         scores = score_story(self.story_inputs(run, references), self.preset)
+        if set(self.preset.metrics) & VISTORY_METRICS:  # ViStoryBench's character metrics
+            from storycast.evaluation.vistory_scoring import score_vistory_run
+
+            found = score_vistory_run(self, run)
+            scores.values.update({m: v for m, v in found.values.items() if m in self.preset.metrics})
+            for frame, values in zip(scores.frames, found.frames, strict=True):
+                frame.update({m: v for m, v in values.items() if m in self.preset.metrics})
+            scores.details["vistory"] = found.details
         record = {
             "format": SCORES_FORMAT,
             "kind": "storycast-scores",

@@ -77,6 +77,18 @@ METRICS: dict[str, MetricInfo] = {
 }
 """Every metric storycast computes, in the column order of the papers' tables."""
 
+# ViStoryBench (``ViStoryBench/vistorybench`` @ 514cc31): names as its results name them (``cids_cross_mean``,
+# ``cids_self_mean``, ``occm``, ``copy_paste_score``), labels as its leaderboard's columns. Reserved for the
+# benchmark's other metrics, in its leaderboard order: cross_csd, self_csd (before cids_cross), aesthetic,
+# inception_score (before occm), prompt_align (after occm); add them here and to VISTORYBENCH.metrics.
+VISTORY_METRIC_INFO = (
+    MetricInfo("cids_cross", "Cross Cref", "Character Consistency", per_frame=False),
+    MetricInfo("cids_self", "Self Cref", "Character Consistency", per_frame=False),
+    MetricInfo("occm", "OCCM", "Character Count", per_frame=True),
+    MetricInfo("copy_paste", "Copy-Paste", "Character Consistency", per_frame=False, higher_is_better=False),
+)
+METRICS.update({m.name: m for m in VISTORY_METRIC_INFO})
+
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "qalign": ("qalign_gen", "qalign_aes"),
     "faces": ("face_sim", "face_sim_r"),
@@ -134,6 +146,14 @@ class EvalPreset:
         face_reference: Reference of Face-Sim(R): the character's 'photos', its discovered 'identity'
             (the identity library's preview sheet), or 'auto' (photos when the story has them, else the identity).
         qalign_model: OneAlign checkpoint for Q-Align-Gen / -Aes (1-5 scale; GPU only).
+        detector_model: GroundingDINO finding characters for ViStoryBench's metrics (Hub id or folder).
+        detector_caption: Its caption for every character ('character').
+        box_threshold: A box counts when its best token probability is above this.
+        text_threshold: GroundingDINO's phrase threshold (its phrases are not used to select boxes).
+        adaface_model: AdaFace IR-101 checkpoint ('<hub repo>/<file>' or a file) for human characters.
+        facenet_model: FaceNet Inception-ResNet-v1 checkpoint ('<hub repo>/<file>' or a file).
+        face_ensemble: How ArcFace, AdaFace and FaceNet cosines combine: 'average' (their config) or
+            'weighted' (0.4, 0.4, 0.2).
         aggregation: Per-frame metrics averaged per story, then over stories ('story', the 1P1S-lineage
             script), or over all frames at once ('flat', ConsiStory's CLIP score). Pairwise metrics are
             always per story, then over stories.
@@ -162,6 +182,14 @@ class EvalPreset:
     face_reference: FaceReference = "auto"
     qalign_model: str = "q-future/one-align"
     aggregation: Aggregation = "story"
+    # ViStoryBench's character metrics (CIDS, OCCM, copy-paste; evaluation/vistory_scoring.py)
+    detector_model: str = "IDEA-Research/grounding-dino-tiny"
+    detector_caption: str = "character"
+    box_threshold: float = 0.25
+    text_threshold: float = 0.25
+    adaface_model: str = "ViStoryBench/VistoryBench_pretrain/adaface/adaface_ir101_webface12m.ckpt"
+    facenet_model: str = "ViStoryBench/VistoryBench_pretrain/facenet/20180402-114759-vggface2.pt"
+    face_ensemble: Literal["average", "weighted"] = "average"
     benchmark: str = "ConsiStory-Human"
     sources: tuple[str, ...] = ()
     caveats: tuple[str, ...] = ()
@@ -180,6 +208,13 @@ class EvalPreset:
                     f"{where}: {field_name} uses unknown placeholder(s) {', '.join(sorted(bad))}. "
                     f"Fix: use {', '.join('{' + f + '}' for f in TEXT_FIELDS)}."
                 )
+        if self.face_ensemble not in ("average", "weighted"):
+            raise SettingsError(
+                f"{where}: face_ensemble '{self.face_ensemble}' is not known. Fix: use average or weighted."
+            )
+        for field_name in ("box_threshold", "text_threshold"):
+            if not 0 <= getattr(self, field_name) <= 1:
+                raise SettingsError(f"{where}: {field_name} must be a probability, got {getattr(self, field_name)}.")
         for field_name in ("text_scale", "image_scale", "face_scale"):
             if getattr(self, field_name) <= 0:
                 raise SettingsError(f"{where}: {field_name} must be positive, got {getattr(self, field_name)}.")
@@ -350,7 +385,30 @@ CONSISTORY = EvalPreset(
     ),
 )
 
+VISTORYBENCH = EvalPreset(
+    name="vistorybench",
+    description="ViStoryBench (CVPR 2026): CIDS cross/self (GroundingDINO crops; faces or CLIP), OCCM, copy-paste",
+    metrics=("cids_cross", "cids_self", "occm", "copy_paste"),
+    clip_model="openai/clip-vit-large-patch14",
+    face_pack="antelopev2",
+    benchmark="ViStoryBench",
+    sources=(
+        "ViStoryBench/vistorybench @ 514cc31: vistorybench/bench/content/cids_evaluator.py (CIDS, OCCM, copy-paste), "
+        "config.yaml (thresholds, ensemble), vistorybench/result_management/manager.py (mean over stories)",
+        "AdaFace net.py and inference.py (mk-minchul/AdaFace @ c60eaa7); facexlib face_restoration_helper.py",
+        "docs/metrics.md, section ViStoryBench",
+    ),
+    caveats=(
+        "GroundingDINO runs through transformers (IDEA-Research/grounding-dino-tiny, the Swin-T OGC weights "
+        "converted), not the groundingdino package.",
+        "AdaFace and FaceNet see the face SCRFD (antelopev2) finds, aligned to facexlib's FFHQ template by least "
+        "squares; theirs detects with facexlib's RetinaFace-R50 at 0.97 and fits with cv2 LMEDS.",
+        "Per-crop features are not cached; GPT-4.1 single-character action is not computed.",
+    ),
+)
+
 EVAL_PRESETS: dict[str, EvalPreset] = {p.name: p for p in (IDENTITYSTORY, ONE_PROMPT_ONE_STORY, CONSISTORY)}
+EVAL_PRESETS[VISTORYBENCH.name] = VISTORYBENCH
 EVAL_PRESET_ALIASES = {"1p1s": "1prompt1story", "is": "identitystory"}
 DEFAULT_EVAL_PRESET = "identitystory"
 

@@ -393,7 +393,8 @@ def score_story(inputs: StoryInputs, preset: EvalPreset) -> StoryScores:
         for f in range(n):
             out.frames[f][metric] = float(scores[f])
 
-    return StoryScores({m: out.values[m] for m in preset.ordered_metrics}, out.frames, out.details)
+    # ViStoryBench's metrics are scored from the run folder (evaluator.score_run adds them).
+    return StoryScores({m: out.values[m] for m in preset.ordered_metrics if m in out.values}, out.frames, out.details)
 
 
 # ----------------------------------------------------------------------------------------------

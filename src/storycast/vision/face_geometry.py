@@ -146,18 +146,23 @@ def alignment_matrix(landmarks: np.ndarray, template: np.ndarray = ARCFACE_TEMPL
     return umeyama(landmarks, template)[:2]
 
 
-def warp_affine(image: Image.Image, matrix: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def warp_affine(
+    image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill: tuple[int, int, int] = (0, 0, 0)
+) -> Image.Image:
     """``cv2.warpAffine(image, matrix, size)``: output pixel p takes the image at ``matrix^-1 p``, bilinear.
 
     PIL wants the inverse map in its own coordinates, where pixel centres sit at +0.5; the map is
-    conjugated by that half-pixel shift so that both conventions sample the same points.
+    conjugated by that half-pixel shift so that both conventions sample the same points. Outside the image the
+    output is ``fill`` (``cv2.BORDER_CONSTANT`` with ``borderValue``).
     """
     forward = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
     inverse = np.linalg.inv(forward)
     shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
     unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
     pil_map = shift @ inverse @ unshift
-    return image.transform(size, Image.Transform.AFFINE, tuple(pil_map[:2].ravel()), Image.Resampling.BILINEAR)
+    return image.transform(
+        size, Image.Transform.AFFINE, tuple(pil_map[:2].ravel()), Image.Resampling.BILINEAR, fillcolor=fill
+    )
 
 
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Image.Image:
@@ -166,3 +171,25 @@ def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Im
         raise ValueError(f"ArcFace alignment supports multiples of 112 px, got {size}.")
     matrix = alignment_matrix(landmarks, ARCFACE_TEMPLATE_112 * (size / 112))
     return warp_affine(image, matrix, (size, size))
+
+
+FFHQ_TEMPLATE_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ]
+)
+"""facexlib's 5-point FFHQ template for a 512 px face (``FaceRestoreHelper.face_template``, xinntao/facexlib @ 260620a)."""
+FFHQ_FILL_RGB = (132, 133, 135)
+"""facexlib's ``borderValue=(135, 133, 132)`` (BGR) as RGB."""
+
+
+def align_face_ffhq(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Image.Image:
+    """The face with these 5 landmarks warped onto facexlib's FFHQ template scaled to ``size`` (``align_warp_face``
+    with ``crop_ratio=(1, 1)``), grey outside the image. The similarity is fitted by least squares (Umeyama), where
+    facexlib calls ``cv2.estimateAffinePartial2D(method=cv2.LMEDS)``."""
+    matrix = alignment_matrix(landmarks, FFHQ_TEMPLATE_512 * (size / 512.0))
+    return warp_affine(image, matrix, (size, size), fill=FFHQ_FILL_RGB)
