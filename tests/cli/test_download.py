@@ -303,7 +303,7 @@ def test_an_unknown_name_gets_did_you_mean(typed, meant, capsys):
 
 def test_flags_of_the_benchmark_need_its_name(tmp_path, capsys):
     assert main(["download", "sam", "--to", str(tmp_path)]) == 2
-    assert "--to apply to consistory-human only" in capsys.readouterr().err
+    assert "--to apply to consistory-human and vistorybench only" in capsys.readouterr().err
     assert main(["download"]) == 2
     assert "storycast download --list" in capsys.readouterr().err
 

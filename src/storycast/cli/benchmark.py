@@ -29,8 +29,9 @@ examples:
   storycast benchmark my_stories/ --method vanilla --preset sd15 --out runs/mine --eval-preset 1prompt1story
 
 SUITE is a ConsiStory-Human split (single, multi-2, multi-3; found under --bench-root, $STORYCAST_BENCH,
-the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human)
-or a folder of story files. Each story goes to OUT/<suite>/<story>/.
+the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human),
+vistorybench (ViStoryBench's stories, where `storycast download vistorybench` puts them; --split lite for its 20
+lite stories), or a folder of story files. Each story goes to OUT/<suite>/<story>/.
 Running the same command again skips stories already drawn and scored, and finishes the others.
 With a tiny --preset the evaluation models are tiny too.
 

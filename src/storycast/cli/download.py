@@ -1,21 +1,26 @@
-"""``storycast download``: fetch the ConsiStory-Human benchmark, and model weights for later offline runs."""
+"""``storycast download``: fetch the ConsiStory-Human and ViStoryBench benchmarks, and model weights for later
+offline runs."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from storycast.evaluation import bench_data
+from storycast.evaluation import bench_data, vistory_data
 
-HELP = "fetch the ConsiStory-Human benchmark (checked against stored checksums) or model weights, for offline runs"
+HELP = "fetch a benchmark (ConsiStory-Human, ViStoryBench; checked) or model weights, for offline runs"
+BENCHMARKS = (bench_data.NAME, vistory_data.NAME)
 EPILOG = f"""\
 examples:
   storycast download consistory-human                  # into the storycast cache, where `storycast benchmark` looks
   storycast download consistory-human --from IdentityStory/bench     # a local copy, checked the same way
   storycast download consistory-human --split single --to data/bench # then: storycast benchmark single --bench-root data/bench
+  storycast download vistorybench                      # ViStoryBench's 80 stories from the Hub: storycast benchmark vistorybench
+  storycast download vistorybench --from data/dataset  # a local copy (the Hub's layout, or a folder of numbered stories)
   storycast download sdxl photomaker clip dino         # into the Hugging Face cache ($HF_HOME), for offline runs
   storycast download flux-dev flux-schnell             # FLUX.1's diffusers folders (FLUX.1-dev is gated: accept
                                                        # its licence on its Hub page, then `hf auth login`)
@@ -23,7 +28,12 @@ examples:
 
 {bench_data.NAME} is the bench/ folder of {bench_data.REPO} at commit {bench_data.COMMIT}, stored as single/,
 multi-2/ and multi-3/. Every file is checked against the SHA-256 stored in storycast before it is written; files
-already in place are kept, so the same command resumes an interrupted download."""
+already in place are kept, so the same command resumes an interrupted download.
+
+{vistory_data.NAME} is the dataset {vistory_data.REPO_ID} on the Hugging Face Hub, stored as its numbered story folders.
+storycast holds no checksums for it yet: the first install pins the commit it fetched, checks that every story reads
+and every image decodes, and records each file's SHA-256 in {vistory_data.RECORD}; later runs check against that
+record. --record-checksums prints the table to store in storycast (see docs/evaluation.md)."""
 
 HUB_ERROR_MODULES = ("huggingface_hub", "requests", "httpx", "urllib3")
 REFUSED_STATUS = (401, 403)
@@ -204,21 +214,24 @@ def add_parser(subparsers: Any, name: str) -> None:
     parser = subparsers.add_parser(
         name, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"{bench_data.NAME} or a model (see --list)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"{bench_data.NAME}, {vistory_data.NAME} or a model (see --list)"
+    )
     parser.add_argument("--list", action="store_true", help="list what can be downloaded")
-    bench = parser.add_argument_group(bench_data.NAME)
+    bench = parser.add_argument_group(" and ".join(BENCHMARKS))
     bench.add_argument(
         "--to",
         type=Path,
         metavar="DIR",
-        help="benchmark folder to fill (default: <storycast cache>/bench/ConsiStory-Human)",
+        help="benchmark folder to fill (default: <storycast cache>/bench/ConsiStory-Human or .../ViStoryBench)",
     )
     bench.add_argument(
         "--from",
         dest="source",
         type=Path,
         metavar="PATH",
-        help="take the files from a local copy (offline): our layout (single/, ...) or the authors' bench/",
+        help="take the files from a local copy (offline): our layout (single/, ...) or the authors' bench/; for "
+        "vistorybench the dataset as downloaded (holding ViStoryBench/) or a folder of numbered stories",
     )
     bench.add_argument(
         "--split", dest="splits", action="append", choices=bench_data.SPLITS, help="only this split (repeatable)"
@@ -228,6 +241,17 @@ def add_parser(subparsers: Any, name: str) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar over the files (default: on a terminal)",
+    )
+    vistory = parser.add_argument_group(vistory_data.NAME)
+    vistory.add_argument(
+        "--revision",
+        help="dataset revision to fetch (default: the one an earlier install recorded, else main)",
+    )
+    vistory.add_argument(
+        "--record-checksums",
+        action="store_true",
+        help="after the install, print the pinned revision and every file's SHA-256 as the Python table to store in "
+        "storycast (for maintainers)",
     )
     models = parser.add_argument_group("models")
     models.add_argument("--variant", help="weight variant of sdxl / sd15, e.g. fp16 (what fp16 runs load)")
@@ -254,17 +278,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.names:
         raise SettingsError("name what to download. Fix: `storycast download --list` shows the names.")
     names = list(dict.fromkeys(args.names))
-    _check_names(names, [bench_data.NAME, *models])
-    bench_flags = [
-        flag for flag, value in (("--to", args.to), ("--from", args.source), ("--split", args.splits)) if value
-    ]
-    if bench_flags and bench_data.NAME not in names:
-        raise SettingsError(f"{', '.join(bench_flags)} apply to {bench_data.NAME} only. Fix: name it, or drop them.")
+    _check_names(names, [*BENCHMARKS, *models])
+    _check_bench_flags(args, names)
     if args.variant and not {"sdxl", "sd15"} & set(names):
         raise SettingsError("--variant applies to sdxl and sd15 only. Fix: name one of them, or drop it.")
     for name in names:
         if name == bench_data.NAME:
             _download_benchmark(args)
+        elif name == vistory_data.NAME:
+            _download_vistory(args)
         else:
             for item in models[name].items:
                 path = fetch_item(item, variant=args.variant if item.kind == "pipeline" else None)
@@ -272,13 +294,73 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _download_benchmark(args: argparse.Namespace) -> None:
+def _check_bench_flags(args: argparse.Namespace, names: list[str]) -> None:
+    """Each benchmark flag only with the benchmark(s) it applies to."""
+    from storycast.errors import SettingsError
+
+    asked = [name for name in names if name in BENCHMARKS]
+    for flags, owners in (
+        ((("--to", args.to), ("--from", args.source)), BENCHMARKS),
+        ((("--split", args.splits),), (bench_data.NAME,)),
+        ((("--revision", args.revision), ("--record-checksums", args.record_checksums)), (vistory_data.NAME,)),
+    ):
+        given = [flag for flag, value in flags if value]
+        if given and not set(owners) & set(asked):
+            raise SettingsError(
+                f"{', '.join(given)} apply to {' and '.join(owners)} only. Fix: name {'one' if len(owners) > 1 else 'it'}"
+                ", or drop them."
+            )
+    if len(asked) > 1 and (args.to or args.source):
+        raise SettingsError(
+            f"--to and --from name one benchmark's folder, and {' and '.join(asked)} were both named. Fix: download "
+            "them with one command each."
+        )
+
+
+def _install(args: argparse.Namespace, default: Path, install: Callable[..., Any], **options: Any) -> tuple[Path, Any]:
+    """(target, result) of a benchmark's ``install`` into ``--to`` (else ``default``), with progress bars."""
     from storycast.cli.common import long_work
 
-    default = bench_data.default_target()
     target = args.to if args.to is not None else default
     with long_work(args.progress) as bars:
-        result = bench_data.install(target, source=args.source, splits=args.splits, progress=bars)
+        return target, install(target, source=args.source, progress=bars, **options)
+
+
+def _download_vistory(args: argparse.Namespace) -> None:
+    import sys
+
+    default = vistory_data.default_target()
+    target, result = _install(args, default, vistory_data.install, revision=args.revision)
+    origin = f"'{args.source}'" if args.source is not None else f"{vistory_data.REPO_ID}@{(result.revision or '')[:7]}"
+    checked = len(result.written) + len(result.kept)
+    against = (
+        "match their stored SHA-256"
+        if result.checked == "table"
+        else f"read and decode; their SHA-256 are recorded in {vistory_data.RECORD} (storycast stores no table yet)"
+    )
+    # With --record-checksums the table goes to stdout alone, ready to paste; the summary to stderr.
+    out = sys.stderr if args.record_checksums else sys.stdout
+    print(
+        f"{vistory_data.BENCH_NAME}: {checked} files {against} ({len(result.written)} written from {origin}, "
+        f"{len(result.kept)} already there) -> {result.target}",
+        file=out,
+    )
+    if Path(target).expanduser().resolve() != default.resolve():
+        print(f"`storycast benchmark {target}` runs it.", file=out)
+    if args.record_checksums:
+        record = vistory_data.read_record(result.target)
+        if not record.get("revision"):
+            print(
+                "The files came from a local copy, so the table names no revision: record it from a Hub download "
+                "(without --from) to pin the commit it belongs to.",
+                file=sys.stderr,
+            )
+        print(vistory_data.table_source(record.get("revision"), record.get("files") or {}), end="")
+
+
+def _download_benchmark(args: argparse.Namespace) -> None:
+    default = bench_data.default_target()
+    target, result = _install(args, default, bench_data.install, splits=args.splits)
     origin = f"'{args.source}'" if args.source is not None else f"{bench_data.REPO}@{bench_data.COMMIT[:7]}"
     checked = len(result.written) + len(result.kept)
     print(
@@ -294,10 +376,21 @@ def _print_list(models: dict[str, ModelDownload]) -> None:
     for path in bench_data.CHECKSUMS:
         counts[path.partition("/")[0]] += 1
     splits = ", ".join(f"{split} ({count})" for split, count in counts.items())
-    width = max(len(name) for name in [bench_data.NAME, *models]) + 2
-    print(f"benchmark (into {bench_data.default_target()}):")
+    width = max(len(name) for name in [*BENCHMARKS, *models]) + 2
+    print(f"benchmarks (into {bench_data.default_target().parent}):")
     print(f"  {bench_data.NAME:<{width}}{bench_data.BENCH_NAME} stories: {splits}")
     print(f"  {'':<{width}}{bench_data.REPO}@{bench_data.COMMIT[:7]}, checked against stored SHA-256")
+    from storycast.story.vistory import LITE_STORIES
+
+    pinned = (
+        f"@{vistory_data.REVISION[:7]}, checked against stored SHA-256"
+        if vistory_data.REVISION and vistory_data.CHECKSUMS
+        else " (dataset), pinned and recorded at first install (no stored SHA-256 yet)"
+    )
+    print(
+        f"  {vistory_data.NAME:<{width}}{vistory_data.BENCH_NAME} stories: full ({len(vistory_data.STORIES)}), lite ({len(LITE_STORIES)})"
+    )
+    print(f"  {'':<{width}}{vistory_data.REPO_ID}{pinned}")
     print("models (into the Hugging Face cache, for offline runs):")
     for entry in models.values():
         print(f"  {entry.name:<{width}}{entry.description}")

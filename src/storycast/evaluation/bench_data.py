@@ -125,7 +125,7 @@ def _local_candidates(source: Path, path: str) -> list[Path]:
     return [source / path, source / f"{BENCH_NAME}-{split}" / name, source / repo_path(path)]
 
 
-def _check_target(target: Path) -> None:
+def check_target(target: Path) -> None:
     """Refuse a ``--to`` that is a file (or lies under one) before anything is fetched."""
     for folder in (target, *target.parents):
         if os.path.lexists(folder) and not folder.is_dir():
@@ -135,7 +135,7 @@ def _check_target(target: Path) -> None:
             )
 
 
-def _inside(target: Path, path: str) -> Path:
+def inside_target(target: Path, path: str) -> Path:
     """``target / path``, refused when a symbolic link inside ``target`` would send the write elsewhere (the
     folder itself may be a link: the user named it)."""
     destination = target / path
@@ -199,7 +199,7 @@ def install(
                 f"--from '{source}' is not a folder. Fix: pass the {BENCH_NAME} folder (holding single/, multi-2/, "
                 f"multi-3/) or the bench/ folder of a {REPO} checkout."
             )
-    _check_target(target)
+    check_target(target)
     fetch = fetch or download_bytes
     result = InstallResult(target=target)
     missing: list[str] = []
@@ -208,7 +208,7 @@ def install(
     progress(ProgressEvent("files", 0, len(paths), BENCH_NAME))
     for number, path in enumerate(paths, start=1):
         expected = table[path]
-        destination = _inside(target, path)
+        destination = inside_target(target, path)
         if destination.is_file():
             if sha256_file(destination) == expected:
                 result.kept.append(path)

@@ -5,6 +5,9 @@ splits (``single``, ``multi-2``, ``multi-3``) are looked up under, in order: the
 ``$STORYCAST_BENCH``, the storycast cache (``<cache>/bench/ConsiStory-Human``, filled by ``storycast download
 consistory-human``; a split there counts only when complete), and ``shared/bench/ConsiStory-Human`` beside the
 current folder and beside the storycast checkout (``../shared/bench/ConsiStory-Human`` relative to the repository).
+``vistorybench`` names the ViStoryBench folder (numbered stories), looked up as ``ViStoryBench/`` under the same
+``bench_root`` and ``$STORYCAST_BENCH``, then the cache (``<cache>/bench/ViStoryBench``, filled by ``storycast download
+vistorybench``; counted only when the stories asked for are all there) and ``shared/bench/ViStoryBench``.
 
 Layout: each story is drawn into ``OUT/<suite>/<story file stem>/`` by
 :func:`storycast.runs.runner.generate_story` and scored there (``scores.json``, ``scores.png``); then
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from storycast.errors import SettingsError
-from storycast.evaluation import bench_data
+from storycast.evaluation import bench_data, vistory_data
 from storycast.evaluation.evaluator import EvaluationResult, Evaluator
 from storycast.evaluation.runfolders import BENCHMARK_RECORD
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
@@ -68,16 +71,60 @@ def bench_roots(bench_root: str | Path | None = None, cache_dir: str | Path | No
     if os.environ.get(BENCH_ENV):
         roots.append(Path(os.environ[BENCH_ENV]).expanduser())
     roots.append(bench_data.default_target(cache_dir))
+    return list(dict.fromkeys([*roots, *_shared_copies(BENCH_NAME)]))
+
+
+def _shared_copies(name: str) -> list[Path]:
+    """``shared/bench/<name>`` beside the current folder, its parent, and the storycast checkout."""
     repo = Path(__file__).resolve().parents[3]
-    for base in (Path.cwd(), Path.cwd().parent, repo.parent):
-        roots.append(base / "shared" / "bench" / BENCH_NAME)
-    return list(dict.fromkeys(roots))
+    return [base / "shared" / "bench" / name for base in (Path.cwd(), Path.cwd().parent, repo.parent)]
+
+
+def vistory_folders(bench_root: str | Path | None = None, cache_dir: str | Path | None = None) -> list[Path]:
+    """Folders searched for the ``vistorybench`` suite, in order (see the module's docstring)."""
+    given = [Path(r).expanduser() / vistory_data.BENCH_NAME for r in (bench_root, os.environ.get(BENCH_ENV)) if r]
+    downloaded = vistory_data.default_target(cache_dir)
+    return list(dict.fromkeys([*given, downloaded, *_shared_copies(vistory_data.BENCH_NAME)]))
+
+
+def _vistory_suite(bench_root: str | Path | None, cache_dir: str | Path | None, limit: int | None) -> Suite:
+    """The ViStoryBench folder of :func:`vistory_folders` that holds stories; the download only when the stories
+    asked for (all, or the first ``limit``) are all there."""
+    downloaded = vistory_data.default_target(cache_dir)
+    folders = vistory_folders(bench_root, cache_dir)
+    for folder in folders:
+        if not (folder.is_dir() and _story_files(folder)):
+            continue
+        if folder == downloaded:
+            present, expected = vistory_data.stories_ready(folder, first=limit)
+            if present < expected:
+                logger.warning(
+                    "%s holds %d of the %d files asked for; skipped. Run `storycast download %s` to finish it.",
+                    folder,
+                    present,
+                    expected,
+                    vistory_data.NAME,
+                )
+                continue
+        return Suite(vistory_data.BENCH_NAME, folder, _story_files(folder))
+    raise SettingsError(
+        f"suite '{vistory_data.NAME}' was found under none of {', '.join(str(f) for f in folders)}. Fix: fetch it "
+        f"with `storycast download {vistory_data.NAME}` (add --from FOLDER for a local copy of {vistory_data.REPO_ID}), "
+        "or pass the folder of numbered stories itself."
+    )
 
 
 def _story_files(folder: Path) -> tuple[Path, ...]:
-    """The story files of a suite folder: its own YAML/JSON files, else, in ViStoryBench's layout, the ``story.json``
-    of each numbered story folder in number order (as the benchmark's ``get_story_name_list``)."""
-    files = tuple(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STORY_SUFFIXES))
+    """The story files of a suite folder: its own YAML/JSON files (hidden ones, such as a download's record, left
+    out), else, in ViStoryBench's layout, the ``story.json`` of each numbered story folder in number order (as the
+    benchmark's ``get_story_name_list``)."""
+    files = tuple(
+        sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in STORY_SUFFIXES and not p.name.startswith(".")
+        )
+    )
     if files:
         return files
     numbered = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
@@ -130,6 +177,8 @@ def resolve_suite(
                 f"holding a story.json (ViStoryBench's layout). Fix: pass a folder of stories."
             )
         return Suite(path.resolve().name, path, files)
+    if str(name).lower() == vistory_data.NAME:
+        return _vistory_suite(bench_root, cache_dir, limit)
     roots = bench_roots(bench_root, cache_dir)
     downloaded = bench_data.default_target(cache_dir)
     for root in roots:

@@ -143,13 +143,18 @@ def build_results(
         "groups": rows,
         "stories": stories,
         "skipped": [dict(s) for s in skipped],
-        "published": [r.to_dict() for r in published_rows(preset.name)],
+        "published": [r.to_dict() for r in published_rows(preset.name, _benchmarks_of(scored))],
         "evaluation": dict(info),
     }
     results["drawn_with"] = drawn_with(scored)
     if extra:
         results["benchmark"] = dict(extra)
     return results
+
+
+def _benchmarks_of(scored: Sequence[ScoredRun]) -> set[tuple[str | None, str]]:
+    """(story format, suite) of each run, from its manifest: which published rows belong beside them."""
+    return {((item.run.manifest.get("story") or {}).get("source_format"), item.run.split) for item in scored}
 
 
 def drawn_with(scored: Sequence[ScoredRun]) -> dict[str, Any]:
