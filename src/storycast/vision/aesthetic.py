@@ -106,6 +106,7 @@ class AestheticScorer(ImageEncoder):
         batch_size: int = 16,
         local_files_only: bool = False,
         setting: str = "--aesthetic-model",
+        siglip_setting: str = "--siglip-model",
     ) -> AestheticScorer:
         """Load the SigLIP backbone (Hub id or folder) and the head file ``aesthetic_predictor_v2_5.pth``."""
         from transformers import SiglipVisionModel
@@ -115,7 +116,7 @@ class AestheticScorer(ImageEncoder):
             lambda src, local: SiglipVisionModel.from_pretrained(src, local_files_only=local),
             siglip_source,
             what="SigLIP",
-            setting=f"{setting}-siglip",
+            setting=siglip_setting,
             local_files_only=local_files_only,
         )
         head = AestheticHead(vision.config.hidden_size)
