@@ -11,6 +11,7 @@ from storycast.models.presets import BASE_PRESETS
 
 if TYPE_CHECKING:
     from storycast.evaluation.evaluator import Evaluator
+    from storycast.evaluation.vistory_judge import JudgeOptions
     from storycast.methods.base import ProgressCallback
 
 HELP = "score runs (CLIP-T, CLIP-I, Face-Sim, ...) with a paper's protocol; compare evaluated folders"
@@ -84,6 +85,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
     models.add_argument(
         "--eval-batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)"
     )
+    add_judge_arguments(parser)
     output = parser.add_argument_group("evaluation output")
     output.add_argument(
         "--cache-dir",
@@ -99,6 +101,31 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
         default=None,
         help="progress bars (default: on a terminal)",
     )
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--judge-url``/``--judge-model``: the vision-language judge of ViStoryBench's prompt alignment."""
+    from storycast.evaluation.vistory_judge import API_KEY_VARIABLES, DEFAULT_MODEL
+
+    judge = parser.add_argument_group("prompt-alignment judge (ViStoryBench)")
+    judge.add_argument(
+        "--judge-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or http://localhost:8000/v1; its key is "
+        f"read from {' or '.join(API_KEY_VARIABLES)} (without a URL, prompt alignment is skipped)",
+    )
+    judge.add_argument("--judge-model", default=DEFAULT_MODEL, metavar="NAME", help=f"default {DEFAULT_MODEL}")
+
+
+def judge_options_from_args(args: argparse.Namespace) -> JudgeOptions:
+    """The judge the flags name; answers are cached under ``<cache>/judge`` unless --no-feature-cache."""
+    from storycast.evaluation.vistory_judge import JudgeOptions
+    from storycast.utils.environment import default_cache_dir
+
+    cache = None if args.no_feature_cache else Path(args.cache_dir or default_cache_dir()) / "judge"
+    options = JudgeOptions(url=args.judge_url, model=args.judge_model, cache_dir=str(cache) if cache else None)
+    options.validate()
+    return options
 
 
 def evaluator_from_args(args: argparse.Namespace, *, tiny: bool, device: str, progress: ProgressCallback) -> Evaluator:

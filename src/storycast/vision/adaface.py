@@ -129,10 +129,10 @@ def load_adaface(path: str | Path, *, model: AdaFaceIR | None = None) -> AdaFace
         MissingWeightsError: No such file.
         ModelLoadError: The file is not an AdaFace checkpoint of this depth (the message names the first wrong key).
     """
-    from storycast.vision.checkpoints import load_state_dict_checked, read_torch_weights
+    from storycast.vision.checkpoints import load_state_dict_checked, read_state_dict
 
     model = model if model is not None else AdaFaceIR.ir101()
-    state = adaface_state_dict(read_torch_weights(path, what="AdaFace"))
+    state = adaface_state_dict(read_state_dict(path, what="AdaFace", setting="--eval-set adaface_model="))
     load_state_dict_checked(model, state, what="AdaFace IR", source=str(path))
     return model.eval()
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storycast.models.checkpoints import first_line
 from storycast.models.checkpoints import load_checkpoint as shared_load_checkpoint
 
 T = TypeVar("T")
@@ -46,63 +47,98 @@ def load_pil_image_processor(source: str, local_files_only: bool) -> Any:
     return AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only, **backend)
 
 
-def load_state_dict_checked(module: Any, state: Any, *, what: str, source: str) -> None:
-    """Load ``state`` into ``module`` strictly, after checking every key and shape, with an error that names them.
+def read_state_dict(path: str | Path, *, what: str, setting: str) -> dict[str, Any]:
+    """Read a ``.pth``/``.pt``/``.bin`` (``torch.load``, tensors only) or ``.safetensors`` weight file.
+
+    A training checkpoint that wraps its weights (``{"model_state_dict": ...}`` as CSD's ``checkpoint.pth``, or
+    ``{"state_dict": ...}``) is unwrapped, and a ``module.`` prefix left by ``DataParallel`` is stripped.
 
     Raises:
-        ModelLoadError: Keys missing or unexpected, or a tensor of another shape (the file is another network or
-            another size of this one).
+        MissingWeightsError: No file at ``path``; the message names ``setting``.
+        ModelLoadError: The file is not a state dict of tensors.
     """
-    from storycast.errors import ModelLoadError
-
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in {what}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (first: {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} tensor(s) of another shape (first: {wrong[0]})")
-        raise ModelLoadError(
-            f"{source} does not hold {what} weights: {'; '.join(parts)}. Fix: point at the official checkpoint "
-            f"of {what}, or build the network with the size the file was saved from."
-        )
-    module.load_state_dict(state, strict=True)
-
-
-def read_torch_weights(path: str | Path, *, what: str) -> dict[str, Any]:
-    """The tensors of a ``.safetensors`` file, or of a ``.pt``/``.pth``/``.ckpt`` file read with
-    ``torch.load(weights_only=True)`` (no code in a pickle runs).
-
-    Raises:
-        MissingWeightsError: No such file.
-        ModelLoadError: The pickle needs more than tensors and plain containers to load.
-    """
-    import pickle
-
     import torch
 
     from storycast.errors import MissingWeightsError, ModelLoadError
 
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"{what} weights not found at {path}. Fix: download them there, or point at them.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MissingWeightsError(
+            f"{what} weights '{path}' do not exist. Fix: download the file (docs/metrics.md §9 and "
+            f"docs/metrics-vistorybench.md name each) and pass {setting}{'' if setting.endswith('=') else ' '}"
+            f"/path/to/it."
+        )
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(file))
+        else:
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types (pickle, zip, runtime); all mean "not loadable"
         raise ModelLoadError(
-            f"{path} cannot be read as plain tensors ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Fix: re-save its state dict as .safetensors where you trust the file, and point at that."
+            f"{what} weights '{path}' could not be read ({first_line(err)}). Fix: pass {setting} a state-dict file "
+            f"(.pth or .safetensors)."
         ) from None
+    for wrapper in ("model_state_dict", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(
+            f"{what} weights '{path}' are not a state dict of tensors. Fix: pass {setting} the weight file itself."
+        )
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_dict_checked(module: Any, state: dict[str, Any], *, what: str, source: str) -> None:
+    """``module.load_state_dict(state)``, strictly, with every missing, unexpected or mis-shaped key named.
+
+    Unlike a bare ``strict=False`` load (which leaves random weights in place without a word), nothing loads
+    unless every key of ``module`` is in ``state`` with its shape. A module on the meta device (built without
+    memory) is checked first and then takes the tensors of ``state``.
+
+    Raises:
+        ModelLoadError: Keys are missing or unexpected, or shapes differ; the message lists (up to 5 of) each.
+    """
+    import torch
+
+    from storycast.errors import ModelLoadError
+
+    expected = module.state_dict()
+    # Batch-norm step counters are not weights; files saved before torch 0.4.1 lack them (torch fills them in).
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if items:
+            more = f" ... and {len(items) - 5} more" if len(items) > 5 else ""
+            problems.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
+    if problems:
+        raise ModelLoadError(
+            f"{what} weights '{source}' do not fit the {what} network: {'; '.join(problems)}. Fix: pass the "
+            f"{what} checkpoint named in docs/metrics-vistorybench.md (its keys are the official ones)."
+        )
+    counters = {k: torch.zeros((), dtype=torch.long) for k in expected if k not in state}  # only step counters left
+    # A module built on the meta device takes the file's tensors as they are (nothing allocated twice).
+    on_meta = any(t.is_meta for t in expected.values())
+    module.load_state_dict({**state, **counters}, strict=True, assign=on_meta)
+
+
+def load_module_file(build: Callable[[], Any], path: str | Path, *, what: str, setting: str) -> Any:
+    """Build a network on the meta device (no memory), then give it the weights of the file at ``path``.
+
+    :func:`read_state_dict` then :func:`load_state_dict_checked`: refused with every missing, unexpected or
+    mis-shaped key named before anything is allocated.
+    """
+    import torch
+
+    state = read_state_dict(path, what=what, setting=setting)
+    with torch.device("meta"):
+        module = build()
+    load_state_dict_checked(module, state, what=what, source=str(path))
+    return module

@@ -198,10 +198,14 @@ def load_facenet(path: str | Path, *, model: InceptionResnetV1 | None = None) ->
         MissingWeightsError: No such file.
         ModelLoadError: The file is not an Inception-ResNet-v1 of this size (the message names the first wrong key).
     """
-    from storycast.vision.checkpoints import load_state_dict_checked, read_torch_weights
+    from storycast.vision.checkpoints import load_state_dict_checked, read_state_dict
 
     model = model if model is not None else InceptionResnetV1()
-    state = {k: v for k, v in read_torch_weights(path, what="FaceNet").items() if not k.startswith(CLASSIFIER_PREFIX)}
+    state = {
+        k: v
+        for k, v in read_state_dict(path, what="FaceNet", setting="--eval-set facenet_model=").items()
+        if not k.startswith(CLASSIFIER_PREFIX)
+    }
     load_state_dict_checked(model, state, what="FaceNet Inception-ResNet-v1", source=str(path))
     return model.eval()
 

@@ -106,15 +106,17 @@ class ImageEncoder:
         return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
 
     @torch.no_grad()
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """L2-normalised image features, (n, d) float32 on the CPU."""
+    def raw_outputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's outputs for every image, batched and not normalised: (n, d) float32 on the CPU."""
         chunks = []
         for batch in _batches(list(images), self.batch_size):
             pixels = self.pixel_values(batch).to(device=self.device, dtype=self.dtype)
             chunks.append(self._image_features(pixels).float().cpu())
-        if not chunks:
-            return torch.zeros(0, self.dim)
-        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.dim)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """L2-normalised image features, (n, d) float32 on the CPU."""
+        return torch.nn.functional.normalize(self.raw_outputs(images), dim=-1)
 
     @property
     def dim(self) -> int:
