@@ -87,7 +87,11 @@ def test_shards_merged_equal_the_unsharded_run_and_a_lost_shard_is_finished_by_a
     assert tables(lost) == tables(whole)
 
 
-def test_two_gloo_processes_give_the_frames_and_tables_of_one(tiny_sd15, suite, tmp_path):
+def test_two_gloo_processes_give_the_frames_and_tables_of_one(tiny_sd15, tmp_path):
+    # A ViStoryBench folder: the two processes also write its scorer's tree, into one timestamp folder.
+    from tests.story.vistory_fixture import write_vistory
+
+    suite = B.resolve_suite(write_vistory(tmp_path / "ViStory"))
     one = tmp_path / "one"
     B.run_benchmark([suite], "vanilla", tiny_sd15, evaluator(tmp_path / "c1"), B.BenchmarkOptions(out_dir=one),
                     generation=GENERATION)  # fmt: skip
@@ -105,6 +109,16 @@ def test_two_gloo_processes_give_the_frames_and_tables_of_one(tiny_sd15, suite, 
     assert tables(two) == tables(one)
     a, b = frames_of(one), frames_of(two)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    trees = [sorted((out / "outputs" / "vanilla" / "text_only" / "en").glob("*")) for out in (one, two)]
+    assert [len(tree) for tree in trees] == [1, 1]  # one timestamp folder, however many processes wrote
+    shots = [
+        {p.relative_to(tree[0]).as_posix(): p.read_bytes() for p in tree[0].glob("*/shots/*.png")} for tree in trees
+    ]
+    assert sorted(shots[1]) == [f"01/shots/shot_0{i}.png" for i in range(1, 5)] + [
+        "02/shots/shot_01.png",
+        "02/shots/shot_02.png",
+    ]
+    assert shots[0] == shots[1]
 
 
 def _discover_once(root: str, counter: str, barrier) -> None:

@@ -15,9 +15,12 @@ def test_a_vistory_folder_is_a_benchmark_suite_and_a_rerun_redraws_nothing(tmp_p
     root = write_vistory(tmp_path / "ViStory")
     out = tmp_path / "bench"
     command = ["benchmark", str(root), "--preset", "tiny", "--steps", "1", "--width", "64", "--height", "64",
-               "--out", str(out), "--no-progress"]  # fmt: skip
+               "--out", str(out), "--outputs", str(tmp_path / "tree"), "--no-progress"]  # fmt: skip
     assert main(command) == 0
-    assert json.loads((out / "benchmark.json").read_text())["language"] == "en"
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["language"] == "en" and record["vistory"]["mode"] == "text_only"  # vanilla reads no images
+    stamp = tmp_path / "tree" / "vanilla" / "text_only" / "en" / record["vistory"]["timestamp"]
+    assert sorted(p.name for p in (stamp / "01" / "shots").iterdir()) == [f"shot_0{i}.png" for i in range(1, 5)]
     runs = sorted(p.name for p in (out / "ViStory").iterdir() if p.is_dir())
     assert runs == ["01", "02"]
     manifest = json.loads((out / "ViStory" / "01" / "manifest.json").read_text())

@@ -49,9 +49,38 @@ STORIES = {
 }  # fmt: skip
 
 
-def write_vistory(root: Path) -> Path:
-    """The stories under ``root`` (``root/01/story.json``, ``root/01/image/<character>/00.png``...)."""
-    for name, story in STORIES.items():
+LONG_SCRIPT = " ".join(["the wind bends the tall grass over the old stone wall"] * 6)
+"""A shot description long enough to push the characters after it past CLIP's 77 tokens."""
+
+MIXED = {
+    "03": {
+        "Story_type": {"en": "adventure", "ch": "冒险"},
+        "Characters": {
+            "Ava": {"name_en": "Ava", "name_ch": "艾娃", "prompt_en": "a tall woman in a green cloak",
+                    "prompt_ch": "穿绿斗篷的高个女人", "tag": "realistic_human", "num_of_appearances": 3},
+            "Bo": {"name_en": "Bo", "name_ch": "波", "prompt_en": "a small boy with a kite", "prompt_ch": "拿风筝的小男孩",
+                   "tag": "realistic_human", "num_of_appearances": 2},
+            "Rex": {"name_en": "Rex", "name_ch": "雷克斯", "prompt_en": "a shaggy brown dog", "prompt_ch": "棕色长毛狗",
+                    "tag": "non_human", "num_of_appearances": 3},
+        },
+        "Shots": [
+            _shot(1, ["Ava"], ["艾娃"], "meadow"),
+            _shot(2, [], [], "empty road"),
+            _shot(3, ["Ava", "Bo", "Rex"], ["艾娃", "波", "雷克斯"], "village square"),
+            _shot(4, ["Rex"], ["雷克斯"], "barn"),
+            _shot(5, ["Ava", "Bo", "Rex"], ["艾娃", "波", "雷克斯"], "hill") | {
+                "Static Shot Description": {"en": LONG_SCRIPT, "ch": "风吹草地"}},
+        ],
+    },
+}  # fmt: skip
+"""One story of shots with 0, 1 and 3 characters, a non-human character, characters who appear alone once or
+never (Bo), and a shot (the fifth) whose characters come after CLIP's 77 tokens."""
+
+
+def write_vistory(root: Path, stories: dict | None = None) -> Path:
+    """The stories under ``root`` (``root/01/story.json``, ``root/01/image/<character>/00.png``...); default
+    :data:`STORIES`."""
+    for name, story in (STORIES if stories is None else stories).items():
         folder = root / name
         folder.mkdir(parents=True)
         (folder / "story.json").write_text(json.dumps(story, ensure_ascii=False, indent=2), encoding="utf-8-sig")

@@ -32,6 +32,9 @@ SUITE is a ConsiStory-Human split (single, multi-2, multi-3; found under --bench
 the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human),
 vistorybench (ViStoryBench's stories, where `storycast download vistorybench` puts them; --split lite for its 20
 lite stories), or a folder of story files. Each story goes to OUT/<suite>/<story>/.
+A ViStoryBench folder's frames are also written as its scorer reads them
+(OUT/outputs/<method>/<mode>/<lang>/<timestamp>/<story>/shots/shot_NN.png), and a shot a method cannot take as it
+is falls back (recorded per frame in manifest.json, `limits`).
 Running the same command again skips stories already drawn and scored, and finishes the others.
 With a tiny --preset the evaluation models are tiny too.
 
@@ -61,6 +64,19 @@ def add_parser(subparsers: Any, name: str) -> None:
         choices=("full", "lite"),
         default="full",
         help="ViStoryBench folders: every story (full) or the benchmark's 20 lite stories (lite)",
+    )
+    parser.add_argument(
+        "--outputs",
+        type=Path,
+        metavar="DIR",
+        help="ViStoryBench folders: where the images go as ViStoryBench's scorer reads them "
+        "(DIR/<method>/<mode>/<lang>/<timestamp>/<story>/shots/shot_NN.png; default OUT/outputs)",
+    )
+    parser.add_argument(
+        "--outputs-mode",
+        metavar="NAME",
+        help="ViStoryBench folders: the <mode> folder of that tree (default img_ref or text_only, as the method reads "
+        "the reference images or not)",
     )
     parser.add_argument("--bench-root", type=Path, help="folder holding the ConsiStory-Human splits")
     add_method_settings_argument(parser)
@@ -112,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         shard=parse_shard(args.shard),
         merge=args.merge,
+        outputs=args.outputs,
+        outputs_mode=args.outputs_mode,
     )
     with long_work(args.progress) as bars:
         evaluator = evaluator_from_args(args, tiny=tiny, device=spec.aux_device or spec.device, progress=bars)

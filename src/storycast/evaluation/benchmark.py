@@ -36,7 +36,7 @@ from storycast.evaluation.runfolders import BENCHMARK_RECORD
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
 from storycast.models.loading import LoadedModels
 from storycast.models.spec import ModelSpec
-from storycast.runs.plan import plan_run
+from storycast.runs.plan import RunPlan, plan_run
 from storycast.runs.runner import RunOptions, execute_plan
 from storycast.utils.io import atomic_write_json
 
@@ -142,13 +142,18 @@ def select_split(suite: Suite, split: str) -> Suite:
 
     if split == "full":
         return suite
-    if not suite.files or any(f.name != "story.json" for f in suite.files):
+    if not is_vistory_suite(suite):
         raise SettingsError(
             f"--split {split} selects ViStoryBench stories, but suite '{suite.name}' is not a ViStoryBench folder "
             f"(numbered story folders holding story.json). Fix: leave --split out, or pass the ViStory folder."
         )
     kept = set(split_stories([f.parent.name for f in suite.files], split))
     return Suite(f"{suite.name}-{split}", suite.folder, tuple(f for f in suite.files if f.parent.name in kept))
+
+
+def is_vistory_suite(suite: Suite) -> bool:
+    """Whether ``suite`` is a folder in ViStoryBench's layout (numbered story folders holding story.json)."""
+    return bool(suite.files) and all(f.name == "story.json" for f in suite.files)
 
 
 def story_name(story_file: Path) -> str:
@@ -233,6 +238,11 @@ class BenchmarkOptions:
     """(I, N): draw and score only stories i with i % N == I (a job array's task), write no tables."""
     merge: bool = False
     """Draw nothing: build the tables from the runs the shards finished."""
+    outputs: Path | None = None
+    """ViStoryBench suites: where their scorer's ``outputs/`` tree is written (default ``<out_dir>/outputs``)."""
+    outputs_mode: str | None = None
+    """ViStoryBench suites: the tree's ``<mode>`` folder (default ``img_ref`` or ``text_only``, as the method reads
+    the stories' reference images or not)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -290,6 +300,14 @@ def run_benchmark(
     stories = [
         load_story(story_file, language=options.language) for _, story_file, _ in layout
     ]  # every story file is checked before any work
+    # ViStoryBench stories are the benchmark's: a frame a method cannot take as it is falls back, recorded per frame
+    # (storycast.methods.limits), instead of the story being refused.
+    vistory = {suite.name for suite in suites if is_vistory_suite(suite)}
+    tokenizer = None
+    if vistory:
+        from storycast.models.tokenizers import first_tokenizer
+
+        tokenizer = first_tokenizer(models)
     # The method's own protocol (its paper's seeds...) unless the command line says otherwise.
     from storycast.methods.registry import get_method
 
@@ -307,8 +325,10 @@ def run_benchmark(
             generation=generation,
             out_dir=run_dir,
             overwrite=options.overwrite,
+            fallback=suite.name in vistory,
+            tokenizer=tokenizer,
         )
-        for (_, _, run_dir), story in zip(layout, stories, strict=True)
+        for (suite, _, run_dir), story in zip(layout, stories, strict=True)
     ]
     for run_plan in plans:
         run_plan.check_folder(options.overwrite)
@@ -348,6 +368,9 @@ def run_benchmark(
         "eval_preset": evaluator.preset.name,
         "command": options.command,
     }
+    outputs = _vistory_outputs(layout, plans, vistory, options) if vistory else None
+    if outputs is not None:
+        record["vistory"] = outputs.record(plans, [suite.name in vistory for suite, _, _ in layout], out_dir)
     if share.main:  # every shard asks the same (suites, method, settings): any one's record serves --merge
         atomic_write_json(out_dir / BENCHMARK_RECORD, record)
 
@@ -380,6 +403,9 @@ def run_benchmark(
                     result.drawn.append(run_dir)
             evaluator.score_run(run_dir, split=run_dir.parent.relative_to(out_dir).as_posix())
             result.scored.append(run_dir)
+        suite, story_file, _ = layout[number - 1]
+        if outputs is not None and suite.name in vistory:
+            outputs.write(story_file, run_dir)
         progress(ProgressEvent("stories", number, len(layout), "stories"))
     if state is not None:
         state.wait_for_everyone()  # every process has scored its runs: the main one writes the tables
@@ -388,3 +414,61 @@ def run_benchmark(
         return result
     result.evaluation = evaluator.evaluate(out_dir, extra=record)
     return result
+
+
+@dataclass(frozen=True)
+class VistoryOutputs:
+    """Where a benchmark writes its ViStoryBench stories' images as the benchmark's scorer reads them
+    (:mod:`storycast.evaluation.vistory_outputs`)."""
+
+    root: Path
+    method: str
+    mode: str
+    language: str
+    timestamp: str
+
+    def write(self, story_file: Path, run_dir: Path) -> list[Path]:
+        """The run's frames as the story's shots (nothing rewritten that is there already)."""
+        from storycast.evaluation.vistory_outputs import story_folder, write_shots
+        from storycast.runs.folder import RunFolder
+        from storycast.story.vistory import shot_numbers
+
+        frames = (RunFolder(run_dir).previous or {}).get("frames") or []
+        files = [record["file"] for record in frames if isinstance(record, dict)]
+        target = story_folder(self.root, self.method, self.mode, self.language, self.timestamp, story_name(story_file))
+        return write_shots(run_dir, files, shot_numbers(story_file), target)
+
+    def record(self, plans: Sequence[RunPlan], chosen: Sequence[bool], out_dir: Path) -> dict[str, Any]:
+        """benchmark.json's record: the tree, its mode and timestamp, and the frames drawn by a fallback."""
+        from storycast.methods.limits import count_limits, limits_by_frame
+
+        mine = [plan for plan, keep in zip(plans, chosen, strict=True) if keep]
+        per_story = {
+            plan.out_dir.relative_to(out_dir).as_posix(): len({limit.frame for limit in plan.limits})
+            for plan in mine
+            if plan.out_dir is not None and plan.limits
+        }
+        return {
+            "outputs": str(self.root),
+            "method": self.method,
+            "mode": self.mode,
+            "language": self.language,
+            "timestamp": self.timestamp,
+            "limits": {**count_limits(limits_by_frame(plan.limits) for plan in mine), "stories": per_story},
+        }
+
+
+def _vistory_outputs(
+    layout: Sequence[tuple[Suite, Path, Path]], plans: Sequence[RunPlan], vistory: set[str], options: BenchmarkOptions
+) -> VistoryOutputs:
+    """The benchmark's outputs tree: its mode from whether the method reads the stories' reference images, its
+    timestamp the one the benchmark folder keeps."""
+    from storycast.evaluation.vistory_outputs import mode_name, outputs_timestamp
+
+    chosen = [plan for plan, (suite, _, _) in zip(plans, layout, strict=True) if suite.name in vistory]
+    reads = any(p.method.reads_references(p.settings, p.model.family) and p.story.uses_references() for p in chosen)
+    mode = options.outputs_mode or mode_name(reads)
+    root = Path(options.outputs) if options.outputs is not None else Path(options.out_dir) / "outputs"
+    method = chosen[0].method.name
+    facts = {"outputs": str(root), "method": method, "mode": mode, "language": options.language}
+    return VistoryOutputs(root, method, mode, options.language, outputs_timestamp(Path(options.out_dir), facts))

@@ -169,12 +169,18 @@ def drawn_with(scored: Sequence[ScoredRun]) -> dict[str, Any]:
         frames = item.run.manifest.get("frames") or []
         if any(isinstance(f, dict) and (f.get("metadata") or {}).get("mask_fallback") for f in frames):
             fallback += 1
-    return {
+    found = {
         "seed_policies": sorted(policies),
         "seeds": sorted(seeds),
         "mask_fallback_runs": fallback,
         "runs": len(scored),
     }
+    limits = [item.run.manifest.get("limits") for item in scored]
+    if any(limits):  # a benchmark's per-frame fallbacks (storycast.methods.limits)
+        from storycast.methods.limits import count_limits
+
+        found["limits"] = count_limits(record for record in limits if isinstance(record, dict))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +259,15 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
         lines += [
             f"Masks: {drawn['mask_fallback_runs']} of {drawn['runs']} run(s) used the class words' attention maps "
             "because GroundingDINO + SAM were not on the machine (`mask_provider=auto`): not the authors' masks.",
+            "",
+        ]
+    limits = drawn.get("limits")
+    if limits:
+        kinds = ", ".join(f"{name} {count}" for name, count in limits["by_limit"].items())
+        lines += [
+            f"Limits: {limits['frames_changed']} frame(s) drawn by a fallback where the method could not take them as "
+            f"they are, {limits['frames_noted']} frame(s) with a limit in all ({kinds}); each frame's in its run's "
+            "manifest.json (`limits`).",
             "",
         ]
     caveats = preset.get("caveats") or []

@@ -183,15 +183,18 @@ def expand_class_tokens(
 def triggered_prompts(story: Story, index: int, characters: Container[str]) -> dict[str, str]:
     """Character id -> frame ``index``'s prompt with the trigger word after that character's class word, for
     each character the frame names among ``characters`` (those with an identity): one prompt per character, so
-    that each one's class token is found on its own."""
+    that each one's class token is found on its own. A frame whose text writes the description out rather than
+    as ``{id}`` (a benchmark's verbatim prompt) gets the trigger after the class word's first occurrence in it."""
     prompts = {}
+    plain = story.prompt(index)
     for character in story.frame_characters(index):
         if character.id in characters:
             marked = dataclasses.replace(
                 character, description=insert_trigger_word(character.description, character.class_word)
             )
             others = tuple(marked if c.id == character.id else c for c in story.characters)
-            prompts[character.id] = dataclasses.replace(story, characters=others).prompt(index)
+            prompt = dataclasses.replace(story, characters=others).prompt(index)
+            prompts[character.id] = prompt if prompt != plain else insert_trigger_word(plain, character.class_word)
     return prompts
 
 

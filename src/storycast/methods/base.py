@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from storycast.errors import StorycastError
     from storycast.methods.card import MethodAbout, MethodCard
+    from storycast.methods.limits import FrameLimit
     from storycast.models.loading import LoadedModels
     from storycast.pipelines.families.base import Family
     from storycast.pipelines.sampler import Sampling
@@ -221,6 +222,29 @@ class StoryMethod(abc.ABC):
     def check(cls, story: Story, settings: MethodSettings, family: str | None = None) -> None:
         """Raise a :class:`~storycast.errors.StorycastError` naming the field and the fix when the method cannot
         draw ``story`` with ``settings`` (resolved) on a model ``family``; called before any model is loaded."""
+
+    @classmethod
+    def nothing_to_keep(cls, story: Story, settings: MethodSettings) -> str | None:
+        """Why the method keeps nothing consistent in ``story`` (no character it can take), with the fix; None when
+        it has something to keep. Outside a benchmark the planner refuses such a story with this message; a
+        benchmark run draws it as the method's plain frames, recorded per frame."""
+        return None
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: MethodSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        """The frames of ``story`` the method cannot take as they are, each with its fallback
+        (:mod:`storycast.methods.limits`), asked by benchmark runs before any model loads; ``settings`` are
+        resolved. ``tokenizer``: the model's first (CLIP) tokenizer, None where it cannot be had without loading
+        the model (limits that need it are then not found). Outside a benchmark ``check`` refuses these frames."""
+        return []
+
+    @classmethod
+    def reads_references(cls, settings: MethodSettings, family: str | None = None) -> bool:
+        """Whether the method draws characters from their reference images with ``settings`` on ``family`` (a
+        benchmark's image-reference mode) rather than from text alone."""
+        return False
 
     @classmethod
     def plan(cls, story: Story, settings: MethodSettings) -> list[FrameGroup]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storycast.errors import Problem, SettingsError, StoryError
+from storycast.errors import Problem, SettingsError, StorycastError, StoryError
 from storycast.methods.base import FrameGroup, StoryMethod
 from storycast.methods.registry import get_method, get_settings_class, list_methods
 from storycast.models.facts import ModelFacts, model_facts
@@ -30,6 +30,7 @@ from storycast.story.model import SEED_POLICIES, GenerationSettings, Story
 from storycast.utils.io import sha256_json
 
 if TYPE_CHECKING:
+    from storycast.methods.limits import FrameLimit
     from storycast.models.loading import LoadedModels
     from storycast.models.spec import ModelSpec
     from storycast.runs.folder import RunFolder
@@ -203,6 +204,8 @@ class RunPlan:
     status: str | None = None
     out_dir: Path | None = None
     unsafe: str | None = None
+    limits: list[FrameLimit] = field(default_factory=list)
+    """The frames drawn by a fallback, and the notes on frames (planned with ``fallback``), in frame order."""
 
     @property
     def todo(self) -> list[PlannedGroup]:
@@ -271,6 +274,25 @@ def check_method_names(story: Story) -> None:
         raise StoryError(problems, story.source)
 
 
+def fall_back(
+    story: Story, method: type[StoryMethod], settings: MethodSettings, family: str, tokenizer: Any = None
+) -> tuple[Story, list[FrameLimit]]:
+    """``story`` as a benchmark run draws it with ``method``: each frame the method cannot take as it is changed by
+    its fallback (:mod:`storycast.methods.limits`), a story left with nothing to keep drawn as plain frames, and
+    the notes every method meets on the family's text encoders; with the limits, in frame order."""
+    from storycast.methods.limits import apply_limits, plain_frames, text_notes
+
+    limits = method.frame_limits(story, settings, family, tokenizer)
+    story = apply_limits(story, limits)
+    reason = method.nothing_to_keep(story, settings)
+    if reason is not None and story.appearing_characters():
+        plain = plain_frames(story, "nothing-to-keep", reason.partition(" Fix: ")[0])
+        limits += [limit for limit in plain if limit.characters]
+        story = apply_limits(story, plain)
+    limits += text_notes(story, tokenizer, family)
+    return story, sorted(limits, key=lambda limit: limit.frame)
+
+
 def group_keys(story: Story, groups: list[FrameGroup], run_key: str) -> list[str]:
     """Each group's key: the run key, its frames' inputs, its own further inputs and its dependencies' keys."""
     keys: list[str] = []
@@ -309,6 +331,8 @@ def plan_run(
     out_dir: str | Path | None = None,
     overwrite: bool = False,
     settings_origin: str = "--set",
+    fallback: bool = False,
+    tokenizer: Any = None,
 ) -> RunPlan:
     """Plan drawing ``story`` with ``method`` on ``model`` into ``out_dir``, loading nothing.
 
@@ -321,6 +345,9 @@ def plan_run(
         out_dir: The run folder; without one every group is to draw.
         overwrite: Redraw every group.
         settings_origin: Where ``method_settings`` come from, for messages.
+        fallback: Draw every frame the method cannot take as it is by its fallback (:func:`fall_back`), recorded in
+            ``RunPlan.limits``, instead of refusing the story (benchmark runs).
+        tokenizer: The model's first tokenizer, for the limits that count tokens (with ``fallback``).
 
     Raises:
         UnknownMethodError, SettingsError, StoryError, StorycastError: bad input, naming it and the fix.
@@ -341,7 +368,17 @@ def plan_run(
         settings = resolve_method_settings(story, method_class, method_settings, where=settings_origin)
     resolved = resolve_generation(story, facts, method_class, generation)
     story = dataclasses.replace(story, settings=resolved)
+    unresolved = settings
     settings = settings.resolve(ResolveContext(resolved, facts.family, facts.tiny, references=story.uses_references()))
+    limits: list[FrameLimit] = []
+    if fallback:
+        story, limits = fall_back(story, method_class, settings, facts.family, tokenizer)
+        context = ResolveContext(resolved, facts.family, facts.tiny, references=story.uses_references())
+        settings = unresolved.resolve(context)  # references a fallback leaves unread change what is resolved
+    else:
+        reason = method_class.nothing_to_keep(story, settings)
+        if reason:
+            raise StorycastError(reason)
     method_class.check(story, settings, facts.family)
     groups = method_class.plan(story, settings)
     _check_coverage(method_class, groups, len(story))
@@ -371,6 +408,7 @@ def plan_run(
         run_key=run_key,
         summary=summary,
         out_dir=Path(out_dir) if out_dir is not None else None,
+        limits=limits,
     )
     if out_dir is not None:
         _mark_drawn(plan, overwrite)

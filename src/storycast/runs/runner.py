@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from storycast.methods.base import FrameResult, ProgressCallback, ProgressEvent, RunContext, StoryMethod, no_progress
+from storycast.methods.limits import limits_by_frame
 from storycast.models.loading import LoadedModels, load_models
 from storycast.models.spec import ModelSpec
 from storycast.runs.folder import (
@@ -184,6 +185,8 @@ def execute_plan(
         "frames": records,
         "storyboard": None,
     }
+    if plan.limits:  # a benchmark run's fallbacks and notes, per frame (storycast.methods.limits)
+        manifest["limits"] = limits_by_frame(plan.limits)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = share is None or share.main
     if not split:

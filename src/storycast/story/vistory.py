@@ -190,3 +190,20 @@ def from_vistory(data: Mapping[str, Any], *, source: str | Path, language: str =
         source=source,
         source_format=FORMAT_NAME,
     )
+
+
+def shot_numbers(source: str | Path) -> list[int]:
+    """Each shot's ``index`` in a ViStory ``story.json``, in order: the number the benchmark's scorers look a
+    shot's image up by (``int(shot["index"])``; the image ``shot_<index>.png``). A shot whose index is not a whole
+    number gets its position from 1, as the benchmark's ``shot_01.png`` numbering does."""
+    import json
+
+    shots = json.loads(Path(source).read_text(encoding="utf-8-sig")).get("Shots") or []
+    numbers = []
+    for position, shot in enumerate(shots, start=1):
+        index = shot.get("index") if isinstance(shot, Mapping) else None
+        try:
+            numbers.append(int(index))
+        except (TypeError, ValueError):
+            numbers.append(position)
+    return numbers

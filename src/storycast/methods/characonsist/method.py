@@ -31,6 +31,7 @@ from storycast.methods.characonsist.attention import CharaConsistAttention, Char
 from storycast.methods.characonsist.points import merge_weights
 from storycast.methods.characonsist.prompts import token_groups
 from storycast.methods.characonsist.settings import CharaConsistSettings
+from storycast.methods.limits import WITHOUT_CHARACTERS, FrameLimit, apply_limits, each_frame_showing, no_character
 from storycast.pipelines.sampler import sample
 from storycast.story.model import Story, contains_word
 from storycast.utils.torch_utils import make_generator
@@ -74,15 +75,36 @@ class CharaConsistMethod(StoryMethod, about=ABOUT):
         return {"seed": 2025, "seed_policy": "same"}  # inference.py line 13
 
     @classmethod
+    def nothing_to_keep(cls, story: Story, settings: CharaConsistSettings) -> str | None:
+        return no_character(story, cls.name, "identity frame to keep consistent")
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: CharaConsistSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        found: list[FrameLimit] = []
+        for index in range(len(story)):  # the foreground is found from the text attention of these words
+            prompt = story.prompt(index)
+            unfound = tuple(
+                c.id
+                for c in story.frame_characters(index)
+                if c.description not in prompt and not contains_word(prompt, c.class_word)
+            )
+            if unfound:
+                detail = f"the prompt holds neither the description nor the class word of {', '.join(unfound)}"
+                found.append(FrameLimit(index, "class-word-absent", detail, WITHOUT_CHARACTERS, unfound))
+        adapted = apply_limits(story, found)
+        identity = identity_frames(adapted)
+        for character in adapted.appearing_characters():
+            if character.id not in identity:
+                detail = f"'{character.id}' never appears alone, and characonsist's identity frame shows one character"
+                found += each_frame_showing(adapted, [character.id], "solo-frames", detail, WITHOUT_CHARACTERS)
+        return found
+
+    @classmethod
     def check(cls, story: Story, settings: CharaConsistSettings, family: str | None = None) -> None:
         where = f"{story.source}: " if story.source else ""
         appearing = story.appearing_characters()
-        if not appearing:
-            raise StorycastError(
-                f"{where}no frame names a character, so characonsist has no identity frame to keep consistent. Fix: "
-                f"name the characters in the frames ({{id}} in the text, or frames[i].characters), or draw with "
-                f"--method vanilla."
-            )
         identity = identity_frames(story)
         missing = [c.id for c in appearing if c.id not in identity]
         if missing:

@@ -51,6 +51,7 @@ from storycast.errors import Problem, SettingsError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.consistory.about import ABOUT
 from storycast.methods.consistory.settings import DROPOUT_SEED_OFFSET, ConsiStorySettings
+from storycast.methods.limits import FrameLimit, class_word_limits
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.freeu import FREEU_SDXL, freeu
@@ -142,6 +143,14 @@ class ConsiStoryMethod(StoryMethod, about=ABOUT):
                         "consistent there. Fix: name it in one of the first frames, or raise --set anchors=.",
                         where, index, cid, settings.anchors,
                     )  # fmt: skip
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: ConsiStorySettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # A character whose class word is not within the prompt's tokens cannot be located there (only a warning
+        # outside a benchmark): the frame is drawn without it, which is what the method does with it there.
+        return [] if tokenizer is None else class_word_limits(tokenizer, story, cls.name)
 
     @classmethod
     def plan(cls, story: Story, settings: ConsiStorySettings) -> list[FrameGroup]:

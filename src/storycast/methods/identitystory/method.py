@@ -27,6 +27,7 @@ from storycast.methods.identitystory.settings import (
     RETRY_SEED_OFFSET,
     IdentityStorySettings,
 )
+from storycast.methods.limits import FrameLimit, cut_limits, trigger_within
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.noise import ControlInput, control_image_tensor, count_evaluations
 from storycast.story.model import Character, Story
@@ -144,6 +145,32 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
                     f"{short[0][0]} (row counts {list(counts)}), not more than svd_rank={found.svd_rank}. Fix: more "
                     f"discovery_candidates (the authors' 64), a smaller svd_rank, or fewer svd_iterations."
                 )
+
+    @classmethod
+    def reads_references(cls, settings: IdentityStorySettings, family: str | None = None) -> bool:
+        return True  # a character's identity is made from its photos where it has them, else discovered
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: IdentityStorySettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # What _check_prompts refuses outside a benchmark: a class word beyond the tokens of the frame's prompt or of
+        # the character's region prompt.
+        if tokenizer is None:
+            return []
+
+        def cut(index: int) -> list[str]:
+            characters = story.frame_characters(index)
+            prompt = prompts.global_prompt(story, index, settings.injection.prompt_style)
+            positions = prompts.class_word_positions(tokenizer, prompt, [c.class_word for c in characters])
+            return [
+                c.id
+                for c, position in zip(characters, positions, strict=True)
+                if position is None or not trigger_within(tokenizer, prompts.region_prompt(story, c, len(characters)))
+            ]
+
+        where = "the frame's prompt or region prompt"
+        return cut_limits(story, cls.name, tokenizer.model_max_length, cut, where=where, does="injects an identity")
 
     @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:

@@ -22,6 +22,7 @@ import torch
 
 from storycast.errors import Problem, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import WITHOUT_CHARACTERS, FrameLimit
 from storycast.methods.oneprompt import prompts as P
 from storycast.methods.oneprompt.about import ABOUT
 from storycast.methods.oneprompt.settings import OnePromptSettings
@@ -60,6 +61,28 @@ class OnePromptOneStoryMethod(StoryMethod, about=ABOUT):
     def benchmark_settings(cls) -> dict[str, Any]:
         # resource/gen_benchmark.py runs prompt-embeds mode "svr-eot" (main.py, the demo, runs "svr").
         return {"svr_mode": "svr-eot"}
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: OnePromptSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # What check_lengths refuses outside a benchmark: such a frame leaves its cast's single prompt for the prompt
+        # of no cast (the style alone), where its phrase fits.
+        if tokenizer is None:
+            return []
+        limit = tokenizer.model_max_length
+        return [
+            FrameLimit(
+                index,
+                "prompt-tokens",
+                f"its phrase and the identity prompt of its characters take {needed} CLIP tokens, more than the "
+                f"{limit} a prompt holds",
+                WITHOUT_CHARACTERS,
+                tuple(story.frames[index].characters),
+            )
+            for index, needed in sorted(P.overlong_frames(tokenizer, story).items())
+            if story.frames[index].characters
+        ]
 
     @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:

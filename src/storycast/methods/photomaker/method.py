@@ -29,6 +29,7 @@ from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import FrameLimit, trigger_limits
 from storycast.methods.photomaker.about import ABOUT
 from storycast.methods.photomaker.settings import PhotoMakerMethodSettings
 from storycast.pipelines.sampler import sample
@@ -64,6 +65,18 @@ class PhotoMakerMethod(StoryMethod, about=ABOUT):
                 )  # fmt: skip
         if settings.photomaker.expected_version() == "v2":
             check_v2(story, settings)
+
+    @classmethod
+    def reads_references(cls, settings: PhotoMakerMethodSettings, family: str | None = None) -> bool:
+        return settings.identity != "discovered"
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: PhotoMakerMethodSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        if tokenizer is None:
+            return []
+        return trigger_limits(tokenizer, story, cls.name, [c.id for c in story.appearing_characters()])
 
     # -- run interface ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from storycast.attention.cache import TokenCache
 from storycast.attention.layers import install_processors
-from storycast.errors import SettingsError, StorycastError
+from storycast.errors import SettingsError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
 from storycast.methods.story2board.about import ABOUT
 from storycast.methods.story2board.attention import CanvasState, flux_blocks, mixing_processors, panel_anchoring
@@ -68,15 +68,19 @@ class Story2BoardMethod(StoryMethod, about=ABOUT):
         return cls.generation_defaults("flux")
 
     @classmethod
-    def check(cls, story: Story, settings: Story2BoardSettings, family: str | None = None) -> None:
-        where = f"{story.source}: " if story.source else ""
+    def nothing_to_keep(cls, story: Story, settings: Story2BoardSettings) -> str | None:
         boards, _ = storyboards(story)
-        if not boards:
-            raise StorycastError(
-                f"{where}no character (or group of characters) is named by two frames, so story2board has no "
-                f"reference panel to anchor a frame to. Fix: name the characters in the frames ({{id}} in the text, or "
-                f"frames[i].characters), each in two frames or more, or draw with --method vanilla."
-            )
+        if boards:
+            return None
+        where = f"{story.source}: " if story.source else ""
+        return (
+            f"{where}no character (or group of characters) is named by two frames, so story2board has no "
+            f"reference panel to anchor a frame to. Fix: name the characters in the frames ({{id}} in the text, or "
+            f"frames[i].characters), each in two frames or more, or draw with --method vanilla."
+        )
+
+    @classmethod
+    def check(cls, story: Story, settings: Story2BoardSettings, family: str | None = None) -> None:
         true_cfg = story.settings.true_cfg_scale
         if true_cfg is not None and true_cfg > 1:
             raise SettingsError(

@@ -33,6 +33,15 @@ from storycast.errors import SettingsError, StorycastError
 from storycast.identity.photomaker_prompt import MergedConditioning, insert_trigger_word, triggered_prompts
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import (
+    WITHOUT_CHARACTERS,
+    WITHOUT_REFERENCES,
+    FrameLimit,
+    apply_limits,
+    each_frame_showing,
+    no_character,
+    trigger_limits,
+)
 from storycast.methods.storydiffusion.about import ABOUT
 from storycast.methods.storydiffusion.settings import SAMPLING_SEED_OFFSET, StoryDiffusionSettings
 from storycast.pipelines.families import check_scheduler
@@ -129,12 +138,6 @@ class StoryDiffusionMethod(StoryMethod, about=ABOUT):
                     "freeu=true: FreeU rescales a UNet's decoder features, and FLUX has no UNet. Fix: --set freeu=false "
                     "(or leave it unset: off on FLUX)."
                 )
-        if not appearing:
-            raise StorycastError(
-                f"{where}no frame names a character, so storydiffusion has no identity to keep "
-                f"(id_length={settings.id_length}). Fix: name the characters in the frames ({{id}} in the text, or "
-                f"frames[i].characters), or draw with --method vanilla."
-            )
         if settings.identity_frames == "story":
             alone = solo_frames(story)
             short = [c for c in appearing if len(alone[c.id]) < settings.id_length]
@@ -161,6 +164,39 @@ class StoryDiffusionMethod(StoryMethod, about=ABOUT):
                 f"{where}characters {with_photos} have reference photos, which storydiffusion reads through "
                 f"PhotoMaker v1, an SDXL adapter; the model is {family}. Fix: --preset sdxl, or remove the references."
             )
+
+    @classmethod
+    def nothing_to_keep(cls, story: Story, settings: StoryDiffusionSettings) -> str | None:
+        return no_character(story, cls.name, f"identity to keep (id_length={settings.id_length})")
+
+    @classmethod
+    def reads_references(cls, settings: StoryDiffusionSettings, family: str | None = None) -> bool:
+        return family == "sdxl"  # through PhotoMaker v1, an SDXL adapter
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: StoryDiffusionSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # The order matters: a character left out of a shared frame may leave another alone there, a solo frame.
+        found: list[FrameLimit] = []
+        with_photos = [c.id for c in story.appearing_characters() if c.references]
+        if with_photos and family not in (None, "sdxl"):
+            detail = f"reference images are read through PhotoMaker v1, an SDXL adapter, and the model is {family}"
+            found += each_frame_showing(story, with_photos, "references-family", detail, WITHOUT_REFERENCES)
+        elif with_photos and tokenizer is not None:
+            found += trigger_limits(tokenizer, story, cls.name, with_photos)
+        if settings.identity_frames == "story":
+            adapted = apply_limits(story, found)
+            alone = solo_frames(adapted)
+            for character in adapted.appearing_characters():
+                solo = len(alone[character.id])
+                if solo < settings.id_length:
+                    detail = (
+                        f"'{character.id}' appears alone in {solo} frame(s), fewer than the id_length="
+                        f"{settings.id_length} solo frames storydiffusion draws as a character's identity frames"
+                    )
+                    found += each_frame_showing(adapted, [character.id], "solo-frames", detail, WITHOUT_CHARACTERS)
+        return found
 
     @classmethod
     def plan(cls, story: Story, settings: StoryDiffusionSettings) -> list[FrameGroup]:

@@ -30,6 +30,7 @@ from storycast.attention.injection import IdentityInjectionState, install_identi
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StorycastError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import FrameLimit, class_word_limits
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.methods.storynizor.about import ABOUT
 from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
@@ -104,6 +105,18 @@ class StorynizorMethod(StoryMethod, about=ABOUT):
 
             find_face_models(settings.injector.face_models, settings.injector.face_pack, setting="--set face_models=")
         warn_unnamed_class_words(story, cls.name)
+
+    @classmethod
+    def reads_references(cls, settings: StorynizorSettings, family: str | None = None) -> bool:
+        return settings.identity != "none"
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: StorynizorSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # A character whose class word is not within the prompt's tokens cannot be located there (only a warning
+        # outside a benchmark): the frame is drawn without it, which is what the method does with it there.
+        return [] if tokenizer is None else class_word_limits(tokenizer, story, cls.name)
 
     @classmethod
     def plan(cls, story: Story, settings: StorynizorSettings) -> list[FrameGroup]:
