@@ -139,3 +139,25 @@ def test_what_pulid_cannot_draw_is_refused_before_any_model_loads(monkeypatch, t
         plan(story_data, settings={"face_models": str(tmp_path / "nowhere")})
     with pytest.raises(SettingsError, match="id_weight must be at least 0"):
         plan(story_data, settings={"id_weight": -1})
+
+
+def test_with_facexlibs_parser_the_background_classes_of_the_aligned_face_go_white(faces, story_data, tmp_path):
+    from PIL import Image
+
+    from storycast.identity.pulid_faces import PuLIDFaces, aligned_face, resize_long_side
+    from storycast.vision.face_parsing import PULID_BACKGROUND, BiSeNet
+
+    torch.manual_seed(0)
+    torch.save(BiSeNet().state_dict(), tmp_path / "parsing_bisenet.pth")
+    plain = PuLIDFaces.from_folder(faces)
+    parsed = PuLIDFaces.from_folder(faces, parsing=tmp_path)
+    path = story_data["characters"][0]["references"][0]
+    grey, whitened = plain.read(Image.open(path), path), parsed.read(Image.open(path), path)
+    aligned = grey.face[None]  # grey's channels are equal, so the parser's labels of it equal those of the colour
+    rgb = resize_long_side(Image.open(path).convert("RGB"))
+    labels = parsed.parser.labels(aligned_face(rgb, plain.detector.detect(rgb)[0]))
+    background = torch.isin(labels[0], torch.tensor(PULID_BACKGROUND))
+    assert background.any() and (~background).any()
+    assert torch.all(whitened.face[:, background] == 1.0)
+    assert torch.equal(whitened.face[:, ~background], aligned[0][:, ~background])
+    assert torch.equal(whitened.arcface, grey.arcface)
