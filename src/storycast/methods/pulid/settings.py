@@ -33,7 +33,7 @@ class PuLIDMethodSettings(MethodSettings):
         1.0,
         "PuLID's true CFG scale (app_flux.py line 221: 1, off). Above 1: a second pass on the negative prompt with "
         "the negative ID tokens, combined as neg + true_cfg x (pred - neg) (flux/sampling.py lines 136-149); their "
-        "docs suggest guidance_scale 1 with it.",
+        "demo suggests guidance_scale 1 with it (app_flux.py line 217).",
     )
     start_cfg_step: int = setting(
         1, "First step of true CFG ('timestep_to_start_cfg', app_flux.py line 222: 1; flux/sampling.py line 136)."
