@@ -98,13 +98,34 @@ def denoiser_flops(models, width: int, height: int) -> int:
     return int(counter.get_total_flops())
 
 
+PHOTO_METHODS = {"pulid": "antelopev2"}
+"""Methods that read every character from reference photos, with the face pack they read them with. The suite gives
+them a synthetic photo and the tiny ONNX stand-in of the pack, built in code (random weights everywhere here, and
+nothing can be fetched on the GPU machine): reading the photo is preparation, paid once per character and not in the
+per-frame numbers, so the rows time what a real pack would."""
+
+
+def photo_inputs(method: str, out: Path) -> tuple[list[str], dict]:
+    """The reference photos and extra settings ``method`` needs in the suite (none for methods that draw from text)."""
+    pack = PHOTO_METHODS.get(method)
+    if pack is None:
+        return [], {}
+    from storycast.vision.tiny_faces import write_tiny_face_pack, write_tiny_face_photo
+
+    folder = out / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    face_models = write_tiny_face_pack(folder / pack, pack=pack)
+    return [write_tiny_face_photo(folder / "mara.png", 1)], {"face_models": str(face_models)}
+
+
 def worker(args: argparse.Namespace) -> dict:
     preset, size = FAMILIES[args.family]["tiny" if args.tiny else "real"]
     args.preset, args.size, args.frames = preset, args.size or size, [args.story_frames]
-    args.method_settings = json.dumps(SUITE_SETTINGS.get(args.method, {}))
-    settings = SUITE_SETTINGS.get(args.method, {})
+    references, photo_settings = photo_inputs(args.method, args.out)
+    settings = {**SUITE_SETTINGS.get(args.method, {}), **photo_settings}
+    args.method_settings = json.dumps(settings)
     options = OPTION_ROWS.get(args.family, {}).get(args.option, {}) if args.option else {}
-    story = one_character_story(args.story_frames)
+    story = one_character_story(args.story_frames, references)
     row, (_, models, plan) = measure(args, story, settings, options, warmup=bool(options.get("compile")))
     flops = denoiser_flops(models, plan.story.settings.width, plan.story.settings.height)
     rate = matmul_rate(args.device, args.dtype, 512 if args.tiny or args.device == "cpu" else 8192)

@@ -20,14 +20,15 @@ def run(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_the_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path):
-    """Its FLUX rows included: a method that does not run on FLUX (storynizor) is left out of them."""
+    """Its FLUX rows included: a method that does not run on FLUX (storynizor) is left out of them, and one that
+    reads reference photos (pulid) gets a synthetic photo and the tiny face pack."""
     done = run("--out", str(tmp_path), "--device", "cpu", "--tiny", "--steps", "2", "--story-frames", "2",
-               "--families", "sd15", "flux", "--methods", "vanilla", "storynizor", "storydiffusion")  # fmt: skip
+               "--families", "sd15", "flux", "--methods", "vanilla", "storynizor", "storydiffusion", "pulid")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((tmp_path / "suite.json").read_text())["rows"]
     assert [(r["family"], r["method"], r["option"]) for r in rows] == [
         ("sd15", "vanilla", "-"), ("sd15", "storynizor", "-"), ("sd15", "storydiffusion", "-"),
-        ("flux", "vanilla", "-"), ("flux", "storydiffusion", "-"),
+        ("flux", "vanilla", "-"), ("flux", "storydiffusion", "-"), ("flux", "pulid", "-"),
         ("flux", "vanilla", "compile"), ("flux", "vanilla", "cache first-block"),
         ("flux", "vanilla", "cache taylorseer"), ("flux", "storydiffusion", "cache first-block"),
     ]  # fmt: skip
@@ -41,6 +42,7 @@ def test_the_gpu_suite_runs_on_the_cpu_with_tiny_models(tmp_path):
     # FLUX.1-dev's guidance is an input: one transformer evaluation per step; the UNets' CFG takes two.
     evaluations = {(r["family"], r["method"], r["option"]): r["evaluations_per_frame"] for r in rows}
     assert evaluations["flux", "vanilla", "-"] == evaluations["flux", "storydiffusion", "-"] == 2
+    assert evaluations["flux", "pulid", "-"] == 2  # its ID branch adds no evaluation (true_cfg 1, their default)
     # SD 1.5's own PNDM scheduler (StoryDiffusion's default since it draws with the model's scheduler, as the
     # authors' default run) evaluates T + 1 steps, each with CFG's two halves: 6 at T = 2.
     assert evaluations["sd15", "storydiffusion", "-"] == evaluations["sd15", "vanilla", "-"] == 6

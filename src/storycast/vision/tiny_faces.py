@@ -119,3 +119,15 @@ def paint_tiny_face(canvas: np.ndarray, x: int, y: int, size: int, pattern: np.n
     canvas[y : y + size, x : x + size, 2] = np.round(170 + 85 * block).astype(np.uint8)
     canvas[y : y + size, x : x + size, :2] = 0
     return canvas
+
+
+def write_tiny_face_photo(path: str | Path, seed: int) -> str:
+    """A 640 px photo whose face the tiny face pack's detector finds (one textured 32 px cell), with a gradient
+    elsewhere for the image encoders to see; ``seed`` moves the face and changes its texture."""
+    from PIL import Image
+
+    canvas = np.full((640, 640, 3), 60, dtype=np.uint8)
+    canvas[:, :, 0] = np.linspace(0, 120, 640, dtype=np.uint8)
+    paint_tiny_face(canvas, 96 + 32 * seed, 64, 32, np.random.default_rng(seed).random((4, 4)))
+    Image.fromarray(canvas).save(path)
+    return str(path)
