@@ -167,3 +167,21 @@ def test_a_judge_scores_each_shot_and_each_matched_character_and_a_judge_given_l
     assert scores["details"]["judge"]["unparsed"] == 0 and "skipped_metrics" not in scores["details"]
     assert found.results["groups"][0]["metrics"]["prompt_align"]["mean"] == pytest.approx(values["prompt_align"])
     assert asked and len(server.requests) == 3 * 4 + len(asked)  # three aspects of four shots, one per crop
+
+
+@pytest.mark.parametrize(
+    ("flag", "metric"),
+    [("--csd-model", "self_csd"), ("--aesthetic-model", "aesthetic"), ("--inception-model", "inception_score")],
+)
+def test_each_model_flag_replaces_its_tiny_stand_in_and_a_missing_file_is_named_with_the_flag(
+    tmp_path, stories, capsys, flag, metric
+):
+    from storycast.cli.main import main
+
+    run = vistory_run(tmp_path / "run", stories / "02" / "story.json")
+    others = [m for m in resolve_preset("vistorybench").metrics if m != metric]
+    command = ["evaluate", str(run), "--eval-preset", "vistorybench", "--preset", "tiny", "--no-progress",
+               "--cache-dir", str(tmp_path / "cache"), *itertools.chain(*(("--skip", m) for m in others))]  # fmt: skip
+    assert main([*command, flag, str(tmp_path / "missing.pth")]) == 2
+    assert flag in capsys.readouterr().err
+    assert main(command) == 0  # the tiny stand-in

@@ -366,7 +366,7 @@ def resolve_weights_file(
     if is_url(source) and cache_dir is not None and not local_files_only:
         return fetch_file(source, cache_dir, setting=flag or f"--eval-set {setting}=")
     parts = source.split("/")
-    if len(parts) < 3 or is_url(source):
+    if len(parts) < 3 or is_url(source) or source.startswith(("/", ".", "~")):  # a path, not '<owner>/<repo>/...'
         raise MissingWeightsError(f"{what} weights '{source}' are not a file. Fix: {fix}.")
     try:
         from huggingface_hub import hf_hub_download
