@@ -230,11 +230,14 @@ def _published_cells(published: Sequence[Mapping[str, Any]], columns: Sequence[M
 
 
 def _extractor_lines(evaluation: Mapping[str, Any]) -> list[str]:
-    names = {"clip": "CLIP", "clip_i": "CLIP for CLIP-I", "dino": "DINO", "faces": "faces", "qalign": "Q-Align"}
+    names = {"clip": "CLIP", "clip_i": "CLIP for CLIP-I", "dino": "DINO", "faces": "faces", "qalign": "Q-Align",
+             "detector": "GroundingDINO", "arcface": "ArcFace", "adaface": "AdaFace", "facenet": "FaceNet", "csd": "CSD",
+             "aesthetic": "Aesthetic Predictor V2.5", "inception": "Inception-v3"}  # fmt: skip
     parts = []
     for role, identity in (evaluation.get("extractors") or {}).items():
         source = identity.get("source", "?")
-        parts.append(f"{names.get(role, role)} `{source}`")
+        backbone = f" on `{identity['backbone']}`" if identity.get("backbone") else ""
+        parts.append(f"{names.get(role, role)} `{source}`{backbone}")
     return parts
 
 
@@ -248,9 +251,12 @@ def _header_lines(results: Mapping[str, Any], title: str) -> list[str]:
     lines = [f"# {title}", ""]
     if evaluation.get("tiny"):
         lines += [f"> **{TINY_WARNING}**", ""]
+    judge = evaluation.get("judge")
+    judged = [f"- **Judge**: `{judge['judge_model']}` at {judge['judge_url']}"] if judge else []
     lines += [
         f"- **Protocol**: `{results.get('preset')}`: {preset.get('description', '')}",
         f"- **Extractors**: {'; '.join(_extractor_lines(evaluation)) or '–'}",
+        *judged,
         f"- **Aggregation**: {AGGREGATION_TEXT.get(results.get('aggregation', 'story'), '')}",
         f"- **Made**: {results.get('created', '')}{'; ' + versions if versions else ''}",
         "",
