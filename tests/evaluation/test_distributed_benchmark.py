@@ -101,7 +101,7 @@ def test_two_gloo_processes_give_the_frames_and_tables_of_one(tiny_sd15, tmp_pat
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
         "-m", "storycast", "benchmark", str(suite.folder), "--method", "vanilla", "--preset", "tiny-sd15",
         "--device", "cpu", "--steps", "1", "--width", "64", "--height", "64", "--out", str(two),
-        "--cache-dir", str(tmp_path / "c2"),
+        "--cache-dir", str(tmp_path / "c2"), "--eval-preset", "identitystory",  # the protocol of `evaluator`
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

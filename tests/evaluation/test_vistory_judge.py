@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
@@ -29,10 +30,12 @@ from storycast.evaluation.vistory_judge import (
 
 
 class FakeJudge:
-    """A chat-completions server in a thread: answers from a list (status, body), records every request."""
+    """A chat-completions server in a thread: answers from a list (status, body), or from a function of the request
+    body, and records every request."""
 
-    def __init__(self, answers: list[tuple[int, object]]):
-        self.answers = list(answers)
+    def __init__(self, answers: list[tuple[int, object]] | Callable[[dict], tuple[int, object]]):
+        self.answer = answers if callable(answers) else None
+        self.answers = [] if callable(answers) else list(answers)
         self.requests: list[dict] = []
         owner = self
 
@@ -41,7 +44,10 @@ class FakeJudge:
                 length = int(self.headers["Content-Length"])
                 body = json.loads(self.rfile.read(length))
                 owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, payload = owner.answers.pop(0) if owner.answers else (500, {"error": "no answer left"})
+                if owner.answer is not None:
+                    status, payload = owner.answer(body)
+                else:
+                    status, payload = owner.answers.pop(0) if owner.answers else (500, {"error": "no answer left"})
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -227,3 +233,18 @@ def test_prompts_urls_parsing_and_options():
         JudgeOptions(url="http://x", workers=0).validate()
     with pytest.raises(SettingsError, match="aspect"):
         load_prompt("style")
+
+
+def test_the_prompt_align_average_is_the_leaderboard_s_on_every_published_row():
+    from storycast.evaluation.published import VISTORYBENCH_ROWS
+    from storycast.evaluation.vistory_judge import prompt_align_average
+
+    keys = ("prompt_align_scene", "prompt_align_camera", "prompt_align_character_action", "single_character_action")
+    for row in VISTORYBENCH_ROWS:  # printed to 3 decimals: single_character_action counts twice
+        assert prompt_align_average(*(row.values[k] for k in keys)) == pytest.approx(
+            row.values["prompt_align"], abs=6e-4
+        )
+    uno = next(r for r in VISTORYBENCH_ROWS if r.method == "UNO" and r.split == "full").values
+    assert sum(uno[k] for k in keys) / 4 == pytest.approx(3.006, abs=6e-4)  # the plain mean is not the column
+    assert prompt_align_average(4.0, 2.0, 3.0, None) == 3.0  # no single-character value: the three present
+    assert prompt_align_average(None, None, None, None) is None

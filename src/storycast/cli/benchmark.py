@@ -27,6 +27,8 @@ examples:
   storycast benchmark single --method vanilla --preset tiny --steps 1 --limit 2 --out runs/bench-tiny
   storycast benchmark single multi-2 --method identitystory --out runs/is --skip qalign
   storycast benchmark my_stories/ --method vanilla --preset sd15 --out runs/mine --eval-preset 1prompt1story
+  storycast benchmark vistorybench --split lite --method storydiffusion --out runs/vistory \
+      --judge-url https://api.openai.com/v1 --judge-model gpt-4.1
 
 SUITE is a ConsiStory-Human split (single, multi-2, multi-3; found under --bench-root, $STORYCAST_BENCH,
 the storycast cache where `storycast download consistory-human` puts it, or ../shared/bench/ConsiStory-Human),
@@ -35,6 +37,9 @@ lite stories), or a folder of story files. Each story goes to OUT/<suite>/<story
 A ViStoryBench folder's frames are also written as its scorer reads them
 (OUT/outputs/<method>/<mode>/<lang>/<timestamp>/<story>/shots/shot_NN.png), and a shot a method cannot take as it
 is falls back (recorded per frame in manifest.json, `limits`).
+ViStoryBench folders are scored with the vistorybench protocol (CSD, CIDS, aesthetics, Inception Score, OCCM, and
+prompt alignment when --judge-url names a judge) unless --eval-preset says otherwise; a story that cannot be read
+is reported (results.md, exit status 1) and the others are drawn.
 Running the same command again skips stories already drawn and scored, and finishes the others.
 With a tiny --preset the evaluation models are tiny too.
 
@@ -101,7 +106,13 @@ def add_parser(subparsers: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from storycast.evaluation.benchmark import BenchmarkOptions, resolve_suite, run_benchmark, select_split
+    from storycast.evaluation.benchmark import (
+        BenchmarkOptions,
+        is_vistory_suite,
+        resolve_suite,
+        run_benchmark,
+        select_split,
+    )
     from storycast.evaluation.report import summary_table
     from storycast.models.presets import BASE_PRESETS
     from storycast.runs.shards import launched_processes, parse_shard
@@ -132,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
         outputs_mode=args.outputs_mode,
     )
     with long_work(args.progress) as bars:
-        evaluator = evaluator_from_args(args, tiny=tiny, device=spec.aux_device or spec.device, progress=bars)
+        # ViStoryBench folders are scored with their benchmark's protocol unless --eval-preset says otherwise.
+        default = "vistorybench" if any(is_vistory_suite(s) for s in suites) else None
+        evaluator = evaluator_from_args(
+            args, tiny=tiny, device=spec.aux_device or spec.device, progress=bars, default_preset=default
+        )
         result = run_benchmark(
             suites,
             args.method,
@@ -146,8 +161,10 @@ def run(args: argparse.Namespace) -> int:
     if helper or options.shard != (0, 1):
         if options.shard != (0, 1) and not helper:
             log.info("shard %s done; when every shard is, build the tables with --merge", args.shard)
-        return 0
+        return 1 if result.failed else 0
     print("\n".join(summary_table(result.evaluation.results)))
+    for failure in result.failed:
+        log.error("not drawn: %s: %s", failure["story"], failure["reason"])
     log.info(
         "%d stor(ies) drawn, %d scored, %d already finished -> %s",
         len(result.drawn),
@@ -155,4 +172,4 @@ def run(args: argparse.Namespace) -> int:
         len(result.finished),
         ", ".join(str(p) for p in result.evaluation.paths.values()),
     )
-    return 0
+    return 1 if result.failed else 0

@@ -40,11 +40,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
 
     metrics = ", ".join([*METRICS, *METRIC_GROUPS])
     protocol = parser.add_argument_group("evaluation protocol")
+    default = (
+        DEFAULT_EVAL_PRESET if standalone else f"vistorybench for ViStoryBench folders, else {DEFAULT_EVAL_PRESET}"
+    )
     protocol.add_argument(
         "--eval-preset",
-        default=DEFAULT_EVAL_PRESET,
+        default=None,
         metavar="NAME",
-        help=f"the paper whose protocol to follow: {', '.join(EVAL_PRESETS)} (default: {DEFAULT_EVAL_PRESET})",
+        help=f"the paper whose protocol to follow: {', '.join(EVAL_PRESETS)} (default: {default})",
     )
     protocol.add_argument(
         "--with", dest="with_metrics", action="append", metavar="METRIC", help=f"add a metric ({metrics})"
@@ -66,6 +69,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
         help="folder with the insightface pack, or the URL of its .zip (default ~/.insightface/models)",
     )
     models.add_argument("--qalign-model", metavar="ID|FOLDER", help="OneAlign for Q-Align (CUDA only)")
+    vistory = "ViStoryBench: "
+    models.add_argument("--csd-model", metavar="FILE|URL", help=vistory + "CSD weights (csd_vit-large.pth)")
+    models.add_argument(
+        "--aesthetic-model",
+        metavar="FILE|URL",
+        help=vistory + "Aesthetic Predictor V2.5 head (aesthetic_predictor_v2_5.pth)",
+    )
+    models.add_argument(
+        "--siglip-model",
+        metavar="ID|FOLDER",
+        help=vistory + "SigLIP under that head (google/siglip-so400m-patch14-384)",
+    )
+    models.add_argument(
+        "--inception-model",
+        metavar="FILE|URL",
+        help=vistory + "Inception-v3 weights (inception_v3_google-0cc3c7bd.pth)",
+    )
     prefix = "" if standalone else "eval-"
     models.add_argument(
         f"--{prefix}device",
@@ -128,14 +148,21 @@ def judge_options_from_args(args: argparse.Namespace) -> JudgeOptions:
     return options
 
 
-def evaluator_from_args(args: argparse.Namespace, *, tiny: bool, device: str, progress: ProgressCallback) -> Evaluator:
-    """The Evaluator the flags describe."""
+def evaluator_from_args(
+    args: argparse.Namespace,
+    *,
+    tiny: bool,
+    device: str,
+    progress: ProgressCallback,
+    default_preset: str | None = None,
+) -> Evaluator:
+    """The Evaluator the flags describe (``default_preset`` when --eval-preset is not given; else the default)."""
     from storycast.evaluation.evaluator import Evaluator, ExtractorOptions
-    from storycast.evaluation.presets import resolve_preset
+    from storycast.evaluation.presets import DEFAULT_EVAL_PRESET, resolve_preset
     from storycast.utils.torch_utils import resolve_device
 
     preset = resolve_preset(
-        args.eval_preset,
+        args.eval_preset or default_preset or DEFAULT_EVAL_PRESET,
         tiny=tiny,
         gpu=resolve_device(args.eval_device or device).startswith("cuda"),
         add=args.with_metrics or (),
@@ -149,6 +176,11 @@ def evaluator_from_args(args: argparse.Namespace, *, tiny: bool, device: str, pr
         dino_model=args.dino_model,
         face_models=args.face_models,
         qalign_model=args.qalign_model,
+        csd_model=args.csd_model,
+        aesthetic_model=args.aesthetic_model,
+        siglip_model=args.siglip_model,
+        inception_model=args.inception_model,
+        judge=judge_options_from_args(args),
         device=args.eval_device or device,
         dtype=args.eval_dtype,
         batch_size=args.eval_batch_size,

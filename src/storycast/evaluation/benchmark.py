@@ -27,9 +27,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storycast.errors import SettingsError
+from storycast.errors import SettingsError, StoryError
 from storycast.evaluation import bench_data, vistory_data
 from storycast.evaluation.evaluator import EvaluationResult, Evaluator
 from storycast.evaluation.runfolders import BENCHMARK_RECORD
@@ -39,6 +39,9 @@ from storycast.models.spec import ModelSpec
 from storycast.runs.plan import RunPlan, plan_run
 from storycast.runs.runner import RunOptions, execute_plan
 from storycast.utils.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from storycast.story.model import Story
 
 logger = logging.getLogger(__name__)
 
@@ -251,12 +254,41 @@ class BenchmarkOptions:
 
 @dataclass
 class BenchmarkResult:
-    """What a benchmark did. ``drawn`` were generated now (fully or partly), ``finished`` were already done."""
+    """What a benchmark did. ``drawn`` were generated now (fully or partly), ``finished`` were already done,
+    ``failed`` could not be read ({'story': its folder under the benchmark's, 'reason': the error})."""
 
     evaluation: EvaluationResult
     drawn: list[Path] = field(default_factory=list)
     scored: list[Path] = field(default_factory=list)
     finished: list[Path] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+def _readable(
+    layout: Sequence[tuple[Suite, Path, Path]], out_dir: Path, language: str
+) -> tuple[list[tuple[Suite, Path, Path]], list[Story], list[dict[str, str]]]:
+    """The stories of ``layout`` that read, and the others with their errors (which name the file and the field).
+
+    Raises:
+        StoryError: The only story does not read.
+        SettingsError: No story reads (each named with its error).
+    """
+    from storycast.story.parse import load_story
+
+    kept, stories, failed, errors = [], [], [], []
+    for entry in layout:
+        try:
+            stories.append(load_story(entry[1], language=language))
+        except StoryError as err:
+            failed.append({"story": entry[2].relative_to(out_dir).as_posix(), "reason": str(err)})
+            errors.append(err)
+        else:
+            kept.append(entry)
+    if not kept and len(errors) == 1:
+        raise errors[0]
+    if not kept and errors:
+        raise SettingsError("no story can be drawn:\n  " + "\n  ".join(f"{f['story']}: {f['reason']}" for f in failed))
+    return kept, stories, failed
 
 
 def run_benchmark(
@@ -282,8 +314,6 @@ def run_benchmark(
         generation: Overrides of the generation settings (steps, width, seed...).
         progress: Receives 'stories' events, and the runner's and method's own events.
     """
-    from storycast.story.parse import load_story
-
     if not suites:
         raise SettingsError("no suite to run. Fix: name a split (single, multi-2) or a folder of story files.")
     names = [s.name for s in suites]
@@ -297,9 +327,9 @@ def run_benchmark(
         for suite in suites
         for story_file in suite.files[: options.limit]
     ]
-    stories = [
-        load_story(story_file, language=options.language) for _, story_file, _ in layout
-    ]  # every story file is checked before any work
+    # Every story file is checked before any work; one that cannot be read is reported (in the results, and by the
+    # command's exit status) and the others go on.
+    layout, stories, failed = _readable(layout, out_dir, options.language)
     # ViStoryBench stories are the benchmark's: a frame a method cannot take as it is falls back, recorded per frame
     # (storycast.methods.limits), instead of the story being refused.
     vistory = {suite.name for suite in suites if is_vistory_suite(suite)}
@@ -330,10 +360,14 @@ def run_benchmark(
         )
         for (suite, _, run_dir), story in zip(layout, stories, strict=True)
     ]
+    if failed:
+        logger.error(
+            "%d stor(ies) cannot be drawn and are left out: %s", len(failed), "; ".join(f["story"] for f in failed)
+        )
     for run_plan in plans:
         run_plan.check_folder(options.overwrite)
     if options.merge:  # nothing is drawn: the tables of what the shards drew (and the record they wrote)
-        result = BenchmarkResult(evaluation=evaluator.evaluate(out_dir))
+        result = BenchmarkResult(evaluation=evaluator.evaluate(out_dir), failed=failed)
         result.finished = [run_dir for _, _, run_dir in layout]
         return result
     if plans:
@@ -367,6 +401,7 @@ def run_benchmark(
         "method_settings": dict(method_settings or {}),
         "eval_preset": evaluator.preset.name,
         "command": options.command,
+        "failed": failed,
     }
     outputs = _vistory_outputs(layout, plans, vistory, options) if vistory else None
     if outputs is not None:
@@ -374,7 +409,7 @@ def run_benchmark(
     if share.main:  # every shard asks the same (suites, method, settings): any one's record serves --merge
         atomic_write_json(out_dir / BENCHMARK_RECORD, record)
 
-    result = BenchmarkResult(evaluation=EvaluationResult(results={}))
+    result = BenchmarkResult(evaluation=EvaluationResult(results={}), failed=failed)
     loaded = models if isinstance(models, LoadedModels) else None
     progress(ProgressEvent("stories", 0, len(layout), "stories"))
     for number, ((_, _, run_dir), run_plan) in enumerate(zip(layout, plans, strict=True), start=1):

@@ -52,7 +52,7 @@ from storycast.evaluation.runfolders import (
     run_status,
 )
 from storycast.evaluation.scoring import FrameFaces, StoryInputs, StoryScores, score_story
-from storycast.evaluation.vistory_scoring import VISTORY_METRICS
+from storycast.evaluation.vistory_run import STYLE_METRICS, VISTORY_METRICS, needs_cids
 from storycast.methods.base import ProgressCallback, ProgressEvent, no_progress
 from storycast.utils.io import (
     atomic_directory,
@@ -65,8 +65,11 @@ from storycast.utils.io import (
 from storycast.version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL import Image
 
+    from storycast.evaluation.vistory_judge import JudgeOptions, VisionJudge
     from storycast.story.model import Story
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ FEATURE_FORMAT = 1
 SCORES_FORMAT = 1
 """Bumped when scoring changes (invalidates every scores.json)."""
 TINY_SEED = 0
+FP32_ROLES = ("csd", "inception")
+"""Extractors that always run in float32, as ViStoryBench runs them (``load_csd``, torchvision's Inception-v3)."""
 MAX_FACES_PER_IMAGE = 10
 """Faces kept per image, by detection score: story frames show a few people, and matching faces to
 characters enumerates assignments, so a crowd (or a tiny random detector firing everywhere) stays cheap."""
@@ -91,6 +96,10 @@ ROLE_FLAGS: dict[str, str] = {
     "arcface": "--face-models",
     "adaface": "--eval-set adaface_model=",
     "facenet": "--eval-set facenet_model=",
+    # ViStoryBench's style, quality and diversity metrics (vistory_run.py)
+    "csd": "--csd-model",
+    "aesthetic": "--aesthetic-model",
+    "inception": "--inception-model",
 }
 """The command-line flag that points each extractor at a local copy (named in missing-file errors)."""
 
@@ -108,6 +117,11 @@ class ExtractorOptions:
         face_models: Folder with the preset's insightface pack files, or the URL of the pack's .zip (downloaded
             once into the cache); default ``~/.insightface/models``.
         qalign_model: OneAlign: Hub id or folder.
+        csd_model: CSD weights file for ViStoryBench's cross/self CSD (a file, URL or '<hub repo>/<file>').
+        aesthetic_model: Aesthetic Predictor V2.5 head file (a file, URL or '<hub repo>/<file>').
+        siglip_model: The SigLIP backbone under that head: Hub id or folder.
+        inception_model: Inception-v3 weights file for the Inception Score (a file, URL or '<hub repo>/<file>').
+        judge: The vision-language judge of ViStoryBench's prompt alignment (None or no URL: skipped).
         device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
         dtype: 'fp32' (default: the same numbers on every machine), 'fp16', 'bf16' or 'auto'.
         batch_size: Images (or texts) per forward pass.
@@ -120,6 +134,11 @@ class ExtractorOptions:
     dino_model: str | None = None
     face_models: str | Path | None = None
     qalign_model: str | None = None
+    csd_model: str | None = None
+    aesthetic_model: str | None = None
+    siglip_model: str | None = None
+    inception_model: str | None = None
+    judge: JudgeOptions | None = None
     device: str = "cpu"
     dtype: str = "fp32"
     batch_size: int = 16
@@ -139,12 +158,14 @@ class ModelSource:
         source: Hub id or folder ('' for the default face folder).
         tiny: Built in code with random weights.
         flag: The flag that points it at a local copy.
+        backbone: The backbone it sits on, when that is loaded apart (the aesthetic head's SigLIP).
     """
 
     role: str
     source: str
     tiny: bool
     flag: str
+    backbone: str | None = None
 
 
 def model_sources(preset: EvalPreset, options: ExtractorOptions) -> dict[str, ModelSource]:
@@ -174,12 +195,24 @@ def model_sources(preset: EvalPreset, options: ExtractorOptions) -> dict[str, Mo
         sources["faces"] = pick("faces", options.face_models, "")
     if metrics & set(QALIGN_TASKS):
         sources["qalign"] = pick("qalign", options.qalign_model, preset.qalign_model)
-    if metrics & VISTORY_METRICS:  # ViStoryBench: GroundingDINO, CLIP for non-humans, the face ensemble
+    judged = options.judge is not None and options.judge.skip_reason() is None
+    if needs_cids(metrics, judged):  # ViStoryBench: GroundingDINO, CLIP for non-humans, the face ensemble
         sources.setdefault("clip", clip)
         sources["detector"] = pick("detector", None, preset.detector_model)
         sources["arcface"] = pick("arcface", options.face_models, "")
         sources["adaface"] = pick("adaface", None, preset.adaface_model)
         sources["facenet"] = pick("facenet", None, preset.facenet_model)
+    if metrics & STYLE_METRICS:
+        sources["csd"] = pick("csd", options.csd_model, preset.csd_model)
+    if "aesthetic" in metrics:  # tiny only as a whole: a real head does not fit a tiny SigLIP
+        if options.tiny and options.aesthetic_model is None and options.siglip_model is None:
+            sources["aesthetic"] = ModelSource("aesthetic", "tiny", True, ROLE_FLAGS["aesthetic"])
+        else:
+            head = options.aesthetic_model or preset.aesthetic_model
+            backbone = options.siglip_model or preset.siglip_model
+            sources["aesthetic"] = ModelSource("aesthetic", head, False, ROLE_FLAGS["aesthetic"], backbone)
+    if "inception_score" in metrics:
+        sources["inception"] = pick("inception", options.inception_model, preset.inception_model)
     return sources
 
 
@@ -281,6 +314,7 @@ class Evaluator:
         self.pictures = pictures
         self.progress = progress
         self.sources = model_sources(preset, self.options)
+        self.judge, self.judge_skip_reason = self._make_judge()
         self._models: dict[str, Any] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._environment: dict[str, Any] | None = None
@@ -299,6 +333,18 @@ class Evaluator:
         from storycast.utils.torch_utils import resolve_dtype
 
         return resolve_dtype(self.options.dtype, self.device)
+
+    def _make_judge(self) -> tuple[VisionJudge | None, str | None]:
+        """ViStoryBench's prompt-alignment judge, or why there is none (only when the preset has judge metrics)."""
+        from storycast.evaluation.presets import VISTORY_JUDGE_METRICS
+
+        if not set(self.preset.metrics) & set(VISTORY_JUDGE_METRICS):
+            return None, None
+        from storycast.evaluation.vistory_judge import JudgeOptions, VisionJudge
+
+        options = self.options.judge or JudgeOptions()
+        reason = options.skip_reason()
+        return (VisionJudge(options) if reason is None else None), reason
 
     def _tiny_face_folder(self) -> Path:
         return self.cache_dir / "evaluation" / "tiny-face-packs" / f"{self.preset.face_pack}-seed{TINY_SEED}"
@@ -328,7 +374,9 @@ class Evaluator:
                 identity["files"] = {p.name: p.stat().st_size for p in (detector, recognizer)}
         else:
             identity["source"] = f"tiny:{TINY_SEED}" if source.tiny else source.source
-            identity["dtype"] = dtype_name(self.dtype) if not source.tiny else "fp32"
+            if source.backbone:
+                identity["backbone"] = source.backbone
+            identity["dtype"] = dtype_name(self.dtype) if not (source.tiny or role in FP32_ROLES) else "fp32"
             identity["transformers"] = _version("transformers")
             if source.tiny:
                 identity["torch"] = torch.__version__
@@ -346,11 +394,26 @@ class Evaluator:
         return {role: self.identity(role) for role in self.sources}
 
     @property
+    def judge_identity(self) -> dict[str, Any] | None:
+        """Who judges prompt alignment (None when the preset has no judge metric): part of the eval key, so that
+        scores made without a judge are made again with one."""
+        if self.judge is not None:
+            from storycast.evaluation.vistory_judge import SOURCE
+
+            return {"model": self.judge.options.model, "prompts": SOURCE}
+        return {"skipped": self.judge_skip_reason} if self.judge_skip_reason else None
+
+    @property
     def eval_key(self) -> str:
         """Hash of the protocol and the extractors: a scores.json with another key is recomputed."""
-        return sha256_json(
-            {"format": SCORES_FORMAT, "preset": self.preset.to_dict(), "extractors": self.extractor_identities}
-        )
+        key: dict[str, Any] = {
+            "format": SCORES_FORMAT,
+            "preset": self.preset.to_dict(),
+            "extractors": self.extractor_identities,
+        }
+        if self.judge_identity is not None:
+            key["judge"] = self.judge_identity
+        return sha256_json(key)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -360,6 +423,7 @@ class Evaluator:
             "eval_key": self.eval_key,
             "tiny": any(s.tiny for s in self.sources.values()),
             "extractors": self.extractor_identities,
+            **({"judge": self.judge.info} if self.judge is not None else {}),
             "feature_cache": str(self.cache.root) if self.cache.root else None,
             "storycast_version": __version__,
             "environment": self.environment,
@@ -435,6 +499,13 @@ class Evaluator:
                 local_files_only=local_only, caption=self.preset.detector_caption,
                 box_threshold=self.preset.box_threshold,
             )  # fmt: skip
+        elif role in ("csd", "aesthetic", "inception"):
+            from storycast.evaluation.vistory_run import load_vistory_model
+
+            model = load_vistory_model(
+                source, cache_dir=self.cache_dir, device=device, dtype=dtype, batch_size=batch,
+                local_files_only=local_only,
+            )  # fmt: skip
         elif role == "qalign":
             from storycast.evaluation.quality import OneAlignScorer, TinyQualityScorer
 
@@ -476,17 +547,43 @@ class Evaluator:
     # ------------------------------------------------------------------------------------------
     # Features, through the cache
 
-    def image_features(self, role: str, hashes: Sequence[str], images: _Images) -> torch.Tensor:
-        """(n, d) features of the images whose sha256 are ``hashes``; only cache misses are encoded, in batches."""
-        namespace = self._namespace(role, "image")
+    def cached_rows(
+        self,
+        role: str,
+        kind: str,
+        hashes: Sequence[str],
+        images: _Images,
+        compute: Callable[[Any, Sequence[Image.Image]], torch.Tensor],
+        key: str = "features",
+    ) -> torch.Tensor:
+        """(n, ...) outputs of extractor ``role`` for the images whose sha256 are ``hashes``, one row per image:
+        only cache misses go through ``compute(extractor, images)``, at once (the extractor batches them)."""
+        namespace = self._namespace(role, kind)
         rows = [self.cache.get(namespace, h) for h in hashes]
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
-            encoded = self.extractor(role).encode_images([images[i] for i in missing])
-            for i, feature in zip(missing, encoded, strict=True):
-                rows[i] = {"features": feature}
+            computed = compute(self.extractor(role), [images[i] for i in missing])
+            for i, value in zip(missing, computed, strict=True):
+                rows[i] = {key: value}
                 self.cache.put(namespace, hashes[i], rows[i])
-        return torch.stack([row["features"] for row in rows])
+        return torch.stack([row[key] for row in rows])
+
+    def file_rows(
+        self,
+        role: str,
+        kind: str,
+        files: Sequence[Path],
+        compute: Callable[[Any, Sequence[Image.Image]], torch.Tensor],
+        *,
+        hashes: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`cached_rows` of image files (``hashes``: their sha256 when already known)."""
+        hashes = [sha256_file(p) for p in files] if hashes is None else hashes
+        return self.cached_rows(role, kind, hashes, _Images(files), compute)
+
+    def image_features(self, role: str, hashes: Sequence[str], images: _Images) -> torch.Tensor:
+        """(n, d) features of the images whose sha256 are ``hashes``; only cache misses are encoded, in batches."""
+        return self.cached_rows(role, "image", hashes, images, lambda model, batch: model.encode_images(batch))
 
     def text_features(self, role: str, texts: Sequence[str]) -> torch.Tensor:
         """(n, d) CLIP text features; only texts not in the cache are encoded, in batches."""
@@ -524,15 +621,10 @@ class Evaluator:
     def quality(self, metric: str, hashes: Sequence[str], images: _Images) -> torch.Tensor:
         """(n,) Q-Align scores (1-5) for ``metric`` 'qalign_gen' or 'qalign_aes', cached per image."""
         task = QALIGN_TASKS[metric]
-        namespace = self._namespace("qalign", task)
-        rows = [self.cache.get(namespace, h) for h in hashes]
-        missing = [i for i, row in enumerate(rows) if row is None]
-        if missing:
-            scores = self.extractor("qalign").score([images[i] for i in missing], task)
-            for i, score in zip(missing, scores, strict=True):
-                rows[i] = {"score": score.reshape(1).float()}
-                self.cache.put(namespace, hashes[i], rows[i])
-        return torch.cat([row["score"] for row in rows])
+        scores = self.cached_rows(
+            "qalign", task, hashes, images, lambda model, batch: model.score(batch, task).reshape(-1, 1), key="score"
+        )
+        return scores.reshape(-1)
 
     # ------------------------------------------------------------------------------------------
     # One story
@@ -679,14 +771,15 @@ class Evaluator:
                     self._write_contact_sheet(run, scores)
                 return ScoredRun(run, scores, reused=True)
         scores = score_story(self.story_inputs(run, references), self.preset)
-        if set(self.preset.metrics) & VISTORY_METRICS:  # ViStoryBench's character metrics
-            from storycast.evaluation.vistory_scoring import score_vistory_run
+        if set(self.preset.metrics) & VISTORY_METRICS:  # ViStoryBench's metrics, from the run folder
+            from storycast.evaluation.vistory_run import score_vistory_metrics
 
-            found = score_vistory_run(self, run)
-            scores.values.update({m: v for m, v in found.values.items() if m in self.preset.metrics})
+            found = score_vistory_metrics(self, run)
+            values = {**scores.values, **found.values}
+            scores.values = {m: values[m] for m in self.preset.ordered_metrics if m in values}
             for frame, values in zip(scores.frames, found.frames, strict=True):
-                frame.update({m: v for m, v in values.items() if m in self.preset.metrics})
-            scores.details["vistory"] = found.details
+                frame.update(values)
+            scores.details.update(found.details)
         record = {
             "format": SCORES_FORMAT,
             "kind": "storycast-scores",
@@ -771,7 +864,14 @@ class Evaluator:
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Path]]:
         """Write results.json, results.md (and results.png with ``pictures``) for ``scored`` into ``root``."""
-        results = build_results(root, scored, self.preset, self.info, skipped=skipped, extra=extra)
+        pooled = None
+        if set(self.preset.metrics) & VISTORY_METRICS:  # the Inception Score: one per row, over all its frames
+            from storycast.evaluation.vistory_run import pooled_vistory_metrics
+
+            def pooled(items: Sequence[ScoredRun], summaries: Mapping[str, Any]) -> dict[str, Any]:
+                return pooled_vistory_metrics(self, items, summaries)
+
+        results = build_results(root, scored, self.preset, self.info, skipped=skipped, extra=extra, pooled=pooled)
         paths = {
             "json": atomic_write_json(root / RESULTS_JSON, results),
             "markdown": atomic_write_text(root / RESULTS_MD, results_markdown(results)),

@@ -77,21 +77,41 @@ METRICS: dict[str, MetricInfo] = {
 }
 """Every metric storycast computes, in the column order of the papers' tables."""
 
-# ViStoryBench (``ViStoryBench/vistorybench`` @ 514cc31): names as its results name them (``cids_cross_mean``,
-# ``cids_self_mean``, ``occm``, ``copy_paste_score``), labels as its leaderboard's columns. Reserved for the
-# benchmark's other metrics, in its leaderboard order: cross_csd, self_csd (before cids_cross), aesthetic,
-# inception_score (before occm), prompt_align (after occm); add them here and to VISTORYBENCH.metrics.
+# ViStoryBench (``ViStoryBench/vistorybench`` @ 514cc31): keys as published.VISTORYBENCH_METRICS names the
+# leaderboard's columns (its results call them csd.cross_csd, cids.cids_cross_mean, aesthetic.aesthetic_score,
+# diversity.inception_score, prompt_align.scene, ...), in the leaderboard's order, labels as its columns;
+# copy_paste (cids.copy_paste_score) is not on the leaderboard.
 VISTORY_METRIC_INFO = (
+    MetricInfo("cross_csd", "Cross CSD", "Style Consistency", per_frame=True),
+    MetricInfo("self_csd", "Self CSD", "Style Consistency", per_frame=False),
     MetricInfo("cids_cross", "Cross Cref", "Character Consistency", per_frame=False),
     MetricInfo("cids_self", "Self Cref", "Character Consistency", per_frame=False),
+    MetricInfo("aesthetic", "Aesthetics", "Image Quality", per_frame=True),
+    MetricInfo("inception_score", "Inception Score", "Diversity", per_frame=False),
     MetricInfo("occm", "OCCM", "Character Count", per_frame=True),
+    MetricInfo("prompt_align_scene", "Scene", "Prompt Alignment", per_frame=True),
+    MetricInfo("prompt_align_camera", "Camera", "Prompt Alignment", per_frame=True),
+    MetricInfo("prompt_align_character_action", "Global Action", "Prompt Alignment", per_frame=True),
+    MetricInfo("single_character_action", "Single Action", "Prompt Alignment", per_frame=False),
+    MetricInfo("prompt_align", "Prompt Align Avg", "Prompt Alignment", per_frame=False),
     MetricInfo("copy_paste", "Copy-Paste", "Character Consistency", per_frame=False, higher_is_better=False),
 )
 METRICS.update({m.name: m for m in VISTORY_METRIC_INFO})
+VISTORY_JUDGE_METRICS = (
+    "prompt_align_scene",
+    "prompt_align_camera",
+    "prompt_align_character_action",
+    "single_character_action",
+    "prompt_align",
+)
+"""The metrics a vision-language judge gives (``--judge-url``); skipped, with the reason recorded, without one."""
 
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "qalign": ("qalign_gen", "qalign_aes"),
     "faces": ("face_sim", "face_sim_r"),
+    "csd": ("cross_csd", "self_csd"),
+    "cids": ("cids_cross", "cids_self"),
+    "prompt_align": VISTORY_JUDGE_METRICS,
 }
 """Names that stand for several metrics in ``--with`` / ``--skip``."""
 
@@ -154,6 +174,10 @@ class EvalPreset:
         facenet_model: FaceNet Inception-ResNet-v1 checkpoint ('<hub repo>/<file>' or a file).
         face_ensemble: How ArcFace, AdaFace and FaceNet cosines combine: 'average' (their config) or
             'weighted' (0.4, 0.4, 0.2).
+        csd_model: CSD ViT-L/14 weights for cross_csd / self_csd ('<hub repo>/<file>', a URL or a file).
+        aesthetic_model: Aesthetic Predictor V2.5 head weights ('<hub repo>/<file>', a URL or a file).
+        siglip_model: The SigLIP backbone under that head (Hub id or folder).
+        inception_model: Inception-v3 weights for the Inception Score ('<hub repo>/<file>', a URL or a file).
         aggregation: Per-frame metrics averaged per story, then over stories ('story', the 1P1S-lineage
             script), or over all frames at once ('flat', ConsiStory's CLIP score). Pairwise metrics are
             always per story, then over stories.
@@ -190,6 +214,11 @@ class EvalPreset:
     adaface_model: str = "ViStoryBench/VistoryBench_pretrain/adaface/adaface_ir101_webface12m.ckpt"
     facenet_model: str = "ViStoryBench/VistoryBench_pretrain/facenet/20180402-114759-vggface2.pt"
     face_ensemble: Literal["average", "weighted"] = "average"
+    # ViStoryBench's style, quality and diversity metrics (evaluation/vistory_run.py, docs/metrics-vistorybench.md)
+    csd_model: str = "ViStoryBench/VistoryBench_pretrain/csd/csd_vit-large.pth"
+    aesthetic_model: str = "ViStoryBench/VistoryBench_pretrain/aesthetic_predictor/aesthetic_predictor_v2_5.pth"
+    siglip_model: str = "google/siglip-so400m-patch14-384"
+    inception_model: str = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
     benchmark: str = "ConsiStory-Human"
     sources: tuple[str, ...] = ()
     caveats: tuple[str, ...] = ()
@@ -387,23 +416,29 @@ CONSISTORY = EvalPreset(
 
 VISTORYBENCH = EvalPreset(
     name="vistorybench",
-    description="ViStoryBench (CVPR 2026): CIDS cross/self (GroundingDINO crops; faces or CLIP), OCCM, copy-paste",
-    metrics=("cids_cross", "cids_self", "occm", "copy_paste"),
+    description="ViStoryBench (CVPR 2026): CSD, CIDS cross/self, aesthetics, Inception Score, OCCM, prompt alignment "
+    "(a VLM judge), copy-paste",
+    metrics=tuple(m.name for m in VISTORY_METRIC_INFO),
     clip_model="openai/clip-vit-large-patch14",
     face_pack="antelopev2",
     benchmark="ViStoryBench",
     sources=(
-        "ViStoryBench/vistorybench @ 514cc31: vistorybench/bench/content/cids_evaluator.py (CIDS, OCCM, copy-paste), "
-        "config.yaml (thresholds, ensemble), vistorybench/result_management/manager.py (mean over stories)",
+        "ViStoryBench/vistorybench @ 514cc31: vistorybench/bench/content/cids_evaluator.py (CIDS, OCCM, copy-paste, "
+        "single-character action), bench/style/csd_evaluator.py, bench/quality/aesthetic_evaluator.py, "
+        "bench/diversity/{diversity_evaluator,inception_score}.py, bench/prompt_align/prompt_align_evaluator.py, "
+        "config.yaml (thresholds, ensemble), vistorybench/result_management/manager.py (mean over stories), "
+        "utils/summarize_leaderboard.py (the leaderboard's columns and its Prompt Align Avg)",
         "AdaFace net.py and inference.py (mk-minchul/AdaFace @ c60eaa7); facexlib face_restoration_helper.py",
-        "docs/metrics.md, section ViStoryBench",
+        "docs/metrics.md, section ViStoryBench; docs/metrics-vistorybench.md",
     ),
     caveats=(
         "GroundingDINO runs through transformers (IDEA-Research/grounding-dino-tiny, the Swin-T OGC weights "
         "converted), not the groundingdino package.",
         "AdaFace and FaceNet see the face SCRFD (antelopev2) finds, aligned to facexlib's FFHQ template by least "
         "squares; theirs detects with facexlib's RetinaFace-R50 at 0.97 and fits with cv2 LMEDS.",
-        "Per-crop features are not cached; GPT-4.1 single-character action is not computed.",
+        "Per-crop features are not cached; the judge's answers are (by model and messages).",
+        "The Inception Score is one number per results row (a method's stories of one split), over all their shots, "
+        "as theirs is one per run; prompt alignment is skipped (the reason recorded) without --judge-url.",
     ),
 )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from storycast.errors import RunFolderError, SettingsError
 from storycast.evaluation.presets import METRICS, QALIGN_TASKS, EvalPreset
 from storycast.evaluation.published import published_rows
 from storycast.evaluation.runfolders import CONTACT_SHEET_NAME, RESULTS_JSON, EvalRun, read_json
-from storycast.evaluation.scoring import StoryScores, face_coverage, json_number, summarize
+from storycast.evaluation.scoring import MetricSummary, StoryScores, face_coverage, json_number, summarize
 
 RESULTS_FORMAT = 1
 ALL_SPLITS = "all"
@@ -88,8 +88,13 @@ def build_results(
     *,
     skipped: Sequence[Mapping[str, str]] = (),
     extra: Mapping[str, Any] | None = None,
+    pooled: Callable[[Sequence[ScoredRun], dict[str, MetricSummary]], Mapping[str, MetricSummary]] | None = None,
 ) -> dict[str, Any]:
-    """The content of results.json for the runs ``scored`` under ``root``."""
+    """The content of results.json for the runs ``scored`` under ``root``.
+
+    ``pooled(runs, summaries)`` gives a row's metrics that are not means of its stories' values (ViStoryBench's
+    Inception Score over all the row's frames); they replace those ``summaries`` hold.
+    """
     groups: dict[tuple[str, str, str], list[ScoredRun]] = {}
     for item in scored:
         groups.setdefault((item.run.method, item.run.model, item.run.split), []).append(item)
@@ -99,6 +104,9 @@ def build_results(
 
     def row(method: str, model: str, split: str, items: Sequence[ScoredRun]) -> dict[str, Any]:
         stories = [i.scores for i in items]
+        summaries = summarize(stories, preset)
+        if pooled is not None:
+            summaries.update(pooled(items, summaries))
         return {
             "label": _group_label(method, model, len(models_of[method]) > 1),
             "method": method,
@@ -106,7 +114,7 @@ def build_results(
             "split": split,
             "stories": len(items),
             "frames": sum(len(s.frames) for s in stories),
-            "metrics": {m: s.to_dict() for m, s in summarize(stories, preset).items()},
+            "metrics": {m: s.to_dict() for m, s in summaries.items()},
             "face_coverage": json_number(face_coverage(stories)),
         }
 
@@ -143,6 +151,7 @@ def build_results(
         "groups": rows,
         "stories": stories,
         "skipped": [dict(s) for s in skipped],
+        "metric_notes": metric_notes(scored),
         "published": [r.to_dict() for r in published_rows(preset.name, _benchmarks_of(scored))],
         "evaluation": dict(info),
     }
@@ -150,6 +159,15 @@ def build_results(
     if extra:
         results["benchmark"] = dict(extra)
     return results
+
+
+def metric_notes(scored: Sequence[ScoredRun]) -> dict[str, str]:
+    """Why a metric of the protocol has no value (e.g. prompt alignment without a judge), from the runs' scores."""
+    notes: dict[str, str] = {}
+    for item in scored:
+        for metric, reason in (item.scores.details.get("skipped_metrics") or {}).items():
+            notes.setdefault(metric, reason)
+    return notes
 
 
 def _benchmarks_of(scored: Sequence[ScoredRun]) -> set[tuple[str | None, str]]:
@@ -212,11 +230,14 @@ def _published_cells(published: Sequence[Mapping[str, Any]], columns: Sequence[M
 
 
 def _extractor_lines(evaluation: Mapping[str, Any]) -> list[str]:
-    names = {"clip": "CLIP", "clip_i": "CLIP for CLIP-I", "dino": "DINO", "faces": "faces", "qalign": "Q-Align"}
+    names = {"clip": "CLIP", "clip_i": "CLIP for CLIP-I", "dino": "DINO", "faces": "faces", "qalign": "Q-Align",
+             "detector": "GroundingDINO", "arcface": "ArcFace", "adaface": "AdaFace", "facenet": "FaceNet", "csd": "CSD",
+             "aesthetic": "Aesthetic Predictor V2.5", "inception": "Inception-v3"}  # fmt: skip
     parts = []
     for role, identity in (evaluation.get("extractors") or {}).items():
         source = identity.get("source", "?")
-        parts.append(f"{names.get(role, role)} `{source}`")
+        backbone = f" on `{identity['backbone']}`" if identity.get("backbone") else ""
+        parts.append(f"{names.get(role, role)} `{source}`{backbone}")
     return parts
 
 
@@ -230,9 +251,12 @@ def _header_lines(results: Mapping[str, Any], title: str) -> list[str]:
     lines = [f"# {title}", ""]
     if evaluation.get("tiny"):
         lines += [f"> **{TINY_WARNING}**", ""]
+    judge = evaluation.get("judge")
+    judged = [f"- **Judge**: `{judge['judge_model']}` at {judge['judge_url']}"] if judge else []
     lines += [
         f"- **Protocol**: `{results.get('preset')}`: {preset.get('description', '')}",
         f"- **Extractors**: {'; '.join(_extractor_lines(evaluation)) or '–'}",
+        *judged,
         f"- **Aggregation**: {AGGREGATION_TEXT.get(results.get('aggregation', 'story'), '')}",
         f"- **Made**: {results.get('created', '')}{'; ' + versions if versions else ''}",
         "",
@@ -270,6 +294,14 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
             "manifest.json (`limits`).",
             "",
         ]
+    notes = results.get("metric_notes") or {}
+    for reason in dict.fromkeys(notes.values()):
+        names = ", ".join(f"`{m}`" for m, r in notes.items() if r == reason)
+        lines += [f"Not computed: {names}: {reason}.", ""]
+    failed = (results.get("benchmark") or {}).get("failed") or []
+    if failed:
+        lines += ["Stories not drawn (they could not be read; the others were):", ""]
+        lines += [f"- `{f['story']}`: {f['reason']}" for f in failed] + [""]
     caveats = preset.get("caveats") or []
     if caveats:
         lines += ["Caveats of this protocol:", ""] + [f"- {c}" for c in caveats] + [""]

@@ -406,3 +406,18 @@ def single_character_scores(per_shot: Mapping[int, Mapping[str, int]]) -> tuple[
 def unparsed_count(judgements: Sequence[Judgement]) -> int:
     """How many judgements held no score (each counted as 0)."""
     return sum(not j.parsed for j in judgements)
+
+
+def prompt_align_average(
+    scene: float | None, camera: float | None, character_action: float | None, single_character_action: float | None
+) -> float | None:
+    """The leaderboard's Prompt Align Avg of one row (``utils/summarize_leaderboard.py`` ``_compute_pa_avg_from_row``,
+    lines 439-470): the mean of the four prompt-alignment values present, plus a fifth term, the row's "character
+    existence" value, which falls back to ``single_character_action`` when the row has no existence metric (none of
+    the benchmark's evaluators at 514cc31 writes one). So the single-character action counts twice:
+    ``(scene + camera + character_action + 2 * single) / 5``. None when no value is present.
+    """
+    values = [v for v in (scene, camera, character_action, single_character_action) if v is not None]
+    if single_character_action is not None:
+        values.append(single_character_action)
+    return sum(values) / len(values) if values else None

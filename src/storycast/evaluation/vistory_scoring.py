@@ -20,6 +20,7 @@ The driver follows ``CIDSEvaluator.evaluate`` (``ViStoryBench/vistorybench`` @ 5
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
     from storycast.evaluation.runfolders import EvalRun
 
-VISTORY_METRICS = frozenset({"cids_cross", "cids_self", "occm", "copy_paste"})
 VISTORY_ROLES = ("detector", "arcface", "adaface", "facenet")
 """Extractors of these metrics besides 'clip' (the preset's CLIP ViT-L/14, shared with CLIP-T)."""
 FACE_NETS = ("adaface", "facenet")
@@ -49,6 +49,8 @@ Detect = Callable[["Image.Image"], tuple[torch.Tensor, torch.Tensor]]
 """Image -> (normalised (cx, cy, w, h) boxes (N, 4), scores (N,)) above the box threshold."""
 Encode = Callable[[Sequence["Image.Image"], bool], list["V.Features | None"]]
 """(crops, human) -> per crop its features, or None (a human crop without a face)."""
+JudgeCharacter = Callable[[int, str, "Image.Image"], int]
+"""(shot index, character id, the crop matched to it) -> the judge's 0-4 score of the character's action."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,11 @@ def score_vistory_story(
     encode: Encode,
     method: str = V.DEFAULT_ENSEMBLE,
     weights: Mapping[str, float] | None = None,
+    judge_character: JudgeCharacter | None = None,
 ) -> VistoryScores:
-    """CIDS cross / self, OCCM and copy-paste of one story.
+    """CIDS cross / self, OCCM and copy-paste of one story; with ``judge_character``, its single-character action
+    too (``cids_evaluator.py`` lines 945-1002, 1077-1078: each matched character's crop judged against the shot's
+    script; shot = ``int(round(mean))`` over its matched characters, 0 with none; story the same over those shots).
 
     Args:
         characters: Every character of the story.
@@ -129,6 +134,8 @@ def score_vistory_story(
         frames: The frames, in story order.
         detect, encode: GroundingDINO and the per-character encoders (see :data:`Detect`, :data:`Encode`).
         method, weights: The face ensemble (:func:`vistory_metrics.ensemble_similarity`).
+        judge_character: The prompt-alignment judge of one matched crop (:data:`JudgeCharacter`); None: the
+            single-character action is not computed.
     """
     if len(shots) != len(frames):
         raise MetricInputError(f"{len(shots)} shots for {len(frames)} frames.")
@@ -139,6 +146,7 @@ def score_vistory_story(
     per_frame: list[dict[str, float]] = [{} for _ in frames]
     shot_details: list[dict[str, Any]] = []
     occm_scores: list[float] = []
+    judged: dict[int, dict[str, int]] = {}
     for index, (names, frame) in enumerate(zip(shots, frames, strict=True)):
         if not names:
             shot_details.append({"characters": [], "boxes": 0})  # their `continue`: no OCCM for an empty shot
@@ -166,10 +174,14 @@ def score_vistory_story(
             if valid.any():
                 matches = V.match_characters(table, valid)
         shot = {"characters": list(names), "boxes": len(crops), "matched": {}}
+        if judge_character is not None:
+            judged[index] = {}
         for r, (name, k) in enumerate(zip(names, matches, strict=True)):
             if k is not None:
                 matched[name].append(encoded[by_id[name].human][k])
                 shot["matched"][name] = {"crop": k, "cross": float(rows[r][k].mean())}
+                if judge_character is not None:
+                    judged[index][name] = judge_character(index, name, crops[k])
         value = V.occm(len(names), len(crops))
         occm_scores.append(value)
         per_frame[index]["occm"] = value
@@ -186,11 +198,19 @@ def score_vistory_story(
         copy_rates[character.id] = V.copy_paste_rate(crops_features, original, mirrored, **ensemble)
     values = V.story_means(per_character, occm_scores)
     values["copy_paste"] = sum(copy_rates.values()) / len(copy_rates) if copy_rates else 0.0
+    if judge_character is not None:
+        from storycast.evaluation.vistory_judge import single_character_scores
+
+        per_shot, story_value = single_character_scores(judged)
+        values["single_character_action"] = math.nan if story_value is None else float(story_value)
+        for index, value in per_shot.items():
+            per_frame[index]["single_character_action"] = float(value)
     expected = sum(len(s) for s in shots)
     details = {
         "cids": {cid: {"cross": c, "self": s} for cid, (c, s) in per_character.items()},
         "copy_paste": copy_rates,
         "shots": shot_details,
+        **({"single_character_action": {str(i): scores for i, scores in judged.items()}} if judge_character else {}),
         # Our diagnostic (not a benchmark metric): characters matched to a box over characters expected.
         "matched_characters": sum(len(s.get("matched", {})) for s in shot_details),
         "expected_characters": expected,
@@ -325,16 +345,29 @@ def make_encoder(clip: Any, faces: Callable[[Sequence[Image.Image]], list[V.Feat
     return encode
 
 
-def resolve_weights_file(source: str, *, local_files_only: bool, what: str, setting: str) -> Path:
-    """A weights file from a path, or from '<owner>/<repo>/<file in the repo>' on the Hub (cached)."""
+def resolve_weights_file(
+    source: str,
+    *,
+    local_files_only: bool,
+    what: str,
+    setting: str,
+    flag: str | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """A weights file from a path, a URL (downloaded once into ``cache_dir``), or '<owner>/<repo>/<file in the repo>'
+    on the Hub (cached). ``flag`` names the option that points at a local file (default ``--eval-set <setting>=``)."""
     from storycast.errors import MissingWeightsError
+    from storycast.evaluation.downloads import fetch_file, is_url
 
+    fix = f"{flag} <file>" if flag else f"--eval-set {setting}=<file>"
     path = Path(source).expanduser()
     if path.is_file():
         return path
+    if is_url(source) and cache_dir is not None and not local_files_only:
+        return fetch_file(source, cache_dir, setting=flag or f"--eval-set {setting}=")
     parts = source.split("/")
-    if len(parts) < 3:
-        raise MissingWeightsError(f"{what} weights '{source}' are not a file. Fix: --eval-set {setting}=<file>.")
+    if len(parts) < 3 or is_url(source) or source.startswith(("/", ".", "~")):  # a path, not '<owner>/<repo>/...'
+        raise MissingWeightsError(f"{what} weights '{source}' are not a file. Fix: {fix}.")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -342,7 +375,7 @@ def resolve_weights_file(source: str, *, local_files_only: bool, what: str, sett
     except Exception as err:  # the hub raises many types (offline, missing file, no such repo)
         raise MissingWeightsError(
             f"{what} weights '{source}' could not be found or downloaded ({type(err).__name__}). "
-            f"Fix: download the file and pass --eval-set {setting}=<file>."
+            f"Fix: download the file and pass {fix}."
         ) from None
 
 
@@ -388,14 +421,12 @@ def load_vistory_extractor(role: str, source: str, tiny: bool, *, cache_dir: Pat
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def vistory_characters(run: EvalRun) -> list[CharacterRef]:
-    """The run's characters with their ViStory tags, read from the story.json the run was drawn from.
+def vistory_source(run: EvalRun) -> Path:
+    """The ViStory story.json the run was drawn from.
 
     Raises:
         SettingsError: The run was not drawn from a ViStory story, or its story.json is gone.
     """
-    from storycast.story.benchmark import character_id
-
     story = run.manifest.get("story") or {}
     source = story.get("source")
     if story.get("source_format") != "vistory" or not source:
@@ -406,10 +437,21 @@ def vistory_characters(run: EvalRun) -> list[CharacterRef]:
     path = Path(source)
     if not path.is_file():
         raise SettingsError(
-            f"{run.path}: the run's story {path} is gone; its characters' tags (realistic_human or not) are read "
-            f"there. Fix: put the ViStory folder back at that path."
+            f"{run.path}: the run's story {path} is gone; its characters' tags (realistic_human or not) and its shots' "
+            f"texts are read there. Fix: put the ViStory folder back at that path."
         )
-    raw = json.loads(path.read_text(encoding="utf-8-sig"))["Characters"]
+    return path
+
+
+def vistory_characters(run: EvalRun) -> list[CharacterRef]:
+    """The run's characters with their ViStory tags, read from the story.json the run was drawn from.
+
+    Raises:
+        SettingsError: The run was not drawn from a ViStory story, or its story.json is gone.
+    """
+    from storycast.story.benchmark import character_id
+
+    raw = json.loads(vistory_source(run).read_text(encoding="utf-8-sig"))["Characters"]
     taken: set[str] = set()
     tags = {character_id(str(key), taken): str(fields.get("tag", "")) for key, fields in raw.items()}
     return [
@@ -418,7 +460,7 @@ def vistory_characters(run: EvalRun) -> list[CharacterRef]:
     ]
 
 
-def score_vistory_run(evaluator: Any, run: EvalRun) -> VistoryScores:
+def score_vistory_run(evaluator: Any, run: EvalRun, judge_character: JudgeCharacter | None = None) -> VistoryScores:
     """:func:`score_vistory_story` on a run folder, with the evaluator's extractors and preset."""
     from storycast.evaluation.vistory_metrics import FACE_WEIGHTS
 
@@ -439,4 +481,5 @@ def score_vistory_run(evaluator: Any, run: EvalRun) -> VistoryScores:
         encode=encode,
         method=preset.face_ensemble,
         weights=FACE_WEIGHTS,
+        judge_character=judge_character,
     )
