@@ -137,3 +137,35 @@ def tiny_photomaker_v2_weights(
         encoder = PhotoMakerV2IDEncoder(config or PhotoMakerV2Config.tiny())
         lora = _random_photomaker_lora(unet, rank)
     return {"id_encoder": encoder.state_dict(), "lora_weights": lora}
+
+
+def random_pulid_flux_weights(
+    transformer: Any, seed: int = 0, *, tiny: bool = True, intervals: tuple[int, int] = (2, 4)
+):
+    """Random PuLID-FLUX weights in the official file layout (``pulid_encoder.*``, ``pulid_ca.<n>.*``) for a FLUX
+    transformer's block counts and width, and a random EVA02 vision tower's ``visual.*`` state dict: tiny
+    geometries for the tiny preset, the official ones (EVA02-CLIP-L-14-336) for the full-size random preset.
+
+    Returns ``(pulid_state_dict, eva_state_dict, pulid_config, eva_config)``.
+    """
+    from dataclasses import replace
+
+    from storycast.identity.eva_clip import EvaVisionConfig, EvaVisionTower
+    from storycast.identity.pulid_flux import PuLIDFlux, PuLIDFluxConfig
+
+    c = transformer.config
+    width = c.num_attention_heads * c.attention_head_dim
+    double, single = intervals
+    if tiny:
+        eva_config = EvaVisionConfig.tiny()
+        base = PuLIDFluxConfig.tiny(clip_embed_dim=eva_config.embed_dim, vit_width=eva_config.width)
+    else:
+        eva_config, base = EvaVisionConfig.l14_336(), PuLIDFluxConfig.official()
+    config = replace(
+        base.for_transformer(c.num_layers, c.num_single_layers, width), double_interval=double, single_interval=single
+    )
+    with seeded(seed + 20):
+        pulid = PuLIDFlux(config)
+    with seeded(seed + 21):
+        eva = EvaVisionTower(eva_config)
+    return pulid.state_dict(), {f"visual.{k}": v for k, v in eva.state_dict().items()}, config, eva_config

@@ -30,6 +30,7 @@ _BUILTIN: dict[str, str] = {
     "characonsist": "storycast.methods.characonsist.method:CharaConsistMethod",
     "story-adapter": "storycast.methods.story_adapter.method:StoryAdapterMethod",
     "story2board": "storycast.methods.story2board.method:Story2BoardMethod",
+    "pulid": "storycast.methods.pulid.method:PuLIDMethod",
 }
 _BUILTIN_ABOUT: dict[str, str] = {
     "vanilla": "storycast.methods.vanilla_about:ABOUT",
@@ -42,6 +43,7 @@ _BUILTIN_ABOUT: dict[str, str] = {
     "story-adapter": "storycast.methods.story_adapter.about:ABOUT",
     "characonsist": "storycast.methods.characonsist.about:ABOUT",
     "story2board": "storycast.methods.story2board.about:ABOUT",
+    "pulid": "storycast.methods.pulid.about:ABOUT",
 }
 """Each built-in method's :class:`~storycast.methods.card.MethodAbout`, in a module that imports no torch,
 diffusers or transformers: what ``storycast methods`` lists and ``storycast validate`` checks before anything heavy

@@ -146,8 +146,11 @@ def alignment_matrix(landmarks: np.ndarray, template: np.ndarray = ARCFACE_TEMPL
     return umeyama(landmarks, template)[:2]
 
 
-def warp_affine(image: Image.Image, matrix: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """``cv2.warpAffine(image, matrix, size)``: output pixel p takes the image at ``matrix^-1 p``, bilinear.
+def warp_affine(
+    image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill: tuple[int, int, int] | None = None
+) -> Image.Image:
+    """``cv2.warpAffine(image, matrix, size)``: output pixel p takes the image at ``matrix^-1 p``, bilinear; pixels
+    from outside the image are ``fill`` (``borderValue``; default black).
 
     PIL wants the inverse map in its own coordinates, where pixel centres sit at +0.5; the map is
     conjugated by that half-pixel shift so that both conventions sample the same points.
@@ -157,7 +160,9 @@ def warp_affine(image: Image.Image, matrix: np.ndarray, size: tuple[int, int]) -
     shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
     unshift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
     pil_map = shift @ inverse @ unshift
-    return image.transform(size, Image.Transform.AFFINE, tuple(pil_map[:2].ravel()), Image.Resampling.BILINEAR)
+    return image.transform(
+        size, Image.Transform.AFFINE, tuple(pil_map[:2].ravel()), Image.Resampling.BILINEAR, fillcolor=fill
+    )
 
 
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Image.Image:

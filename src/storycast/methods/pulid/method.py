@@ -1,0 +1,166 @@
+"""``pulid``: PuLID-FLUX alone, the FLUX counterpart of ``photomaker``: each frame drawn with its character's
+reference photos through PuLID's ID branch.
+
+Each character's identity is read once (``prepare``): per photo, the antelopev2 ArcFace embedding and the grey
+aligned face through EVA02-CLIP-L-14-336 (:mod:`storycast.identity.pulid_faces`), IDFormer over both gives 32 ID
+tokens; a character with several photos gets their mean (our extension; the authors read one photo). A frame is
+drawn as ``flux/sampling.py``'s ``denoise`` draws: the ID tokens of the first character the frame names act after
+every ``double_interval``-th double block and ``single_interval``-th single block from ``start_step`` on, scaled by
+``id_weight``; with ``true_cfg`` > 1, from ``start_cfg_step`` on a second row takes the negative prompt and the
+negative ID tokens, and the prediction is ``neg + true_cfg x (pred - neg)``. A frame naming nobody is plain FLUX.
+Frames of a group are drawn as one batch, each row with its own identity (or none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from storycast.adapters.pulid_flux import attach_pulid_flux
+from storycast.errors import Problem, StoryError
+from storycast.identity.pulid_flux_branch import IDTarget
+from storycast.identity.references import read_photos
+from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.pulid.about import ABOUT
+from storycast.methods.pulid.settings import PuLIDMethodSettings
+from storycast.pipelines.conditioning import GuidancePair
+from storycast.pipelines.sampler import sample
+from storycast.story.model import Story
+from storycast.utils.torch_utils import make_generator
+
+
+class PuLIDMethod(StoryMethod, about=ABOUT):
+    """PuLID-FLUX on FLUX, frames batched as the story says (see the module docstring)."""
+
+    settings: PuLIDMethodSettings
+
+    def __init__(self, models: Any, settings: PuLIDMethodSettings | None = None):
+        super().__init__(models, settings)
+        self._identities: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Character id -> (ID tokens, negative ID tokens), each (32, 2048)."""
+        self._sources: dict[str, str] = {}
+
+    @classmethod
+    def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
+        # app_flux.py at 1aa2fc7d: 28 steps (line 210), guidance 4 (line 212).
+        return {"steps": 28, "guidance_scale": 4.0}
+
+    @classmethod
+    def check(cls, story: Story, settings: PuLIDMethodSettings, family: str | None = None) -> None:
+        if story.settings.true_cfg_scale is not None and story.settings.true_cfg_scale > 1:
+            from storycast.errors import SettingsError
+
+            raise SettingsError(
+                f"true_cfg_scale {story.settings.true_cfg_scale}: PuLID runs its own true CFG, whose negative pass "
+                f"takes negative ID tokens and starts at start_cfg_step. Fix: --set true_cfg="
+                f"{story.settings.true_cfg_scale} and drop true_cfg_scale."
+            )
+        characters = story.appearing_characters()
+        missing = [c for c in characters if not c.references]
+        if missing:
+            numbers = {c.id: n for n, c in enumerate(story.characters)}
+            raise StoryError(
+                [
+                    Problem(
+                        f"characters[{numbers[c.id]}].references",
+                        f"PuLID-FLUX draws each character from its reference photos, but '{c.id}' has none",
+                        "add a photo of the character's face (references: [face.png]), or use a method that needs "
+                        "none (vanilla, storydiffusion, consistory)",
+                    )
+                    for c in missing
+                ],
+                story.source,
+            )
+        if characters:
+            from storycast.identity.pulid_faces import PULID_FACE_PACK
+            from storycast.vision.faces import find_face_models
+
+            find_face_models(settings.face_models, PULID_FACE_PACK, setting="--set face_models=")
+
+    # -- run interface ----------------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> Any:
+        return attach_pulid_flux(self.models, self.settings.pulid, intervals=self.settings.intervals)
+
+    def prepare(self, story: Story, context: RunContext) -> None:
+        from storycast.identity.pulid_faces import PuLIDFaces
+
+        characters = [c for c in story.appearing_characters() if c.id not in self._identities]
+        if not characters:
+            return
+        faces = PuLIDFaces.from_folder(self.settings.face_models, device=self.models.aux_device)
+        for character in characters:
+            photos = read_photos(character.references, f"'{character.id}'")
+            read = [faces.read(photo, str(path)) for photo, path in zip(photos, character.references, strict=True)]
+            self._identities[character.id] = self.adapter.id_tokens(read)
+            self._sources[character.id] = f"photos ({len(photos)})"
+
+    @torch.no_grad()
+    def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
+        settings = self.resolved_settings(story)
+        gen, backbone = story.settings, self.backbone
+        sampling = self.sampling(story)
+        true_cfg = settings.true_cfg > 1
+        guided = dataclasses.replace(sampling.guidance, scale=settings.true_cfg) if true_cfg else sampling.guidance
+        # 1. Prompts (and the negative ones of true CFG); each row's identity: the first character the frame names.
+        prompts = [story.prompt(i) for i in group]
+        negatives = [story.negative_prompt(i) or settings.negative_prompt for i in group] if true_cfg else None
+        pair = backbone.encode(prompts, negatives, width=gen.width, height=gen.height, guidance=guided)
+        cond_only = GuidancePair(None, pair.cond)
+        named = [next(iter(story.frame_characters(i)), None) for i in group]
+        chosen = [c.id if c is not None and c.id in self._identities else None for c in named]
+
+        def rows(part: int) -> list[list[IDTarget]]:
+            """Part 0: each row's ID tokens; part 1: its negative ID tokens."""
+            return [
+                [IDTarget(self._identities[c][part], weight=settings.id_weight, start_step=settings.start_step)]
+                if c is not None
+                else []
+                for c in chosen
+            ]
+
+        cond_rows, uncond_rows = rows(0), rows(1)
+
+        # 2. The loop: the branch on for the draw; true CFG's negative rows from start_cfg_step on.
+        with self.adapter.branch() as branch:
+
+            def noise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+                if true_cfg and i >= settings.start_cfg_step:
+                    with branch.rows(uncond_rows + cond_rows):
+                        return backbone.guided_noise(x, t, pair, guided)
+                with branch.rows(cond_rows):
+                    return backbone.guided_noise(x, t, cond_only, sampling.guidance)
+
+            seeds = [story.frame_seed(i) for i in group]
+            drawn = sample(
+                backbone,
+                cond_only,
+                [make_generator(seed, self.models.device) for seed in seeds],
+                sampling,
+                noise=noise,
+                states=[branch],
+                progress=denoise_progress(context.progress),
+            )
+        return [
+            FrameResult(
+                index,
+                image,
+                seed,
+                metadata={
+                    "prompt": prompt,
+                    "negative_prompt": negatives[n] if negatives else None,
+                    "identity": {character: self._sources[character]} if character else {},
+                    "id_weight": settings.id_weight,
+                    "start_step": settings.start_step,
+                    "true_cfg": settings.true_cfg,
+                    "denoiser_evaluations": drawn.evaluations // len(group),
+                },
+            )
+            for n, (index, image, seed, prompt, character) in enumerate(
+                zip(group, drawn.images, seeds, prompts, chosen, strict=True)
+            )
+        ]
