@@ -1,7 +1,8 @@
 """Settings of ``identitystory``, with the authors' defaults (``main.py`` of Correr-Zhou/IdentityStory).
 
-Groups: ``photomaker`` (the adapter), ``discovery`` (Iterative Identity Discovery), ``injection``
-(Re-denoising Identity Injection), ``masks`` (where the characters are) and ``controlnet``. Every leaf keeps
+Groups: ``photomaker`` (the adapter on SDXL), ``pulid`` and ``flux`` (PuLID-FLUX, the adapter on FLUX: our
+extension), ``discovery`` (Iterative Identity Discovery), ``injection`` (Re-denoising Identity Injection), ``masks``
+(where the characters are) and ``controlnet``. Every leaf keeps
 the flat name earlier versions used (``--set sweet_spot_step=10``, ``--set mask_provider=attention``).
 """
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from storycast.adapters.controlnet import ControlNetSettings
 from storycast.adapters.photomaker import PhotoMakerSettings
+from storycast.adapters.pulid_flux import PuLIDFluxSettings
 from storycast.masks.settings import MaskSettings
 from storycast.settings import MethodSettings, ResolveContext, check_range, setting
 
@@ -210,10 +212,40 @@ class InjectionSettings(MethodSettings):
 
 
 @dataclass(frozen=True)
+class FluxIdentitySettings(MethodSettings):
+    """How IdentityStory reads PuLID-FLUX on FLUX (our extension; docs/methods/identitystory.md "On FLUX")."""
+
+    id_weight: float = setting(
+        1.0,
+        "PuLID's id_weight in the identity passes of stage 2, discovery's later loops and previews (PuLID-FLUX's "
+        "default 1, app_flux.py line 206 of ToTheBeginning/PuLID).",
+        flat="id_weight",
+    )
+    face_models: str | None = setting(
+        None,
+        "Folder of insightface's antelopev2 pack, whose detector and ArcFace PuLID reads (default: "
+        "~/.insightface/models/antelopev2; the tiny presets write tiny random stand-ins into the cache).",
+        flat="face_models",
+    )
+    offload_encoders: bool = setting(
+        True,
+        "Once every identity is known, move EVA02-CLIP and IDFormer to the CPU: drawing frames needs only PuLID's "
+        "cross-attention modules.",
+    )
+
+    def validate(self) -> None:
+        check_range("id_weight", self.id_weight, 0)
+
+
+@dataclass(frozen=True)
 class IdentityStorySettings(MethodSettings):
     """Settings of IdentityStory, one group per part."""
 
     photomaker: PhotoMakerSettings = setting(factory=PhotoMakerSettings, help="PhotoMaker v1, the identity adapter.")
+    pulid: PuLIDFluxSettings = setting(
+        factory=PuLIDFluxSettings, help="PuLID-FLUX, the identity adapter on FLUX (our extension)."
+    )
+    flux: FluxIdentitySettings = setting(factory=FluxIdentitySettings, help="PuLID-FLUX's use on FLUX.")
     discovery: DiscoverySettings = setting(factory=DiscoverySettings, help="Iterative Identity Discovery.")
     injection: InjectionSettings = setting(factory=InjectionSettings, help="Re-denoising Identity Injection.")
     masks: MaskSettings = setting(factory=MaskSettings, help="Character masks.")
