@@ -46,5 +46,19 @@ def plan_for(method, data, *, preset, model=None, settings=None, generation=GEN,
     )
 
 
+def face_photo(path, seed):
+    """A photo whose face the tiny face pack's detector finds (one textured 32 px cell at its 640 px input), with a
+    gradient elsewhere for the image encoders to see."""
+    from PIL import Image
+
+    from storycast.vision.tiny_faces import paint_tiny_face
+
+    canvas = np.full((640, 640, 3), 60, dtype=np.uint8)
+    canvas[:, :, 0] = np.linspace(0, 120, 640, dtype=np.uint8)
+    paint_tiny_face(canvas, 96 + 32 * seed, 64, 32, np.random.default_rng(seed).random((4, 4)))
+    Image.fromarray(canvas).save(path)
+    return str(path)
+
+
 def pixels(image):
     return np.asarray(image, dtype=np.int16)

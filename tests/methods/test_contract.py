@@ -18,7 +18,10 @@ Per-method test files keep what is the method's own: its equivalence with the au
 
 from __future__ import annotations
 
+import functools
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +36,7 @@ from storycast.runs.plan import plan_run
 from storycast.runs.runner import draw_groups
 from storycast.story.parse import parse_story
 from tests.helpers import REPO_ROOT
-from tests.methods.helpers import pixels, two_friends
+from tests.methods.helpers import face_photo, pixels, two_friends
 
 TINY = {"sdxl": "tiny", "sd15": "tiny-sd15", "flux": "tiny-flux"}
 GENERATION = {"steps": 3, "width": 64, "height": 64}
@@ -44,6 +47,8 @@ FAST = {
     "story-adapter": {"rounds": 1},
 }
 EXAMPLE = "first-frame"
+FROM_PHOTOS = {"pulid": "antelopev2"}
+"""Methods that draw every character from its reference photos, with the face pack they read them with."""
 
 
 def _register_example() -> None:
@@ -58,8 +63,31 @@ _register_example()
 CASES = [(name, family) for name in list_methods() for family in get_method(name).families if family in TINY]
 
 
-def _story():
-    return parse_story(two_friends())
+@functools.cache
+def _photo_folder(pack: str) -> Path:
+    """Reference photos of both characters and a tiny face pack, made once per session (collection plans with them)."""
+    from storycast.vision.tiny_faces import write_tiny_face_pack
+
+    folder = Path(tempfile.mkdtemp(prefix="storycast-contract-"))
+    write_tiny_face_pack(folder / pack, pack=pack)
+    for number, name in enumerate(("mara", "tom")):
+        face_photo(folder / f"{name}.png", number + 1)
+    return folder
+
+
+def _story(name: str | None = None):
+    data = two_friends()
+    if name in FROM_PHOTOS:
+        folder = _photo_folder(FROM_PHOTOS[name])
+        for character in data["characters"]:
+            character["references"] = [str(folder / f"{character['id']}.png")]
+    return parse_story(data)
+
+
+def _settings(name: str) -> dict | None:
+    if name in FROM_PHOTOS:
+        return {**FAST.get(name, {}), "face_models": str(_photo_folder(FROM_PHOTOS[name]) / FROM_PHOTOS[name])}
+    return FAST.get(name)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +111,7 @@ def test_every_method_and_family_is_covered():
 
 @pytest.mark.parametrize(("name", "family"), CASES)
 def test_every_frame_is_planned_once_and_groups_depend_on_earlier_ones(name, family):
-    plan = plan_run(_story(), name, model=ModelSpec(source=TINY[family]), method_settings=FAST.get(name))
+    plan = plan_run(_story(name), name, model=ModelSpec(source=TINY[family]), method_settings=_settings(name))
     frames = [i for group in plan.groups for i in group.frames]
     assert sorted(frames) == list(range(len(plan.story))) and len(frames) == len(set(frames))
     for number, group in enumerate(plan.groups):
@@ -98,11 +126,11 @@ def test_bad_input_is_refused_while_planning(name, monkeypatch):
     monkeypatch.setattr("storycast.models.loading.load_models", no_loading)
     family = get_method(name).families[0]
     with pytest.raises(SettingsError, match="unknown setting"):
-        plan_run(_story(), name, model=ModelSpec(source=TINY[family]), method_settings={"no_such_setting": 1})
+        plan_run(_story(name), name, model=ModelSpec(source=TINY[family]), method_settings={"no_such_setting": 1})
     others = [f for f in TINY if f not in get_method(name).families]
     for other in others:
         with pytest.raises(SettingsError, match=" or ".join(get_method(name).families)):
-            plan_run(_story(), name, model=ModelSpec(source=TINY[other]))
+            plan_run(_story(name), name, model=ModelSpec(source=TINY[other]))
 
 
 def _state(models) -> dict:
@@ -129,7 +157,7 @@ def _vanilla_frame(models, tmp_path):
 def test_a_draw_is_ordered_repeatable_restorable_and_leaves_the_model_as_it_was(name, family, loaded, tmp_path):
     models = loaded(family)
     before, vanilla_before = _state(models), _vanilla_frame(models, tmp_path)
-    full = draw(_story(), name, models, method_settings=FAST.get(name), generation=GENERATION, cache_dir=tmp_path)
+    full = draw(_story(name), name, models, method_settings=_settings(name), generation=GENERATION, cache_dir=tmp_path)
     # Story order, each frame from its own seed.
     story = full.plan.story
     assert [f.index for f in full.frames] == list(range(len(story)))
@@ -153,7 +181,7 @@ def test_a_draw_is_ordered_repeatable_restorable_and_leaves_the_model_as_it_was(
 
 
 def _reads_other_groups(name: str, family: str) -> bool:
-    plan = plan_run(_story(), name, model=ModelSpec(source=TINY[family]), method_settings=FAST.get(name))
+    plan = plan_run(_story(name), name, model=ModelSpec(source=TINY[family]), method_settings=_settings(name))
     return any(g.group.depends_on for g in plan.groups)
 
 
@@ -164,7 +192,7 @@ def test_a_dependent_group_without_its_dependency_is_a_clear_error(name, family,
     """A caller of ``generate`` who skips the runner's restore gets a message naming the fix (methods whose
     groups read others'), never a KeyError from inside an attention layer."""
     models = loaded(family)
-    plan = plan_run(_story(), name, model=models, method_settings=FAST.get(name), generation=GENERATION)
+    plan = plan_run(_story(name), name, model=models, method_settings=_settings(name), generation=GENERATION)
     dependent = next(g for g in plan.groups if g.group.depends_on)
     method = plan.method(models, plan.settings)
     method.prepare(plan.story, RunContext(cache_dir=tmp_path))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,12 +21,13 @@ from storycast.methods.photomaker.method import PhotoMakerMethod
 from storycast.models.loading import load_models
 from storycast.models.spec import ModelSpec
 from storycast.pipelines.families import prompt_encoder
+from tests.methods.helpers import face_photo as photo
 from tests.methods.helpers import plan_for, two_friends
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny face pack
 
-from storycast.vision.tiny_faces import paint_tiny_face, write_tiny_face_pack
+from storycast.vision.tiny_faces import write_tiny_face_pack
 
 STEPS = 4
 GEN = {"steps": STEPS, "width": 64, "height": 64}
@@ -41,15 +41,6 @@ def faces(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sdxl():
     return load_models(ModelSpec(source="tiny", device="cpu"))
-
-
-def photo(path, seed):
-    """A photo whose face the tiny detector finds (one textured 32 px cell at its 640 px input)."""
-    canvas = np.full((640, 640, 3), 60, dtype=np.uint8)
-    canvas[:, :, 0] = np.linspace(0, 120, 640, dtype=np.uint8)  # something for CLIP besides the face
-    paint_tiny_face(canvas, 96 + 32 * seed, 64, 32, np.random.default_rng(seed).random((4, 4)))
-    Image.fromarray(canvas).save(path)
-    return str(path)
 
 
 def v2_settings(faces, **extra):

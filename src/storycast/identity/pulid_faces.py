@@ -12,9 +12,10 @@ a long side of 1024, ``app_flux.py`` line 120):
    (135, 133, 132) BGR). Here: the same SCRFD detections, the face nearest the centre, a least-squares similarity
    (Umeyama) to the same template, the same border. Where insightface finds no face they embed the aligned crop;
    here both steps share one detector, so a photo without a face is an error naming it.
-3. BiSeNet face parsing whites out the background, neck, clothes, ears, earrings and hat, and the rest goes grey
-   (``0.299 R + 0.587 G + 0.114 B``). **Deviation**: storycast has no parsing network yet, so the whole aligned crop
-   goes grey and nothing is whited out (docs/methods/pulid.md).
+3. facexlib's BiSeNet parses the aligned face (ImageNet mean and std); the background, neck, clothes, ears,
+   earrings and hat go white and the rest grey (``0.299 R + 0.587 G + 0.114 B``). Here: the same network in torch
+   (:mod:`storycast.vision.face_parsing`), when its weights are given; without them the whole crop goes grey and
+   nothing is whited out (a documented deviation, docs/methods/pulid.md).
 4. Bicubic resize (antialiased, as torchvision's tensor ``resize``) to 336 and OpenAI CLIP's mean and std.
 """
 
@@ -35,6 +36,7 @@ from storycast.identity.photomaker_faces import NoFaceError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from storycast.vision.face_parsing import BiSeNet
     from storycast.vision.faces import ArcFaceEmbedder, Detection, ScrfdDetector
 
 PULID_FACE_PACK = "antelopev2"
@@ -94,19 +96,36 @@ def nearest_to_centre(detections: Sequence[Detection], size: tuple[int, int]) ->
     return int(np.argmin(distances))
 
 
+def aligned_face(rgb: Image.Image, face: Detection) -> torch.Tensor:
+    """The face aligned to FFHQ's template at 512 x 512 with facexlib's grey border, (1, 3, 512, 512) in [0, 1]."""
+    from storycast.vision.face_geometry import alignment_matrix, warp_affine
+
+    matrix = alignment_matrix(face.landmarks, FFHQ_TEMPLATE_512)
+    aligned = warp_affine(rgb, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), fill=BORDER_RGB)
+    return torch.from_numpy(np.asarray(aligned, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
 @dataclass
 class PuLIDFaces:
-    """The antelopev2 detector and ArcFace of PuLID-FLUX; build with :meth:`from_folder`."""
+    """The antelopev2 detector and ArcFace of PuLID-FLUX, and facexlib's face parser where given; build with
+    :meth:`from_folder`."""
 
     detector: ScrfdDetector
     embedder: ArcFaceEmbedder
+    parser: BiSeNet | None = None
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path | None = None, *, device: str = "cpu", setting: str = "--set face_models="
+        cls,
+        folder: str | Path | None = None,
+        *,
+        parsing: str | Path | None = None,
+        device: str = "cpu",
+        setting: str = "--set face_models=",
     ) -> PuLIDFaces:
         """The pack's ONNX files from ``folder`` (``folder/<file>`` or ``folder/antelopev2/<file>``; default
-        ``~/.insightface/models/antelopev2``).
+        ``~/.insightface/models/antelopev2``), and facexlib's ``parsing_bisenet.pth`` at ``parsing`` (a file or its
+        folder; None: no parsing).
 
         Raises:
             MissingWeightsError: A file is missing (the message names it and ``setting``).
@@ -117,7 +136,12 @@ class PuLIDFaces:
         detector_file, recognizer_file = find_face_models(folder, PULID_FACE_PACK, setting=setting)
         settings = FaceSettings(pack=PULID_FACE_PACK)
         detector = ScrfdDetector.from_file(detector_file, device=device, settings=settings)
-        return cls(detector, ArcFaceEmbedder.from_file(recognizer_file, device=device, settings=settings))
+        embedder = ArcFaceEmbedder.from_file(recognizer_file, device=device, settings=settings)
+        if parsing is None:
+            return cls(detector, embedder)
+        from storycast.vision.face_parsing import load_bisenet
+
+        return cls(detector, embedder, load_bisenet(parsing).to(device))
 
     def read(self, photo: Image.Image, name: str) -> PuLIDFace:
         """The photo's ArcFace embedding and grey aligned face.
@@ -125,7 +149,7 @@ class PuLIDFaces:
         Raises:
             NoFaceError: No face is found; the message names ``name`` and the fix.
         """
-        from storycast.vision.face_geometry import align_face, alignment_matrix, warp_affine
+        from storycast.vision.face_geometry import align_face
         from storycast.vision.faces import choose_face
 
         rgb = resize_long_side(photo.convert("RGB"))
@@ -138,8 +162,10 @@ class PuLIDFaces:
             )
         largest = detections[choose_face(detections, "largest")]
         arcface = self.embedder.embed([align_face(rgb, largest.landmarks)], normalize=False)[0]
-        central = detections[nearest_to_centre(detections, rgb.size)]
-        matrix = alignment_matrix(central.landmarks, FFHQ_TEMPLATE_512)
-        aligned = warp_affine(rgb, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), fill=BORDER_RGB)
-        pixels = torch.from_numpy(np.asarray(aligned, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        return PuLIDFace(arcface.float(), to_grey(pixels)[0])
+        pixels = aligned_face(rgb, detections[nearest_to_centre(detections, rgb.size)])
+        grey = to_grey(pixels)
+        if self.parser is not None:
+            from storycast.vision.face_parsing import white_out
+
+            grey = white_out(grey, self.parser.labels(pixels))
+        return PuLIDFace(arcface.float(), grey[0])

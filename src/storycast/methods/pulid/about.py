@@ -15,6 +15,6 @@ ABOUT = MethodAbout(
         training="pretrained adapter (guozinan/PuLID pulid_flux_v0.9.1)",
         inputs="reference photos (a face in each)",
         cost="1.00x (2.00x with true_cfg > 1)",
-        source="NeurIPS 2024 (arXiv 2404.16022); ToTheBeginning/PuLID",
+        source="NeurIPS 2024 (arXiv 2404.16022); ToTheBeginning/PuLID @ 1aa2fc7 (Apache-2.0)",
     ),
 )

@@ -79,6 +79,10 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
             from storycast.vision.faces import find_face_models
 
             find_face_models(settings.face_models, PULID_FACE_PACK, setting="--set face_models=")
+            if settings.face_parsing is not None:
+                from storycast.vision.face_parsing import find_bisenet
+
+                find_bisenet(settings.face_parsing)
 
     # -- run interface ----------------------------------------------------------------------------
 
@@ -92,7 +96,9 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
         characters = [c for c in story.appearing_characters() if c.id not in self._identities]
         if not characters:
             return
-        faces = PuLIDFaces.from_folder(self.settings.face_models, device=self.models.aux_device)
+        faces = PuLIDFaces.from_folder(
+            self.settings.face_models, parsing=self.settings.face_parsing, device=self.models.aux_device
+        )
         for character in characters:
             photos = read_photos(character.references, f"'{character.id}'")
             read = [faces.read(photo, str(path)) for photo, path in zip(photos, character.references, strict=True)]
@@ -157,6 +163,7 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
                     "id_weight": settings.id_weight,
                     "start_step": settings.start_step,
                     "true_cfg": settings.true_cfg,
+                    "face_parsing": settings.face_parsing is not None,
                     "denoiser_evaluations": drawn.evaluations // len(group),
                 },
             )

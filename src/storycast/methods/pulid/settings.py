@@ -55,6 +55,12 @@ class PuLIDMethodSettings(MethodSettings):
         "Folder of the insightface antelopev2 pack (scrfd_10g_bnkps.onnx, glintr100.onnx), run with onnxruntime "
         "(default: ~/.insightface/models/antelopev2).",
     )
+    face_parsing: str | None = setting(
+        None,
+        "facexlib's BiSeNet weights (parsing_bisenet.pth from facexlib's release v0.2.0, or its folder): the "
+        "background, neck, clothes, ears and hat of each aligned face go white before EVA-CLIP, as PuLID does "
+        "(pipeline_flux.py lines 161-169). None: no parsing, the whole crop grey (a documented deviation).",
+    )
 
     def validate(self) -> None:
         check_range("id_weight", self.id_weight, 0)
