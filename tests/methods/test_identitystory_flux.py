@@ -274,9 +274,12 @@ def test_bad_input_is_refused_before_drawing(models, tmp_path):
     with count_evaluations(transformer) as counter:
         with pytest.raises(StorycastError, match=r"class word 'woman' of 'ana' is not in the frame's prompt"):
             method.prepare(missing_word, RunContext(cache_dir=tmp_path))
+        reading = story_of([{"text": "{ana} reading"}], models, method)
         with pytest.raises(MissingWeightsError, match="face_models"):
-            make_method(models, face_models=str(tmp_path / "nowhere")).prepare(
-                story_of([{"text": "{ana} reading"}], models, method), RunContext(cache_dir=tmp_path)
+            make_method(models, face_models=str(tmp_path / "nowhere")).prepare(reading, RunContext(cache_dir=tmp_path))
+        with pytest.raises(MissingWeightsError, match="face_parsing"):
+            make_method(models, face_parsing=str(tmp_path / "nowhere")).prepare(
+                reading, RunContext(cache_dir=tmp_path)
             )
     assert counter.evaluations == 0
 

@@ -37,6 +37,7 @@ def identity_finder(method: Any, story: Story, library: IdentityLibrary, context
             "file": pulid.file,
             "eva_clip": pulid.eva_clip,
             "id_weight": flux.id_weight,
+            "face_parsing": flux.face_parsing,
         },
         budget=method.resolved_settings(story).discovery.budget(story.settings.width, story.settings.height),
         on_progress=lambda done, total, label: context.progress(ProgressEvent("discovery", done, total, label)),
@@ -130,15 +131,22 @@ def face_models_folder(settings: Any, models: Any, cache_dir: Path | None) -> Pa
         except MissingWeightsError:  # not written yet: write the stand-ins
             write_tiny_face_pack(folder, FACE_PACK, seed=models.spec.seed or 0)
     find_face_models(folder, FACE_PACK, setting="--set face_models=")
+    if settings.face_parsing is not None:
+        from storycast.vision.face_parsing import find_bisenet
+
+        find_bisenet(settings.face_parsing)
     return folder
 
 
 def pulid_space(models: Any, settings: Any, face_models: Path | None) -> PulidSpace:
     """PuLID-FLUX on ``models`` (:func:`storycast.adapters.pulid_flux.attach_pulid_flux`, shared with other methods)
-    with the antelopev2 face models of ``face_models``, on the auxiliary device."""
+    with the antelopev2 face models of ``face_models`` and the face parsing of ``settings.flux``, on the auxiliary
+    device."""
     from storycast.adapters.pulid_flux import attach_pulid_flux
     from storycast.identity.pulid_faces import PuLIDFaces
 
     adapter = attach_pulid_flux(models, settings.pulid)
-    faces = PuLIDFaces.from_folder(face_models, device=str(models.aux_device), setting="--set face_models=")
+    faces = PuLIDFaces.from_folder(
+        face_models, parsing=settings.flux.face_parsing, device=str(models.aux_device), setting="--set face_models="
+    )
     return PulidSpace(models.backbone, adapter, faces)

@@ -227,6 +227,13 @@ class FluxIdentitySettings(MethodSettings):
         "~/.insightface/models/antelopev2; the tiny presets write tiny random stand-ins into the cache).",
         flat="face_models",
     )
+    face_parsing: str | None = setting(
+        None,
+        "facexlib's BiSeNet weights (parsing_bisenet.pth, or its folder): the background, neck, clothes, ears and hat "
+        "of each aligned face go white before EVA-CLIP, as PuLID does. None: the whole crop grey (as --method pulid; "
+        "docs/methods/pulid.md).",
+        flat="face_parsing",
+    )
     offload_encoders: bool = setting(
         True,
         "Once every identity is known, move EVA02-CLIP and IDFormer to the CPU: drawing frames needs only PuLID's "
