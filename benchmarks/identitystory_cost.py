@@ -8,6 +8,7 @@ character and then read from the identity library. One frame is also drawn with 
 
     python benchmarks/identitystory_cost.py                                  # tiny models, CPU
     python benchmarks/identitystory_cost.py --preset sdxl-random --device cuda --dtype fp16 --steps 50
+    python benchmarks/identitystory_cost.py --preset tiny-flux --steps 28    # FLUX + PuLID-FLUX (ours)
 
 The ratios printed are against vanilla measured in the same run. Bars (issue 3): identitystory <= 1.9x
 vanilla's UNet evaluations per single-character frame, peak memory <= 1.15x vanilla's, and flat from 10 to
@@ -81,7 +82,7 @@ def worker(args: argparse.Namespace) -> dict:
     sync()
     seconds = time.perf_counter() - started
     return {
-        "method": args.method + (" (authors' formulation)" if args.reference else ""),
+        "method": args.method + (" (reference formulation)" if args.reference else ""),
         "frames": len(frames),
         "steps": story.settings.steps,
         "evaluations_per_frame": counter.evaluations / len(frames),
@@ -93,33 +94,38 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def reference_frame(method, story, index, context) -> None:
-    """One frame with the authors' formulation, on the masks the method itself finds."""
+    """One frame with the authors' formulation (on FLUX: the naive full formulation), on fixed masks."""
     import torch
 
-    from storycast.masks.ops import scale_pixels
-    from storycast.methods.identitystory import injection, prompts
+    from storycast.methods.identitystory import flux, flux_injection, injection, prompts
     from storycast.utils.torch_utils import make_generator
 
     backbone = method.backbone
     gen = story.settings
-    settings = method.resolved_settings(story).injection
+    resolved = method.resolved_settings(story)
+    settings = resolved.injection
     characters = story.frame_characters(index)
-    schedule = injection.InjectionSchedule(
-        gen.steps, settings.sweet_spot_step, gen.guidance_scale, scale_pixels(settings.max_dilation, gen.height)
-    )
+    schedule = method._schedule(story, resolved)
     negative = story.negative_prompt(index)
     prompt = prompts.global_prompt(story, index, settings.prompt_style)
     size = {"width": gen.width, "height": gen.height}
-    conditioning = backbone.encode([prompt], [negative], **size)
+    conditioning = backbone.encode([prompt], [negative], guidance=schedule.guidance, **size)
     initial = backbone.initial_latents(
         backbone.scheduler(gen.steps, **size), [make_generator(0, str(method.models.device))], **size
     )
     masks = torch.zeros(len(characters), gen.height, gen.width, dtype=torch.bool)
     masks[:, gen.height // 4 : 3 * gen.height // 4, gen.width // 4 : 3 * gen.width // 4] = True
-    regions = method._regions(story, index, characters, negative)
-    _, latents = injection.reference_redenoise(
-        backbone, method.adapter, conditioning, regions, masks, initial, schedule
-    )
+    if method.is_flux:
+        space = method.pulid
+        regions = flux.regions(space, story, index, characters, method._identities, negative or "", schedule.guidance)
+        latents, _ = flux_injection.reference_redenoise(
+            space, conditioning, regions, masks, initial, schedule, resolved.flux.id_weight
+        )
+    else:
+        regions = method._regions(story, index, characters, negative)
+        _, latents = injection.reference_redenoise(
+            backbone, method.adapter, conditioning, regions, masks, initial, schedule
+        )
     backbone.decode(latents)
 
 
@@ -137,7 +143,7 @@ def run_config(args: argparse.Namespace, method: str, frames: int, cache: str, r
 
 
 def main() -> None:
-    parser = cost_parser(__doc__, "identitystory", "tiny, sdxl-random, or sdxl (real weights)")
+    parser = cost_parser(__doc__, "identitystory", "tiny, sdxl-random, sdxl (real weights), tiny-flux or flux-random")
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,7 +164,7 @@ def main() -> None:
     print(f"identity discovery (once per character): {warm['prepare_evaluations']} UNet evaluations, "
           f"{warm['prepare_seconds']:.1f} s")  # fmt: skip
     print_table(rows, "vanilla")
-    growth = memory_growth([r for r in rows if "authors" not in r["method"]], "identitystory")
+    growth = memory_growth([r for r in rows if "reference" not in r["method"]], "identitystory")
     if growth:
         print(growth)
 

@@ -94,3 +94,12 @@ def test_a_run_s_recorded_settings_plan_the_same_run_again(tmp_path):
     assert again.run_key == first.run_key
     default = plan_run(story, "storydiffusion", model=spec)
     assert default.run_key != first.run_key
+
+
+def test_the_presets_offered_are_those_of_the_method_s_families():
+    from storycast.app.method_form import presets_for
+
+    offered, selected = presets_for(get_method("identitystory").families, "tiny-flux")
+    assert {"sdxl", "tiny", "flux-dev", "tiny-flux"} <= set(offered) and selected == "tiny-flux"
+    offered, selected = presets_for(get_method("storynizor").families, "flux-dev")
+    assert not any(name.startswith(("flux", "tiny-flux")) for name in offered) and selected == offered[0]

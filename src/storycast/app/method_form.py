@@ -155,3 +155,12 @@ def overrides_of_run(settings_class: type[MethodSettings], recorded: Mapping[str
         else:
             lines.append(f"{name}={text_value(value)}")
     return fields, "\n".join(lines)
+
+
+def presets_for(families: tuple[str, ...] | list[str], current: str) -> tuple[list[str], str]:
+    """The model presets offered for a method of ``families`` (those of its families: the FLUX presets for a method
+    that runs on FLUX), and the one to select: ``current`` when it is offered, else the first offered."""
+    from storycast.models.presets import BASE_PRESETS
+
+    offered = [name for name, preset in BASE_PRESETS.items() if preset.family in families]
+    return offered, current if current in offered or not offered else offered[0]

@@ -539,6 +539,15 @@ def build(app: App) -> gr.Blocks:
 
         # -- method -------------------------------------------------------------------------------------------
         method.change(lambda name: _method_help(name), method, [method_summary, method_help], api_visibility="private")
+
+        def offer_presets(name: str, current: str) -> Any:
+            # The presets of the method's families (FLUX's for a method that runs on FLUX), the current one kept.
+            from storycast.methods.registry import get_method
+
+            offered, selected = method_form.presets_for(get_method(name).families, current)
+            return gr.update(choices=offered, value=selected)
+
+        method.change(offer_presets, [method, preset], preset, api_visibility="private")
         method.input(lambda: "", None, more_settings, api_visibility="private")
 
         # -- downloads ----------------------------------------------------------------------------------------

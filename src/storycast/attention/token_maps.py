@@ -1,10 +1,12 @@
-"""Cross-attention maps of chosen prompt tokens, gathered while a UNet denoises.
+"""Cross-attention maps of chosen prompt tokens, gathered while a UNet or FLUX denoises.
 
 Used to locate characters without a detector: the map of a character's class word ("woman") marks where
-the model draws her. The recorder is the base processor with explicit attention probabilities, whose
-chosen tokens' columns it keeps; its output equals the stock processor's up to float rounding. Maps are
-gathered at any latent aspect ratio: each layer's token grid follows from its token count and the
-latent size.
+the model draws her. On a UNet the recorder is the base processor with explicit attention probabilities, whose
+chosen tokens' columns it keeps; its output equals the stock processor's up to float rounding. On FLUX's joint
+attention (:class:`JointTokenMapProcessor`) the map is the text-to-image part of the attention: each image query's
+softmax over the text keys alone, as a UNet's cross-attention is a softmax over its text tokens; the layer itself
+computes exactly the stock joint attention. Maps are gathered at any latent aspect ratio: each layer's token grid
+follows from its token count and the latent size.
 """
 
 from __future__ import annotations
@@ -117,3 +119,54 @@ def record_token_maps(unet: Any, store: TokenMapStore, levels: Sequence[int]) ->
     """Install recording processors on the cross-attention layers at ``levels``; the handle restores them."""
     layers = select_layers(unet, kind="cross", levels=levels)
     return install_processors(unet, {layer.processor_key: TokenMapProcessor(store) for layer in layers})
+
+
+def text_to_image_probabilities(query: torch.Tensor, key: torch.Tensor, rotary: Any, text: int) -> torch.Tensor:
+    """(B, heads, N, text) attention of the N image queries to the ``text`` text keys of a joint-attention layer,
+    softmax over the text keys alone, with the rotary positions the layer gives them.
+
+    Args:
+        query, key: (B, text + N, heads, head_dim) projections of the [text, image] sequence after the q/k norms,
+            before rotary positions (what :meth:`StoryAttnProcessor.edit_joint_projections` sees).
+        rotary: The (cos, sin) tables of the text + N positions, or None.
+        text: Text tokens ahead of the image tokens.
+    """
+    if rotary is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        query = apply_rotary_emb(query, rotary, sequence_dim=1)
+        key = apply_rotary_emb(key, rotary, sequence_dim=1)
+    image_query = query[:, text:].transpose(1, 2).float()
+    text_key = key[:, :text].transpose(1, 2).float()
+    scores = torch.matmul(image_query, text_key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    return scores.softmax(dim=-1)
+
+
+class JointTokenMapProcessor(StoryAttnProcessor):
+    """FLUX's joint attention, unchanged, recording the image tokens' attention to the chosen text tokens
+    (:func:`text_to_image_probabilities`) into a store. A single-stream layer needs ``state.text_tokens`` (the
+    batch sampler sets it from the conditioning); a double-stream one knows its text from its inputs."""
+
+    def __init__(self, store: TokenMapStore, state: Any = None):
+        super().__init__(state)
+        self.store = store
+
+    def edit_joint_projections(
+        self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: Any, text: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.store.enabled:
+            recorded = slice(query.shape[0] - self.store.rows, None)
+            probabilities = text_to_image_probabilities(query[recorded], key[recorded], rotary, text)
+            self.store.add(probabilities.flatten(0, 1), attn.heads)
+        return query, key, value  # read, not changed
+
+
+def record_joint_token_maps(
+    transformer: Any, store: TokenMapStore, blocks: Sequence[str] = ("double",), state: Any = None
+) -> ProcessorHandle:
+    """Install :class:`JointTokenMapProcessor` on FLUX's joint-attention layers of ``blocks`` ("double", "single";
+    a single-stream block needs a ``state`` with ``text_tokens``); the handle restores them."""
+    layers = select_layers(transformer, kind="joint", blocks=blocks)
+    return install_processors(
+        transformer, {layer.processor_key: JointTokenMapProcessor(store, state) for layer in layers}
+    )

@@ -8,6 +8,8 @@ PhotoMaker's ID encoder, keep the consistent ones with the iterative SVD filter,
 :class:`IdentityFinder` ties it to the library for any method that reads PhotoMaker v1 identities
 (``identitystory``, ``photomaker``): a discovered identity is stored under a key that hashes its search prompt,
 the base model, the PhotoMaker weights and the discovery budget, so every method finds what another discovered.
+Another identity-preserving generator (PuLID-FLUX, :mod:`storycast.identity.pulid_discovery`) subclasses it: its
+``generator`` name is part of every key it makes, so identities of different identity spaces never mix.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -143,6 +145,16 @@ def identity_from_photos(adapter: PhotoMakerAdapter, photos: list[Any]) -> torch
 
 def named_identity(character: Character, library: IdentityLibrary, adapter: PhotoMakerAdapter) -> IdentityRecord:
     """The library entry ``character.identity`` names, checked against the adapter's ID embedding size."""
+    config = adapter.encoder.config
+    size = config.projection_dim + config.projection_dim_2
+    return library_entry(character, library, size, "this PhotoMaker's ID embeddings have")
+
+
+def library_entry(
+    character: Character, library: IdentityLibrary, size: int, holds: str, refusal: str | None = None
+) -> IdentityRecord:
+    """The library entry ``character.identity`` names, refused when absent, when ``refusal`` says why it belongs to
+    another identity space, or when it has not ``size`` values (``holds``: what has that size, for the message)."""
     assert character.identity
     record = library.get(character.identity)
     if record is None:
@@ -151,13 +163,13 @@ def named_identity(character: Character, library: IdentityLibrary, adapter: Phot
             f"{library.root}. Fix: copy a key from `storycast identities list` (with the same --cache-dir), or remove "
             f"the character's identity to discover or embed one."
         )
-    config = adapter.encoder.config
-    size = config.projection_dim + config.projection_dim_2
+    if refusal is not None:
+        raise StorycastError(f"character '{character.id}': identity '{character.identity}' {refusal}")
     if record.embedding.numel() != size:
         raise StorycastError(
             f"character '{character.id}': identity '{character.identity}' has {record.embedding.numel()} values, but "
-            f"this PhotoMaker's ID embeddings have {size} (it was made with another encoder). Fix: pick an identity "
-            f"made with this model and PhotoMaker, or remove the character's identity."
+            f"{holds} {size} (it was made with another encoder). Fix: pick an identity made with this model and "
+            f"adapter, or remove the character's identity."
         )
     logger.info("identity of '%s' taken from the library entry it names (%s)", character.id, character.identity)
     return record
@@ -173,6 +185,10 @@ def preview_sheet(images: list[Any]) -> Any:
 @dataclass
 class IdentityFinder:
     """Finds characters' PhotoMaker v1 identities for one adapter on one base model, through the identity library.
+
+    A subclass for another identity-preserving generator sets ``generator`` (part of every key it makes and of every
+    entry's info) and overrides :meth:`search`, :meth:`embed_photos`, :meth:`run_discovery`, :meth:`named` and
+    :meth:`denoiser`; the library lookups, keys, locking and progress stay these.
 
     Attributes:
         adapter: Gives PhotoMaker v1 on the base pipeline; called only when an embedding is computed (attaching
@@ -190,6 +206,8 @@ class IdentityFinder:
     adapter_id: Mapping[str, Any]
     budget: DiscoveryBudget
     on_progress: Callable[[int, int, str], None] | None = None
+    generator: ClassVar[str | None] = None
+    """The identity space's name, part of every key and info (None: PhotoMaker v1's keys, as they always were)."""
 
     @property
     def model(self) -> dict[str, Any]:
@@ -199,39 +217,68 @@ class IdentityFinder:
         """The character's identity: the library entry it names, or from its photos, or from the library, or
         discovered and stored."""
         if character.identity:
-            return named_identity(character, self.library, self.adapter())
+            return self.named(character)
         if character.references:
             return self.from_photos(character)
         return self.discovered(character)
+
+    # -- what differs between identity spaces -------------------------------------------------------
+
+    def search(self, character: Character) -> str:
+        """What discovery draws candidates from (part of the key): the description with PhotoMaker's trigger."""
+        return search_prompt(character)
+
+    def embed_photos(self, photos: list[Any]) -> torch.Tensor:
+        """The identity of a person's photos, on the CPU."""
+        return identity_from_photos(self.adapter(), photos)
+
+    def run_discovery(self, search: str, on_image: Callable[[], None]) -> DiscoveryResult:
+        """Iterative Identity Discovery from ``search``."""
+        return discover_identity(self.adapter(), search, self.budget, on_image)
+
+    def named(self, character: Character) -> IdentityRecord:
+        """The library entry ``character.identity`` names, checked to fit this identity space."""
+        return named_identity(character, self.library, self.adapter())
+
+    def denoiser(self) -> torch.nn.Module:
+        """The denoiser whose evaluations discovery spends."""
+        return self.adapter().backbone.denoiser
+
+    # -- the library -----------------------------------------------------------------------------------
+
+    def key(self, parts: Mapping[str, Any]) -> str:
+        """The library key of an identity of this space."""
+        return identity_key(parts if self.generator is None else {"generator": self.generator, **parts})
+
+    def _info(self, info: dict[str, Any]) -> dict[str, Any]:
+        return info if self.generator is None else {**info, "generator": self.generator}
 
     def from_photos(self, character: Character) -> IdentityRecord:
         """The mean ID embedding of the character's reference photos, stored under the photos' hashes."""
 
         from storycast.utils.io import sha256_file
 
-        key = identity_key(
+        key = self.key(
             {"photos": [sha256_file(p) for p in character.references], "adapter": self.adapter_id, "model": self.model}
         )
         record = self.library.get(key)
         if record is None:
             photos = read_photos(character.references, f"'{character.id}'")
-            embedding = identity_from_photos(self.adapter(), photos)
+            embedding = self.embed_photos(photos)
             info = {
                 "character": character.id,
                 "source": "photos",
                 "photos": [str(p) for p in character.references],
             }
-            record = self.library.put(key, embedding, info)
+            record = self.library.put(key, embedding, self._info(info))
         return record
 
     def discovered(self, character: Character) -> IdentityRecord:
         """The identity discovered from the character's description: from the library, or discovered now and
         stored (one process discovers it; the others wait for it, then find it stored)."""
         budget = self.budget
-        search = search_prompt(character)
-        key = identity_key(
-            {"prompt": search, "model": self.model, "adapter": self.adapter_id, "budget": budget.__dict__}
-        )
+        search = self.search(character)
+        key = self.key({"prompt": search, "model": self.model, "adapter": self.adapter_id, "budget": budget.__dict__})
         with self.library.claim(key):  # one process discovers it; the others wait here, then find it stored
             record = self.library.get(key)
             if record is not None:
@@ -254,10 +301,10 @@ class IdentityFinder:
             progress(min(done, total), total, label)
 
         logger.info("discovering the identity of '%s' (%d candidates)", character.id, total)
-        adapter = self.adapter()
+        denoiser = self.denoiser()
         started = time.perf_counter()
-        with count_evaluations(adapter.backbone.denoiser) as counter:
-            result = discover_identity(adapter, search, budget, on_image)
+        with count_evaluations(denoiser) as counter:
+            result = self.run_discovery(search, on_image)
         info = {
             "character": character.id,
             "source": "discovered",
@@ -267,4 +314,4 @@ class IdentityFinder:
             "denoiser_evaluations": counter.evaluations,
             "seconds": round(time.perf_counter() - started, 2),
         }
-        return self.library.put(key, result.identity, info, preview=preview_sheet(result.previews))
+        return self.library.put(key, result.identity, self._info(info), preview=preview_sheet(result.previews))

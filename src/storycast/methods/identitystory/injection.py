@@ -1,7 +1,7 @@
 """Re-denoising Identity Injection (IdentityStory §3.3), and the authors' formulation as a reference.
 
 Stage 1 draws the frame from its prompt with the plain SDXL UNet (through the family seam, so the stages are
-calls of the one batch sampler). Stage 2 starts again from the same
+calls of the one batch sampler; on FLUX, plain FLUX, see :mod:`.flux_injection`). Stage 2 starts again from the same
 noise; up to the sweet-spot step s it would repeat stage 1 exactly, so it starts from stage 1's latents
 at step s - 1. From there, inside each character's progressively dilated mask, the noise comes from an
 identity pass (PhotoMaker LoRA on, the region prompt with the class token fused with the identity);
@@ -9,13 +9,18 @@ outside every mask it is stage 1's own guided noise, which was kept. Cost: 2T UN
 stage 1 and 2k(T - s + 1) for stage 2, against 4T + 4T + 2k(T - s + 1) in the authors' code, for the
 same output up to float rounding (:func:`reference_redenoise` is their formulation, for tests and
 benchmarks).
+
+:func:`redenoise` is stage 2's loop for any identity-preserving generator: its :class:`IdentityPasses` give the
+characters' region predictions (PhotoMaker v1 here, :class:`PhotoMakerPasses`; PuLID-FLUX in
+:mod:`.flux_injection`), and the blend with stage 1's kept noise inside the progressive masks is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -42,6 +47,8 @@ class InjectionSchedule:
         max_dilation: Progressive dilation at the last step, in image pixels (already scaled).
         identity_strength: See ``IdentityStorySettings.identity_strength``.
         fuse_mode: "repeated" (the authors' code) or "once".
+        family_guidance: The family's own guidance of both stages (FLUX's embedded guidance); None: classifier-free
+            guidance at ``guidance_scale`` (SDXL's).
     """
 
     num_steps: int
@@ -50,6 +57,7 @@ class InjectionSchedule:
     max_dilation: int
     identity_strength: float = 1.0
     fuse_mode: Literal["repeated", "once"] = "repeated"
+    family_guidance: Guidance | None = None
 
     def __post_init__(self) -> None:
         # The progressive dilation grows over steps s..T (masks.ops.progressive_kernel): s < T.
@@ -69,7 +77,9 @@ class InjectionSchedule:
 
     @property
     def guidance(self) -> Guidance:
-        """Classifier-free guidance of both stages (SDXL's)."""
+        """The guidance of both stages: the family's, or classifier-free at ``guidance_scale`` (SDXL's)."""
+        if self.family_guidance is not None:
+            return self.family_guidance
         return Guidance(scale=self.guidance_scale)
 
     def sampling(self, backbone: Family, latents: torch.Tensor) -> Sampling:
@@ -165,6 +175,47 @@ class _FusedIdentities:
         return self.embeds
 
 
+class IdentityPasses(Protocol):
+    """The characters' identity passes of stage 2 for one identity-preserving generator.
+
+    ``install()`` is on for the whole stage (a LoRA switched on, an ID branch attached); ``noise`` gives the K
+    characters' guided predictions (K, C, h, w) of the step's latents (1, C, h, w), in the order of the masks."""
+
+    count: int
+
+    def install(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    def noise(self, model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor: ...
+
+
+class PhotoMakerPasses:
+    """PhotoMaker v1's identity passes (SDXL): the LoRA on, each region prompt with its class token fused with the
+    character's identity (:class:`_FusedIdentities`), the K regions as one batch."""
+
+    def __init__(
+        self,
+        backbone: Family,
+        adapter: PhotoMakerAdapter,
+        regions: Sequence[RegionInput],
+        schedule: InjectionSchedule,
+        fuse_lora: bool = False,
+    ):
+        self.backbone = backbone
+        self.adapter = adapter
+        self.schedule = schedule
+        self.fuse_lora = fuse_lora
+        self.count = len(regions)
+        self.rows = GuidancePair.cat([r.conditioning for r in regions])
+        self.fused = _FusedIdentities(adapter, regions, schedule)
+
+    def install(self) -> contextlib.AbstractContextManager[Any]:
+        return self.adapter.fused_lora() if self.fuse_lora else self.adapter.lora(True)
+
+    def noise(self, model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        pair = GuidancePair(self.rows.uncond, self.rows.cond.replace(embeds=self.fused.for_step()))
+        return self.backbone.guided_noise(model_input.expand(self.count, -1, -1, -1), t, pair, self.schedule.guidance)
+
+
 @torch.no_grad()
 def stage_two(
     backbone: Family,
@@ -177,7 +228,7 @@ def stage_two(
     on_step: StepCallback | None = None,
     fuse_lora: bool = False,
 ) -> torch.Tensor:
-    """Re-denoise from step s - 1 with the characters' identity passes inside their masks.
+    """Re-denoise from step s - 1 with the characters' PhotoMaker identity passes inside their masks.
 
     Args:
         backbone: The SDXL family of the pipeline.
@@ -192,18 +243,44 @@ def stage_two(
     Returns:
         The final latents (1, C, h, w).
     """
-    count = len(regions)
-    if clean_masks.shape[0] != count:
-        raise ValueError(f"got {count} regions but {clean_masks.shape[0]} masks")
+    if clean_masks.shape[0] != len(regions):
+        raise ValueError(f"got {len(regions)} regions but {clean_masks.shape[0]} masks")
+    passes = PhotoMakerPasses(backbone, adapter, regions, schedule, fuse_lora)
+    return redenoise(backbone, stage1, passes, clean_masks, schedule, on_step=on_step)
+
+
+@torch.no_grad()
+def redenoise(
+    backbone: Family,
+    stage1: StageOne,
+    passes: IdentityPasses,
+    clean_masks: torch.Tensor,
+    schedule: InjectionSchedule,
+    *,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Stage 2 for any identity-preserving generator: from stage 1's latents at step s - 1, inside each character's
+    progressively dilated mask the noise of its identity pass, outside every mask stage 1's kept noise.
+
+    Args:
+        backbone: The family of the pipeline.
+        stage1: Stage 1's result.
+        passes: The characters' identity passes, in the order of ``clean_masks``.
+        clean_masks: (K, H, W) bool cleaned masks at image size.
+        schedule: The frame's numbers.
+        on_step: Called with each 0-based step index.
+
+    Returns:
+        The final latents (1, C, h, w).
+    """
+    if clean_masks.shape[0] != passes.count:
+        raise ValueError(f"got {passes.count} identity passes but {clean_masks.shape[0]} masks")
     latents = stage1.start_latents
     latent_size = tuple(latents.shape[-2:])
     clean = clean_masks.to(latents.device)
-    region_rows = GuidancePair.cat([r.conditioning for r in regions])
-    fused = _FusedIdentities(adapter, regions, schedule)
 
     def blended(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-        pair = GuidancePair(region_rows.uncond, region_rows.cond.replace(embeds=fused.for_step()))
-        region_noise = backbone.guided_noise(model_input.expand(count, -1, -1, -1), t, pair, schedule.guidance)
+        region_noise = passes.noise(model_input, t, i)
         masks = step_masks(clean, i, schedule, latent_size).to(region_noise.dtype)
         union = masks.sum(dim=0)
         kept = stage1.guided[i - schedule.first_injection_step]
@@ -217,7 +294,7 @@ def stage_two(
         noise=blended,
         latents=latents,
         start=schedule.first_injection_step,
-        installs=[lambda: adapter.fused_lora() if fuse_lora else adapter.lora(True)],
+        installs=[passes.install],
         on_step=None if on_step is None else lambda step: on_step(step.index),
         decode=False,
     )

@@ -1,4 +1,5 @@
-"""``identitystory``: the story method (identities once per character, then each frame in two stages)."""
+"""``identitystory``: the story method (identities once per character, then each frame in two stages), on SDXL with
+PhotoMaker v1 (the paper) and on FLUX with PuLID-FLUX (our extension, :mod:`.flux`)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from storycast.adapters.photomaker import attach_photomaker
 from storycast.errors import StorycastError
 from storycast.identity.library import IdentityLibrary, IdentityRecord
 from storycast.identity.photomaker_adapter import PhotoMakerAdapter
+from storycast.identity.pulid_discovery import PulidSpace
 from storycast.masks.base import CharacterQuery, MaskInputs, MaskNotFoundError, MaskProvider
 from storycast.masks.ops import clean_masks, scale_pixels
 from storycast.masks.registry import build_provider, choose_provider, fallback_reason, shares_the_gpu
 from storycast.methods.base import FrameGroup, FrameResult, ProgressEvent, RunContext, StoryMethod
-from storycast.methods.identitystory import injection, prompts
+from storycast.methods.identitystory import flux, injection, prompts
 from storycast.methods.identitystory.about import ABOUT
+from storycast.methods.identitystory.flux_injection import PulidPasses
 from storycast.methods.identitystory.identities import identity_finder
 from storycast.methods.identitystory.settings import (
     INJECTION_NEGATIVE_PROMPT,
@@ -75,7 +78,7 @@ class _Progress:
 
 
 class IdentityStoryMethod(StoryMethod, about=ABOUT):
-    """IdentityStory on SDXL + PhotoMaker v1 (see ``storycast.methods.identitystory``)."""
+    """IdentityStory on SDXL + PhotoMaker v1, and on FLUX + PuLID-FLUX (see ``storycast.methods.identitystory``)."""
 
     settings: IdentityStorySettings
 
@@ -84,6 +87,8 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         self._identities: dict[str, IdentityRecord] = {}
         self._providers: dict[str, MaskProvider] = {}
         self._fallback_said = False
+        self._pulid: PulidSpace | None = None
+        self._face_models: Any = None
 
     # -- asked before any model is loaded ---------------------------------------------------------
 
@@ -109,7 +114,10 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
 
     @classmethod
     def generation_defaults(cls, family: str | None = None) -> dict[str, Any]:
-        # The authors' injection: 50 steps, guidance 7 (main.py of Correr-Zhou/IdentityStory).
+        # The authors' injection: 50 steps, guidance 7 (main.py of Correr-Zhou/IdentityStory). FLUX keeps its own
+        # (28 steps, embedded guidance 3.5 for dev): the authors' numbers are SDXL's classifier-free guidance.
+        if family == "flux":
+            return {}
         return {"steps": 50, "guidance_scale": 7.0}
 
     @classmethod
@@ -120,6 +128,8 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     def check(cls, story: Story, settings: IdentityStorySettings, family: str | None = None) -> None:
         from storycast.errors import SettingsError
 
+        if family == "flux":
+            cls._check_flux(settings)
         steps = story.settings.steps
         if steps < 2:
             raise SettingsError(
@@ -156,7 +166,7 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     ) -> list[FrameLimit]:
         # What _check_prompts refuses outside a benchmark: a class word beyond the tokens of the frame's prompt or of
         # the character's region prompt.
-        if tokenizer is None:
+        if tokenizer is None or family == "flux":  # FLUX reads the prompt with T5 (512 tokens), no PhotoMaker trigger
             return []
 
         def cut(index: int) -> list[str]:
@@ -173,6 +183,22 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         return cut_limits(story, cls.name, tokenizer.model_max_length, cut, where=where, does="injects an identity")
 
     @classmethod
+    def _check_flux(cls, settings: IdentityStorySettings) -> None:
+        """What FLUX cannot run, refused before anything loads."""
+        from storycast.errors import SettingsError
+
+        if settings.controlnet.source is not None:
+            raise SettingsError(
+                "controlnet: IdentityStory's ControlNet is an SDXL one; ControlNets are not supported on FLUX yet. "
+                "Fix: remove --set controlnet=..., or draw on SDXL (--preset sdxl)."
+            )
+        if settings.discovery.freeu:
+            raise SettingsError(
+                "freeu: FreeU scales a UNet's skip connections, which FLUX has not. Fix: --set freeu=false (or leave it "
+                "unset: off on FLUX)."
+            )
+
+    @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:
         # One frame at a time by default (memory stays constant however long the story is); with batch_size B,
         # groups of B frames whose stage 1 is drawn as one batch.
@@ -185,10 +211,17 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         self._check_prompts(story, settings)
         appearing = [c for c in story.characters if any(c.id in f.characters for f in story.frames)]
         library = IdentityLibrary((context.cache_dir or default_cache_dir()) / "identities")
-        finder = identity_finder(self, story, library, context)
+        if self.is_flux:
+            self._face_models = flux.face_models_folder(settings.flux, self.models, context.cache_dir)
+            finder: Any = flux.identity_finder(self, story, library, context)
+        else:
+            finder = identity_finder(self, story, library, context)
         for character in appearing:
             self._identities[character.id] = finder.identity(character)
-        if str(self.models.device).startswith("cuda"):
+        if self.is_flux:
+            if settings.flux.offload_encoders and self._pulid is not None:
+                self._pulid.offload_encoders()
+        elif str(self.models.device).startswith("cuda"):
             self.adapter.park_vision_tower()
 
     def generate(self, story: Story, group: Sequence[int], context: RunContext) -> list[FrameResult]:
@@ -207,6 +240,18 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     def adapter(self) -> PhotoMakerAdapter:
         """PhotoMaker on the base pipeline, attached on first use (shared with other methods on these models)."""
         return attach_photomaker(self.models, self.settings.photomaker)
+
+    @property
+    def is_flux(self) -> bool:
+        return self.backbone.name == "flux"
+
+    @property
+    def pulid(self) -> PulidSpace:
+        """PuLID-FLUX on the FLUX transformer with its face models, made on first use (the weights are shared with
+        other methods on these models)."""
+        if self._pulid is None:
+            self._pulid = flux.pulid_space(self.models, self.settings, self._face_models)
+        return self._pulid
 
     def mask_provider(self, name: str) -> MaskProvider:
         """The mask provider called ``name``, built once per method."""
@@ -244,24 +289,23 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         backbone = self.backbone
         with count_evaluations(backbone.denoiser) as counter:
             counter.evaluations += first.evaluations if first is not None else 0
-            conditioning = backbone.encode([prompt], [negative], width=gen.width, height=gen.height)
+            conditioning = backbone.encode(
+                [prompt], [negative], width=gen.width, height=gen.height, guidance=schedule.guidance
+            )
             found = self._stage_one_and_masks(
                 story, index, prompt, conditioning, schedule, settings, progress, first=first
             )
             if found.masks is None:
                 metadata = self._metadata(prompt, negative, [], counter.evaluations, schedule, found)
                 return FrameResult(index, found.image, found.seed, metadata=metadata)
-            regions = self._regions(story, index, characters, negative)
             offset = gen.steps - schedule.first_injection_step + 1
-            latents = injection.stage_two(
+            latents = injection.redenoise(
                 backbone,
-                self.adapter,
                 found.stage1,
-                regions,
+                self._identity_passes(story, index, characters, negative, schedule, settings),
                 found.masks,
                 schedule,
                 on_step=lambda i: progress.at(i + offset),
-                fuse_lora=settings.injection.fuse_lora,
             )
             image = backbone.decode(latents)[0]
         extras = {"stage1": found.image}
@@ -345,6 +389,8 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
             max_dilation=scale_pixels(settings.injection.max_dilation, (gen.height, gen.width)),
             identity_strength=settings.injection.identity_strength,
             fuse_mode=settings.injection.fuse_mode,
+            # FLUX: its own guidance (dev's embedded value, true CFG where set); SDXL: classifier-free at the scale.
+            family_guidance=self.sampling(story).guidance if self.is_flux else None,
         )
 
     @torch.no_grad()
@@ -357,7 +403,9 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         schedule = self._schedule(story, settings)
         frame_prompts = [prompts.global_prompt(story, i, settings.injection.prompt_style) for i in group]
         negatives = [story.negative_prompt(i) or INJECTION_NEGATIVE_PROMPT for i in group]
-        conditioning = backbone.encode(frame_prompts, negatives, width=gen.width, height=gen.height)
+        conditioning = backbone.encode(
+            frame_prompts, negatives, width=gen.width, height=gen.height, guidance=schedule.guidance
+        )
         initial = torch.cat([self._initial_latents(story, story.frame_seed(i)) for i in group])
         rows = [(prompt, story.frame_characters(i)) for prompt, i in zip(frame_prompts, group, strict=True)]
         attention = any(
@@ -411,6 +459,24 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
             )
         return ControlInput(attached.model, tensor, settings.controlnet.scale)
 
+    def _identity_passes(
+        self,
+        story: Story,
+        index: int,
+        characters: Sequence[Character],
+        negative: str,
+        schedule: injection.InjectionSchedule,
+        settings: IdentityStorySettings,
+    ) -> injection.IdentityPasses:
+        """The characters' identity passes of stage 2: PuLID-FLUX's on FLUX, PhotoMaker's on SDXL."""
+        if self.is_flux:
+            regions = flux.regions(self.pulid, story, index, characters, self._identities, negative, schedule.guidance)
+            return PulidPasses(self.pulid, regions, schedule, settings.flux.id_weight)
+        regions_ = self._regions(story, index, characters, negative)
+        return injection.PhotoMakerPasses(
+            self.backbone, self.adapter, regions_, schedule, settings.injection.fuse_lora
+        )
+
     def _regions(
         self, story: Story, index: int, characters: Sequence[Character], negative: str
     ) -> list[injection.RegionInput]:
@@ -457,6 +523,9 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     def _check_prompts(self, story: Story, settings: IdentityStorySettings) -> None:
         """Every class word must occur in its frame's prompt and region prompt (the authors refuse the frame
         otherwise); checked for the whole story before anything is drawn."""
+        if self.is_flux:
+            self._refuse(flux.prompt_problems(self.backbone, story, settings.injection.prompt_style))
+            return
         tokenizer = self.backbone.tokenizer
         problems = []
         for index in range(len(story)):
@@ -482,6 +551,10 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
                         f"frames[{index}]: the region prompt of '{character.id}' is too long: its class word "
                         f"'{character.class_word}' must come within the tokenizer's 77 tokens: '{region}'"
                     )
+        self._refuse(problems)
+
+    @staticmethod
+    def _refuse(problems: Sequence[str]) -> None:
         if problems:
             raise StorycastError(
                 "identitystory cannot draw this story:\n  " + "\n  ".join(problems) + "\nFix: put each character's "
@@ -539,8 +612,14 @@ def _recording_maps(
     from storycast.attention.layers import select_layers
     from storycast.attention.token_maps import TokenMapStore, record_token_maps
 
+    limit = getattr(backbone, "max_sequence_length", None)  # FLUX: the T5 tokens it reads
     positions = [
-        [p or 0 for p in prompts.class_word_positions(backbone.tokenizer, prompt, [c.class_word for c in characters])]
+        [
+            p or 0
+            for p in prompts.class_word_positions(
+                backbone.tokenizer, prompt, [c.class_word for c in characters], limit
+            )
+        ]
         for prompt, characters in rows
     ]
     width = max([len(row) for row in positions] + [1])
@@ -548,6 +627,16 @@ def _recording_maps(
     latent_size = (latents.shape[-2], latents.shape[-1])
     half = (latent_size[0] // 2, latent_size[1] // 2)
     store = TokenMapStore(indices, size=half, rows=len(rows), latent_size=latent_size)
+    if backbone.name == "flux":
+        # FLUX: the text-to-image part of every joint-attention layer, double- and single-stream (ours: the paper has
+        # no FLUX); a single-stream layer's sequence starts with the T5 tokens, padded to max_sequence_length.
+        from storycast.attention.state import AttentionState
+        from storycast.attention.token_maps import record_joint_token_maps
+
+        state = AttentionState(guidance=False, frames=len(rows), text_tokens=backbone.max_sequence_length)
+        with record_joint_token_maps(backbone.denoiser, store, ("double", "single"), state=state):
+            yield _MapRecorder(store, [characters for _, characters in rows])
+        return
     # Every cross-attention level but the full-resolution one, whose maps are the noisiest.
     unet = backbone.denoiser
     levels = sorted({layer.level for layer in select_layers(unet, kind="cross")} - {0}) or [0]

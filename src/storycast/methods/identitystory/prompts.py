@@ -46,11 +46,13 @@ def global_prompt(story: Story, index: int, style: str) -> str:
     return story.prompt(index)
 
 
-def class_word_positions(tokenizer: Any, prompt: str, words: Sequence[str]) -> list[int | None]:
-    """Token position of each word in ``prompt`` (tokenizer 1): the k-th character with a given class word
-    gets that word's k-th occurrence. A word split into several tokens is found by its last token, the
-    token PhotoMaker fuses. None where the word does not occur."""
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+def class_word_positions(
+    tokenizer: Any, prompt: str, words: Sequence[str], max_length: int | None = None
+) -> list[int | None]:
+    """Token position of each word in ``prompt`` (the family's tokenizer, within ``max_length`` tokens, default the
+    tokenizer's own): the k-th character with a given class word gets that word's k-th occurrence. A word split into
+    several tokens is found by its last token, the token PhotoMaker fuses. None where the word does not occur."""
+    ids = tokenizer(prompt, truncation=True, max_length=max_length or tokenizer.model_max_length).input_ids
     seen: dict[str, int] = {}
     positions: list[int | None] = []
     for word in words:

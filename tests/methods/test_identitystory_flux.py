@@ -1,0 +1,322 @@
+"""IdentityStory on FLUX through PuLID-FLUX (our extension), on tiny FLUX with random PuLID weights and tiny face
+models: stage 2 from the sweet spot equals the naive full formulation, the masked passes change only what is inside
+the masks, discovery in PuLID's space is reused and never mixes with SDXL identities, one to three characters a frame,
+bad input refused before drawing, and the CLI end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from storycast.identity.library import IdentityLibrary
+from storycast.methods.base import RunContext
+from storycast.methods.identitystory import flux, flux_injection, injection
+from storycast.methods.identitystory.method import IdentityStoryMethod
+from storycast.methods.identitystory.settings import IdentityStorySettings
+from storycast.models.loading import load_models
+from storycast.models.spec import ModelSpec
+from storycast.pipelines.noise import count_evaluations
+from storycast.runs.plan import resolve_generation
+from storycast.story.parse import parse_story
+from storycast.utils.torch_utils import make_generator
+
+SMALL = {"discovery_candidates": 12, "svd_rank": 2, "preview_images": 1, "mask_provider": "attention"}
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Tiny FLUX of its own (PuLID-FLUX is attached to it)."""
+    return load_models(ModelSpec(source="tiny-flux", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_method(models, **settings):
+    return IdentityStoryMethod(models, IdentityStorySettings.from_mapping({**SMALL, **settings}))
+
+
+CHARACTERS = (
+    ("ana", "a young woman with a red coat", "woman"),
+    ("leo", "an old man with a grey beard", "man"),
+    ("kid", "a small boy with a blue cap", "boy"),
+)
+
+
+def story_of(frames, models, method, **generation):
+    characters = [{"id": i, "description": d, "class_word": w} for i, d, w in CHARACTERS]
+    story = parse_story({"title": "t", "style": "A photo of", "characters": characters, "frames": frames})
+    generation = {"steps": STEPS, **generation}
+    return dataclasses.replace(story, settings=resolve_generation(story, models, method, generation))
+
+
+@pytest.fixture(scope="module")
+def space(models, cache):
+    method = make_method(models)
+    folder = flux.face_models_folder(method.settings.flux, models, cache)
+    return flux.pulid_space(models, method.settings, folder)
+
+
+def frame_inputs(models, space, method, story, count, seed=0):
+    """The frame's conditioning, initial noise and schedule, and ``count`` regions with random ID tokens."""
+    gen = story.settings
+    size = {"width": gen.width, "height": gen.height}
+    schedule = method._schedule(story, method.resolved_settings(story))
+    conditioning = models.backbone.encode([story.prompt(0)], [""], guidance=schedule.guidance, **size)
+    generator = torch.Generator().manual_seed(seed)
+    characters = story.frame_characters(0)[:count]
+    texts = [flux.region_prompt(story, c, count) for c in characters]
+    pair = models.backbone.encode(texts, [""] * count, guidance=schedule.guidance, **size)
+    regions = [
+        flux_injection.PulidRegion(c.id, pair.rows(k, k + 1), 3 * torch.randn(*space.token_shape, generator=generator))
+        for k, c in enumerate(characters)
+    ]
+    initial = models.backbone.initial_latents(
+        models.backbone.scheduler(gen.steps, **size), [make_generator(5)], **size
+    )
+    return conditioning, regions, initial, schedule
+
+
+def square_masks(count, size=128):
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    for k in range(count):
+        masks[k, 8 + 36 * k : 40 + 36 * k, 16 + 30 * k : 56 + 30 * k] = True
+    return masks
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_stage_two_from_the_sweet_spot_equals_the_naive_full_formulation(models, space, count):
+    method = make_method(models)
+    story = story_of([{"text": "{ana} and {leo} in a garden"}], models, method)
+    conditioning, regions, initial, schedule = frame_inputs(models, space, method, story, count)
+    assert schedule.guidance.embedded == 3.5 and schedule.guidance.halves == 1  # FLUX.1-dev's guidance
+    masks = square_masks(count)
+    transformer = models.backbone.denoiser
+    with count_evaluations(transformer) as fast_count:
+        stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+        passes = flux_injection.PulidPasses(space, regions, schedule, id_weight=1.0)
+        fast = injection.redenoise(models.backbone, stage1, passes, masks, schedule)
+    with count_evaluations(transformer) as slow_count:
+        slow, reference_stage1 = flux_injection.reference_redenoise(
+            space, conditioning, regions, masks, initial, schedule, id_weight=1.0
+        )
+    torch.testing.assert_close(stage1.latents, reference_stage1.latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    # T + K (T - s + 1) transformer rows against the naive 2T + K (T - s + 1): the re-denoising starts at s - 1.
+    s = schedule.sweet_spot_step
+    assert fast_count.evaluations == STEPS + count * (STEPS - s + 1)
+    assert slow_count.evaluations == 2 * STEPS + count * (STEPS - s + 1)
+    # The identities act: other ID tokens draw another frame, and the branch is detached after the stage.
+    assert (fast - stage1.latents).abs().max() > 1e-3
+    other = [dataclasses.replace(r, id_tokens=-r.id_tokens) for r in regions]
+    changed = injection.redenoise(
+        models.backbone, stage1, flux_injection.PulidPasses(space, other, schedule, 1.0), masks, schedule
+    )
+    assert (changed - fast).abs().max() > 1e-4
+    assert not any(block._forward_hooks for block in transformer.transformer_blocks)
+
+
+def test_the_masked_passes_change_only_latents_inside_their_masks(models, space):
+    method = make_method(models)
+    story = story_of([{"text": "{ana} and {leo} talking"}], models, method)
+    conditioning, regions, initial, schedule = frame_inputs(models, space, method, story, 2)
+    masks = square_masks(2)
+    stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+    final = injection.redenoise(
+        models.backbone, stage1, flux_injection.PulidPasses(space, regions, schedule, 1.0), masks, schedule
+    )
+    inside = injection.step_masks(masks, STEPS - 1, schedule, tuple(final.shape[-2:])).sum(dim=0)[0] > 0
+    assert inside.any() and (~inside).any()
+    assert torch.equal(final[..., ~inside], stage1.latents[..., ~inside])
+    assert not torch.equal(final[..., inside], stage1.latents[..., inside])
+
+
+def test_a_frame_costs_t_plus_k_times_the_redenoised_steps_and_a_frame_without_characters_is_vanilla(models, cache):
+    from storycast.methods.vanilla import VanillaMethod
+
+    method = make_method(models)
+    story = story_of([{"text": "{ana} reading"}, {"text": "an empty street at night"}], models, method)
+    context = RunContext(cache_dir=cache)
+    method.prepare(story, context)
+    with_character, empty = method.generate(story, (0, 1), context)
+    vanilla = VanillaMethod(models).generate(story, (1,), RunContext())[0]
+    s = method.resolved_settings(story).injection.sweet_spot_step
+    assert s == 2  # round(0.4 * 4), FLUX's fraction
+    assert with_character.metadata["denoiser_evaluations"] == STEPS + (STEPS - s + 1)
+    assert empty.metadata["denoiser_evaluations"] == STEPS
+    difference = np.abs(np.asarray(empty.image, dtype=np.int16) - np.asarray(vanilla.image, dtype=np.int16))
+    assert difference.max() <= 1
+    assert set(with_character.extras) == {"stage1", "mask_ana"}
+
+
+def test_discovery_in_pulids_space_is_stored_under_the_generator_and_reused(models, tmp_path):
+    method = make_method(models)
+    story = story_of([{"text": "{ana} reading"}], models, method)
+    transformer = models.backbone.denoiser
+    with count_evaluations(transformer) as first:
+        method.prepare(story, RunContext(cache_dir=tmp_path))
+    library = IdentityLibrary(tmp_path / "identities")
+    (key,) = library.keys()
+    record = library.get(key)
+    assert record.info["generator"] == "flux+pulid-flux" and record.info["source"] == "discovered"
+    assert record.info["prompt"] == "a young woman with a red coat"  # the description, no trigger word
+    assert record.embedding.numel() == method.pulid.token_shape[0] * method.pulid.token_shape[1]
+    assert record.info["denoiser_evaluations"] == first.evaluations == (12 + 1) * STEPS
+    assert len(record.info["kept"][0]) == 2  # 12 -> 7 -> 4 -> 2 with the test budget
+    again = make_method(models)
+    with count_evaluations(transformer) as second:
+        again.prepare(story, RunContext(cache_dir=tmp_path))
+    assert second.evaluations == 0  # no candidate drawn the second time
+    assert torch.equal(again._identities["ana"].embedding, record.embedding)
+
+
+def test_sdxl_identities_are_never_read_for_a_flux_run(models, tmp_path):
+    from storycast.errors import StorycastError
+    from storycast.identity.discovery import IdentityFinder
+
+    method = make_method(models)
+    method._face_models = flux.face_models_folder(method.settings.flux, models, tmp_path)
+    story = story_of([{"text": "{ana} reading"}], models, method)
+    finder = flux.identity_finder(method, story, IdentityLibrary(tmp_path / "identities"), RunContext())
+    # The same parts make another key once the generator is named: an SDXL entry under the parts is never looked up.
+    sdxl = IdentityFinder(finder.adapter, finder.library, finder.model_info, finder.adapter_id, finder.budget)
+    parts = {"prompt": finder.search(story.characters[0]), "model": finder.model, "adapter": finder.adapter_id,
+             "budget": finder.budget.__dict__}  # fmt: skip
+    sdxl_key = sdxl.key(parts)
+    assert finder.key(parts) != sdxl_key
+    library = finder.library
+    library.put(sdxl_key, torch.ones(finder.adapter().token_shape[0] * finder.adapter().token_shape[1]),
+                {"character": "ana", "source": "discovered"})  # fmt: skip
+    read = []
+    get = library.get
+    library.get = lambda key: read.append(key) or get(key)
+    found = finder.identity(story.characters[0])
+    assert sdxl_key not in read and found.key != sdxl_key and not torch.equal(found.embedding, torch.ones(1))
+    # Named explicitly, an SDXL + PhotoMaker identity is refused for FLUX.
+    named = dataclasses.replace(story.characters[0], identity=sdxl_key)
+    with pytest.raises(StorycastError, match=r"made by sdxl\+photomaker, not by FLUX \+ PuLID-FLUX"):
+        finder.identity(named)
+
+
+def test_reference_photos_replace_discovery(models, space, tmp_path):
+    from PIL import Image
+
+    from storycast.identity.photomaker_faces import NoFaceError
+    from storycast.vision.tiny_faces import paint_tiny_face
+
+    canvas = np.zeros((128, 128, 3), dtype=np.uint8)
+    paint_tiny_face(canvas, 32, 32, 64, np.eye(4))
+    Image.fromarray(canvas).save(tmp_path / "ana.png")
+    method = make_method(models)
+    frames = [{"text": "{ana} reading"}]
+    story = story_of(frames, models, method)
+    story = dataclasses.replace(
+        story, characters=[dataclasses.replace(story.characters[0], references=[tmp_path / "ana.png"]),
+                           *story.characters[1:]]
+    )  # fmt: skip
+    with count_evaluations(models.backbone.denoiser) as counter:
+        method.prepare(story, RunContext(cache_dir=tmp_path))
+    assert counter.evaluations == 0
+    expected = space.photo_tokens([Image.open(tmp_path / "ana.png").convert("RGB")], ["ana"]).reshape(-1)
+    torch.testing.assert_close(method._identities["ana"].embedding, expected)
+    assert method._identities["ana"].info["generator"] == "flux+pulid-flux"
+    Image.new("RGB", (128, 128)).save(tmp_path / "blank.png")
+    blank = dataclasses.replace(story.characters[0], references=[tmp_path / "blank.png"])
+    with pytest.raises(NoFaceError, match="no face was found"):
+        make_method(models).prepare(
+            dataclasses.replace(story, characters=[blank, *story.characters[1:]]), RunContext(cache_dir=tmp_path)
+        )
+
+
+def test_three_characters_in_one_frame(models, cache):
+    method = make_method(models)
+    frames = [{"text": "{ana}, {leo} and {kid} at a picnic"}, {"text": "{leo} and {kid} fishing"}]
+    story = story_of(frames, models, method)
+    context = RunContext(cache_dir=cache)
+    method.prepare(story, context)
+    results = method.generate(story, (0, 1), context)
+    s = method.resolved_settings(story).injection.sweet_spot_step
+    for result, count in zip(results, (3, 2), strict=True):
+        assert result.metadata["denoiser_evaluations"] == STEPS + count * (STEPS - s + 1)
+        assert result.metadata["mask_provider"] == "attention"
+    masks = np.stack([np.asarray(results[0].extras[f"mask_{cid}"]) > 0 for cid in ("ana", "leo", "kid")])
+    assert masks.any(axis=(1, 2)).all() and (masks.sum(axis=0) <= 1).all()
+    # The encoders went to the CPU once the identities were known, and come back when an image is embedded.
+    assert method.pulid._parked
+
+
+def test_bad_input_is_refused_before_drawing(models, tmp_path):
+    from storycast.errors import MissingWeightsError, SettingsError, StorycastError
+    from storycast.runs.plan import plan_run
+
+    data = {"characters": [{"id": "ana", "description": "a young woman", "class_word": "woman"}],
+            "frames": [{"text": "{ana} at the window"}]}  # fmt: skip
+    spec = ModelSpec(source="tiny-flux")
+    for settings, message in (
+        ({"controlnet": "tiny"}, "ControlNets are not supported on FLUX"),
+        ({"freeu": "true"}, "FreeU scales a UNet's skip connections"),
+        ({"sweet_spot_fraction": "1.5"}, "sweet_spot_fraction must be between 0 and 1"),
+        ({"id_weight": "-1"}, "id_weight must be at least 0"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            plan_run(parse_story(data), "identitystory", model=spec, method_settings=settings, generation={"steps": 4})
+    transformer = models.backbone.denoiser
+    method = make_method(models)
+    # The class word beyond the T5 tokens FLUX reads (512).
+    missing_word = story_of([{"text": "very " * 300 + "woman", "characters": ["ana"]}], models, method)
+    with count_evaluations(transformer) as counter:
+        with pytest.raises(StorycastError, match=r"class word 'woman' of 'ana' is not in the frame's prompt"):
+            method.prepare(missing_word, RunContext(cache_dir=tmp_path))
+        reading = story_of([{"text": "{ana} reading"}], models, method)
+        with pytest.raises(MissingWeightsError, match="face_models"):
+            make_method(models, face_models=str(tmp_path / "nowhere")).prepare(reading, RunContext(cache_dir=tmp_path))
+        with pytest.raises(MissingWeightsError, match="face_parsing"):
+            make_method(models, face_parsing=str(tmp_path / "nowhere")).prepare(
+                reading, RunContext(cache_dir=tmp_path)
+            )
+    assert counter.evaluations == 0
+
+
+def test_the_cli_draws_a_story_on_tiny_flux_end_to_end(tmp_path):
+    from storycast.cli.main import main
+    from tests.helpers import write_benchmark_file
+
+    out = tmp_path / "run"
+    story = write_benchmark_file(tmp_path / "story_001.json", "single", frames=2)
+    args = ["generate", str(story), "--method", "identitystory", "--preset", "tiny-flux", "--out", str(out)]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--set", "discovery_candidates=12", "--set", "preview_images=1"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["frames"]) == 2
+    frame = manifest["frames"][0]
+    s = 2  # round(0.4 * 4)
+    assert frame["metadata"]["denoiser_evaluations"] == STEPS + (STEPS - s + 1)
+    assert frame["metadata"]["sweet_spot_step"] == s
+
+
+def test_the_benchmark_runs_on_tiny_flux_with_its_protocol_recorded(tmp_path):
+    from storycast.cli.main import main
+    from storycast.methods.registry import get_method
+    from tests.evaluation.fakes import write_suite
+
+    suite = write_suite(tmp_path / "suite", stories=1, frames=2)
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(suite), "--method", "identitystory", "--preset", "tiny-flux", "--steps", "2",
+                 "--width", "64", "--height", "64", "--out", str(out), "--no-progress", "--cache-dir",
+                 str(tmp_path / "cache"), "--set", "discovery_candidates=12", "--set", "preview_images=1"]) == 0  # fmt: skip
+    recorded = json.loads((out / "benchmark.json").read_text())
+    assert (
+        recorded["protocol"] == get_method("identitystory").benchmark_protocol() == {"seed": 0, "seed_policy": "same"}
+    )
+    manifest = json.loads((out / "suite" / "story_000" / "manifest.json").read_text())
+    assert {frame["seed"] for frame in manifest["frames"]} == {0}
+    assert manifest["generation"]["guidance_scale"] == 3.5  # FLUX.1-dev's own, not the authors' SDXL 7
+    assert all(frame["metadata"]["denoiser_evaluations"] == 2 + 2 for frame in manifest["frames"])  # s = 1
+    assert (out / "results.json").is_file()
