@@ -58,3 +58,15 @@ def test_a_fraction_outside_zero_one_is_refused_naming_the_setting(bad):
 
     with pytest.raises(SettingsError, match="sweet_spot_fraction must be between 0 and 1"):
         IdentityStorySettings.from_mapping({"sweet_spot_fraction": bad})
+
+
+def test_an_sdxl_run_records_the_settings_it_recorded_before_flux_came():
+    """Runs key on their recorded settings: on SDXL the FLUX sections and the fraction (already the recorded step)
+    are left out, so an SDXL run folder made before IdentityStory ran on FLUX resumes instead of redrawing."""
+    from storycast.methods.identitystory.method import IdentityStoryMethod
+
+    sdxl = IdentityStoryMethod.recorded_settings(resolved("sdxl", 50), "sdxl")
+    assert "flux" not in sdxl and "pulid" not in sdxl
+    assert "sweet_spot_fraction" not in sdxl["injection"] and sdxl["injection"]["sweet_spot_step"] == 10
+    flux = IdentityStoryMethod.recorded_settings(resolved("flux", 28), "flux")
+    assert {"flux", "pulid"} <= set(flux) and flux["injection"]["sweet_spot_fraction"] == FLUX_SWEET_SPOT_FRACTION

@@ -35,7 +35,8 @@ class PuLIDFluxAdapter:
     ):
         self.transformer = transformer
         self.pulid = pulid.to(device)
-        self.eva = eva.to(vision_device if vision_device is not None else device)
+        self.vision_device = vision_device if vision_device is not None else device
+        self.eva = eva.to(self.vision_device)
         self.device = device
 
     @classmethod
@@ -83,6 +84,10 @@ class PuLIDFluxAdapter:
         """
         if not faces:
             raise ValueError("id_tokens needs at least one photo's face")
+        # The encoders are shared on the loaded models; a method may have parked them on the CPU once its identities
+        # were known (identitystory's offload_encoders): bring them home before reading faces again.
+        self.eva.to(self.vision_device)
+        self.pulid.pulid_encoder.to(self.device)
         tower = self.eva
         parameter = next(tower.parameters())
         pixels = eva_pixels(torch.stack([f.face for f in faces]), tower.config.image_size)

@@ -224,6 +224,13 @@ class StoryMethod(abc.ABC):
         draw ``story`` with ``settings`` (resolved) on a model ``family``; called before any model is loaded."""
 
     @classmethod
+    def recorded_settings(cls, settings: MethodSettings, family: str | None = None) -> dict[str, Any]:
+        """The resolved settings a run records and is keyed by. A method whose settings grew sections that a
+        family never reads leaves them out there (see identitystory), so that runs made before they existed stay
+        the same runs and resume instead of redrawing."""
+        return settings.to_dict()
+
+    @classmethod
     def nothing_to_keep(cls, story: Story, settings: MethodSettings) -> str | None:
         """Why the method keeps nothing consistent in ``story`` (no character it can take), with the fix; None when
         it has something to keep. Outside a benchmark the planner refuses such a story with this message; a

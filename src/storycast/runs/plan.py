@@ -385,7 +385,7 @@ def plan_run(
 
     summary = {
         "method": method_class.name,
-        "method settings": settings.to_dict(),
+        "method settings": method_class.recorded_settings(settings, facts.family),
         "model": dict(facts.identity),
         "generation settings": {
             # Seeds reach each frame's own key (its seed), so a change redraws only the frames it moves; a setting

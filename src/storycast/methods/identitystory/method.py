@@ -183,6 +183,18 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
         return cut_limits(story, cls.name, tokenizer.model_max_length, cut, where=where, does="injects an identity")
 
     @classmethod
+    def recorded_settings(cls, settings: IdentityStorySettings, family: str | None = None) -> dict[str, Any]:
+        # FLUX's sections (PuLID-FLUX, how it is read) and the sweet spot's fraction came with IdentityStory on FLUX.
+        # On SDXL nothing reads the former and the latter is already the recorded sweet_spot_step; left out there, an
+        # SDXL run made before them keeps its key and resumes.
+        recorded = settings.to_dict()
+        if family != "flux":
+            for section in ("flux", "pulid"):
+                recorded.pop(section, None)
+            recorded["injection"] = {k: v for k, v in recorded["injection"].items() if k != "sweet_spot_fraction"}
+        return recorded
+
+    @classmethod
     def _check_flux(cls, settings: IdentityStorySettings) -> None:
         """What FLUX cannot run, refused before anything loads."""
         from storycast.errors import SettingsError
