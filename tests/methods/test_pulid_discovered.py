@@ -97,6 +97,11 @@ def test_identity_says_photos_or_discovery_per_character_and_each_frame_records_
     (mara_key,) = set(keys) - {tom_key}
     assert sources == [{"mara": f"discovered ({mara_key})"}, {"tom": f"discovered ({tom_key})"}, {}]
     assert not np.array_equal(discovered[0], auto[0]) and np.array_equal(discovered[1], auto[1])
+    # A library key the story names wins, even with identity=photos (nothing to discover, no photo needed).
+    data["characters"][1]["identity"] = tom_key
+    named, sources = run("pulid", {**SMALL, "identity": "photos"})
+    assert sources == [{"mara": "photos (1)"}, {"tom": f"library ({tom_key})"}, {}]
+    assert all(np.array_equal(a, b) for a, b in zip(named, auto, strict=True))
 
 
 def test_the_benchmark_of_a_consistory_human_suite_runs_on_tiny_flux_with_its_protocol_recorded(tmp_path):
