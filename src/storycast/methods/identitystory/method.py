@@ -27,7 +27,7 @@ from storycast.methods.identitystory.settings import (
     RETRY_SEED_OFFSET,
     IdentityStorySettings,
 )
-from storycast.methods.limits import FrameLimit, cut_limits, trigger_within
+from storycast.methods.limits import WITHOUT_REFERENCES, FrameLimit, cut_limits, no_face_limits, trigger_within
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.noise import ControlInput, control_image_tensor, count_evaluations
 from storycast.story.model import Character, Story
@@ -154,10 +154,13 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     def frame_limits(
         cls, story: Story, settings: IdentityStorySettings, family: str | None = None, tokenizer: Any = None
     ) -> list[FrameLimit]:
+        # A non-human character's images give PhotoMaker no face: its identity is discovered from its description,
+        # as for a character without images.
+        found = no_face_limits(story, cls.name, WITHOUT_REFERENCES)
         # What _check_prompts refuses outside a benchmark: a class word beyond the tokens of the frame's prompt or of
         # the character's region prompt.
         if tokenizer is None:
-            return []
+            return found
 
         def cut(index: int) -> list[str]:
             characters = story.frame_characters(index)
@@ -170,7 +173,9 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
             ]
 
         where = "the frame's prompt or region prompt"
-        return cut_limits(story, cls.name, tokenizer.model_max_length, cut, where=where, does="injects an identity")
+        return found + cut_limits(
+            story, cls.name, tokenizer.model_max_length, cut, where=where, does="injects an identity"
+        )
 
     @classmethod
     def plan(cls, story: Story, settings: Any) -> list[FrameGroup]:

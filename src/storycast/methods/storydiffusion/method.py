@@ -40,6 +40,7 @@ from storycast.methods.limits import (
     apply_limits,
     each_frame_showing,
     no_character,
+    no_face_limits,
     trigger_limits,
 )
 from storycast.methods.storydiffusion.about import ABOUT
@@ -183,8 +184,11 @@ class StoryDiffusionMethod(StoryMethod, about=ABOUT):
         if with_photos and family not in (None, "sdxl"):
             detail = f"reference images are read through PhotoMaker v1, an SDXL adapter, and the model is {family}"
             found += each_frame_showing(story, with_photos, "references-family", detail, WITHOUT_REFERENCES)
-        elif with_photos and tokenizer is not None:
-            found += trigger_limits(tokenizer, story, cls.name, with_photos)
+        elif with_photos:
+            found += no_face_limits(story, cls.name, WITHOUT_REFERENCES)  # PhotoMaker reads faces: drawn from text
+            with_photos = [c.id for c in apply_limits(story, found).appearing_characters() if c.references]
+            if tokenizer is not None:
+                found += trigger_limits(tokenizer, story, cls.name, with_photos)
         if settings.identity_frames == "story":
             adapted = apply_limits(story, found)
             alone = solo_frames(adapted)
