@@ -24,6 +24,7 @@ from storycast.errors import Problem, StoryError
 from storycast.identity.pulid_flux_branch import IDTarget
 from storycast.identity.references import read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import WITHOUT_CHARACTERS, FrameLimit, apply_limits, no_face_limits
 from storycast.methods.pulid.about import ABOUT
 from storycast.methods.pulid.settings import PuLIDMethodSettings
 from storycast.pipelines.conditioning import GuidancePair
@@ -83,6 +84,26 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
                 from storycast.vision.face_parsing import find_bisenet
 
                 find_bisenet(settings.face_parsing)
+
+    @classmethod
+    def reads_references(cls, settings: PuLIDMethodSettings, family: str | None = None) -> bool:
+        return True  # every character from its photos (a benchmark's img_ref mode)
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: PuLIDMethodSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # A non-human character's photos hold no face for antelopev2 to find, and PuLID has no identity without one:
+        # it is left out. Of the rest, the ID branch draws the first character a frame names (generate's `named`).
+        found = no_face_limits(story, cls.name, WITHOUT_CHARACTERS)
+        kept = apply_limits(story, found)
+        for index, frame in enumerate(kept.frames):
+            if len(frame.characters) > 1:
+                detail = f"PuLID-FLUX draws one identity per frame, the first character named ({frame.characters[0]})"
+                found.append(
+                    FrameLimit(index, "characters-per-frame", detail, WITHOUT_CHARACTERS, frame.characters[1:])
+                )
+        return found
 
     # -- run interface ----------------------------------------------------------------------------
 
