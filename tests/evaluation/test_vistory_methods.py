@@ -27,6 +27,11 @@ MODELS = {"sdxl": "tiny_sdxl", "sd15": "tiny_sd15", "flux": "tiny_flux"}
 CLASS_WORD = ("consistory", "identitystory", "photomaker", "storynizor")
 """Methods that find (or fuse into) a character by its class word's token: the fifth shot's characters come after
 CLIP's 77 tokens."""
+FACE_READERS = ("pulid",)
+"""Methods that need a face in reference images (PuLID's antelopev2) with their first family's defaults: Rex is a dog
+(``non_human``). PhotoMaker v1 (identitystory, photomaker, storydiffusion on SDXL) embeds the whole image."""
+FROM_PHOTOS = {"pulid": "antelopev2"}
+"""Methods that read every character from a face the face pack finds in its photos, with that pack."""
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +39,41 @@ def mixed(tmp_path_factory):
     return write_vistory(tmp_path_factory.mktemp("vistory") / "ViStory", MIXED)
 
 
+@pytest.fixture(scope="module")
+def with_faces(tmp_path_factory):
+    """Story 03 whose human characters' images are face photos, and the tiny face packs: pack name -> folder."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")  # torch.onnx.export needs it to write the tiny face pack
+    from storycast.vision.tiny_faces import write_tiny_face_pack
+    from tests.methods.helpers import face_photo
+
+    folder = tmp_path_factory.mktemp("vistory-faces")
+    root = write_vistory(folder / "ViStory", MIXED)
+    characters = MIXED["03"]["Characters"]
+    humans = [key for key, fields in characters.items() if fields["tag"] == "realistic_human"]
+    for number, key in enumerate(humans):
+        for photo in sorted((root / "03" / "image" / key).iterdir()):
+            face_photo(photo, number + 1)
+    packs = {pack: write_tiny_face_pack(folder / pack, pack=pack) for pack in set(FROM_PHOTOS.values())}
+    return root, packs
+
+
 def expected_limits(method: str, family: str) -> dict[int, set[tuple[str, tuple[str, ...]]]]:
     """What each method meets in story 03, from the story (not from a run): frame -> {(limit, characters)}.
 
-    Shots: 0 Ava alone; 1 nobody; 2 Ava, Bo, Rex; 3 Rex alone; 4 Ava, Bo, Rex after a long script.
+    Shots: 0 Ava alone; 1 nobody; 2 Ava, Bo, Rex; 3 Rex alone; 4 Ava, Bo, Rex after a long script. Rex is a dog.
     """
     found: dict[int, set[tuple[str, tuple[str, ...]]]] = {}
     if family != "flux":  # CLIP is the prompt's encoder: shot 4 takes more than 77 tokens
         found.setdefault(4, set()).add(("prompt-tokens", ()))
+    if method in FACE_READERS:  # the dog's images are not read (pulid, identity=auto: discovered from his description)
+        for index in (2, 3, 4):
+            found.setdefault(index, set()).add(("no-face", ("rex",)))
     if method in (*CLASS_WORD, "storydiffusion"):  # storydiffusion on SDXL fuses the reference images with PhotoMaker
         found.setdefault(4, set()).add(("class-word-cut", ("ava", "bo", "rex")))
+    if method == "pulid":  # one identity per frame: the first named (Ava); Bo and the dog stay in the prompt only
+        for index in (2, 4):
+            found[index].add(("characters-per-frame", ("bo", "rex")))
     if method in ("storydiffusion", "characonsist"):  # Bo never appears alone: no identity frame of his
         found.setdefault(2, set()).add(("solo-frames", ("bo",)))
         if method == "characonsist":
@@ -70,6 +100,50 @@ def test_limits_fall_back_as_documented_and_are_counted():
         FrameLimit(0, "x", "y", "skip")
 
 
+def test_a_character_known_to_have_no_face_is_not_read_by_the_methods_that_read_faces():
+    from storycast.methods.registry import get_settings_class
+    from storycast.story.model import Character, Frame, Story
+
+    story = Story(
+        "t",
+        (Frame("a", ("d", "w", "m")), Frame("b", ("d",)), Frame("c", ("w",))),
+        (
+            Character("d", "a dog", "dog", references=(Path("d.png"),), kind="non_human"),
+            Character("w", "a woman", "woman", references=(Path("w.png"),), kind="realistic_human"),
+            Character("m", "a man", "man", references=(Path("m.png"),)),  # kind unknown: read as before
+        ),
+    )
+
+    def limits(method: str, family: str = "sdxl", **values) -> set:
+        settings = get_settings_class(method).from_mapping(values)
+        return {
+            (x.frame, x.limit, x.fallback, x.characters)
+            for x in get_method(method).frame_limits(story, settings, family)
+        }
+
+    unread = {(0, "no-face", "without-references", ("d",)), (1, "no-face", "without-references", ("d",))}
+    left_out = {(0, "no-face", WITHOUT_CHARACTERS, ("d",)), (1, "no-face", WITHOUT_CHARACTERS, ("d",))}
+    # PhotoMaker v1's ID encoder embeds the whole image: on SDXL the dog's images are read as the others'.
+    assert limits("identitystory") == limits("photomaker") == limits("photomaker", identity="photos") == set()
+    assert limits("storydiffusion", identity_frames="portraits") == set()
+    assert limits("identitystory", "flux") == unread  # PuLID needs a face: discovered from its description instead
+    assert limits("photomaker", photomaker_file="photomaker-v2.bin") == left_out  # v2 reads a face, cannot discover
+    assert limits("photomaker", identity="discovered") == set()  # no image is read
+    assert limits("storynizor", "sd15") == set()  # reference_crop=auto: a photo without a face is segmented or whole
+    assert limits("storynizor", "sd15", reference_crop="face") == unread
+    assert limits("storynizor", "sd15", reference_crop="face", identity="photos") == left_out
+    # pulid, identity=auto: the dog is discovered from his description (as identitystory on FLUX) and, named first,
+    # is the frame's one identity; identity=photos leaves him out and keeps the woman; discovered reads no image.
+    assert limits("pulid", "flux") == unread | {(0, "characters-per-frame", WITHOUT_CHARACTERS, ("w", "m"))}
+    assert limits("pulid", "flux", identity="photos") == left_out | {
+        (0, "characters-per-frame", WITHOUT_CHARACTERS, ("m",))
+    }
+    assert limits("pulid", "flux", identity="discovered") == {
+        (0, "characters-per-frame", WITHOUT_CHARACTERS, ("w", "m"))
+    }
+    assert get_method("pulid").reads_references(get_settings_class("pulid")(), "flux")  # a benchmark's img_ref mode
+
+
 def test_outside_a_benchmark_the_limits_are_still_refused(mixed, tiny_sdxl):
     story = load_story(mixed / "03" / "story.json")
     with pytest.raises(StorycastError, match="'bo' appears alone in 0 frame"):
@@ -85,8 +159,12 @@ def test_outside_a_benchmark_the_limits_are_still_refused(mixed, tiny_sdxl):
 def test_every_method_draws_the_mixed_story_with_its_limits_recorded_per_shot(method, mixed, request, tmp_path):
     family = get_method(method).families[0]
     models = request.getfixturevalue(MODELS[family])
+    settings = None
+    if method in FROM_PHOTOS:
+        mixed, packs = request.getfixturevalue("with_faces")
+        settings = {"face_models": str(packs[FROM_PHOTOS[method]])}
     story = load_story(mixed / "03" / "story.json")
-    plan = plan_run(story, method, model=models, generation=GENERATION,
+    plan = plan_run(story, method, model=models, generation=GENERATION, method_settings=settings,
                     out_dir=tmp_path / "run", fallback=True, tokenizer=first_tokenizer(models))  # fmt: skip
     got: dict[int, set[tuple[str, tuple[str, ...]]]] = {}
     for limit in plan.limits:
@@ -160,6 +238,7 @@ def test_the_benchmark_writes_its_scorer_s_layout_once_and_never_over_a_user_s_f
     record = json.loads((tmp_path / "bench" / "benchmark.json").read_text())["vistory"]
     assert record["mode"] == "img_ref" and record["language"] == "en"  # PhotoMaker reads the images on SDXL
     assert TIMESTAMP.match(record["timestamp"]) and record["outputs"] == str(tmp_path / "bench" / "outputs")
+    # Shots 2 and 4: Bo left out (solo-frames), Ava, Bo and Rex cut (class-word-cut).
     assert record["limits"]["frames_changed"] == 2 and record["limits"]["stories"] == {"ViStory/03": 2}
     assert "Limits: 2 frame(s) drawn by a fallback" in (tmp_path / "bench" / "results.md").read_text()
 

@@ -45,6 +45,10 @@ def test_a_story_reads_as_the_benchmark_composes_it(tmp_path, language):
     assert (mara.class_word, pip.class_word, tom.class_word) == words
     assert tom.description.startswith(f"{tom.class_word}, ") and story.source_format == "vistory"
     assert all(c.references[0].is_absolute() for c in story.characters)
+    # The tag is kept: what the character is, for the methods that read a face from its images.
+    assert [(c.kind, c.has_face) for c in story.characters] == [
+        ("realistic_human", True), ("non_human", False), ("unrealistic_human", True)
+    ]  # fmt: skip
     # A frame's text is the benchmark's prompt verbatim: no style, no placeholder expansion.
     assert [story.prompt(i) for i in range(len(story))] == naive_prompts(STORIES["01"], language)
 
@@ -57,6 +61,24 @@ def test_load_story_detects_the_format_and_the_story_reads_back_from_ours(tmp_pa
 
     again = parse_story(story_to_dict(story), source=tmp_path / "x.yaml", base_dir=tmp_path)
     assert [again.prompt(i) for i in range(2)] == [story.prompt(i) for i in range(2)]
+    assert again.characters == story.characters and again.character("fox").kind == "non_human"
+
+
+def test_a_tag_the_benchmark_does_not_have_is_unknown_and_our_format_refuses_an_unknown_kind(tmp_path):
+    root = write_vistory(tmp_path / "ViStory")
+    path = root / "02" / "story.json"
+    data = json.loads(path.read_text(encoding="utf-8-sig"))
+    data["Characters"]["Fox"]["tag"] = "animal"
+    assert from_vistory(data, source=path).character("fox").kind is None
+    del data["Characters"]["Fox"]["tag"]
+    assert from_vistory(data, source=path).character("fox").has_face is None
+    story = {"title": "t", "characters": [{"id": "f", "description": "a fox", "class_word": "fox", "kind": "animal"}],
+             "frames": [{"text": "{f} runs"}]}  # fmt: skip
+    with pytest.raises(StoryError) as caught:
+        parse_story(story)
+    assert [(p.field, p.message) for p in caught.value.problems] == [
+        ("characters[0].kind", "'animal' is not a kind of character")
+    ]
 
 
 def test_validate_and_convert_take_the_benchmark_folder(tmp_path, capsys):
@@ -68,6 +90,7 @@ def test_validate_and_convert_take_the_benchmark_folder(tmp_path, capsys):
     assert main(["convert", str(root / "01" / "story.json"), "-o", str(target)]) == 0
     converted = yaml.safe_load(target.read_text(encoding="utf-8"))
     assert converted["frames"][0]["text"].startswith("medium shot;plot 1;script 1;Mara is a young woman")
+    assert [c["kind"] for c in converted["characters"]] == ["realistic_human", "non_human", "unrealistic_human"]
 
 
 @pytest.mark.parametrize(

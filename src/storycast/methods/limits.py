@@ -93,6 +93,15 @@ def each_frame_showing(
     ]
 
 
+def no_face_limits(story: Story, method: str, fallback: str) -> list[FrameLimit]:
+    """Per frame, ``fallback`` for the characters a method that reads a face from reference images finds none in:
+    those with images whose ``kind`` says they have no face (ViStory's ``non_human``: a face detector finds nothing
+    in a dog's photos, and a face encoder's identity from them is no face's)."""
+    faceless = [c.id for c in story.appearing_characters() if c.references and c.has_face is False]
+    detail = f"the character is not human (kind non_human): it has no face for {method} to read from its images"
+    return each_frame_showing(story, faceless, "no-face", detail, fallback)
+
+
 def plain_frames(story: Story, limit: str, detail: str) -> list[FrameLimit]:
     """Every frame drawn as the method's plain frame (without the characters it names)."""
     return [

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+KINDS = ("realistic_human", "unrealistic_human", "non_human")
+"""What a character is, in ViStoryBench's character tags (``story.json`` ``Characters.<key>.tag``, read by
+``dataset_load.py`` at 514cc31): a photographed person, a drawn or stylised person, or not a person (an animal, a
+creature, a robot). Only ``non_human`` changes what storycast does: it has no face to read (:attr:`Character.has_face`)."""
 
 
 def contains_word(text: str, word: str) -> bool:
@@ -35,6 +39,8 @@ class Character:
             (discovered for a character of another story, or made from photos) is this character's, for the
             methods that read identities from the library (identitystory, photomaker), instead of its photos or a
             new discovery.
+        kind: What the character is, one of :data:`KINDS` (ViStory's tag); None: not said. Methods that read a face
+            from reference images leave a ``non_human`` character's images unread in a benchmark (limit ``no-face``).
     """
 
     id: str
@@ -43,6 +49,13 @@ class Character:
     name: str | None = None
     references: tuple[Path, ...] = ()
     identity: str | None = None
+    kind: str | None = None
+
+    @property
+    def has_face(self) -> bool | None:
+        """Whether the character has a face a face detector could find in its photos: False for ``non_human``,
+        True for a person (real or drawn; a detector may still miss a drawn face), None when ``kind`` is unknown."""
+        return None if self.kind is None else self.kind != "non_human"
 
     @property
     def display_name(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from storycast.errors import Problem, StoryError
 from storycast.story.limits import MAX_BATCH, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from storycast.story.model import (
+    KINDS,
     PLACEHOLDER,
     SEED_POLICIES,
     Character,
@@ -40,7 +41,7 @@ TOP_KEYS = ("version", "title", "style", "characters", "frames", "settings", "me
 STYLE_KEYS = ("prefix", "suffix")
 IDENTITY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 """What an identity library key may look like (keys are hex digests; a path or a URL is refused)."""
-CHARACTER_KEYS = ("id", "description", "class_word", "name", "references", "identity")
+CHARACTER_KEYS = ("id", "description", "class_word", "name", "references", "identity", "kind")
 FRAME_KEYS = (
     "text",
     "characters",
@@ -863,8 +864,16 @@ def _parse_characters(value: Any, problems: _Problems, base: Path) -> list[Chara
                 "copy a key from `storycast identities list` (letters, digits, '-' and '_')",
             )
             identity = None
+        kind = _get_text(item, "kind", path, problems, required=False)
+        if kind is not None and kind not in KINDS:
+            problems.add(
+                _join(path, "kind"), f"'{kind}' is not a kind of character", f"use one of: {', '.join(KINDS)}"
+            )
+            kind = None
         if None not in (character_id, description, class_word):
-            characters.append(Character(character_id, description, class_word, name, tuple(references), identity))
+            characters.append(
+                Character(character_id, description, class_word, name, tuple(references), identity, kind)
+            )
     return characters
 
 
@@ -1180,6 +1189,8 @@ def story_to_dict(story: Story, *, relative_to: str | Path | None = None) -> dic
             entry["references"] = [path_text(p) for p in character.references]
         if character.identity:
             entry["identity"] = character.identity
+        if character.kind:
+            entry["kind"] = character.kind
         data["characters"].append(entry)
     data["frames"] = []
     for frame in story.frames:

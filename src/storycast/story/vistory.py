@@ -22,7 +22,10 @@ we refuse with the story, the field and the fix: a benchmark story that silently
 A character without reference images is refused too (the benchmark's reference-based methods and metrics need
 them). Our addition, needed by methods that locate characters by a word: each character's ``class_word`` is the first
 of :data:`CLASS_WORDS` its description names, else its name (written before its description, so that the
-description names it too); documented in docs/story-format.md.
+description names it too); documented in docs/story-format.md. A character's ``tag`` (``realistic_human``,
+``unrealistic_human``, ``non_human``) is kept as its ``kind`` (another value, or none, as unknown): the benchmark's
+CIDS reads a face only for ``realistic_human`` (``cids_evaluator.py`` ``_get_encoder_name``), and our methods that
+read a face from reference images leave a ``non_human`` character's unread.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 from storycast.errors import Problem, StoryError
 from storycast.story.benchmark import character_id
-from storycast.story.model import Character, Frame, Story, contains_word
+from storycast.story.model import KINDS, Character, Frame, Story, contains_word
 
 FORMAT_NAME = "vistory"
 LANGUAGES = ("en", "ch")
@@ -142,6 +145,7 @@ def from_vistory(data: Mapping[str, Any], *, source: str | Path, language: str =
             class_word=class_word,
             name=name.strip(),
             references=tuple(images),
+            kind=tag if (tag := fields.get("tag")) in KINDS else None,
         )
     shots = data.get("Shots")
     frames: list[Frame] = []

@@ -30,7 +30,7 @@ from storycast.methods.identitystory.settings import (
     RETRY_SEED_OFFSET,
     IdentityStorySettings,
 )
-from storycast.methods.limits import FrameLimit, cut_limits, trigger_within
+from storycast.methods.limits import WITHOUT_REFERENCES, FrameLimit, cut_limits, no_face_limits, trigger_within
 from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.noise import ControlInput, control_image_tensor, count_evaluations
 from storycast.story.model import Character, Story
@@ -152,9 +152,15 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
     def frame_limits(
         cls, story: Story, settings: IdentityStorySettings, family: str | None = None, tokenizer: Any = None
     ) -> list[FrameLimit]:
-        # What _check_prompts refuses outside a benchmark: a class word beyond the tokens of the frame's prompt or of
-        # the character's region prompt.
-        if tokenizer is None or family == "flux":  # FLUX reads the prompt with T5 (512 tokens), no PhotoMaker trigger
+        if family == "flux":
+            # PuLID reads an identity from a face (antelopev2 finds it, EVA-CLIP reads it): a non-human character's
+            # images hold none, so its identity is discovered from its description, as for a character without
+            # images. T5 reads FLUX's prompt (512 tokens) and no PhotoMaker trigger is placed: no prompt limit here.
+            return no_face_limits(story, cls.name, WITHOUT_REFERENCES)
+        # On SDXL PhotoMaker v1's ID encoder embeds the whole reference image (no face detection), so non-human
+        # characters keep their images. What _check_prompts refuses outside a benchmark: a class word beyond the
+        # tokens of the frame's prompt or of the character's region prompt.
+        if tokenizer is None:
             return []
 
         def cut(index: int) -> list[str]:

@@ -29,7 +29,13 @@ from storycast.errors import Problem, SettingsError, StoryError
 from storycast.identity.photomaker_prompt import MergedConditioning
 from storycast.identity.references import photomaker_identity, read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.limits import FrameLimit, trigger_limits
+from storycast.methods.limits import (
+    WITHOUT_CHARACTERS,
+    FrameLimit,
+    apply_limits,
+    no_face_limits,
+    trigger_limits,
+)
 from storycast.methods.photomaker.about import ABOUT
 from storycast.methods.photomaker.settings import PhotoMakerMethodSettings
 from storycast.pipelines.sampler import sample
@@ -74,9 +80,18 @@ class PhotoMakerMethod(StoryMethod, about=ABOUT):
     def frame_limits(
         cls, story: Story, settings: PhotoMakerMethodSettings, family: str | None = None, tokenizer: Any = None
     ) -> list[FrameLimit]:
+        # A non-human character's images give PhotoMaker no face: v1 discovers its identity from its description
+        # instead (unless identity=photos); v2 has no identity without photos, so it is left out.
+        found = []
+        # PhotoMaker v2 reads a face (insightface's ArcFace embedding beside the image): a non-human character's images
+        # hold none, and v2 cannot discover (discovery gives v1 embeddings), so it is left out. v1's ID encoder embeds
+        # the whole image: its characters keep their images.
+        if cls.reads_references(settings, family) and settings.photomaker.expected_version() == "v2":
+            found = no_face_limits(story, cls.name, WITHOUT_CHARACTERS)
         if tokenizer is None:
-            return []
-        return trigger_limits(tokenizer, story, cls.name, [c.id for c in story.appearing_characters()])
+            return found
+        story = apply_limits(story, found)
+        return found + trigger_limits(tokenizer, story, cls.name, [c.id for c in story.appearing_characters()])
 
     # -- run interface ----------------------------------------------------------------------------
 

@@ -28,6 +28,13 @@ from storycast.identity.pulid_discovery import PulidSpace
 from storycast.identity.pulid_flux_branch import IDTarget
 from storycast.identity.references import read_photos
 from storycast.methods.base import FrameResult, RunContext, StoryMethod, denoise_progress
+from storycast.methods.limits import (
+    WITHOUT_CHARACTERS,
+    WITHOUT_REFERENCES,
+    FrameLimit,
+    apply_limits,
+    no_face_limits,
+)
 from storycast.methods.pulid.about import ABOUT
 from storycast.methods.pulid.settings import PuLIDMethodSettings
 from storycast.pipelines.conditioning import GuidancePair
@@ -103,6 +110,27 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
     @classmethod
     def reads_references(cls, settings: PuLIDMethodSettings, family: str | None = None) -> bool:
         return settings.identity != "discovered"
+
+    @classmethod
+    def frame_limits(
+        cls, story: Story, settings: PuLIDMethodSettings, family: str | None = None, tokenizer: Any = None
+    ) -> list[FrameLimit]:
+        # A non-human character's photos hold no face for antelopev2 to find, and PuLID reads an identity from a face:
+        # with identity=auto its identity is discovered from its description instead, as for a character without
+        # photos (identitystory on FLUX does the same); with identity=photos it is left out; identity=discovered
+        # reads no photo. Of the rest, the ID branch draws the first character a frame names (generate's `named`).
+        found = []
+        if settings.identity != "discovered":
+            fallback = WITHOUT_CHARACTERS if settings.identity == "photos" else WITHOUT_REFERENCES
+            found = no_face_limits(story, cls.name, fallback)
+        kept = apply_limits(story, found)
+        for index, frame in enumerate(kept.frames):
+            if len(frame.characters) > 1:
+                detail = f"PuLID-FLUX draws one identity per frame, the first character named ({frame.characters[0]})"
+                found.append(
+                    FrameLimit(index, "characters-per-frame", detail, WITHOUT_CHARACTERS, frame.characters[1:])
+                )
+        return found
 
     # -- run interface ----------------------------------------------------------------------------
 

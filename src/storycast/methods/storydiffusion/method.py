@@ -183,7 +183,7 @@ class StoryDiffusionMethod(StoryMethod, about=ABOUT):
         if with_photos and family not in (None, "sdxl"):
             detail = f"reference images are read through PhotoMaker v1, an SDXL adapter, and the model is {family}"
             found += each_frame_showing(story, with_photos, "references-family", detail, WITHOUT_REFERENCES)
-        elif with_photos and tokenizer is not None:
+        elif with_photos and tokenizer is not None:  # PhotoMaker v1 embeds the whole image: animals keep theirs
             found += trigger_limits(tokenizer, story, cls.name, with_photos)
         if settings.identity_frames == "story":
             adapted = apply_limits(story, found)

@@ -30,7 +30,14 @@ from storycast.attention.injection import IdentityInjectionState, install_identi
 from storycast.attention.token_maps import record_token_maps
 from storycast.errors import Problem, SettingsError, StorycastError, StoryError
 from storycast.methods.base import FrameGroup, FrameResult, RunContext, StoryMethod, denoise_progress
-from storycast.methods.limits import FrameLimit, class_word_limits
+from storycast.methods.limits import (
+    WITHOUT_CHARACTERS,
+    WITHOUT_REFERENCES,
+    FrameLimit,
+    apply_limits,
+    class_word_limits,
+    no_face_limits,
+)
 from storycast.methods.located import class_word_positions, mask_extras, warn_unnamed_class_words
 from storycast.methods.storynizor.about import ABOUT
 from storycast.methods.storynizor.settings import DROPOUT_SEED_OFFSET, StorynizorSettings
@@ -114,9 +121,18 @@ class StorynizorMethod(StoryMethod, about=ABOUT):
     def frame_limits(
         cls, story: Story, settings: StorynizorSettings, family: str | None = None, tokenizer: Any = None
     ) -> list[FrameLimit]:
+        # reference_crop=face refuses a photo without a face (auto cuts a non-human character's photos to the
+        # segmented character, or takes them whole): with identity=photos the character is left out, else it is
+        # drawn by AMSA alone, as a character without photos.
+        found = []
+        if settings.injector.reference_crop == "face" and cls.reads_references(settings, family):
+            fallback = WITHOUT_CHARACTERS if settings.identity == "photos" else WITHOUT_REFERENCES
+            found = no_face_limits(story, cls.name, fallback)
         # A character whose class word is not within the prompt's tokens cannot be located there (only a warning
         # outside a benchmark): the frame is drawn without it, which is what the method does with it there.
-        return [] if tokenizer is None else class_word_limits(tokenizer, story, cls.name)
+        return (
+            found if tokenizer is None else found + class_word_limits(tokenizer, apply_limits(story, found), cls.name)
+        )
 
     @classmethod
     def plan(cls, story: Story, settings: StorynizorSettings) -> list[FrameGroup]:
