@@ -66,14 +66,14 @@ def expected_limits(method: str, family: str) -> dict[int, set[tuple[str, tuple[
     found: dict[int, set[tuple[str, tuple[str, ...]]]] = {}
     if family != "flux":  # CLIP is the prompt's encoder: shot 4 takes more than 77 tokens
         found.setdefault(4, set()).add(("prompt-tokens", ()))
-    if method in FACE_READERS:  # the dog's images are not read (pulid leaves him out)
+    if method in FACE_READERS:  # the dog's images are not read (pulid, identity=auto: discovered from his description)
         for index in (2, 3, 4):
             found.setdefault(index, set()).add(("no-face", ("rex",)))
     if method in (*CLASS_WORD, "storydiffusion"):  # storydiffusion on SDXL fuses the reference images with PhotoMaker
         found.setdefault(4, set()).add(("class-word-cut", ("ava", "bo", "rex")))
-    if method == "pulid":  # one identity per frame: the first named it can draw (Ava), the dog already left out
+    if method == "pulid":  # one identity per frame: the first named (Ava); Bo and the dog stay in the prompt only
         for index in (2, 4):
-            found[index].add(("characters-per-frame", ("bo",)))
+            found[index].add(("characters-per-frame", ("bo", "rex")))
     if method in ("storydiffusion", "characonsist"):  # Bo never appears alone: no identity frame of his
         found.setdefault(2, set()).add(("solo-frames", ("bo",)))
         if method == "characonsist":
@@ -132,8 +132,15 @@ def test_a_character_known_to_have_no_face_is_not_read_by_the_methods_that_read_
     assert limits("storynizor", "sd15") == set()  # reference_crop=auto: a photo without a face is segmented or whole
     assert limits("storynizor", "sd15", reference_crop="face") == unread
     assert limits("storynizor", "sd15", reference_crop="face", identity="photos") == left_out
-    # pulid: the first character it can draw is kept (the woman, after the dog), the man after her left out.
-    assert limits("pulid", "flux") == left_out | {(0, "characters-per-frame", WITHOUT_CHARACTERS, ("m",))}
+    # pulid, identity=auto: the dog is discovered from his description (as identitystory on FLUX) and, named first,
+    # is the frame's one identity; identity=photos leaves him out and keeps the woman; discovered reads no image.
+    assert limits("pulid", "flux") == unread | {(0, "characters-per-frame", WITHOUT_CHARACTERS, ("w", "m"))}
+    assert limits("pulid", "flux", identity="photos") == left_out | {
+        (0, "characters-per-frame", WITHOUT_CHARACTERS, ("m",))
+    }
+    assert limits("pulid", "flux", identity="discovered") == {
+        (0, "characters-per-frame", WITHOUT_CHARACTERS, ("w", "m"))
+    }
     assert get_method("pulid").reads_references(get_settings_class("pulid")(), "flux")  # a benchmark's img_ref mode
 
 

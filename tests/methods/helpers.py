@@ -55,3 +55,22 @@ def face_photo(path, seed):
 
 def pixels(image):
     return np.asarray(image, dtype=np.int16)
+
+
+def tiny_flux_benchmark(method, folder):
+    """``storycast benchmark`` of a one-story, two-frame ConsiStory-Human suite with ``method`` on tiny FLUX (2 steps,
+    64 px, the small discovery budget of the tests: 12 candidates, 1 preview): (benchmark.json, the story's
+    manifest)."""
+    import json
+
+    from storycast.cli.main import main
+    from tests.evaluation.fakes import write_suite
+
+    suite = write_suite(folder / "suite", stories=1, frames=2)
+    out = folder / "bench"
+    assert main(["benchmark", str(suite), "--method", method, "--preset", "tiny-flux", "--steps", "2",
+                 "--width", "64", "--height", "64", "--out", str(out), "--no-progress", "--cache-dir",
+                 str(folder / "cache"), "--set", "discovery_candidates=12", "--set", "preview_images=1"]) == 0  # fmt: skip
+    assert (out / "results.json").is_file()
+    recorded = json.loads((out / "benchmark.json").read_text())
+    return recorded, json.loads((out / "suite" / "story_000" / "manifest.json").read_text())

@@ -302,21 +302,13 @@ def test_the_cli_draws_a_story_on_tiny_flux_end_to_end(tmp_path):
 
 
 def test_the_benchmark_runs_on_tiny_flux_with_its_protocol_recorded(tmp_path):
-    from storycast.cli.main import main
     from storycast.methods.registry import get_method
-    from tests.evaluation.fakes import write_suite
+    from tests.methods.helpers import tiny_flux_benchmark
 
-    suite = write_suite(tmp_path / "suite", stories=1, frames=2)
-    out = tmp_path / "bench"
-    assert main(["benchmark", str(suite), "--method", "identitystory", "--preset", "tiny-flux", "--steps", "2",
-                 "--width", "64", "--height", "64", "--out", str(out), "--no-progress", "--cache-dir",
-                 str(tmp_path / "cache"), "--set", "discovery_candidates=12", "--set", "preview_images=1"]) == 0  # fmt: skip
-    recorded = json.loads((out / "benchmark.json").read_text())
+    recorded, manifest = tiny_flux_benchmark("identitystory", tmp_path)
     assert (
         recorded["protocol"] == get_method("identitystory").benchmark_protocol() == {"seed": 0, "seed_policy": "same"}
     )
-    manifest = json.loads((out / "suite" / "story_000" / "manifest.json").read_text())
     assert {frame["seed"] for frame in manifest["frames"]} == {0}
     assert manifest["generation"]["guidance_scale"] == 3.5  # FLUX.1-dev's own, not the authors' SDXL 7
     assert all(frame["metadata"]["denoiser_evaluations"] == 2 + 2 for frame in manifest["frames"])  # s = 1
-    assert (out / "results.json").is_file()

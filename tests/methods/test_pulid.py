@@ -131,8 +131,14 @@ def test_what_pulid_cannot_draw_is_refused_before_any_model_loads(monkeypatch, t
 
     with pytest.raises(SettingsError, match="runs on flux models, but the model is sdxl"):
         plan(story_data, preset="tiny")
-    with pytest.raises(StoryError, match=r"characters\[0\]\.references.*'mara' has none"):
-        plan(two_friends())
+    with pytest.raises(StoryError, match=r"characters\[0\]\.references.*identity=photos .*'mara' has none"):
+        plan(two_friends(), settings={"identity": "photos"})
+    with pytest.raises(SettingsError, match="freeu: discovery's FreeU"):
+        plan(two_friends(), settings={"freeu": "true"})
+    with pytest.raises(SettingsError, match=r"leave 2 candidate\(s\) in SVD round 2"):
+        plan(two_friends(), settings={"discovery_candidates": 4, "svd_rank": 2})
+    plan(two_friends())  # identity=auto: characters without photos are discovered
+    plan(two_friends(), settings={"face_models": None})  # the tiny stand-ins are written when the models are known
     with pytest.raises(SettingsError, match=r"Fix: --set true_cfg=3\.0"):
         plan({**story_data, "settings": {"negative_prompt": "x"}}, generation={"true_cfg_scale": 3.0})
     with pytest.raises(MissingWeightsError, match="face_models"):

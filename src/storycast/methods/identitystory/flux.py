@@ -23,25 +23,47 @@ from storycast.methods.identitystory.flux_injection import PulidRegion
 from storycast.pipelines.guidance import Guidance
 from storycast.story.model import Character, Story, join_prompt
 
+DEFAULT_INTERVALS = (2, 4)
+"""PuLID-FLUX's (double, single) block intervals (``pulid/pipeline_flux.py`` lines 26-27), the ones identitystory
+reads."""
 
-def identity_finder(method: Any, story: Story, library: IdentityLibrary, context: RunContext) -> PulidIdentityFinder:
+
+def identity_finder(
+    method: Any,
+    story: Story,
+    library: IdentityLibrary,
+    context: RunContext,
+    *,
+    reading: Any = None,
+    intervals: tuple[int, int] = DEFAULT_INTERVALS,
+) -> PulidIdentityFinder:
     """Finds identities with ``method``'s PuLID-FLUX (``method.pulid``, attached when first needed), the PuLID
-    weights and resolved discovery budget of its settings, and its progress."""
-    pulid, flux = method.settings.pulid, method.settings.flux
+    weights and resolved discovery budget of its settings, and its progress.
+
+    ``reading``: the settings that say how PuLID is read (``id_weight``, ``face_parsing``): identitystory's ``flux``
+    section by default, ``pulid``'s own settings for ``--method pulid``. The same weights, reading, model and budget
+    make the same keys whichever method asks, so each finds what the other discovered. Other ``intervals`` than the
+    authors' are another adapter, so they enter the key.
+    """
+    pulid = method.settings.pulid
+    reading = method.settings.flux if reading is None else reading
+    adapter_id = {
+        "pulid": pulid.source,
+        "file": pulid.file,
+        "eva_clip": pulid.eva_clip,
+        "id_weight": reading.id_weight,
+        "face_parsing": reading.face_parsing,
+    }
+    if tuple(intervals) != DEFAULT_INTERVALS:
+        adapter_id["intervals"] = list(intervals)
     return PulidIdentityFinder(
         adapter=lambda: method.pulid,
         library=library,
         model_info=method.models.info,
-        adapter_id={
-            "pulid": pulid.source,
-            "file": pulid.file,
-            "eva_clip": pulid.eva_clip,
-            "id_weight": flux.id_weight,
-            "face_parsing": flux.face_parsing,
-        },
+        adapter_id=adapter_id,
         budget=method.resolved_settings(story).discovery.budget(story.settings.width, story.settings.height),
         on_progress=lambda done, total, label: context.progress(ProgressEvent("discovery", done, total, label)),
-        id_weight=flux.id_weight,
+        id_weight=reading.id_weight,
     )
 
 
@@ -138,15 +160,23 @@ def face_models_folder(settings: Any, models: Any, cache_dir: Path | None) -> Pa
     return folder
 
 
-def pulid_space(models: Any, settings: Any, face_models: Path | None) -> PulidSpace:
+def pulid_space(
+    models: Any,
+    settings: Any,
+    face_models: Path | None,
+    *,
+    reading: Any = None,
+    intervals: tuple[int, int] = DEFAULT_INTERVALS,
+) -> PulidSpace:
     """PuLID-FLUX on ``models`` (:func:`storycast.adapters.pulid_flux.attach_pulid_flux`, shared with other methods)
-    with the antelopev2 face models of ``face_models`` and the face parsing of ``settings.flux``, on the auxiliary
-    device."""
+    with the antelopev2 face models of ``face_models`` and the face parsing of ``reading`` (``settings.flux`` by
+    default, as :func:`identity_finder`), on the auxiliary device."""
     from storycast.adapters.pulid_flux import attach_pulid_flux
     from storycast.identity.pulid_faces import PuLIDFaces
 
-    adapter = attach_pulid_flux(models, settings.pulid)
+    reading = settings.flux if reading is None else reading
+    adapter = attach_pulid_flux(models, settings.pulid, intervals=intervals)
     faces = PuLIDFaces.from_folder(
-        face_models, parsing=settings.flux.face_parsing, device=str(models.aux_device), setting="--set face_models="
+        face_models, parsing=reading.face_parsing, device=str(models.aux_device), setting="--set face_models="
     )
     return PulidSpace(models.backbone, adapter, faces)

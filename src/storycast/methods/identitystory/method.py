@@ -142,19 +142,7 @@ class IdentityStoryMethod(StoryMethod, about=ABOUT):
                 f"sweet_spot_step must be between 1 and steps - 1 ({steps - 1}), got {sweet_spot}. Fix: set "
                 f"sweet_spot_step lower (the authors' 10 at 50 steps), or draw with more steps."
             )
-        # The SVD filter needs more rows than its rank in every round: known from the budget, before any drawing.
-        from storycast.identity.svd_filter import kept_counts
-
-        found = settings.discovery
-        if found.candidates is not None and found.svd_rank is not None:
-            counts = kept_counts(found.candidates, found.svd_keep_ratio, found.svd_iterations)
-            short = [(round_, rows) for round_, rows in enumerate(counts[:-1], start=1) if rows <= found.svd_rank]
-            if short:
-                raise SettingsError(
-                    f"discovery_candidates={found.candidates} leave {short[0][1]} candidate(s) in SVD round "
-                    f"{short[0][0]} (row counts {list(counts)}), not more than svd_rank={found.svd_rank}. Fix: more "
-                    f"discovery_candidates (the authors' 64), a smaller svd_rank, or fewer svd_iterations."
-                )
+        settings.discovery.check_rounds()
 
     @classmethod
     def reads_references(cls, settings: IdentityStorySettings, family: str | None = None) -> bool:

@@ -107,6 +107,27 @@ class DiscoverySettings(MethodSettings):
 
             raise SettingsError(f"svd_keep_ratio must be between 0 and 1, got {self.svd_keep_ratio}.")
 
+    def check_rounds(self) -> None:
+        """The SVD filter needs more rows than its rank in every round: known from the (resolved) budget, before any
+        drawing.
+
+        Raises:
+            SettingsError: Naming the round that is left too few candidates, and the fix.
+        """
+        from storycast.errors import SettingsError
+        from storycast.identity.svd_filter import kept_counts
+
+        if self.candidates is None or self.svd_rank is None:
+            return
+        counts = kept_counts(self.candidates, self.svd_keep_ratio, self.svd_iterations)
+        short = [(round_, rows) for round_, rows in enumerate(counts[:-1], start=1) if rows <= self.svd_rank]
+        if short:
+            raise SettingsError(
+                f"discovery_candidates={self.candidates} leave {short[0][1]} candidate(s) in SVD round "
+                f"{short[0][0]} (row counts {list(counts)}), not more than svd_rank={self.svd_rank}. Fix: more "
+                f"discovery_candidates (the authors' 64), a smaller svd_rank, or fewer svd_iterations."
+            )
+
     def resolve(self, context: ResolveContext) -> DiscoverySettings:
         tiny, flux = context.tiny, context.family == "flux"
         steps = self.steps or (context.generation.steps if tiny or flux else AUTHORS_STEPS)

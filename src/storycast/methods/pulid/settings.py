@@ -2,14 +2,17 @@
 
 Sources (ToTheBeginning/PuLID at 1aa2fc7df4bf51080df39f355f9abdc1cbfefbaa): the FLUX demo ``app_flux.py`` (its
 sliders' defaults), ``flux/sampling.py`` (``denoise``: when the ID and true CFG act) and ``pulid/pipeline_flux.py``
-(the intervals).
+(the intervals). ``identity`` and ``discovery`` (identities from descriptions) are our extension, shared with
+``identitystory`` on FLUX.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from storycast.adapters.pulid_flux import PuLIDFluxSettings
+from storycast.methods.identitystory.settings import DiscoverySettings
 from storycast.settings import MethodSettings, check_range, setting
 
 PULID_NEGATIVE_PROMPT = "bad quality, worst quality, text, signature, watermark, extra limbs"
@@ -20,6 +23,13 @@ PULID_NEGATIVE_PROMPT = "bad quality, worst quality, text, signature, watermark,
 class PuLIDMethodSettings(MethodSettings):
     """Settings of the PuLID-FLUX baseline."""
 
+    identity: Literal["auto", "photos", "discovered"] = setting(
+        "auto",
+        "Where identities come from: 'photos' (each character's reference photos, required), 'discovered' "
+        "(IdentityStory's discovery from the description in PuLID's ID-token space, through the identity library: "
+        "our extension, shared with identitystory runs on FLUX), 'auto' (photos when a character has them, else "
+        "discovered). PuLID-FLUX itself reads a photo.",
+    )
     id_weight: float = setting(
         1.0, "Weight of the ID branch's term after each block (app_flux.py line 206: 1, slider 0 to 3). 0: plain FLUX."
     )
@@ -50,10 +60,14 @@ class PuLIDMethodSettings(MethodSettings):
         4, "The same after the single-stream blocks (pipeline_flux.py line 27). Must match the weights' module count."
     )
     pulid: PuLIDFluxSettings = setting(factory=PuLIDFluxSettings, help="PuLID-FLUX and EVA02-CLIP weights.")
+    discovery: DiscoverySettings = setting(
+        factory=DiscoverySettings,
+        help="IdentityStory's discovery, for characters without photos (on FLUX: the generation's steps and guidance).",
+    )
     face_models: str | None = setting(
         None,
         "Folder of the insightface antelopev2 pack (scrfd_10g_bnkps.onnx, glintr100.onnx), run with onnxruntime "
-        "(default: ~/.insightface/models/antelopev2).",
+        "(default: ~/.insightface/models/antelopev2; the tiny presets write tiny random stand-ins into the cache).",
     )
     face_parsing: str | None = setting(
         None,
