@@ -151,7 +151,7 @@ def test_transport_errors_are_retried_with_backoff_and_refusals_name_the_url_and
     server = fake()
     dead = server.url
     server.close()
-    judge = VisionJudge(JudgeOptions(url=dead, retries=2, timeout=5), sleep=waits.append)
+    judge = VisionJudge(JudgeOptions(url=dead, retries=2, timeout=600), sleep=waits.append)  # refused at once
     with pytest.raises(JudgeError, match=r"did not answer after 3 tries.*Fix"):
         judge.judge_shot("scene", "x", _image())
 

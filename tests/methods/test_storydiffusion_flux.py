@@ -30,7 +30,7 @@ FRAMES = [
     {"text": "{mara} riding a bike"},
     {"text": "{tom} walking a dog"},
 ]
-NON_FLUX_METHODS = {"consistory", "identitystory", "photomaker", "1prompt1story", "story-adapter", "storynizor"}
+NON_FLUX_METHODS = {"consistory", "photomaker", "1prompt1story", "story-adapter", "storynizor"}
 
 
 def planned(data, model=None, settings=None, generation=FLUX_GEN):
