@@ -39,6 +39,8 @@ MODEL_NAMES = (
     "ip-adapter-plus-face",
     "clip-vit-h",
     "ip-adapter-sdxl",
+    "pulid-flux",
+    "vistorybench-metrics",
     "realvisxl",
 )
 
@@ -342,6 +344,25 @@ def test_model_files_takes_one_weight_format_from_one_folder():
         "models/image_encoder/pytorch_model.bin",
     ]
     assert HubItem("model", "h94/IP-Adapter", "models/image_encoder").label == "h94/IP-Adapter:models/image_encoder"
+
+
+def test_the_pulid_and_vistorybench_downloads_are_the_files_their_loaders_read():
+    """What `storycast download pulid-flux vistorybench-metrics` puts in the cache is what the loaders ask for."""
+    from storycast.evaluation.presets import EVAL_PRESETS
+    from storycast.identity.eva_clip import EVA_CLIP_FILE, EVA_CLIP_REPO
+    from storycast.identity.pulid_flux import PULID_REPO
+    from storycast.methods.pulid.settings import PuLIDMethodSettings
+
+    entries = model_downloads()
+    pulid = PuLIDMethodSettings().pulid
+    assert entries["pulid-flux"].items == (
+        HubItem("file", PULID_REPO, pulid.file),
+        HubItem("file", EVA_CLIP_REPO, EVA_CLIP_FILE),
+    )
+    preset = EVAL_PRESETS["vistorybench"]
+    labels = {item.label.replace(":", "/") for item in entries["vistorybench-metrics"].items}
+    assert {preset.adaface_model, preset.facenet_model, preset.csd_model, preset.aesthetic_model} <= labels
+    assert {preset.detector_model, preset.siglip_model} <= labels
 
 
 def test_download_list_imports_no_heavy_library():

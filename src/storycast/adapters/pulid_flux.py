@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 PULID_REPO = "guozinan/PuLID"
 PULID_FLUX_FILE = "pulid_flux_v0.9.1.safetensors"
 EVA_CLIP_REPO = "QuanSun/EVA-CLIP"
+EVA_CLIP_FILE = "EVA02_CLIP_L_336_psz14_s6B.pt"
 
 
 @dataclass(frozen=True)

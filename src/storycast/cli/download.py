@@ -89,7 +89,15 @@ def model_downloads() -> dict[str, ModelDownload]:
         )
         return ModelDownload(name, ref.description, (item,))
 
+    from storycast.adapters.pulid_flux import EVA_CLIP_FILE, EVA_CLIP_REPO, PULID_FLUX_FILE, PULID_REPO
+
     clip = dict.fromkeys(m for p in EVAL_PRESETS.values() for m in (p.clip_model, p.clip_i_model) if m)
+    vistory = EVAL_PRESETS["vistorybench"]
+    # Its files in ViStoryBench/VistoryBench_pretrain are named '<owner>/<repo>/<path in the repo>'.
+    vistory_files = tuple(
+        HubItem("file", "/".join(ref.split("/", 2)[:2]), ref.split("/", 2)[2])
+        for ref in (vistory.adaface_model, vistory.facenet_model, vistory.csd_model, vistory.aesthetic_model)
+    )
     dino = dict.fromkeys(p.dino_model for p in EVAL_PRESETS.values())
     entries = (
         pipeline("sdxl"),
@@ -118,6 +126,22 @@ def model_downloads() -> dict[str, ModelDownload]:
             (
                 HubItem("file", IP_ADAPTER_REPO, "sdxl_models/ip-adapter_sdxl.safetensors"),
                 HubItem("model", IP_ADAPTER_REPO, "sdxl_models/image_encoder"),
+            ),
+        ),
+        ModelDownload(
+            "pulid-flux",
+            "PuLID-FLUX v0.9.1 and its EVA02-CLIP-L-14-336 tower (pulid, identitystory on FLUX; the antelopev2 face "
+            "pack is a zip from insightface's release: --set face_models=)",
+            (HubItem("file", PULID_REPO, PULID_FLUX_FILE), HubItem("file", EVA_CLIP_REPO, EVA_CLIP_FILE)),
+        ),
+        ModelDownload(
+            "vistorybench-metrics",
+            "ViStoryBench's scorer models: GroundingDINO-T, AdaFace, FaceNet, CSD, Aesthetic Predictor v2.5 and its "
+            "SigLIP (Inception-v3 is fetched from its URL on first use)",
+            (
+                HubItem("model", vistory.detector_model),
+                *vistory_files,
+                HubItem("model", vistory.siglip_model),
             ),
         ),
         ModelDownload(
