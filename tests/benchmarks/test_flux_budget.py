@@ -68,9 +68,44 @@ def test_the_bank_formula_is_the_bank_storydiffusion_fills(tiny_flux):
 
 def test_the_budget_prints_each_configuration_with_its_arithmetic():
     script = Path(flux_budget.__file__)
-    done = subprocess.run([sys.executable, str(script), "--skip-measure"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), "--skip-measure", "--methods"], capture_output=True, text=True,
                           timeout=900, cwd=script.parent)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line[43:73].strip(): line[73:] for line in done.stdout.splitlines() if line.startswith("  vanilla ")}
     assert "does not fit" in rows["plain bf16"] and "= transformer 23.80 + " in rows["plain bf16"]
     assert " fits " in rows["int8 + t5-cpu"] and "T5" not in rows["int8 + t5-cpu"]
+    phases = {line[2:48].strip() + " | " + line[49:79].strip(): line[79:] for line in done.stdout.splitlines()
+              if line.startswith(("  pulid", "  identitystory")) and " = " in line}  # fmt: skip
+    assert len(phases) == len(flux_budget.PHASES) * len(flux_budget.CONFIGS)
+    drawing = phases["identitystory frames, 3 characters | int8 + t5-cpu"]
+    assert " fits " in drawing and "ca 0.84" in drawing and "idformer" not in drawing  # encoders offloaded
+    assert "idformer 0.30 + eva 0.61" in phases["pulid | int8 + t5-cpu"]  # pulid keeps its encoders
+
+
+def test_pulid_flux_parts_are_counted_in_the_official_geometry():
+    """PuLID-FLUX's 20 CA modules (norm1 over the 2048-wide ID tokens, norm2 over FLUX's 3072, to_q 3072 -> 2048,
+    to_kv 2048 -> 2 x 2048, to_out 2048 -> 3072, no biases) and EVA02-CLIP-L-14-336's 304M-parameter vision tower,
+    in bf16."""
+    parts = flux_budget.pulid_parts()
+    per_ca = 2 * 2048 + 2 * 3072 + 3072 * 2048 + 2048 * 4096 + 2048 * 3072
+    assert parts["pulid ca (20 modules)"] * flux_budget.GB == 20 * per_ca * 2
+    assert 3.03e8 < parts["eva02-clip-l-14-336"] * flux_budget.GB / 2 < 3.06e8
+    assert parts["face models (onnx)"] == pytest.approx(0.2779)
+
+
+def test_a_phase_is_priced_from_its_rows_and_its_decoded_images():
+    figures = flux_budget.weights()
+    pulid = flux_budget.pulid_parts()
+    activations = {"transformer-pulid": 1.0, "transformer-pulid x3": 2.0, "decode": 3.0}  # fp32 GB
+    assert flux_budget.pulid_activations(6, activations) == pytest.approx(3.5)  # 1 + 0.5 per further row
+    frames, _ = flux_budget.method_gb("int8 + t5-cpu", "identitystory frames, 3 chars, true CFG", figures, pulid,
+                                      activations)  # fmt: skip
+    discovery, arithmetic = flux_budget.method_gb("int8 + t5-cpu", "identitystory discovery, batch 16", figures,
+                                                  pulid, activations)  # fmt: skip
+    base = figures["transformer int8"] + figures["vae"] + flux_budget.CUDA_OVERHEAD_GB
+    assert frames == pytest.approx(  # the 6 rows' 1.75 GB in bf16 above the decode's 1.5
+        base + pulid["pulid ca (20 modules)"] + pulid["face models (onnx)"] + 3.5 / 2
+    )
+    assert "decode of 16" in arithmetic and discovery == pytest.approx(
+        base + sum(v for k, v in pulid.items() if "bisenet" not in k) + 16 * 3.0 / 2
+    )

@@ -312,3 +312,139 @@ def test_the_benchmark_runs_on_tiny_flux_with_its_protocol_recorded(tmp_path):
     assert {frame["seed"] for frame in manifest["frames"]} == {0}
     assert manifest["generation"]["guidance_scale"] == 3.5  # FLUX.1-dev's own, not the authors' SDXL 7
     assert all(frame["metadata"]["denoiser_evaluations"] == 2 + 2 for frame in manifest["frames"])  # s = 1
+
+
+class RecordingProvider:
+    """A mask provider that keeps what the provider it wraps returned."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.calls = inner, inner.name, []
+
+    def __call__(self, inputs):
+        self.calls.append(self.inner(inputs))
+        return self.calls[-1]
+
+
+def test_grounded_sam_masks_on_flux_are_the_masks_stage_two_redenoises_inside(models, cache, tmp_path, monkeypatch):
+    """mask_provider=grounded-sam (tiny random GroundingDINO and SAM) on FLUX: the provider's masks of stage 1's
+    image, cleaned, are the masks of stage 2; outside them the frame's latents are stage 1's."""
+    from storycast.masks.ops import clean_masks, scale_pixels
+    from tests.masks.tiny_grounded_sam import save_tiny_grounded_sam
+
+    detector, segmenter = save_tiny_grounded_sam(tmp_path)
+    method = make_method(models, mask_provider="grounded-sam", detector=str(detector), segmenter=str(segmenter),
+                         box_threshold=0.0, text_threshold=0.0)  # fmt: skip
+    story = story_of([{"text": "{ana} at the window"}], models, method)
+    context = RunContext(cache_dir=cache)
+    method.prepare(story, context)
+    recorder = RecordingProvider(method.mask_provider("grounded-sam"))
+    method._providers["grounded-sam"] = recorder
+    seen = {}
+    redenoise = injection.redenoise
+
+    def recording_redenoise(backbone, stage1, passes, clean, schedule, **kwargs):
+        seen.update(stage1=stage1.latents.clone(), masks=clean, schedule=schedule)
+        seen["latents"] = redenoise(backbone, stage1, passes, clean, schedule, **kwargs)
+        return seen["latents"]
+
+    monkeypatch.setattr(injection, "redenoise", recording_redenoise)
+    result = method.generate(story, (0,), context)[0]
+    assert result.metadata["mask_provider"] == "grounded-sam"
+    (raw,) = recorder.calls
+    gen = story.settings
+    dilation = scale_pixels(method.resolved_settings(story).masks.cleanup_dilation, (gen.height, gen.width))
+    expected = clean_masks(raw["ana"].bool().cpu()[None], dilation)
+    assert expected.any() and not expected.all()
+    assert torch.equal(seen["masks"], expected)
+    assert torch.equal(torch.from_numpy(np.asarray(result.extras["mask_ana"]) > 0), expected[0])
+    final, first = seen["latents"], seen["stage1"]
+    inside = injection.step_masks(expected, STEPS - 1, seen["schedule"], tuple(final.shape[-2:])).sum(dim=0)[0] > 0
+    assert inside.any() and (~inside).any()
+    assert torch.equal(final[..., ~inside], first[..., ~inside])
+    assert not torch.equal(final[..., inside], first[..., inside])
+
+
+def naive_true_cfg_redenoise(space, conditioning, regions, clean_masks, initial, schedule):
+    """IdentityStory on FLUX with true CFG, written out from the algorithm one transformer row at a time: every
+    prediction is uncond + w (cond - uncond), each half its own evaluation; stage 1 plain FLUX over the negative
+    prompt; stage 2 drawn again from the noise, from step s - 1 on stage 1's prediction outside the masks and inside
+    each character's its own guided prediction, the ID branch given the character's tokens on the cond half and
+    PuLID's negative ID tokens on the uncond half."""
+    from storycast.identity.pulid_discovery import branch_acting
+    from storycast.identity.pulid_flux_branch import IDTarget
+    from storycast.pipelines.conditioning import GuidancePair
+    from storycast.pipelines.denoise import denoise
+
+    backbone, scale = space.backbone, schedule.guidance.scale
+    one_half = dataclasses.replace(schedule.guidance, scale=None)  # the embedded guidance alone
+
+    def evaluate(x, t, text, tokens):
+        rows = None if tokens is None else [[IDTarget(tokens, weight=1.0)]]
+        with branch_acting(space, rows):
+            return backbone.guided_noise(x, t, GuidancePair(None, text), one_half)
+
+    def guided(x, t, pair, tokens=None, negative_tokens=None):
+        uncond, cond = evaluate(x, t, pair.uncond, negative_tokens), evaluate(x, t, pair.cond, tokens)
+        return uncond + scale * (cond - uncond)
+
+    def scheduler():
+        width, height = backbone.image_size(initial)
+        return backbone.scheduler(schedule.num_steps, width=width, height=height)
+
+    kept = []
+    stage1 = denoise(scheduler(), initial, lambda x, t, i: kept.append(guided(x, t, conditioning)) or kept[-1])
+
+    def second(x, t, i):
+        if i + 1 < schedule.sweet_spot_step:
+            return guided(x, t, conditioning)
+        masks = injection.step_masks(clean_masks, i, schedule, tuple(x.shape[-2:]))
+        noise = kept[i] * (1 - masks.sum(dim=0).clamp(max=1))
+        for k, region in enumerate(regions):
+            noise = noise + masks[k] * guided(x, t, region.conditioning, region.id_tokens, region.uncond_tokens)
+        return noise
+
+    return denoise(scheduler(), initial, second), stage1
+
+
+def test_true_cfg_gives_the_negative_rows_pulids_negative_id_tokens_and_equals_a_naive_formulation(models, space):
+    """true_cfg_scale > 1 on FLUX: stage 2's uncond rows get PuLID's negative ID tokens (IDFormer of zeros), each
+    character's cond row its own, and the frame equals the formulation written one row at a time."""
+    from storycast.identity.library import IdentityRecord
+
+    method = make_method(models)
+    story = story_of([{"text": "{ana} and {leo} in a garden"}], models, method, true_cfg_scale=2.5)
+    schedule = method._schedule(story, method.resolved_settings(story))
+    assert schedule.guidance.halves == 2 and schedule.guidance.scale == 2.5 and schedule.guidance.embedded == 3.5
+    characters = story.frame_characters(0)
+    generator = torch.Generator().manual_seed(3)
+    identities = {c.id: IdentityRecord(c.id, 3 * torch.randn(space.token_shape, generator=generator).reshape(-1), {},
+                                       None) for c in characters}  # fmt: skip
+    negative = "blurry"
+    regions = flux.regions(space, story, 0, characters, identities, negative, schedule.guidance)
+    uncond = space.uncond_tokens()
+    assert not torch.equal(uncond, torch.zeros_like(uncond))
+    passes = flux_injection.PulidPasses(space, regions, schedule, id_weight=1.0)
+    # [uncond x K, cond x K], as guided_noise lays the rows out: the negative ID tokens, then each character's own.
+    laid_out = [row[0].tokens for row in passes.targets]
+    assert all(torch.equal(tokens, uncond) for tokens in laid_out[:2])
+    for tokens, character in zip(laid_out[2:], characters, strict=True):
+        assert torch.equal(tokens, identities[character.id].embedding.reshape(space.token_shape))
+    gen = story.settings
+    conditioning = models.backbone.encode([story.prompt(0)], [negative], width=gen.width, height=gen.height,
+                                          guidance=schedule.guidance)  # fmt: skip
+    initial = models.backbone.initial_latents(
+        models.backbone.scheduler(gen.steps, width=gen.width, height=gen.height), [make_generator(5)],
+        width=gen.width, height=gen.height,
+    )  # fmt: skip
+    masks = square_masks(2)
+    stage1 = injection.stage_one(models.backbone, conditioning, initial, schedule)
+    fast = injection.redenoise(models.backbone, stage1, passes, masks, schedule)
+    slow, slow_stage1 = naive_true_cfg_redenoise(space, conditioning, regions, masks, initial, schedule)
+    torch.testing.assert_close(stage1.latents, slow_stage1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    # The negative rows' tokens act: FLUX's plain uncond rows (no negative ID tokens) draw another frame.
+    plain = [dataclasses.replace(r, uncond_tokens=None) for r in regions]
+    other = injection.redenoise(
+        models.backbone, stage1, flux_injection.PulidPasses(space, plain, schedule, 1.0), masks, schedule
+    )
+    assert (other - fast).abs().max() > 1e-4
