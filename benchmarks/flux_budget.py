@@ -24,7 +24,7 @@ the activations measured, the sum per configuration.
    on 1 and on 3 rows (``transformer-pulid``), which prices every batch the methods run at once: ``pulid``'s one
    row (two with ``true_cfg`` > 1), identitystory's stage 2 (K rows for K characters, 2K with true CFG: stage 1's
    noise outside the masks is kept, not recomputed, flux_injection.py), and discovery's candidates
-   (``discovery_batch_size``, 16, decoded together unless ``--vae-slicing``). Per phase, the PuLID parts on the GPU
+   (``discovery_batch_size``, 16, decoded one at a time). Per phase, the PuLID parts on the GPU
    then: IDFormer and EVA only while identities are made, unless ``--method pulid`` (which keeps them) or
    ``offload_encoders=false``.
 
@@ -302,16 +302,15 @@ PHASES = {
     "identitystory frames, 3 characters": (("ca", "faces"), 3, 1),
     "identitystory frames, 3 chars, true CFG": (("ca", "faces"), 6, 1),
     "identitystory frames, 3 chars, encoders kept": (("ca", "idformer", "eva", "faces"), 3, 1),
-    "identitystory discovery, batch 16": (("ca", "idformer", "eva", "faces"), 16, 16),
-    "identitystory discovery, batch 16, vae-slicing": (("ca", "idformer", "eva", "faces"), 16, 1),
-    "identitystory discovery, batch 4, vae-slicing": (("ca", "idformer", "eva", "faces"), 4, 1),
+    "identitystory discovery, batch 16": (("ca", "idformer", "eva", "faces"), 16, 1),
+    "identitystory discovery, batch 4": (("ca", "idformer", "eva", "faces"), 4, 1),
 }
 """What runs at once in each phase of the two methods. ``pulid`` keeps its encoders on the GPU (its ``prepare`` does
 not offload them); identitystory moves EVA and IDFormer to the CPU once every identity is known
 (``offload_encoders``, default on), so drawing frames holds only the CA modules and the face models (onnxruntime
 sessions are not moved). Stage 2 batches the K characters' region passes, one row each (2K with true CFG); stage 1 is
-one row. Discovery draws ``discovery_batch_size`` candidates a batch at the story's size and decodes them together
-(one at a time with ``--vae-slicing``). GroundingDINO and SAM, when they make the masks, are offloaded between frames
+one row. Discovery draws ``discovery_batch_size`` candidates a batch at the story's size and decodes them one at a
+time (``pulid_discovery.decoding_one_at_a_time``: 16 decoded together took 32 GB at 1024 px). GroundingDINO and SAM, when they make the masks, are offloaded between frames
 and not counted here."""
 
 PULID_LABELS = {"ca": "pulid ca (20 modules)", "idformer": "pulid idformer", "eva": "eva02-clip-l-14-336",

@@ -448,3 +448,24 @@ def test_true_cfg_gives_the_negative_rows_pulids_negative_id_tokens_and_equals_a
         models.backbone, stage1, flux_injection.PulidPasses(space, plain, schedule, 1.0), masks, schedule
     )
     assert (other - fast).abs().max() > 1e-4
+
+
+def test_discovery_decodes_its_candidates_one_at_a_time_and_puts_the_vae_back(models):
+    """16 candidates at 1024 px decoded at once need ~32 GB (RESULTS.md): discovery decodes them one by one, with the
+    same images, and leaves the VAE as it found it."""
+    from storycast.identity.pulid_discovery import decoding_one_at_a_time
+
+    backbone = models.backbone
+    vae = backbone.pipe.vae
+    latents = torch.randn(3, vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    together = [np.asarray(image) for image in backbone.decode(latents)]
+    sizes: list[int] = []
+    original = vae._decode
+    vae._decode = lambda z, *a, **k: sizes.append(z.shape[0]) or original(z, *a, **k)
+    try:
+        with decoding_one_at_a_time(backbone):
+            apart = [np.asarray(image) for image in backbone.decode(latents)]
+    finally:
+        del vae._decode
+    assert sizes == [1, 1, 1] and not vae.use_slicing
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(apart, together, strict=True))

@@ -169,6 +169,25 @@ def whole_image_face(faces: Any, image: Any) -> Any:
     return PuLIDFace(arcface.float(), to_grey(pixels)[0])
 
 
+@contextlib.contextmanager
+def decoding_one_at_a_time(backbone: Any) -> Iterator[None]:
+    """The VAE decodes a batch image by image while candidates are drawn (diffusers' VAE slicing), then as before.
+
+    A batch of 16 candidates at 1024 px decoded at once takes ~32 GB of activations (benchmarks/RESULTS.md, "pulid and
+    identitystory on FLUX.1-dev at 1024 px"), more than the transformer itself; one at a time it takes a sixteenth,
+    for a decode that is a small part of a candidate's cost.
+    """
+    vae = getattr(getattr(backbone, "pipe", None), "vae", None)
+    if vae is None or getattr(vae, "use_slicing", True):
+        yield
+        return
+    vae.enable_slicing()
+    try:
+        yield
+    finally:
+        vae.disable_slicing()
+
+
 @torch.no_grad()
 def draw_flux_candidates(
     space: PulidIdentitySpace,
@@ -193,7 +212,7 @@ def draw_flux_candidates(
             target = IDTarget(identity, weight=id_weight, start_step=budget.start_merge_step + 1)
             targets = [[target] for _ in range(len(batch) * guidance.halves)]
         generators = [make_generator(seed, str(backbone.device)) for seed in batch]
-        with branch_acting(space, targets) as branch:
+        with branch_acting(space, targets) as branch, decoding_one_at_a_time(backbone):
             drawn = sample(backbone, conditioning.repeat(len(batch)), generators, sampling, states=[branch])
         for image in drawn.images:
             images.append(image)
