@@ -205,7 +205,7 @@ def test_sdxl_identities_are_never_read_for_a_flux_run(models, tmp_path):
         finder.identity(named)
 
 
-def test_reference_photos_replace_discovery(models, space, tmp_path):
+def test_reference_photos_replace_discovery(models, space, tmp_path, caplog):
     from PIL import Image
 
     from storycast.identity.photomaker_faces import NoFaceError
@@ -227,12 +227,18 @@ def test_reference_photos_replace_discovery(models, space, tmp_path):
     expected = space.photo_tokens([Image.open(tmp_path / "ana.png").convert("RGB")], ["ana"]).reshape(-1)
     torch.testing.assert_close(method._identities["ana"].embedding, expected)
     assert method._identities["ana"].info["generator"] == "flux+pulid-flux"
+    # Photos with no face for antelopev2 (a stylised drawing): discovered from the description, with a warning.
     Image.new("RGB", (128, 128)).save(tmp_path / "blank.png")
     blank = dataclasses.replace(story.characters[0], references=[tmp_path / "blank.png"])
     with pytest.raises(NoFaceError, match="no face was found"):
-        make_method(models).prepare(
+        space.photo_tokens([Image.open(tmp_path / "blank.png").convert("RGB")], ["blank"])
+    method = make_method(models)
+    with count_evaluations(models.backbone.denoiser) as counter, caplog.at_level("WARNING"):
+        method.prepare(
             dataclasses.replace(story, characters=[blank, *story.characters[1:]]), RunContext(cache_dir=tmp_path)
         )
+    assert counter.evaluations > 0 and method._identities["ana"].info["source"] == "discovered"
+    assert "no face was found" in caplog.text and "discovered from its description instead" in caplog.text
 
 
 def test_three_characters_in_one_frame(models, cache):

@@ -113,3 +113,21 @@ def test_the_benchmark_of_a_consistory_human_suite_runs_on_tiny_flux_with_its_pr
     assert manifest["method"]["settings"]["identity"] == "auto"
     assert manifest["method"]["settings"]["discovery"]["candidates"] == 12
     assert all(f["metadata"]["denoiser_evaluations"] == 2 for f in frames)  # the ID branch adds no evaluation
+
+
+def test_with_identity_auto_a_character_whose_photos_show_no_face_is_discovered(models, tmp_path):
+    """ViStoryBench's stylised people: antelopev2 may find no face in a drawing. 'auto' discovers them instead of
+    failing the story (recorded); 'photos' still refuses, naming the photo."""
+    from PIL import Image
+
+    from storycast.identity.photomaker_faces import NoFaceError
+
+    Image.new("RGB", (64, 64), (40, 60, 80)).save(tmp_path / "drawing.png")  # dark: the tiny detector fires on none
+    data = two_friends([{"text": "{mara} reading"}])
+    data["characters"][0]["references"] = [str(tmp_path / "drawing.png")]
+    result = draw(parse_story(data), "pulid", models, method_settings=SMALL, generation=GEN, cache_dir=tmp_path)
+    (key,) = IdentityLibrary(tmp_path / "identities").keys()
+    assert result.frames[0].metadata["identity"] == {"mara": f"discovered ({key}; no face found in its photos)"}
+    with pytest.raises(NoFaceError, match=r"drawing\.png"):
+        draw(parse_story(data), "pulid", models, method_settings={**SMALL, "identity": "photos"}, generation=GEN,
+             cache_dir=tmp_path)  # fmt: skip

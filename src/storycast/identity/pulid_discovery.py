@@ -21,6 +21,7 @@ become tokens, and the mean of tokens is read by the branch's key and value proj
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ from storycast.pipelines.families.base import Family
 from storycast.pipelines.sampler import Sampling, sample
 from storycast.story.model import Character
 from storycast.utils.torch_utils import make_generator
+
+logger = logging.getLogger(__name__)
 
 GENERATOR = "flux+pulid-flux"
 """The identity space's name in library keys and infos."""
@@ -268,6 +271,17 @@ class PulidIdentityFinder(IdentityFinder):
     def search(self, character: Character) -> str:
         # No trigger word: PuLID reads no token of the prompt; the description is what FLUX draws.
         return character.description
+
+    def identity(self, character: Character) -> IdentityRecord:
+        # PuLID reads a face: a character whose photos show none to antelopev2 (a stylised drawing, ViStoryBench's
+        # unrealistic_human) is discovered from its description instead of failing the story, with a warning.
+        if character.references and not character.identity:
+            try:
+                return self.from_photos(character)
+            except NoFaceError as err:
+                logger.warning("%s '%s' is discovered from its description instead.", err, character.id)
+                return self.discovered(character)
+        return super().identity(character)
 
     def embed_photos(self, photos: list[Any]) -> torch.Tensor:
         # The mean of the photos' ID tokens (the adapter's; PuLID-FLUX v0.9.1 itself reads one photo), flattened.

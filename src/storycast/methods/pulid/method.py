@@ -17,6 +17,7 @@ Frames of a group are drawn as one batch, each row with its own identity (or non
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 
 from storycast.adapters.pulid_flux import attach_pulid_flux
 from storycast.errors import Problem, SettingsError, StoryError
+from storycast.identity.photomaker_faces import NoFaceError
 from storycast.identity.pulid_discovery import PulidSpace
 from storycast.identity.pulid_flux_branch import IDTarget
 from storycast.identity.references import read_photos
@@ -41,6 +43,8 @@ from storycast.pipelines.conditioning import GuidancePair
 from storycast.pipelines.sampler import sample
 from storycast.story.model import Story
 from storycast.utils.torch_utils import make_generator
+
+logger = logging.getLogger(__name__)
 
 
 class PuLIDMethod(StoryMethod, about=ABOUT):
@@ -159,11 +163,22 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
         self._face_models = flux.face_models_folder(settings, self.models, context.cache_dir)
         finder = None
         for character in characters:
+            tokens, faceless = None, ""
             if character.references and not character.identity and settings.identity != "discovered":
                 photos = read_photos(character.references, f"'{character.id}'")
-                tokens = self.pulid.photo_tokens(photos, [str(path) for path in character.references])
-                self._sources[character.id] = f"photos ({len(photos)})"
-            else:
+                try:
+                    tokens = self.pulid.photo_tokens(photos, [str(path) for path in character.references])
+                    self._sources[character.id] = f"photos ({len(photos)})"
+                except NoFaceError as err:
+                    # 'auto' means photos where they can be read, else discovery: a drawn character (ViStoryBench's
+                    # stylised people) whose face antelopev2 misses is discovered rather than failing the story.
+                    if settings.identity == "photos":
+                        raise
+                    logger.warning(
+                        "%s With identity=auto, '%s' is discovered from its description.", err, character.id
+                    )
+                    faceless = "; no face found in its photos"
+            if tokens is None:
                 # A library entry the story names, or IdentityStory's discovery in PuLID's space: the finder
                 # identitystory on FLUX uses, so each reads what the other stored.
                 if finder is None:
@@ -177,7 +192,7 @@ class PuLIDMethod(StoryMethod, about=ABOUT):
                 record = finder.named(character) if character.identity else finder.discovered(character)
                 tokens = record.embedding.reshape(self.pulid.token_shape)
                 kind = "library" if character.identity else "discovered"
-                self._sources[character.id] = f"{kind} ({record.key})"
+                self._sources[character.id] = f"{kind} ({record.key}{faceless})"
             device = self.models.device
             self._identities[character.id] = (tokens.to(device), self.pulid.uncond_tokens().to(device))
 

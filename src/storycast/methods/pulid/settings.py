@@ -27,8 +27,8 @@ class PuLIDMethodSettings(MethodSettings):
         "auto",
         "Where identities come from: 'photos' (each character's reference photos, required), 'discovered' "
         "(IdentityStory's discovery from the description in PuLID's ID-token space, through the identity library: "
-        "our extension, shared with identitystory runs on FLUX), 'auto' (photos when a character has them, else "
-        "discovered). PuLID-FLUX itself reads a photo.",
+        "our extension, shared with identitystory runs on FLUX), 'auto' (photos when a character has them and a face "
+        "is found in them, else discovered). PuLID-FLUX itself reads a photo.",
     )
     id_weight: float = setting(
         1.0, "Weight of the ID branch's term after each block (app_flux.py line 206: 1, slider 0 to 3). 0: plain FLUX."
