@@ -38,6 +38,11 @@ def test_a_vistory_folder_is_a_benchmark_suite_and_a_rerun_redraws_nothing(tmp_p
     capsys.readouterr()
     assert main(command) == 0
     assert "0 stor(ies) drawn" in capsys.readouterr().err
+    # `storycast evaluate` on the benchmark's folder keeps its protocol (vistorybench, not the identitystory default):
+    # the scores are up to date, nothing is rescored.
+    assert main(["evaluate", str(out), "--preset", "tiny", "--no-progress"]) == 0
+    assert "0 scored, 2 up to date" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["preset"] == "vistorybench"
 
 
 def test_the_lite_split_keeps_the_benchmark_s_lite_stories_and_only_for_vistory_folders(tmp_path):

@@ -40,9 +40,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, *, standalone: bool) -> 
 
     metrics = ", ".join([*METRICS, *METRIC_GROUPS])
     protocol = parser.add_argument_group("evaluation protocol")
-    default = (
-        DEFAULT_EVAL_PRESET if standalone else f"vistorybench for ViStoryBench folders, else {DEFAULT_EVAL_PRESET}"
-    )
+    default = f"vistorybench for runs of ViStoryBench stories, else {DEFAULT_EVAL_PRESET}"
     protocol.add_argument(
         "--eval-preset",
         default=None,
@@ -264,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
 
     bars = ProgressBars(args.progress)
     try:
-        evaluator = evaluator_from_args(args, tiny=args.preset is not None, device="auto", progress=bars)
+        evaluator = evaluator_from_args(
+            args, tiny=args.preset is not None, device="auto", progress=bars, default_preset=_default_preset(args.runs)
+        )
         for path in args.runs:
             result = evaluator.evaluate(path, force=args.force)
             bars.close()
@@ -275,3 +275,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     return 0
+
+
+def _default_preset(paths: list[Path]) -> str | None:
+    """'vistorybench' when every run under ``paths`` was drawn from ViStoryBench stories (as `storycast benchmark`
+    scores a ViStory folder by default, so `storycast evaluate` on its output keeps that protocol), else None."""
+    from storycast.errors import RunFolderError
+    from storycast.evaluation.runfolders import MANIFEST_NAME, find_runs, read_json
+
+    formats = set()
+    for path in paths:
+        try:
+            runs = find_runs(path)
+        except RunFolderError:
+            return None  # the evaluator says what is wrong with the folder
+        for run, _ in runs:
+            story = (read_json(run / MANIFEST_NAME) or {}).get("story") or {}
+            formats.add(story.get("source_format"))
+    return "vistorybench" if formats == {"vistory"} else None
